@@ -1,0 +1,182 @@
+//! The backbone contracts as executable scenarios, run against every implementation
+//! (memory here; Redis single, sharded and cluster in `herald-redis`). A scenario that
+//! waits does so for a condition with a deadline, never for a fixed time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use herald_core::{ChannelName, Publication, PublicationData, SocketId};
+use parking_lot::Mutex;
+use serde_json::json;
+
+use crate::{Broker, Error, Member, MemberChange, Message, MessageHandler, PresenceManager, Topic};
+
+/// A handler that records what it receives.
+#[derive(Default)]
+pub struct Recorder {
+    received: Mutex<Vec<(Topic, Message)>>,
+}
+
+impl MessageHandler for Recorder {
+    fn handle(&self, topic: &Topic, message: Message) {
+        self.received.lock().push((topic.clone(), message));
+    }
+}
+
+impl Recorder {
+    pub fn events(&self, topic: &Topic) -> Vec<String> {
+        self.received
+            .lock()
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, m)| match m {
+                Message::Publication(p) => p.event.to_string(),
+                Message::TerminateUser { user_id } => format!("terminate:{user_id}"),
+            })
+            .collect()
+    }
+
+    /// Waits until `topic` has received `n` messages; panics after 5 s.
+    pub async fn wait_for(&self, topic: &Topic, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let events = self.events(topic);
+            if events.len() >= n {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} messages on {topic:?}, have {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+pub fn publication(app: &str, channel: &str, event: &str) -> Message {
+    Message::Publication(Publication {
+        app_id: app.into(),
+        channel: ChannelName::new(channel).unwrap(),
+        event: event.into(),
+        data: PublicationData::from_string("{}"),
+        user_id: None,
+        exclude: None,
+    })
+}
+
+fn topic(app: &str, channel: &str) -> Topic {
+    Topic::channel(&Arc::from(app), &ChannelName::new(channel).unwrap())
+}
+
+/// Interest, ordering, unsubscribe and idempotent subscribe. `new_cluster` builds two
+/// nodes of one cluster, delivering to the given handlers.
+pub async fn broker_scenarios<B: Broker>(
+    new_cluster: impl Fn(Arc<dyn MessageHandler>, Arc<dyn MessageHandler>) -> (B, B),
+) {
+    let (ra, rb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let (a, b) = new_cluster(ra.clone(), rb.clone());
+    let news = topic("app1", "news");
+    let other_app = topic("app2", "news");
+    let sentinel = topic("app1", "sentinel");
+
+    // Interest: only the subscribed node receives; subscribing twice delivers once.
+    a.subscribe(&news).await.unwrap();
+    a.subscribe(&news).await.unwrap();
+    a.subscribe(&sentinel).await.unwrap();
+    b.publish(&news, publication("app1", "news", "e0")).await.unwrap();
+    b.publish(&other_app, publication("app2", "news", "wrong-app")).await.unwrap();
+    b.publish(&sentinel, publication("app1", "sentinel", "s0")).await.unwrap();
+    ra.wait_for(&sentinel, 1).await;
+    assert_eq!(ra.events(&news), ["e0"]);
+    assert!(ra.events(&other_app).is_empty(), "topics are per app");
+    assert!(rb.events(&news).is_empty(), "b never subscribed");
+
+    // Order per topic, from one publisher, also when both nodes listen.
+    b.subscribe(&news).await.unwrap();
+    let expected: Vec<String> = (1..=100).map(|i| format!("e{i}")).collect();
+    for e in &expected {
+        a.publish(&news, publication("app1", "news", e)).await.unwrap();
+    }
+    let got_a = ra.wait_for(&news, 101).await;
+    assert_eq!(got_a[1..], expected[..]);
+    assert_eq!(rb.wait_for(&news, 100).await, expected);
+
+    // Unsubscribe stops delivery (checked behind a sentinel on a still-subscribed topic).
+    a.unsubscribe(&news).await.unwrap();
+    b.publish(&news, publication("app1", "news", "after")).await.unwrap();
+    b.publish(&sentinel, publication("app1", "sentinel", "s1")).await.unwrap();
+    ra.wait_for(&sentinel, 2).await;
+    rb.wait_for(&news, 101).await;
+    assert_eq!(ra.events(&news).len(), 101, "a unsubscribed");
+
+    // Control messages travel like publications.
+    let user = Topic::user(&Arc::from("app1"), "u1");
+    b.subscribe(&user).await.unwrap();
+    a.publish(&user, Message::TerminateUser { user_id: "u1".into() }).await.unwrap();
+    assert_eq!(rb.wait_for(&user, 1).await, ["terminate:u1"]);
+}
+
+fn sid(conn: u64) -> SocketId {
+    SocketId { node: 1, conn }
+}
+
+fn member(user: &str) -> Member {
+    Member { user_id: user.into(), user_info: json!({ "name": user }) }
+}
+
+/// Occupancy counts, once-per-user membership, the member limit and listing.
+pub async fn presence_scenarios<P: PresenceManager>(p: &P) {
+    let room = ChannelName::new("presence-room").unwrap();
+    let news = ChannelName::new("news").unwrap();
+
+    assert_eq!(p.join("a1", &news, sid(1)).await.unwrap(), 1);
+    assert_eq!(p.join("a1", &news, sid(1)).await.unwrap(), 1, "same socket counts once");
+    assert_eq!(p.join("a1", &news, sid(2)).await.unwrap(), 2);
+    assert_eq!(p.join("a2", &news, sid(3)).await.unwrap(), 1, "apps are separate");
+    assert_eq!(p.channel("a1", &news).await.unwrap().subscription_count, 2);
+
+    // Alice with two connections is one member; Bob joins; Carol is over the limit.
+    for (conn, user) in [(10, "alice"), (11, "alice"), (12, "bob")] {
+        p.join("a1", &room, sid(conn)).await.unwrap();
+        let change = p.add_member("a1", &room, sid(conn), member(user), 2).await.unwrap();
+        let expect_new = conn != 11;
+        assert_eq!(change == MemberChange::Changed(member(user)), expect_new, "{conn} {user}");
+    }
+    let full = p.add_member("a1", &room, sid(13), member("carol"), 2).await;
+    assert!(matches!(full, Err(Error::PresenceFull { limit: 2 })), "{full:?}");
+    let again = p.add_member("a1", &room, sid(14), member("bob"), 2).await.unwrap();
+    assert_eq!(again, MemberChange::Unchanged, "another connection of a member is accepted");
+    p.remove_member("a1", &room, sid(14)).await.unwrap();
+
+    let mut users: Vec<_> = p.members("a1", &room).await.unwrap().into_iter().map(|m| m.user_id).collect();
+    users.sort();
+    assert_eq!(users, [Arc::from("alice"), Arc::from("bob")]);
+    let stats = p.channel("a1", &room).await.unwrap();
+    assert_eq!((stats.subscription_count, stats.user_count), (3, 2));
+
+    // Alice leaves only with her last connection.
+    assert_eq!(p.remove_member("a1", &room, sid(10)).await.unwrap(), MemberChange::Unchanged);
+    assert_eq!(p.remove_member("a1", &room, sid(11)).await.unwrap(), MemberChange::Changed(member("alice")));
+    assert_eq!(p.remove_member("a1", &room, sid(11)).await.unwrap(), MemberChange::Unchanged, "idempotent");
+
+    // Listing by prefix shows occupied channels only.
+    let listed: Vec<_> =
+        p.channels("a1", "").await.unwrap().into_iter().map(|(c, _)| c.to_string()).collect();
+    assert_eq!(listed, ["news", "presence-room"]);
+    let presence_only = p.channels("a1", "presence-").await.unwrap();
+    assert_eq!(presence_only.len(), 1);
+    assert_eq!(presence_only[0].1.user_count, 1);
+    for conn in [10, 11, 12] {
+        p.remove_member("a1", &room, sid(conn)).await.unwrap();
+        p.leave("a1", &room, sid(conn)).await.unwrap();
+    }
+    assert_eq!(p.leave("a1", &news, sid(1)).await.unwrap(), 1);
+    assert_eq!(p.leave("a1", &news, sid(99)).await.unwrap(), 1, "leaving unjoined is a no-op");
+    let listed: Vec<_> =
+        p.channels("a1", "").await.unwrap().into_iter().map(|(c, _)| c.to_string()).collect();
+    assert_eq!(listed, ["news"]);
+}

@@ -1,0 +1,158 @@
+//! The backbone that ties Herald's stateless edge nodes into one cluster: the
+//! [`Broker`] (fan-out of publications between nodes) and the [`PresenceManager`]
+//! (cluster-wide channel occupancy and presence members), with in-memory
+//! implementations for `herald dev` and tests. Redis implementations live in
+//! `herald-redis`; every implementation must pass [`conformance`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use herald_core::{ChannelName, Publication, SocketId};
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
+pub mod memory;
+
+pub use memory::{MemoryBackbone, MemoryBroker, MemoryPresence};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The backbone cannot be reached; the operation did not happen. Retryable.
+    #[error("backbone unavailable: {0}")]
+    Unavailable(String),
+    /// A presence channel already has its maximum number of members.
+    #[error("presence channel has reached its limit of {limit} members")]
+    PresenceFull { limit: usize },
+}
+
+impl Error {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// A broker topic: a channel of an app, or a node-internal per-user control topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic {
+    pub app_id: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl Topic {
+    pub fn channel(app_id: &Arc<str>, channel: &ChannelName) -> Self {
+        Self { app_id: app_id.clone(), name: Arc::from(channel.as_str()) }
+    }
+
+    /// Control messages for one user's connections (terminate). `:` cannot appear in a
+    /// channel name, so this never collides with a channel topic.
+    pub fn user(app_id: &Arc<str>, user_id: &str) -> Self {
+        Self { app_id: app_id.clone(), name: Arc::from(format!("#user:{user_id}")) }
+    }
+}
+
+/// What nodes send each other through the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// An event for the subscribers of a channel.
+    Publication(Publication),
+    /// Close every connection signed in as this user (`terminate_connections`).
+    TerminateUser { user_id: Arc<str> },
+}
+
+/// Receives the messages of the topics a node subscribed to. Called on the broker's
+/// delivery task: it must not block (hand work off, never await I/O).
+pub trait MessageHandler: Send + Sync + 'static {
+    fn handle(&self, topic: &Topic, message: Message);
+}
+
+/// Fan-out of messages between nodes.
+///
+/// Contract, for every implementation:
+/// - **Interest-based**: a node receives the messages of a topic only between its
+///   `subscribe` and `unsubscribe` of that topic; messages to topics nobody subscribed
+///   to are dropped. Subscribing twice is the same as once.
+/// - **At most once**: a published message reaches each subscribed node at most once;
+///   a message published while the backbone is down fails with
+///   [`Error::Unavailable`] instead of vanishing.
+/// - **Ordered per topic**: messages one node publishes to one topic are handled by
+///   every subscribed node in publish order.
+/// - `publish` returns once the backbone has accepted the message; delivery to nodes
+///   happens asynchronously (the memory broker delivers before returning).
+/// - Cancellation: dropping a `publish` future may or may not publish the message;
+///   dropping `subscribe`/`unsubscribe` leaves the interest unchanged or changed, never
+///   half-changed.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    async fn publish(&self, topic: &Topic, message: Message) -> Result<()>;
+    async fn subscribe(&self, topic: &Topic) -> Result<()>;
+    async fn unsubscribe(&self, topic: &Topic) -> Result<()>;
+}
+
+/// A presence channel member: one user, however many connections it has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub user_id: Arc<str>,
+    pub user_info: serde_json::Value,
+}
+
+/// Cluster-wide counts of one channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChannelStats {
+    /// Connections subscribed, across all nodes.
+    pub subscription_count: u64,
+    /// Distinct users (presence channels only; 0 otherwise).
+    pub user_count: u64,
+}
+
+/// What happened to a presence channel's member set when a connection joined or left.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemberChange {
+    /// The user was not a member before (emit `member_added`) / has no connection left
+    /// (emit `member_removed`).
+    Changed(Member),
+    /// The user was already a member through another connection / still has one: no
+    /// event, so `member_added`/`member_removed` fire once per user.
+    Unchanged,
+}
+
+/// Cluster-wide channel occupancy and presence membership.
+///
+/// Contract, for every implementation:
+/// - Counts are per connection (`SocketId`); joining twice with the same connection
+///   counts once. Leaving a channel one never joined is a no-op.
+/// - A user with several connections in a presence channel is one member: only its
+///   first connection's join and its last connection's leave report
+///   [`MemberChange::Changed`], so lifecycle events fire once per user cluster-wide.
+/// - `add_member` refuses a new user past `max_members` with [`Error::PresenceFull`]
+///   (another connection of an existing member is always accepted).
+/// - Reads (`members`, `channel`, `channels`) reflect every completed write.
+/// - Implementations with several nodes hold a per-node lease, so the connections of a
+///   crashed node disappear within a bounded time.
+#[async_trait]
+pub trait PresenceManager: Send + Sync + 'static {
+    /// Records that `socket` subscribed to `channel`; returns the new subscription count.
+    async fn join(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64>;
+    /// Records that `socket` left `channel`; returns the remaining subscription count.
+    async fn leave(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64>;
+    async fn add_member(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        socket: SocketId,
+        member: Member,
+        max_members: usize,
+    ) -> Result<MemberChange>;
+    async fn remove_member(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        socket: SocketId,
+    ) -> Result<MemberChange>;
+    /// The members of a presence channel, one per user, in no particular order.
+    async fn members(&self, app_id: &str, channel: &ChannelName) -> Result<Vec<Member>>;
+    async fn channel(&self, app_id: &str, channel: &ChannelName) -> Result<ChannelStats>;
+    /// Every occupied channel of an app whose name starts with `prefix`.
+    async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<(ChannelName, ChannelStats)>>;
+}

@@ -1,0 +1,271 @@
+//! In-memory backbone: one process, any number of nodes. The default of `herald dev`,
+//! and a model of the contracts that the Redis implementations are tested against.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use async_trait::async_trait;
+use herald_core::{ChannelName, SocketId, sharded::Sharded};
+use parking_lot::Mutex;
+
+use crate::{
+    Broker, ChannelStats, Error, Member, MemberChange, Message, MessageHandler, PresenceManager, Result,
+    Topic,
+};
+
+/// The shared state of an in-process cluster. Each node gets its own [`MemoryBroker`];
+/// all share one [`MemoryPresence`].
+#[derive(Clone, Default)]
+pub struct MemoryBackbone {
+    inner: Arc<BrokerState>,
+    presence: Arc<MemoryPresence>,
+}
+
+#[derive(Default)]
+struct BrokerState {
+    next_node: AtomicU64,
+    nodes: Mutex<HashMap<u64, Arc<dyn MessageHandler>>>,
+    interest: Mutex<HashMap<Topic, HashSet<u64>>>,
+}
+
+impl MemoryBackbone {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A broker for one node, delivering that node's subscribed topics to `handler`.
+    pub fn broker(&self, handler: Arc<dyn MessageHandler>) -> MemoryBroker {
+        let node = self.inner.next_node.fetch_add(1, Ordering::Relaxed);
+        self.inner.nodes.lock().insert(node, handler);
+        MemoryBroker { node, state: self.inner.clone() }
+    }
+
+    pub fn presence(&self) -> Arc<MemoryPresence> {
+        self.presence.clone()
+    }
+}
+
+/// One node's view of the in-memory broker. Publishing delivers synchronously to
+/// every subscribed node's handler before returning, so order per topic is the
+/// publish order.
+pub struct MemoryBroker {
+    node: u64,
+    state: Arc<BrokerState>,
+}
+
+impl Drop for MemoryBroker {
+    fn drop(&mut self) {
+        self.state.nodes.lock().remove(&self.node);
+        self.state.interest.lock().retain(|_, nodes| {
+            nodes.remove(&self.node);
+            !nodes.is_empty()
+        });
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, topic: &Topic, message: Message) -> Result<()> {
+        // Collect the handlers first: a handler must never run under our locks.
+        let handlers: Vec<Arc<dyn MessageHandler>> = {
+            let interest = self.state.interest.lock();
+            let Some(nodes) = interest.get(topic) else {
+                return Ok(());
+            };
+            let all = self.state.nodes.lock();
+            nodes.iter().filter_map(|n| all.get(n).cloned()).collect()
+        };
+        if let Some((last, rest)) = handlers.split_last() {
+            for handler in rest {
+                handler.handle(topic, message.clone());
+            }
+            last.handle(topic, message);
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<()> {
+        self.state.interest.lock().entry(topic.clone()).or_default().insert(self.node);
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, topic: &Topic) -> Result<()> {
+        let mut interest = self.state.interest.lock();
+        if let Some(nodes) = interest.get_mut(topic) {
+            nodes.remove(&self.node);
+            if nodes.is_empty() {
+                interest.remove(topic);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// In-memory [`PresenceManager`], sharded by channel.
+pub struct MemoryPresence {
+    channels: Sharded<(Arc<str>, ChannelName), ChannelState>,
+}
+
+impl Default for MemoryPresence {
+    fn default() -> Self {
+        Self { channels: Sharded::new(64) }
+    }
+}
+
+#[derive(Default)]
+struct ChannelState {
+    sockets: HashSet<SocketId>,
+    /// user id -> (member as its first connection announced it, its connections)
+    members: HashMap<Arc<str>, (Member, HashSet<SocketId>)>,
+    socket_user: HashMap<SocketId, Arc<str>>,
+}
+
+impl ChannelState {
+    fn stats(&self) -> ChannelStats {
+        ChannelStats { subscription_count: self.sockets.len() as u64, user_count: self.members.len() as u64 }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sockets.is_empty() && self.members.is_empty()
+    }
+}
+
+fn key(app_id: &str, channel: &ChannelName) -> (Arc<str>, ChannelName) {
+    (Arc::from(app_id), channel.clone())
+}
+
+impl MemoryPresence {
+    /// Runs `f` on a channel's state, dropping the entry once it is empty.
+    fn with_channel<T>(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        f: impl FnOnce(&mut ChannelState) -> T,
+    ) -> T {
+        let key = key(app_id, channel);
+        let mut shard = self.channels.shard(&key);
+        let state = shard.entry(key.clone()).or_default();
+        let out = f(state);
+        if state.is_empty() {
+            shard.remove(&key);
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl PresenceManager for MemoryPresence {
+    async fn join(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
+        Ok(self.with_channel(app_id, channel, |c| {
+            c.sockets.insert(socket);
+            c.sockets.len() as u64
+        }))
+    }
+
+    async fn leave(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
+        Ok(self.with_channel(app_id, channel, |c| {
+            c.sockets.remove(&socket);
+            c.sockets.len() as u64
+        }))
+    }
+
+    async fn add_member(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        socket: SocketId,
+        member: Member,
+        max_members: usize,
+    ) -> Result<MemberChange> {
+        self.with_channel(app_id, channel, |c| {
+            if let Some((_, sockets)) = c.members.get_mut(&member.user_id) {
+                sockets.insert(socket);
+                c.socket_user.insert(socket, member.user_id.clone());
+                return Ok(MemberChange::Unchanged);
+            }
+            if c.members.len() >= max_members {
+                return Err(Error::PresenceFull { limit: max_members });
+            }
+            c.socket_user.insert(socket, member.user_id.clone());
+            c.members.insert(member.user_id.clone(), (member.clone(), HashSet::from([socket])));
+            Ok(MemberChange::Changed(member))
+        })
+    }
+
+    async fn remove_member(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        socket: SocketId,
+    ) -> Result<MemberChange> {
+        Ok(self.with_channel(app_id, channel, |c| {
+            let Some(user_id) = c.socket_user.remove(&socket) else {
+                return MemberChange::Unchanged;
+            };
+            let Some((_, sockets)) = c.members.get_mut(&user_id) else {
+                return MemberChange::Unchanged;
+            };
+            sockets.remove(&socket);
+            if !sockets.is_empty() {
+                return MemberChange::Unchanged;
+            }
+            match c.members.remove(&user_id) {
+                Some((member, _)) => MemberChange::Changed(member),
+                None => MemberChange::Unchanged,
+            }
+        }))
+    }
+
+    async fn members(&self, app_id: &str, channel: &ChannelName) -> Result<Vec<Member>> {
+        let key = key(app_id, channel);
+        let shard = self.channels.shard(&key);
+        Ok(shard.get(&key).map(|c| c.members.values().map(|(m, _)| m.clone()).collect()).unwrap_or_default())
+    }
+
+    async fn channel(&self, app_id: &str, channel: &ChannelName) -> Result<ChannelStats> {
+        let key = key(app_id, channel);
+        let shard = self.channels.shard(&key);
+        Ok(shard.get(&key).map(ChannelState::stats).unwrap_or_default())
+    }
+
+    async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<(ChannelName, ChannelStats)>> {
+        let mut out = Vec::new();
+        self.channels.for_each_shard(|shard| {
+            out.extend(
+                shard
+                    .iter()
+                    .filter(|((app, name), c)| {
+                        &**app == app_id && name.as_str().starts_with(prefix) && !c.sockets.is_empty()
+                    })
+                    .map(|((_, name), c)| (name.clone(), c.stats())),
+            );
+        });
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance;
+
+    #[tokio::test]
+    async fn memory_broker_conforms() {
+        conformance::broker_scenarios(|handler_a, handler_b| {
+            let backbone = MemoryBackbone::new();
+            (backbone.broker(handler_a), backbone.broker(handler_b))
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn memory_presence_conforms() {
+        conformance::presence_scenarios(&MemoryPresence::default()).await;
+    }
+}

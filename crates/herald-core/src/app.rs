@@ -1,0 +1,165 @@
+//! Apps (tenants): credentials, switches and limits, as configured by the operator.
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::Deserialize;
+
+/// One app (tenant): the credentials its clients and backends sign with, and its limits.
+/// Every limit has Pusher's default where Pusher documents one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    /// The app id used in HTTP API paths (`/apps/{id}/...`).
+    pub id: String,
+    /// The public key clients connect with (`/app/{key}`); also the HTTP API `auth_key`.
+    pub key: String,
+    /// The secret that signs channel authorizations and HTTP API requests.
+    pub secret: String,
+    /// A disabled app refuses connections (4003) and API calls (403).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Whether connections may send `client-*` events on private and presence channels.
+    #[serde(default)]
+    pub enable_client_events: bool,
+    /// Limits, in the `[apps.limits]` table under the app.
+    #[serde(default)]
+    pub limits: AppLimits,
+}
+
+/// Per-app limits (`[apps.limits]` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppLimits {
+    /// Concurrent connections on one node; 0 means unlimited. Over it: error 4004.
+    pub max_connections: u64,
+    /// Largest event `data`, in bytes (Pusher: 10 KB). Over it: HTTP 413, or `pusher:error`.
+    pub max_event_data_bytes: usize,
+    /// Longest event name (Pusher: 200).
+    pub max_event_name_len: usize,
+    /// Channels one HTTP publish may name (Pusher: 100).
+    pub max_channels_per_event: usize,
+    /// Events in one `batch_events` request (Pusher: 10).
+    pub max_batch_events: usize,
+    /// Channels one connection may be subscribed to at once.
+    pub max_channels_per_connection: usize,
+    /// Members of one presence channel (Pusher: 100).
+    pub max_presence_members: usize,
+    /// Size of a presence member's `user_info` JSON, in bytes (Pusher: 1 KB).
+    pub max_presence_user_info_bytes: usize,
+    /// `client-*` events one connection may send per second (Pusher: 10). Over it: 4301.
+    pub client_events_per_second: u32,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 0,
+            max_event_data_bytes: 10 * 1024,
+            max_event_name_len: 200,
+            max_channels_per_event: 100,
+            max_batch_events: 10,
+            max_channels_per_connection: 200,
+            max_presence_members: 100,
+            max_presence_user_info_bytes: 1024,
+            client_events_per_second: 10,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The configured apps, looked up by id (HTTP API) or key (WebSocket, `auth_key`).
+#[derive(Debug, Default, Clone)]
+pub struct Apps {
+    by_id: HashMap<String, Arc<App>>,
+    by_key: HashMap<String, Arc<App>>,
+}
+
+impl Apps {
+    /// Builds the registry, reporting every problem at once (empty credentials,
+    /// duplicate ids or keys) rather than the first.
+    pub fn new(apps: impl IntoIterator<Item = App>) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut registry = Self::default();
+        for (index, app) in apps.into_iter().enumerate() {
+            let at = format!("apps[{index}]");
+            for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+                if value.trim().is_empty() {
+                    errors.push(format!("{at}.{field}: must not be empty"));
+                }
+            }
+            if app.id.contains('/') {
+                errors.push(format!("{at}.id: must not contain '/'"));
+            }
+            if app.limits.max_event_data_bytes == 0 {
+                errors.push(format!("{at}.max_event_data_bytes: must be at least 1"));
+            }
+            if app.limits.max_channels_per_event == 0 {
+                errors.push(format!("{at}.max_channels_per_event: must be at least 1"));
+            }
+            if app.limits.max_batch_events == 0 {
+                errors.push(format!("{at}.max_batch_events: must be at least 1"));
+            }
+            let app = Arc::new(app);
+            if registry.by_id.insert(app.id.clone(), app.clone()).is_some() {
+                errors.push(format!("{at}.id: {:?} is used by another app", app.id));
+            }
+            if registry.by_key.insert(app.key.clone(), app.clone()).is_some() {
+                errors.push(format!("{at}.key: {:?} is used by another app", app.key));
+            }
+        }
+        if errors.is_empty() { Ok(registry) } else { Err(errors) }
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {
+        self.by_id.get(id)
+    }
+
+    pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
+        self.by_key.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.by_id.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(id: &str, key: &str) -> App {
+        App {
+            id: id.into(),
+            key: key.into(),
+            secret: "s".into(),
+            enabled: true,
+            enable_client_events: false,
+            limits: AppLimits::default(),
+        }
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let errors = Apps::new([app("1", "k"), app("1", "k"), app("", "k2")]).unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+    }
+
+    #[test]
+    fn looks_up_by_id_and_key() {
+        let apps = Apps::new([app("1", "k1"), app("2", "k2")]).unwrap();
+        assert_eq!(apps.by_id("2").unwrap().key, "k2");
+        assert_eq!(apps.by_key("k1").unwrap().id, "1");
+        assert!(apps.by_key("nope").is_none());
+    }
+}

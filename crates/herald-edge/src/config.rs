@@ -1,0 +1,106 @@
+//! Edge settings. Every field has a documented default (see
+//! `config/herald.example.toml`); the binary fills these from the config file,
+//! `HERALD_*` environment variables and flags.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings of WebSocket connections.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Seconds of silence after which the server pings a client; also advertised to
+    /// clients in `pusher:connection_established` (Pusher: 120).
+    pub activity_timeout_secs: u64,
+    /// Seconds a client has to answer a ping before it is closed with 4201 (Pusher: 30).
+    pub pong_timeout_secs: u64,
+    /// Largest WebSocket message a client may send, in bytes. Larger: closed with 1009.
+    pub max_message_bytes: usize,
+    /// Bytes that may wait in one connection's outbound queue. A subscriber that falls
+    /// further behind is disconnected with 4100, so it cannot slow others down.
+    pub outbound_queue_bytes: usize,
+    /// Seconds one write to a client may take before the connection is dropped.
+    pub write_timeout_secs: u64,
+    /// Seconds a client may take to complete the HTTP upgrade request.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            activity_timeout_secs: 120,
+            pong_timeout_secs: 30,
+            max_message_bytes: 64 * 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            write_timeout_secs: 10,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl ConnectionConfig {
+    pub fn activity_timeout(&self) -> Duration {
+        Duration::from_secs(self.activity_timeout_secs)
+    }
+
+    pub fn pong_timeout(&self) -> Duration {
+        Duration::from_secs(self.pong_timeout_secs)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
+    }
+
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        let positive = [
+            ("connection.activity_timeout_secs", self.activity_timeout_secs as usize),
+            ("connection.pong_timeout_secs", self.pong_timeout_secs as usize),
+            ("connection.max_message_bytes", self.max_message_bytes),
+            ("connection.write_timeout_secs", self.write_timeout_secs as usize),
+            ("connection.handshake_timeout_secs", self.handshake_timeout_secs as usize),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                errors.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if self.outbound_queue_bytes < 16 * 1024 {
+            errors.push("connection.outbound_queue_bytes: must be at least 16384".into());
+        }
+    }
+}
+
+/// Settings of the Pusher HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpApiConfig {
+    /// Largest request body, in bytes. Larger: 413.
+    pub max_body_bytes: usize,
+    /// How far `auth_timestamp` may be from the server's clock, in seconds (Pusher: 600).
+    pub timestamp_tolerance_secs: u64,
+}
+
+impl Default for HttpApiConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 256 * 1024, timestamp_tolerance_secs: 600 }
+    }
+}
+
+impl HttpApiConfig {
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if self.max_body_bytes < 1024 {
+            errors.push("http.max_body_bytes: must be at least 1024".into());
+        }
+    }
+}
+
+/// Everything an edge node needs besides its listeners and backbone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeConfig {
+    pub connection: ConnectionConfig,
+    pub http: HttpApiConfig,
+    /// How long a graceful shutdown may take. Client connections are closed with a
+    /// reconnect code spread over most of it, so clients do not all reconnect at once.
+    pub shutdown_grace: Duration,
+}

@@ -1,0 +1,387 @@
+//! The Pusher HTTP API (`/apps/{app_id}/...`), authenticated exactly as Pusher does,
+//! so the official Pusher server SDKs work unchanged.
+
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use herald_backbone::{Message, Topic};
+use herald_core::{App, ChannelKind, ChannelName, Publication, PublicationData, SocketId, auth};
+use herald_telemetry::Metric;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::node::Node;
+
+/// An API failure: the status and the message put in the JSON body.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<herald_backbone::Error> for ApiError {
+    fn from(e: herald_backbone::Error) -> Self {
+        let status = if e.is_retryable() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Serves one request under `/apps/`.
+pub(crate) async fn handle(node: Arc<Node>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let result = serve(&node, request).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.status.is_client_error() => "client_error",
+        Err(_) => "server_error",
+    };
+    metrics::counter!(Metric::HttpApiRequests.name(), "outcome" => outcome).increment(1);
+    match result {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(e) => json_response(e.status, &json!({ "error": e.message })),
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let query: Vec<(String, String)> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ["apps", app_id, rest @ ..] = segments.as_slice() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not found"));
+    };
+    let app = node
+        .apps
+        .by_id(app_id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id:?}")))?
+        .clone();
+
+    let limit = node.config.http.max_body_bytes;
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {limit} bytes"),
+            ));
+        }
+        Err(e) => return Err(ApiError::bad_request(format!("could not read the body: {e}"))),
+    };
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    auth::verify_api_request(
+        &app,
+        parts.method.as_str(),
+        &path,
+        &query,
+        &body,
+        now,
+        node.config.http.timestamp_tolerance_secs,
+    )
+    .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    if !app.enabled {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "app is disabled"));
+    }
+
+    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    match (&parts.method, rest) {
+        (&Method::POST, ["events"]) => trigger(node, &app, &body).await,
+        (&Method::POST, ["batch_events"]) => batch(node, &app, &body).await,
+        (&Method::GET, ["channels"]) => channels(node, &app, param("filter_by_prefix"), param("info")).await,
+        (&Method::GET, ["channels", channel]) => channel_info(node, &app, channel, param("info")).await,
+        (&Method::GET, ["channels", channel, "users"]) => users(node, &app, channel).await,
+        (&Method::POST, ["users", user_id, "terminate_connections"]) => terminate(node, &app, user_id).await,
+        (_, ["events" | "batch_events" | "channels" | "users", ..]) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not allowed on {path}", parts.method),
+        )),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no API endpoint at {path}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventRequest {
+    name: Option<String>,
+    data: Option<Value>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    socket_id: Option<String>,
+    #[serde(default)]
+    info: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    batch: Vec<EventRequest>,
+}
+
+/// An event that passed validation, ready to publish.
+struct ValidEvent {
+    channels: Vec<ChannelName>,
+    event: Arc<str>,
+    data: PublicationData,
+    exclude: Option<SocketId>,
+    info: Vec<String>,
+}
+
+fn validate(app: &App, request: EventRequest, batch: bool) -> ApiResult<ValidEvent> {
+    let limits = &app.limits;
+    let name =
+        request.name.filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request("name is required"))?;
+    if name.chars().count() > limits.max_event_name_len {
+        return Err(ApiError::bad_request(format!(
+            "event name is longer than {} characters",
+            limits.max_event_name_len
+        )));
+    }
+    if name.starts_with("pusher:") || name.starts_with("pusher_internal:") {
+        return Err(ApiError::bad_request("event names starting with pusher: are reserved"));
+    }
+    let data = match request.data {
+        Some(Value::String(data)) => data,
+        Some(_) => return Err(ApiError::bad_request("data must be a string (JSON-encode objects)")),
+        None => return Err(ApiError::bad_request("data is required")),
+    };
+    if data.len() > limits.max_event_data_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("event data is {} bytes, the limit is {}", data.len(), limits.max_event_data_bytes),
+        ));
+    }
+    let names = match (request.channels, request.channel) {
+        (Some(channels), None) if !batch => channels,
+        (None, Some(channel)) => vec![channel],
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give either channels or channel, not both")),
+        (Some(_), None) => return Err(ApiError::bad_request("batch events take one channel each")),
+        (None, None) => return Err(ApiError::bad_request("channels is required")),
+    };
+    if names.is_empty() {
+        return Err(ApiError::bad_request("channels must not be empty"));
+    }
+    if names.len() > limits.max_channels_per_event {
+        return Err(ApiError::bad_request(format!(
+            "{} channels given, at most {} per event",
+            names.len(),
+            limits.max_channels_per_event
+        )));
+    }
+    let mut channels = Vec::with_capacity(names.len());
+    for name in &names {
+        let channel = ChannelName::new(name)
+            .map_err(|e| ApiError::bad_request(format!("invalid channel {name:?}: {e}")))?;
+        if channel.kind() == ChannelKind::PrivateEncrypted && names.len() > 1 {
+            return Err(ApiError::bad_request(
+                "an event to an encrypted channel must name that channel alone",
+            ));
+        }
+        channels.push(channel);
+    }
+    let exclude = match request.socket_id {
+        Some(id) => Some(
+            id.parse::<SocketId>()
+                .map_err(|e| ApiError::bad_request(format!("invalid socket_id {id:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    let info = parse_info(request.info.as_deref())?;
+    Ok(ValidEvent {
+        channels,
+        event: Arc::from(name),
+        data: PublicationData::from_string(&data),
+        exclude,
+        info,
+    })
+}
+
+fn parse_info(info: Option<&str>) -> ApiResult<Vec<String>> {
+    let attributes: Vec<String> =
+        info.unwrap_or("").split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+    for attribute in &attributes {
+        if !matches!(attribute.as_str(), "user_count" | "subscription_count") {
+            return Err(ApiError::bad_request(format!(
+                "unknown info attribute {attribute:?}; use user_count or subscription_count"
+            )));
+        }
+    }
+    Ok(attributes)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+async fn publish(node: &Node, app: &App, event: &ValidEvent) -> ApiResult<()> {
+    let app_id: Arc<str> = Arc::from(app.id.as_str());
+    for channel in &event.channels {
+        node.publish(Publication {
+            app_id: app_id.clone(),
+            channel: channel.clone(),
+            event: event.event.clone(),
+            data: event.data.clone(),
+            user_id: None,
+            exclude: event.exclude,
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The `info` attributes of one channel, as the events endpoints report them.
+async fn attributes(
+    node: &Node,
+    app: &App,
+    channel: &ChannelName,
+    info: &[String],
+) -> ApiResult<Map<String, Value>> {
+    let stats = node.presence.channel(&app.id, channel).await?;
+    let mut out = Map::new();
+    for attribute in info {
+        match attribute.as_str() {
+            "user_count" if channel.kind() == ChannelKind::Presence => {
+                out.insert("user_count".into(), stats.user_count.into());
+            }
+            "subscription_count" => {
+                out.insert("subscription_count".into(), stats.subscription_count.into());
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+async fn trigger(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
+    let event = validate(app, parse_json(body)?, false)?;
+    publish(node, app, &event).await?;
+    if event.info.is_empty() {
+        return Ok(json!({}));
+    }
+    let mut channels = Map::new();
+    for channel in &event.channels {
+        let attributes = attributes(node, app, channel, &event.info).await?;
+        channels.insert(channel.to_string(), Value::Object(attributes));
+    }
+    Ok(json!({ "channels": channels }))
+}
+
+async fn batch(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
+    let request: BatchRequest = parse_json(body)?;
+    let limit = app.limits.max_batch_events;
+    if request.batch.len() > limit {
+        return Err(ApiError::bad_request(format!(
+            "batch has {} events, at most {limit} are accepted",
+            request.batch.len()
+        )));
+    }
+    // Validate everything before publishing anything: a bad batch publishes nothing.
+    let events = request
+        .batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            validate(app, e, true).map_err(|e| ApiError::new(e.status, format!("batch[{i}]: {}", e.message)))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    for event in &events {
+        publish(node, app, event).await?;
+    }
+    if events.iter().all(|e| e.info.is_empty()) {
+        return Ok(json!({}));
+    }
+    let mut results = Vec::with_capacity(events.len());
+    for event in &events {
+        let attributes = match event.channels.first() {
+            Some(channel) => attributes(node, app, channel, &event.info).await?,
+            None => Map::new(),
+        };
+        results.push(Value::Object(attributes));
+    }
+    Ok(json!({ "batch": results }))
+}
+
+async fn channels(node: &Node, app: &App, prefix: Option<&str>, info: Option<&str>) -> ApiResult<Value> {
+    let prefix = prefix.unwrap_or("");
+    let info = parse_info(info)?;
+    if info.iter().any(|a| a == "subscription_count") {
+        return Err(ApiError::bad_request("the channels list reports user_count only"));
+    }
+    let want_users = !info.is_empty();
+    if want_users && !prefix.starts_with("presence-") {
+        return Err(ApiError::bad_request("info=user_count needs filter_by_prefix=presence-"));
+    }
+    let mut channels = Map::new();
+    for (channel, stats) in node.presence.channels(&app.id, prefix).await? {
+        let entry = if want_users { json!({ "user_count": stats.user_count }) } else { json!({}) };
+        channels.insert(channel.to_string(), entry);
+    }
+    Ok(json!({ "channels": channels }))
+}
+
+async fn channel_info(node: &Node, app: &App, channel: &str, info: Option<&str>) -> ApiResult<Value> {
+    let channel =
+        ChannelName::new(channel).map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))?;
+    let info = parse_info(info)?;
+    if info.iter().any(|a| a == "user_count") && channel.kind() != ChannelKind::Presence {
+        return Err(ApiError::bad_request("user_count is only available for presence channels"));
+    }
+    let stats = node.presence.channel(&app.id, &channel).await?;
+    let mut out = json!({ "occupied": stats.subscription_count > 0 });
+    for attribute in attributes(node, app, &channel, &info).await? {
+        out[attribute.0] = attribute.1;
+    }
+    Ok(out)
+}
+
+async fn users(node: &Node, app: &App, channel: &str) -> ApiResult<Value> {
+    let channel =
+        ChannelName::new(channel).map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))?;
+    if channel.kind() != ChannelKind::Presence {
+        return Err(ApiError::bad_request("users are only available for presence channels"));
+    }
+    let members = node.presence.members(&app.id, &channel).await?;
+    let users: Vec<Value> = members.iter().map(|m| json!({ "id": &*m.user_id })).collect();
+    Ok(json!({ "users": users }))
+}
+
+async fn terminate(node: &Node, app: &App, user_id: &str) -> ApiResult<Value> {
+    if user_id.is_empty() {
+        return Err(ApiError::bad_request("user id is required"));
+    }
+    let topic = Topic::user(&Arc::from(app.id.as_str()), user_id);
+    node.broker.publish(&topic, Message::TerminateUser { user_id: Arc::from(user_id) }).await?;
+    Ok(json!({}))
+}

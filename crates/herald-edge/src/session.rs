@@ -1,0 +1,654 @@
+//! One WebSocket connection speaking the Pusher Channels protocol v7.
+//!
+//! Two tasks per connection: the reader (this module's [`Session`], the protocol state
+//! machine) and the writer ([`crate::writer`]), which owns the socket's write half and
+//! drains the session's [`Outbox`]. Everything the server sends — replies, pings and
+//! every fan-out frame — goes through the outbox, so its byte limit bounds the memory
+//! one connection can pin, and a slow client never blocks anyone else.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use herald_backbone::{Member, MemberChange, Topic};
+use herald_core::{
+    App, ChannelKind, ChannelName, ErrorCode, Publication, PublicationData, SocketId, auth, protocol,
+};
+use herald_hub::{Close, Outbox, frame};
+use herald_telemetry::Metric;
+use serde::Deserialize;
+use serde_json::{Value, json, value::RawValue};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
+
+use crate::{
+    node::Node,
+    writer::{Activity, write_loop},
+};
+
+/// How long the reader waits for the client's half of the close handshake before it
+/// drops the socket (dropping it with unread input would reset the connection and
+/// could destroy the close frame we just sent).
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs a connection that passed admission until it ends, then cleans up after it.
+pub(crate) async fn run<S>(node: Arc<Node>, app: Arc<App>, io: S)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let config = node.config.connection.clone();
+    let outbox = Arc::new(Outbox::new(config.outbound_queue_bytes));
+    let activity = Arc::new(Activity::new());
+    let (read, write) = tokio::io::split(io);
+    let writer = tokio::spawn(write_loop(write, outbox.clone(), activity.clone(), config.clone()));
+
+    if !node.acquire_connection(&app.id, app.limits.max_connections) {
+        outbox.close(Close::error(
+            ErrorCode::OverConnectionQuota,
+            "over connection quota: the app has reached its connection limit",
+        ));
+        drain(reader(read, config.max_message_bytes)).await;
+        let _ = writer.await;
+        return;
+    }
+
+    let socket = node.next_socket_id();
+    node.sessions.shard(&socket.conn).insert(socket.conn, outbox.clone());
+    metrics::gauge!(Metric::Connections.name()).increment(1);
+    metrics::counter!(Metric::ConnectionsAccepted.name()).increment(1);
+
+    let mut session = Session {
+        client_events: TokenBucket::new(app.limits.client_events_per_second),
+        socket_id: socket.to_string(),
+        node: node.clone(),
+        app,
+        socket,
+        outbox: outbox.clone(),
+        channels: HashMap::new(),
+        user_id: None,
+    };
+    session.send(protocol::connection_established(&session.socket_id, config.activity_timeout_secs));
+    let mut ws = reader(read, config.max_message_bytes);
+    session.read_loop(&mut ws, &activity).await;
+    session.cleanup().await;
+    drain(ws).await;
+    let _ = writer.await;
+
+    node.sessions.shard(&socket.conn).remove(&socket.conn);
+    node.release_connection(&session.app.id);
+    metrics::gauge!(Metric::Connections.name()).decrement(1);
+}
+
+/// Sends a Pusher error and closes a connection that was refused at admission
+/// (unknown app, disabled app, bad protocol version).
+pub(crate) async fn refuse<S>(node: Arc<Node>, io: S, close: Close)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let config = node.config.connection.clone();
+    let outbox = Arc::new(Outbox::new(config.outbound_queue_bytes));
+    outbox.close(close);
+    let (read, write) = tokio::io::split(io);
+    let writer = tokio::spawn(write_loop(write, outbox, Arc::new(Activity::new()), config.clone()));
+    drain(reader(read, config.max_message_bytes)).await;
+    let _ = writer.await;
+}
+
+type Reader<S> = WebSocketRead<ReadHalf<S>>;
+
+fn reader<S: AsyncRead>(read: ReadHalf<S>, max_message_bytes: usize) -> Reader<S> {
+    // The write half given to fastwebsockets is a sink: with auto-pong and auto-close
+    // off it never writes, and every frame we send goes through the outbox.
+    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    ws.set_max_message_size(max_message_bytes);
+    ws
+}
+
+/// Reads (and ignores) until the client's close frame or EOF, briefly: the close
+/// handshake, so that our close frame is not lost to a connection reset.
+async fn drain<S: AsyncRead>(mut ws: Reader<S>) {
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        let mut obligations = no_obligations;
+        loop {
+            match ws.read_frame(&mut obligations).await {
+                Ok(frame) if frame.opcode == OpCode::Close => break,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// fastwebsockets' callback for frames it must send itself; with auto-pong and
+/// auto-close off it is never called.
+async fn no_obligations(_: Frame<'_>) -> Result<(), std::convert::Infallible> {
+    Ok(())
+}
+
+struct Session {
+    node: Arc<Node>,
+    app: Arc<App>,
+    socket: SocketId,
+    socket_id: String,
+    outbox: Arc<Outbox>,
+    channels: HashMap<ChannelName, Subscription>,
+    /// Set by a successful `pusher:signin`.
+    user_id: Option<Arc<str>>,
+    client_events: TokenBucket,
+}
+
+struct Subscription {
+    /// The presence member this connection joined as (presence channels only).
+    presence_user: Option<Arc<str>>,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeData {
+    channel: String,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    channel_data: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeData {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct SigninData {
+    auth: String,
+    user_data: String,
+}
+
+#[derive(Deserialize)]
+struct PresenceData {
+    user_id: Value,
+    #[serde(default)]
+    user_info: Option<Value>,
+}
+
+/// Where a message continues after a fragment: the kind of the first frame, and the
+/// bytes so far (bounded by `max_message_bytes`).
+struct Fragments {
+    opcode: OpCode,
+    bytes: Vec<u8>,
+}
+
+impl Session {
+    async fn read_loop<S: AsyncRead>(&mut self, ws: &mut Reader<S>, activity: &Activity) {
+        let max_message = self.node.config.connection.max_message_bytes;
+        let mut fragments: Option<Fragments> = None;
+        let mut obligations = no_obligations;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = self.outbox.closing() => return,
+                frame = ws.read_frame(&mut obligations) => frame,
+            };
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(WebSocketError::FrameTooLarge) => return self.close_too_large(max_message),
+                Err(e) => {
+                    tracing::debug!(socket_id = %self.socket_id, error = %e, "connection read ended");
+                    self.outbox.close(Close::plain(1002, "protocol error"));
+                    return;
+                }
+            };
+            activity.touch();
+            match frame.opcode {
+                OpCode::Text | OpCode::Binary if !frame.fin => {
+                    fragments = Some(Fragments { opcode: frame.opcode, bytes: frame.payload.to_vec() });
+                }
+                OpCode::Continuation => {
+                    let Some(partial) = fragments.as_mut() else {
+                        self.outbox.close(Close::plain(1002, "unexpected continuation frame"));
+                        return;
+                    };
+                    if partial.bytes.len() + frame.payload.len() > max_message {
+                        return self.close_too_large(max_message);
+                    }
+                    partial.bytes.extend_from_slice(&frame.payload);
+                    if frame.fin
+                        && let Some(whole) = fragments.take()
+                    {
+                        self.on_data_message(whole.opcode, &whole.bytes).await;
+                    }
+                }
+                OpCode::Text | OpCode::Binary => self.on_data_message(frame.opcode, &frame.payload).await,
+                OpCode::Close => {
+                    let code = match frame.payload.get(..2) {
+                        Some(code) => u16::from_be_bytes([code[0], code[1]]),
+                        None => 1000,
+                    };
+                    // Echo the client's code, as RFC 6455 asks, unless it is one that
+                    // must not appear on the wire.
+                    let code = if (1000..=4999).contains(&code) && !matches!(code, 1004..=1006 | 1015) {
+                        code
+                    } else {
+                        1000
+                    };
+                    self.outbox.close(Close::plain(code, ""));
+                    return;
+                }
+                OpCode::Ping => {
+                    self.outbox.push(frame::pong(&frame.payload));
+                }
+                OpCode::Pong => {}
+            }
+        }
+    }
+
+    fn close_too_large(&self, max_message: usize) {
+        self.outbox.close(Close::plain(1009, format!("message too large: the limit is {max_message} bytes")));
+    }
+
+    async fn on_data_message(&mut self, opcode: OpCode, bytes: &[u8]) {
+        if opcode == OpCode::Binary {
+            return self.error(None, "binary frames are not supported: send JSON text frames");
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            self.outbox.close(Close::plain(1007, "invalid UTF-8"));
+            return;
+        };
+        let message: Incoming<'_> = match serde_json::from_str(text) {
+            Ok(message) => message,
+            Err(e) => return self.error(None, &format!("invalid message: {e}")),
+        };
+        match &*message.event {
+            "pusher:ping" => self.send(protocol::pong()),
+            "pusher:pong" => {}
+            "pusher:subscribe" => match parse_data::<SubscribeData>(message.data) {
+                Ok(data) => self.subscribe(data).await,
+                Err(e) => self.error(None, &format!("invalid pusher:subscribe: {e}")),
+            },
+            "pusher:unsubscribe" => match parse_data::<UnsubscribeData>(message.data) {
+                Ok(data) => self.unsubscribe(&data.channel).await,
+                Err(e) => self.error(None, &format!("invalid pusher:unsubscribe: {e}")),
+            },
+            "pusher:signin" => match parse_data::<SigninData>(message.data) {
+                Ok(data) => self.signin(data).await,
+                Err(e) => self.error(None, &format!("invalid pusher:signin: {e}")),
+            },
+            event if event.starts_with("client-") => {
+                let event = event.to_string();
+                self.client_event(event, message.channel, message.data).await;
+            }
+            other => {
+                let other = other.chars().take(64).collect::<String>();
+                self.error(None, &format!("unsupported event {other:?}"));
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, request: SubscribeData) {
+        let channel = match ChannelName::new(&request.channel) {
+            Ok(channel) => channel,
+            Err(e) => {
+                return self.subscription_error(&request.channel, "InvalidChannel", &e.to_string(), 400);
+            }
+        };
+        if self.channels.contains_key(&channel) {
+            // Already subscribed (a client retrying): acknowledge again.
+            return self.acknowledge(&channel).await;
+        }
+        let limits = &self.app.limits;
+        if self.channels.len() >= limits.max_channels_per_connection {
+            let message = format!(
+                "this connection is subscribed to {} channels, the limit",
+                limits.max_channels_per_connection
+            );
+            return self.subscription_error(channel.as_str(), "LimitReached", &message, 429);
+        }
+        let kind = channel.kind();
+        let mut member = None;
+        if kind.requires_auth() {
+            let channel_data = match kind {
+                ChannelKind::Presence => match request.channel_data.as_deref() {
+                    Some(data) => Some(data),
+                    None => {
+                        return self.subscription_error(
+                            channel.as_str(),
+                            "AuthError",
+                            "presence channels need channel_data",
+                            401,
+                        );
+                    }
+                },
+                _ => None,
+            };
+            let valid = request.auth.as_deref().is_some_and(|auth| {
+                auth::verify_channel_auth(&self.app, &self.socket_id, channel.as_str(), channel_data, auth)
+            });
+            if !valid {
+                let message = match request.auth {
+                    None => "auth is required for this channel",
+                    Some(_) => "invalid signature for this socket id and channel",
+                };
+                return self.subscription_error(channel.as_str(), "AuthError", message, 401);
+            }
+            if let Some(data) = channel_data {
+                match self.parse_member(data) {
+                    Ok(m) => member = Some(m),
+                    Err(message) => {
+                        return self.subscription_error(channel.as_str(), "AuthError", &message, 400);
+                    }
+                }
+            }
+        } else if kind == ChannelKind::ServerToUser && self.user_id.as_deref() != channel.server_to_user_id()
+        {
+            return self.subscription_error(
+                channel.as_str(),
+                "AuthError",
+                "sign in as this user before subscribing to its channel",
+                403,
+            );
+        }
+
+        let topic = Topic::channel(&Arc::from(self.app.id.as_str()), &channel);
+        if let Err(e) = self.node.subscribe(&topic, self.socket.conn, self.outbox.clone()).await {
+            return self.subscription_error(channel.as_str(), "ServiceUnavailable", &e.to_string(), 503);
+        }
+        let presence = &self.node.presence;
+        if let Err(e) = presence.join(&self.app.id, &channel, self.socket).await {
+            self.node.unsubscribe(&topic, self.socket.conn);
+            return self.subscription_error(channel.as_str(), "ServiceUnavailable", &e.to_string(), 503);
+        }
+        let presence_user = match member {
+            None => None,
+            Some(member) => {
+                let user_id = member.user_id.clone();
+                let max = self.app.limits.max_presence_members;
+                match presence.add_member(&self.app.id, &channel, self.socket, member, max).await {
+                    Ok(MemberChange::Changed(member)) => {
+                        let data = protocol::member_added_data(&member.user_id, &member.user_info);
+                        self.publish_internal(
+                            &channel,
+                            "pusher_internal:member_added",
+                            data,
+                            Some(self.socket),
+                        )
+                        .await;
+                    }
+                    Ok(MemberChange::Unchanged) => {}
+                    Err(e) => {
+                        self.node.unsubscribe(&topic, self.socket.conn);
+                        let _ = presence.leave(&self.app.id, &channel, self.socket).await;
+                        let status = if e.is_retryable() { 503 } else { 403 };
+                        return self.subscription_error(
+                            channel.as_str(),
+                            "LimitReached",
+                            &e.to_string(),
+                            status,
+                        );
+                    }
+                }
+                Some(user_id)
+            }
+        };
+        self.channels.insert(channel.clone(), Subscription { presence_user });
+        self.acknowledge(&channel).await;
+    }
+
+    /// `pusher_internal:subscription_succeeded`, with the member set on presence channels.
+    async fn acknowledge(&self, channel: &ChannelName) {
+        let data = if channel.kind() == ChannelKind::Presence {
+            let members = match self.node.presence.members(&self.app.id, channel).await {
+                Ok(members) => members,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence members unavailable");
+                    Vec::new()
+                }
+            };
+            let ids: Vec<&str> = members.iter().map(|m| &*m.user_id).collect();
+            let hash: serde_json::Map<String, Value> =
+                members.iter().map(|m| (m.user_id.to_string(), m.user_info.clone())).collect();
+            json!({ "presence": { "ids": ids, "hash": hash, "count": members.len() } })
+        } else {
+            json!({})
+        };
+        self.send(protocol::subscription_succeeded(channel.as_str(), &data));
+    }
+
+    /// Reads `channel_data` of a presence subscription: `user_id` (string or number) and
+    /// an optional `user_info` within the app's size limit.
+    fn parse_member(&self, channel_data: &str) -> Result<Member, String> {
+        let data: PresenceData = serde_json::from_str(channel_data)
+            .map_err(|e| format!("channel_data is not valid presence data: {e}"))?;
+        let user_id = match data.user_id {
+            Value::String(s) if !s.is_empty() => s,
+            Value::Number(n) => n.to_string(),
+            _ => return Err("channel_data.user_id must be a non-empty string or a number".into()),
+        };
+        let user_info = data.user_info.unwrap_or(Value::Null);
+        let size = user_info.to_string().len();
+        let limit = self.app.limits.max_presence_user_info_bytes;
+        if size > limit {
+            return Err(format!("user_info is {size} bytes, the limit is {limit}"));
+        }
+        Ok(Member { user_id: user_id.into(), user_info })
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) {
+        let Ok(channel) = ChannelName::new(channel) else {
+            return;
+        };
+        if let Some(subscription) = self.channels.remove(&channel) {
+            self.leave(&channel, subscription).await;
+        }
+    }
+
+    async fn leave(&self, channel: &ChannelName, subscription: Subscription) {
+        let topic = Topic::channel(&Arc::from(self.app.id.as_str()), channel);
+        self.node.unsubscribe(&topic, self.socket.conn);
+        let presence = &self.node.presence;
+        if let Err(e) = presence.leave(&self.app.id, channel, self.socket).await {
+            tracing::warn!(error = %e, "presence leave failed");
+        }
+        if subscription.presence_user.is_some() {
+            match presence.remove_member(&self.app.id, channel, self.socket).await {
+                Ok(MemberChange::Changed(member)) => {
+                    let data = protocol::member_removed_data(&member.user_id);
+                    self.publish_internal(channel, "pusher_internal:member_removed", data, None).await;
+                }
+                Ok(MemberChange::Unchanged) => {}
+                Err(e) => tracing::warn!(error = %e, "presence member removal failed"),
+            }
+        }
+    }
+
+    async fn publish_internal(
+        &self,
+        channel: &ChannelName,
+        event: &str,
+        data: String,
+        exclude: Option<SocketId>,
+    ) {
+        let publication = Publication {
+            app_id: Arc::from(self.app.id.as_str()),
+            channel: channel.clone(),
+            event: Arc::from(event),
+            data: PublicationData::from_string(&data),
+            user_id: None,
+            exclude,
+        };
+        if let Err(e) = self.node.publish(publication).await {
+            tracing::warn!(error = %e, event, "could not publish presence event");
+        }
+    }
+
+    async fn signin(&mut self, data: SigninData) {
+        if !auth::verify_user_auth(&self.app, &self.socket_id, &data.user_data, &data.auth) {
+            return self.error(Some(ErrorCode::Unauthorized), "invalid signature for pusher:signin");
+        }
+        let user_id = match serde_json::from_str::<Value>(&data.user_data) {
+            Ok(Value::Object(user)) => match user.get("id") {
+                Some(Value::String(id)) if !id.is_empty() => Arc::<str>::from(id.as_str()),
+                _ => {
+                    return self
+                        .error(Some(ErrorCode::Unauthorized), "user_data must have a non-empty string id");
+                }
+            },
+            _ => return self.error(Some(ErrorCode::Unauthorized), "user_data must be a JSON object"),
+        };
+        let app_id = Arc::from(self.app.id.as_str());
+        if let Some(previous) = self.user_id.take() {
+            self.node.unsubscribe(&Topic::user(&app_id, &previous), self.socket.conn);
+        }
+        let topic = Topic::user(&app_id, &user_id);
+        if let Err(e) = self.node.subscribe(&topic, self.socket.conn, self.outbox.clone()).await {
+            return self.error(None, &format!("sign-in failed: {e}"));
+        }
+        self.user_id = Some(user_id);
+        self.send(protocol::signin_success(&data.user_data));
+    }
+
+    async fn client_event(&mut self, event: String, channel: Option<String>, data: Option<&RawValue>) {
+        if !self.app.enable_client_events {
+            return self.error(None, "client events are not enabled for this app");
+        }
+        let Some(channel) = channel.and_then(|c| ChannelName::new(&c).ok()) else {
+            return self.error(None, "client events need a valid channel");
+        };
+        if !channel.kind().allows_client_events() {
+            return self.error(
+                None,
+                "client events are only accepted on private and presence channels (not encrypted ones)",
+            );
+        }
+        let Some(subscription) = self.channels.get(&channel) else {
+            return self.error(None, &format!("not subscribed to {channel}"));
+        };
+        let limits = &self.app.limits;
+        if event.len() > limits.max_event_name_len {
+            return self
+                .error(None, &format!("event name longer than {} characters", limits.max_event_name_len));
+        }
+        let data = data.map_or("null", RawValue::get);
+        if data.len() > limits.max_event_data_bytes {
+            let message =
+                format!("event data is {} bytes, the limit is {}", data.len(), limits.max_event_data_bytes);
+            return self.error(None, &message);
+        }
+        if !self.client_events.try_take(Instant::now()) {
+            let message =
+                format!("client event rejected: more than {} per second", limits.client_events_per_second);
+            return self.error(Some(ErrorCode::ClientEventRateLimit), &message);
+        }
+        let publication = Publication {
+            app_id: Arc::from(self.app.id.as_str()),
+            channel,
+            event: Arc::from(event),
+            data: PublicationData::from_json(data),
+            user_id: subscription.presence_user.clone(),
+            exclude: Some(self.socket),
+        };
+        match self.node.publish(publication).await {
+            Ok(()) => metrics::counter!(Metric::ClientEvents.name()).increment(1),
+            Err(e) => self.error(None, &format!("client event not delivered: {e}")),
+        }
+    }
+
+    /// Leaves every channel (emitting presence events) and the user topic.
+    async fn cleanup(&mut self) {
+        for (channel, subscription) in std::mem::take(&mut self.channels) {
+            self.leave(&channel, subscription).await;
+        }
+        if let Some(user_id) = self.user_id.take() {
+            let topic = Topic::user(&Arc::from(self.app.id.as_str()), &user_id);
+            self.node.unsubscribe(&topic, self.socket.conn);
+        }
+    }
+
+    fn send(&self, message: String) {
+        self.outbox.push(frame::text(message.as_bytes()));
+    }
+
+    fn error(&self, code: Option<ErrorCode>, message: &str) {
+        self.send(protocol::error(code, message));
+    }
+
+    fn subscription_error(&self, channel: &str, kind: &str, message: &str, status: u16) {
+        self.send(protocol::subscription_error(channel, kind, message, status));
+    }
+}
+
+/// `data` of a client message: an object, or (older clients) a string holding one.
+fn parse_data<T: serde::de::DeserializeOwned>(data: Option<&RawValue>) -> Result<T, String> {
+    let raw = data.ok_or("missing data")?;
+    match serde_json::from_str::<T>(raw.get()) {
+        Ok(value) => Ok(value),
+        Err(e) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(inner) => serde_json::from_str(&inner).map_err(|e| e.to_string()),
+            Err(_) => Err(e.to_string()),
+        },
+    }
+}
+
+/// A token bucket: `rate` tokens a second, bursts of up to `rate`.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second);
+        Self { rate, tokens: rate, updated: Instant::now() }
+    }
+
+    fn try_take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_the_rate_and_refills() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10);
+        let allowed = (0..30).filter(|_| bucket.try_take(start)).count();
+        assert_eq!(allowed, 10);
+        assert!(bucket.try_take(start + Duration::from_millis(100)));
+        assert!(!bucket.try_take(start + Duration::from_millis(100)));
+        let later = start + Duration::from_secs(5);
+        assert_eq!((0..30).filter(|_| bucket.try_take(later)).count(), 10, "bursts cap at the rate");
+    }
+
+    #[test]
+    fn data_may_be_an_object_or_a_string_holding_one() {
+        let object = RawValue::from_string(r#"{"channel":"a"}"#.into()).unwrap();
+        let string = RawValue::from_string(r#""{\"channel\":\"b\"}""#.into()).unwrap();
+        assert_eq!(parse_data::<UnsubscribeData>(Some(&object)).unwrap().channel, "a");
+        assert_eq!(parse_data::<UnsubscribeData>(Some(&string)).unwrap().channel, "b");
+        assert!(parse_data::<UnsubscribeData>(None).is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! Logs and metrics for every Herald role: one place that names each metric (bounded
+//! labels only: never a channel, user or socket id), installs the Prometheus recorder
+//! and the tracing subscriber.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Every metric Herald records. Names are stable: dashboards depend on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Gauge: open WebSocket connections.
+    Connections,
+    /// Counter: WebSocket connections accepted since start.
+    ConnectionsAccepted,
+    /// Counter: connections closed by the server, label `code` (Pusher close code).
+    ConnectionsClosed,
+    /// Counter: publications received from the broker and fanned out on this node.
+    Publications,
+    /// Counter: frames handed to local subscribers' queues.
+    Deliveries,
+    /// Counter: subscribers disconnected because their queue overflowed (4100).
+    SlowConsumers,
+    /// Counter: events accepted by the Pusher HTTP API, label `outcome`.
+    HttpApiRequests,
+    /// Counter: `client-*` events relayed.
+    ClientEvents,
+    /// Gauge: channels with at least one local subscriber.
+    LocalChannels,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 9] = [
+        Metric::Connections,
+        Metric::ConnectionsAccepted,
+        Metric::ConnectionsClosed,
+        Metric::Publications,
+        Metric::Deliveries,
+        Metric::SlowConsumers,
+        Metric::HttpApiRequests,
+        Metric::ClientEvents,
+        Metric::LocalChannels,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Metric::Connections => "herald_connections",
+            Metric::ConnectionsAccepted => "herald_connections_accepted_total",
+            Metric::ConnectionsClosed => "herald_connections_closed_total",
+            Metric::Publications => "herald_publications_total",
+            Metric::Deliveries => "herald_deliveries_total",
+            Metric::SlowConsumers => "herald_slow_consumers_total",
+            Metric::HttpApiRequests => "herald_http_api_requests_total",
+            Metric::ClientEvents => "herald_client_events_total",
+            Metric::LocalChannels => "herald_local_channels",
+        }
+    }
+
+    const fn help(self) -> &'static str {
+        match self {
+            Metric::Connections => "Open WebSocket connections on this node.",
+            Metric::ConnectionsAccepted => "WebSocket connections accepted since start.",
+            Metric::ConnectionsClosed => "Connections closed by the server, by Pusher close code.",
+            Metric::Publications => "Publications fanned out on this node.",
+            Metric::Deliveries => "Frames queued to local subscribers.",
+            Metric::SlowConsumers => "Subscribers disconnected because their outbound queue overflowed.",
+            Metric::HttpApiRequests => "Pusher HTTP API requests, by outcome.",
+            Metric::ClientEvents => "client-* events relayed.",
+            Metric::LocalChannels => "Channels with at least one subscriber on this node.",
+        }
+    }
+}
+
+/// Installs the global Prometheus recorder and describes every metric. Returns the
+/// handle that renders `/metrics`. Call once per process; later calls return a
+/// handle to a fresh, unattached recorder (useful in tests that start several nodes).
+pub fn install_prometheus() -> PrometheusHandle {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_ok() {
+        for metric in Metric::ALL {
+            match metric {
+                Metric::Connections | Metric::LocalChannels => {
+                    metrics::describe_gauge!(metric.name(), metric.help())
+                }
+                _ => metrics::describe_counter!(metric.name(), metric.help()),
+            }
+        }
+    }
+    handle
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); `json` for one JSON object
+/// a line. Safe to call more than once (later calls do nothing).
+pub fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}

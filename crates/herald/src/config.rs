@@ -1,0 +1,321 @@
+//! Configuration: a TOML file, overridden by `HERALD_*` environment variables, then by
+//! command-line flags. Everything is parsed and validated before any port is bound,
+//! and every problem is reported at once.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use herald_core::{App, AppLimits, Apps};
+use herald_edge::{ConnectionConfig, EdgeConfig, HttpApiConfig};
+use serde::Deserialize;
+use toml::{Table, Value};
+
+/// The whole configuration (see `config/herald.example.toml` for every option).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub connection: ConnectionConfig,
+    pub http: HttpApiConfig,
+    pub log: LogConfig,
+    pub apps: Vec<App>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the WebSocket + Pusher HTTP API listener and the metrics listener.
+    pub host: String,
+    /// WebSocket + Pusher HTTP API port.
+    pub port: u16,
+    /// `/healthz`, `/readyz`, `/metrics` port.
+    pub metrics_port: u16,
+    /// Socket ids start with this number; 0 picks a random one at start-up.
+    pub node_id: u32,
+    /// Seconds a graceful shutdown may take.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { host: "127.0.0.1".into(), port: 6001, metrics_port: 9091, node_id: 0, shutdown_grace_secs: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Log lines as JSON objects instead of text.
+    pub json: bool,
+}
+
+/// Overrides given on the command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Flags {
+    /// Config file (TOML). Without one, `herald dev` creates a demo app.
+    #[arg(long, short)]
+    pub config: Option<std::path::PathBuf>,
+    /// Listen address for WebSocket, HTTP API and metrics (overrides server.host).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// WebSocket + HTTP API port (overrides server.port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Health and metrics port (overrides server.metrics_port).
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
+}
+
+impl Config {
+    /// Loads the file (if any), applies `env` (`HERALD_*` variables) and the flags, and
+    /// validates the result. `Err` lists every problem found.
+    pub fn load(flags: &Flags, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, Vec<String>> {
+        let mut table = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let server = table.entry("server").or_insert_with(|| Value::Table(Table::new()));
+        if let Value::Table(server) = server {
+            if let Some(host) = &flags.host {
+                server.insert("host".into(), Value::String(host.clone()));
+            }
+            if let Some(port) = flags.port {
+                server.insert("port".into(), Value::Integer(port.into()));
+            }
+            if let Some(port) = flags.metrics_port {
+                server.insert("metrics_port".into(), Value::Integer(port.into()));
+            }
+        }
+        let config: Config = Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| vec![format!("invalid configuration: {}", e.message())])?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        if self.server.host.parse::<std::net::IpAddr>().is_err() {
+            errors.push(format!("server.host: {:?} is not an IP address", self.server.host));
+        }
+        if self.server.port != 0 && self.server.port == self.server.metrics_port {
+            errors.push("server.metrics_port: must differ from server.port".into());
+        }
+        if self.server.shutdown_grace_secs == 0 {
+            errors.push("server.shutdown_grace_secs: must be at least 1".into());
+        }
+        self.connection.validate(&mut errors);
+        self.http.validate(&mut errors);
+        if let Err(app_errors) = Apps::new(self.apps.clone()) {
+            errors.extend(app_errors);
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    pub fn edge(&self) -> EdgeConfig {
+        EdgeConfig {
+            connection: self.connection.clone(),
+            http: self.http.clone(),
+            shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
+        }
+    }
+
+    /// The configured apps, or (for `herald dev` without any) the demo app.
+    pub fn apps_or_demo(&self) -> (Apps, bool) {
+        let (apps, demo) =
+            if self.apps.is_empty() { (vec![demo_app()], true) } else { (self.apps.clone(), false) };
+        // Validated in `load`; the demo app is valid by construction.
+        (Apps::new(apps).unwrap_or_default(), demo)
+    }
+}
+
+/// The app `herald dev` serves when no app is configured. Fixed credentials, so a demo
+/// page keeps working across restarts; bound to loopback by default.
+pub fn demo_app() -> App {
+    App {
+        id: "demo".into(),
+        key: "demo-key".into(),
+        secret: "demo-secret".into(),
+        enabled: true,
+        enable_client_events: true,
+        limits: AppLimits::default(),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Table, Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+    text.parse::<Table>().map_err(|e| vec![format!("{}: {}", path.display(), e.to_string().trim_end())])
+}
+
+/// `HERALD_SECTION__KEY=value` sets `section.key` (double underscores separate
+/// levels; names are lowercased). Values are read as TOML (`7000`, `true`,
+/// `[{id = "1", key = "k", secret = "s"}]`) and otherwise taken as strings.
+fn apply_env(table: &mut Table, env: impl IntoIterator<Item = (String, String)>) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    let vars: BTreeMap<String, String> = env
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("HERALD_").map(|rest| (rest.to_ascii_lowercase(), v)))
+        .collect();
+    for (name, raw) in vars {
+        let path: Vec<&str> = name.split("__").collect();
+        let value = parse_env_value(&raw);
+        let (last, parents) = match path.split_last() {
+            Some((last, parents)) if !last.is_empty() => (last, parents),
+            _ => {
+                errors.push(format!("HERALD_{}: not a configuration key", name.to_ascii_uppercase()));
+                continue;
+            }
+        };
+        if let Err(part) = set_path(table, parents, last, value) {
+            errors.push(format!("HERALD_{}: {part} is not a section", name.to_ascii_uppercase()));
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+fn set_path(table: &mut Table, parents: &[&str], last: &str, value: Value) -> Result<(), String> {
+    let Some((first, rest)) = parents.split_first() else {
+        table.insert(last.to_string(), value);
+        return Ok(());
+    };
+    match table.entry(first.to_string()).or_insert_with(|| Value::Table(Table::new())) {
+        Value::Table(next) => set_path(next, rest, last, value),
+        _ => Err(first.to_string()),
+    }
+}
+
+fn parse_env_value(raw: &str) -> Value {
+    format!("v = {raw}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn with_file(text: &str) -> (tempfile_path::TempPath, Flags) {
+        let path = tempfile_path::TempPath::new(text);
+        let flags = Flags { config: Some(path.0.clone()), ..Flags::default() };
+        (path, flags)
+    }
+
+    /// A file removed on drop (std only, to keep dependencies lean).
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+
+        impl TempPath {
+            pub fn new(text: &str) -> Self {
+                let path = std::env::temp_dir().join(format!(
+                    "herald-config-test-{}-{}.toml",
+                    std::process::id(),
+                    fastrand_like()
+                ));
+                std::fs::write(&path, text).unwrap();
+                Self(path)
+            }
+        }
+
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+
+        fn fastrand_like() -> u128 {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        }
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let config = Config::load(&Flags::default(), env(&[])).unwrap();
+        assert_eq!(config.server.port, 6001);
+        assert_eq!(config.server.metrics_port, 9091);
+        assert_eq!(config.connection.activity_timeout_secs, 120);
+        let (apps, demo) = config.apps_or_demo();
+        assert!(demo);
+        assert!(apps.by_key("demo-key").is_some());
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let (_file, mut flags) = with_file(
+            r#"
+            [server]
+            port = 7000
+            metrics_port = 7001
+            [[apps]]
+            id = "1"
+            key = "k"
+            secret = "s"
+            [apps.limits]
+            max_connections = 5
+            "#,
+        );
+        let config = Config::load(
+            &flags,
+            env(&[("HERALD_SERVER__PORT", "8000"), ("HERALD_CONNECTION__POUT", "1"), ("OTHER", "x")]),
+        );
+        assert!(config.unwrap_err()[0].contains("pout"), "unknown keys are errors");
+
+        let config = Config::load(&flags, env(&[("HERALD_SERVER__PORT", "8000")])).unwrap();
+        assert_eq!(config.server.port, 8000);
+        assert_eq!(config.apps[0].limits.max_connections, 5);
+        flags.port = Some(9000);
+        let config = Config::load(&flags, env(&[("HERALD_SERVER__PORT", "8000")])).unwrap();
+        assert_eq!(config.server.port, 9000);
+    }
+
+    #[test]
+    fn apps_from_the_environment() {
+        let config = Config::load(
+            &Flags::default(),
+            env(&[("HERALD_APPS", r#"[{id = "a", key = "k", secret = "s", enable_client_events = true}]"#)]),
+        )
+        .unwrap();
+        assert!(config.apps[0].enable_client_events);
+    }
+
+    #[test]
+    fn reports_every_semantic_error_at_once() {
+        let (_file, flags) = with_file(
+            r#"
+            [server]
+            host = "not-an-ip"
+            shutdown_grace_secs = 0
+            [connection]
+            pong_timeout_secs = 0
+            [[apps]]
+            id = "1"
+            key = "k"
+            secret = ""
+            [[apps]]
+            id = "1"
+            key = "k2"
+            secret = "s"
+            "#,
+        );
+        let errors = Config::load(&flags, env(&[])).unwrap_err();
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_documents_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/herald.example.toml");
+        let flags = Flags { config: Some(example.into()), ..Flags::default() };
+        let config = Config::load(&flags, env(&[])).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.connection, defaults.connection);
+        assert_eq!(config.http, defaults.http);
+        assert_eq!(config.server.port, defaults.server.port);
+        assert_eq!(config.apps[0].limits, AppLimits::default());
+    }
+}

@@ -1,0 +1,169 @@
+//! `herald`: the one binary of every role. Parses and validates all configuration
+//! before starting the runtime or binding a port, then wires the roles together and
+//! runs until SIGTERM/SIGINT, then drains within the grace period.
+
+use std::{net::SocketAddr, process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald_backbone::MemoryBackbone;
+use herald_edge::Node;
+use herald_hub::Hub;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+mod config;
+
+use config::{Config, Flags};
+
+/// Exit code for a configuration error (EX_CONFIG would be 78; 64 is EX_USAGE, which
+/// is what the docs promise operators).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Pusher-compatible realtime pub/sub server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything in one process with an in-memory backbone (the embedded default).
+    Dev(Flags),
+    /// Validate the configuration (file + HERALD_* env + flags); exit 64 if invalid.
+    CheckConfig(Flags),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (Command::Dev(flags) | Command::CheckConfig(flags)) = &cli.command;
+    let config = match Config::load(flags, std::env::vars()) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("herald: the configuration has {} error(s):", errors.len());
+            for error in errors {
+                eprintln!("  - {error}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig(_) => {
+            println!("configuration is valid ({} app(s))", config.apps.len());
+            ExitCode::SUCCESS
+        }
+        Command::Dev(_) => {
+            herald_telemetry::init_tracing(config.log.json);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("herald: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run_dev(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run_dev(config: Config) -> anyhow::Result<()> {
+    let metrics = herald_telemetry::install_prometheus();
+    let host: std::net::IpAddr = config.server.host.parse().context("server.host")?;
+    let listener = TcpListener::bind(SocketAddr::new(host, config.server.port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{}", config.server.port))?;
+    let health_listener = TcpListener::bind(SocketAddr::new(host, config.server.metrics_port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{}", config.server.metrics_port))?;
+
+    let node_id = match config.server.node_id {
+        0 => Node::random_id(),
+        id => id,
+    };
+    let (apps, demo) = config.apps_or_demo();
+    let backbone = MemoryBackbone::new();
+    let hub = Arc::new(Hub::new(node_id));
+    let broker = Arc::new(backbone.broker(hub.clone()));
+    let node = Node::new(node_id, apps, config.edge(), hub, broker, backbone.presence());
+
+    let ws_addr = listener.local_addr()?;
+    let health_addr = health_listener.local_addr()?;
+    tracing::info!(%ws_addr, %health_addr, node_id, apps = node.apps().len(), "herald dev is running");
+    if demo {
+        print_demo(ws_addr, &config::demo_app());
+    }
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_on_terminate(shutdown.clone()));
+    let health_stop = CancellationToken::new();
+    let health = tokio::spawn(herald_edge::serve_health(
+        health_listener,
+        node.clone(),
+        metrics,
+        health_stop.clone().cancelled_owned(),
+    ));
+    herald_edge::serve(listener, node, shutdown.cancelled_owned()).await;
+    health_stop.cancel();
+    let _ = health.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves the token on the first SIGTERM or SIGINT.
+async fn signal_on_terminate(token: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    token.cancel();
+}
+
+fn print_demo(addr: SocketAddr, app: &herald_core::App) {
+    let host = addr.ip();
+    let port = addr.port();
+    println!(
+        r#"
+Herald dev: no apps configured, serving a demo app (for local development only).
+
+  app id:  {id}
+  key:     {key}
+  secret:  {secret}
+  client events: enabled
+
+pusher-js:
+
+  const pusher = new Pusher("{key}", {{
+    wsHost: "{host}", wsPort: {port}, forceTLS: false,
+    enabledTransports: ["ws"], cluster: "mt1",
+  }});
+  pusher.subscribe("my-channel").bind("my-event", (data) => console.log(data));
+
+Publish with any Pusher server SDK (host {host}, port {port}, useTLS false), e.g. Node:
+
+  new Pusher({{ appId: "{id}", key: "{key}", secret: "{secret}",
+               host: "{host}", port: "{port}", useTLS: false }})
+    .trigger("my-channel", "my-event", {{ hello: "world" }});
+"#,
+        id = app.id,
+        key = app.key,
+        secret = app.secret,
+    );
+}
