@@ -34,12 +34,21 @@ impl Activity {
     }
 
     pub(crate) fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    /// Milliseconds since the connection opened; the unit of every comparison here,
+    /// so a pong in the same millisecond as its ping still counts as an answer.
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn last_ms(&self) -> u64 {
+        self.last_ms.load(Ordering::Relaxed)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
     }
 }
 
@@ -53,11 +62,11 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     activity: Arc<Activity>,
     config: ConnectionConfig,
 ) {
-    let mut ping_sent: Option<Instant> = None;
+    let mut ping_sent: Option<u64> = None;
     loop {
         let deadline = match ping_sent {
-            Some(sent) => sent + config.pong_timeout(),
-            None => activity.last() + config.activity_timeout(),
+            Some(sent) => activity.at(sent) + config.pong_timeout(),
+            None => activity.at(activity.last_ms()) + config.activity_timeout(),
         };
         tokio::select! {
             batch = outbox.next_batch() => {
@@ -74,13 +83,13 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 match ping_sent {
-                    Some(sent) if activity.last() < sent => {
+                    Some(sent) if activity.last_ms() < sent => {
                         outbox.close(Close::error(ErrorCode::PongNotReceived, "pong reply not received"));
                     }
                     Some(_) => ping_sent = None,
-                    None if activity.last() + config.activity_timeout() <= Instant::now() => {
+                    None if activity.at(activity.last_ms()) + config.activity_timeout() <= Instant::now() => {
                         outbox.push(frame::text(protocol::ping().as_bytes()));
-                        ping_sent = Some(Instant::now());
+                        ping_sent = Some(activity.now_ms());
                     }
                     None => {}
                 }

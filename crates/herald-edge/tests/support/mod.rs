@@ -1,0 +1,337 @@
+//! A real edge on 127.0.0.1:0 with the in-memory backbone, a real WebSocket client
+//! (fastwebsockets) and a real HTTP client (hyper) that signs requests as Pusher SDKs do.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use herald_backbone::MemoryBackbone;
+use herald_core::{App, AppLimits, Apps, auth};
+use herald_edge::{EdgeConfig, Node};
+use herald_hub::Hub;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::{net::TcpStream, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn app(id: &str) -> App {
+    App {
+        id: id.into(),
+        key: format!("{id}-key"),
+        secret: format!("{id}-secret"),
+        enabled: true,
+        enable_client_events: true,
+        limits: AppLimits::default(),
+    }
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    pub apps: Vec<App>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(apps: Vec<App>, config: EdgeConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backbone = MemoryBackbone::new();
+        let node_id = Node::random_id();
+        let hub = Arc::new(Hub::new(node_id));
+        let broker = Arc::new(backbone.broker(hub.clone()));
+        let node =
+            Node::new(node_id, Apps::new(apps.clone()).unwrap(), config, hub, broker, backbone.presence());
+        let shutdown = CancellationToken::new();
+        let task =
+            tokio::spawn(herald_edge::serve(listener, node.clone(), shutdown.clone().cancelled_owned()));
+        Self { addr, node, apps, shutdown, task: Some(task) }
+    }
+
+    pub async fn default() -> Self {
+        Self::start(vec![app("app")], config()).await
+    }
+
+    pub fn app(&self) -> &App {
+        &self.apps[0]
+    }
+
+    /// Triggers shutdown; returns the serve task to await.
+    pub fn shutdown(&mut self) -> JoinHandle<()> {
+        self.shutdown.cancel();
+        self.task.take().unwrap()
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(self.addr, &self.app().key).await
+    }
+
+    /// Calls the Pusher HTTP API, signed with the first app's credentials.
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let app = self.app().clone();
+        self.api_as(&app, method, path, query, body).await
+    }
+
+    pub async fn api_as(
+        &self,
+        app: &App,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let query = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let signed = auth::sign_api_request(app, method, path, query, &body, now());
+        let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(signed).finish();
+        http_request(self.addr, method, &format!("{path}?{query}"), body).await
+    }
+
+    /// `POST /apps/{id}/events` with the first app.
+    pub async fn trigger(&self, channels: &[&str], event: &str, data: &str) -> (StatusCode, Value) {
+        let path = format!("/apps/{}/events", self.app().id);
+        self.api("POST", &path, &[], Some(json!({ "name": event, "channels": channels, "data": data }))).await
+    }
+}
+
+pub fn config() -> EdgeConfig {
+    EdgeConfig { shutdown_grace: Duration::from_secs(2), ..EdgeConfig::default() }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A raw HTTP/1.1 request over a fresh connection.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, value)
+}
+
+struct SpawnExecutor;
+
+impl<F: Future + Send + 'static> hyper::rt::Executor<F> for SpawnExecutor
+where
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(future);
+    }
+}
+
+/// What the server did to a connection that ended.
+#[derive(Debug)]
+pub struct Closed {
+    pub code: Option<u16>,
+    /// Messages received before the close frame.
+    pub messages: Vec<Value>,
+}
+
+pub struct Client {
+    pub ws: WebSocket<TokioIo<Upgraded>>,
+    pub socket_id: String,
+}
+
+/// Opens a WebSocket to `path_and_query` without reading anything.
+pub async fn open(addr: SocketAddr, path_and_query: &str) -> WebSocket<TokioIo<Upgraded>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let request = Request::builder()
+        .method("GET")
+        .uri(format!("http://{addr}{path_and_query}"))
+        .header("host", addr.to_string())
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-key", fastwebsockets::handshake::generate_key())
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let executor = SpawnExecutor;
+    let (ws, _) = fastwebsockets::handshake::client(&executor, request, stream).await.unwrap();
+    ws
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, key: &str) -> Self {
+        let ws = open(addr, &format!("/app/{key}?protocol=7&client=rust&version=1.0")).await;
+        let mut client = Self { ws, socket_id: String::new() };
+        let established = client.recv_event("pusher:connection_established").await;
+        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+        client.socket_id = data["socket_id"].as_str().unwrap().to_string();
+        client
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.send_text(&message.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        let frame = Frame::text(Payload::Owned(text.as_bytes().to_vec()));
+        self.ws.write_frame(frame).await.unwrap();
+    }
+
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws.write_frame(Frame::binary(Payload::Owned(bytes.to_vec()))).await.unwrap();
+    }
+
+    /// The next message; panics on close or after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        match self.next().await {
+            Ok(message) => message,
+            Err(closed) => panic!("connection closed: {closed:?}"),
+        }
+    }
+
+    /// The next message, or how the connection ended.
+    pub async fn next(&mut self) -> Result<Value, Closed> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.read_frame())
+                .await
+                .expect("timed out waiting for a message")
+                .map_err(|_| Closed { code: None, messages: vec![] })?;
+            match frame.opcode {
+                OpCode::Text => return Ok(serde_json::from_slice(&frame.payload).unwrap()),
+                OpCode::Close => {
+                    let code = frame.payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    return Err(Closed { code, messages: vec![] });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Skips messages until `event`.
+    pub async fn recv_event(&mut self, event: &str) -> Value {
+        loop {
+            let message = self.recv().await;
+            if message["event"] == event {
+                return message;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and what came before.
+    pub async fn closed(&mut self) -> Closed {
+        let mut messages = Vec::new();
+        loop {
+            match self.next().await {
+                Ok(message) => messages.push(message),
+                Err(mut closed) => {
+                    closed.messages = messages;
+                    return closed;
+                }
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.send(json!({ "event": "pusher:subscribe", "data": { "channel": channel } })).await;
+        self.subscription_result(channel).await
+    }
+
+    pub async fn subscribe_private(&mut self, app: &App, channel: &str) -> Value {
+        let auth = auth::channel_auth(app, &self.socket_id, channel, None);
+        self.send(json!({ "event": "pusher:subscribe", "data": { "channel": channel, "auth": auth } })).await;
+        self.subscription_result(channel).await
+    }
+
+    pub async fn subscribe_presence(&mut self, app: &App, channel: &str, user_id: &str) -> Value {
+        let channel_data = json!({ "user_id": user_id, "user_info": { "name": user_id } }).to_string();
+        let auth = auth::channel_auth(app, &self.socket_id, channel, Some(&channel_data));
+        self.send(json!({
+            "event": "pusher:subscribe",
+            "data": { "channel": channel, "auth": auth, "channel_data": channel_data },
+        }))
+        .await;
+        self.subscription_result(channel).await
+    }
+
+    /// Waits for `subscription_succeeded` or `subscription_error` on `channel`.
+    pub async fn subscription_result(&mut self, channel: &str) -> Value {
+        loop {
+            let message = self.recv().await;
+            let event = message["event"].as_str().unwrap_or("");
+            if message["channel"] == channel
+                && matches!(event, "pusher_internal:subscription_succeeded" | "pusher:subscription_error")
+            {
+                return message;
+            }
+        }
+    }
+
+    pub async fn signin(&mut self, app: &App, user_id: &str) -> Value {
+        let user_data = json!({ "id": user_id }).to_string();
+        let auth = auth::user_auth(app, &self.socket_id, &user_data);
+        self.send(json!({ "event": "pusher:signin", "data": { "auth": auth, "user_data": user_data } }))
+            .await;
+        self.recv().await
+    }
+
+    /// Round-trips a `pusher:ping`: everything the server sent before the pong has
+    /// been received by the time this returns.
+    pub async fn sync(&mut self) -> Vec<Value> {
+        self.send(json!({ "event": "pusher:ping", "data": {} })).await;
+        let mut before = Vec::new();
+        loop {
+            let message = self.recv().await;
+            if message["event"] == "pusher:pong" {
+                return before;
+            }
+            before.push(message);
+        }
+    }
+}
+
+/// `data` of an event, decoded once more when it is a JSON string (as Pusher sends).
+pub fn data(message: &Value) -> Value {
+    match &message["data"] {
+        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+        other => other.clone(),
+    }
+}
+
+/// Polls `condition` until it holds; panics after [`WAIT`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
