@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs, idempotently: each step checks first and
+# skips what is already there. Run as root on a fresh machine (CI does), or as a
+# developer who already has the tools.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { echo "install-test-deps: $*"; }
+
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-test-deps: error: $* missing and not root: install it ($*) and retry" >&2
+    exit 1
+  fi
+  if [ -z "${HERALD_APT_UPDATED:-}" ]; then
+    apt-get update -qq
+    export HERALD_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
+if command -v cargo-nextest >/dev/null 2>&1 || cargo nextest --version >/dev/null 2>&1; then
+  log "cargo-nextest present"
+else
+  log "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  log "node $(node --version) present"
+else
+  log "installing nodejs and npm"
+  apt_install nodejs npm
+fi
+
+scripts/install-node-deps.sh

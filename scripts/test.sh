@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this):
+#   1. install what the tests need (idempotent),
+#   2. formatting and lints,
+#   3. Rust unit and integration tests (cargo nextest),
+#   4. the compatibility suite: unmodified pusher-js and the official pusher server
+#      SDK against a real `herald dev` process.
+# Any missing tool or service fails the run loudly; nothing is skipped.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/install-test-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+echo "== cargo nextest"
+cargo nextest run --locked --workspace --all-targets
+
+echo "== compatibility suite (pusher-js, pusher server SDK)"
+cargo build --locked -p herald
+HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/
