@@ -205,8 +205,13 @@ impl Session {
             let frame = match frame {
                 Ok(frame) => frame,
                 Err(WebSocketError::FrameTooLarge) => return self.close_too_large(max_message),
+                Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
+                    // The client went away without a close frame: nothing to send.
+                    self.outbox.close(Close::plain(1006, ""));
+                    return;
+                }
                 Err(e) => {
-                    tracing::debug!(socket_id = %self.socket_id, error = %e, "connection read ended");
+                    tracing::debug!(socket_id = %self.socket_id, error = %e, "protocol error");
                     self.outbox.close(Close::plain(1002, "protocol error"));
                     return;
                 }

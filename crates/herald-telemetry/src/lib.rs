@@ -93,6 +93,13 @@ pub fn install_prometheus() -> PrometheusHandle {
 /// a line. Safe to call more than once (later calls do nothing).
 pub fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Its fallback for a failed write is `eprintln!`, which panics when stderr is
+        // gone (a closed pipe to a log shipper): the panic would kill whichever task
+        // was logging. A lost log line is the lesser evil.
+        .log_internal_errors(false)
+        .with_writer(std::io::stderr);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -129,11 +129,12 @@ async fn signal_on_terminate(token: CancellationToken) {
             }
         }
     };
-    tokio::select! {
-        _ = terminate => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    let signal = tokio::select! {
+        _ = terminate => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
     token.cancel();
+    tracing::info!("{signal} received");
 }
 
 fn print_demo(addr: SocketAddr, app: &herald_core::App) {
