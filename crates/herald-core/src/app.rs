@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 /// One app (tenant): the credentials its clients and backends sign with, and its limits.
 /// Every limit has Pusher's default where Pusher documents one.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct App {
     /// The app id used in HTTP API paths (`/apps/{id}/...`).
@@ -21,6 +21,9 @@ pub struct App {
     /// Whether connections may send `client-*` events on private and presence channels.
     #[serde(default)]
     pub enable_client_events: bool,
+    /// Bearer tokens accepted by the gRPC API for this app (compared in constant time).
+    #[serde(default)]
+    pub api_tokens: Vec<String>,
     /// Limits, in the `[apps.limits]` table under the app.
     #[serde(default)]
     pub limits: AppLimits,
@@ -66,6 +69,21 @@ impl Default for AppLimits {
     }
 }
 
+/// Credentials never reach logs: the secret and tokens are redacted.
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("enabled", &self.enabled)
+            .field("enable_client_events", &self.enable_client_events)
+            .field("api_tokens", &format_args!("<{} redacted>", self.api_tokens.len()))
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -92,6 +110,9 @@ impl Apps {
             }
             if app.id.contains('/') {
                 errors.push(format!("{at}.id: must not contain '/'"));
+            }
+            if app.api_tokens.iter().any(|t| t.len() < 16) {
+                errors.push(format!("{at}.api_tokens: tokens must be at least 16 characters"));
             }
             if app.limits.max_event_data_bytes == 0 {
                 errors.push(format!("{at}.max_event_data_bytes: must be at least 1"));
@@ -145,6 +166,7 @@ mod tests {
             secret: "s".into(),
             enabled: true,
             enable_client_events: false,
+            api_tokens: vec![],
             limits: AppLimits::default(),
         }
     }

@@ -174,6 +174,7 @@ mod tests {
             secret: "7ad3773142a6692b25b8".into(),
             enabled: true,
             enable_client_events: false,
+            api_tokens: vec![],
             limits: AppLimits::default(),
         }
     }

@@ -7,8 +7,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use herald_backbone::{Message, Topic};
-use herald_core::{App, ChannelKind, ChannelName, Publication, PublicationData, SocketId, auth};
+use herald_core::{App, ChannelKind, ChannelName, auth};
 use herald_telemetry::Metric;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,7 +15,10 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::node::Node;
+use crate::{
+    node::Node,
+    publish::{EventRequest, PublishError, ValidEvent, validate_event},
+};
 
 /// An API failure: the status and the message put in the JSON body.
 #[derive(Debug)]
@@ -131,8 +133,9 @@ async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
     }
 }
 
+/// An event as the Pusher HTTP API takes it.
 #[derive(Deserialize)]
-struct EventRequest {
+struct HttpEvent {
     name: Option<String>,
     data: Option<Value>,
     #[serde(default)]
@@ -147,85 +150,42 @@ struct EventRequest {
 
 #[derive(Deserialize)]
 struct BatchRequest {
-    batch: Vec<EventRequest>,
+    batch: Vec<HttpEvent>,
 }
 
-/// An event that passed validation, ready to publish.
-struct ValidEvent {
-    channels: Vec<ChannelName>,
-    event: Arc<str>,
-    data: PublicationData,
-    exclude: Option<SocketId>,
-    info: Vec<String>,
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Invalid(m) => Self::bad_request(m),
+            PublishError::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+            PublishError::Backbone(e) => e.into(),
+        }
+    }
 }
 
-fn validate(app: &App, request: EventRequest, batch: bool) -> ApiResult<ValidEvent> {
-    let limits = &app.limits;
-    let name =
-        request.name.filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request("name is required"))?;
-    if name.chars().count() > limits.max_event_name_len {
-        return Err(ApiError::bad_request(format!(
-            "event name is longer than {} characters",
-            limits.max_event_name_len
-        )));
-    }
-    if name.starts_with("pusher:") || name.starts_with("pusher_internal:") {
-        return Err(ApiError::bad_request("event names starting with pusher: are reserved"));
-    }
-    let data = match request.data {
+/// Validates an HTTP event through the shared publish path; returns it with the
+/// `info` attributes asked for.
+fn validate(app: &App, event: HttpEvent, batch: bool) -> ApiResult<(ValidEvent, Vec<String>)> {
+    let data = match event.data {
         Some(Value::String(data)) => data,
-        Some(_) => return Err(ApiError::bad_request("data must be a string (JSON-encode objects)")),
-        None => return Err(ApiError::bad_request("data is required")),
+        Some(_) => return Err(ApiError::bad_request("data: must be a string (JSON-encode objects)")),
+        None => return Err(ApiError::bad_request("data: required")),
     };
-    if data.len() > limits.max_event_data_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("event data is {} bytes, the limit is {}", data.len(), limits.max_event_data_bytes),
-        ));
-    }
-    let names = match (request.channels, request.channel) {
+    let channels = match (event.channels, event.channel) {
         (Some(channels), None) if !batch => channels,
         (None, Some(channel)) => vec![channel],
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give either channels or channel, not both")),
-        (Some(_), None) => return Err(ApiError::bad_request("batch events take one channel each")),
-        (None, None) => return Err(ApiError::bad_request("channels is required")),
+        (Some(_), None) => return Err(ApiError::bad_request("channel: batch events take one channel each")),
+        (None, None) => return Err(ApiError::bad_request("channels: required")),
     };
-    if names.is_empty() {
-        return Err(ApiError::bad_request("channels must not be empty"));
-    }
-    if names.len() > limits.max_channels_per_event {
-        return Err(ApiError::bad_request(format!(
-            "{} channels given, at most {} per event",
-            names.len(),
-            limits.max_channels_per_event
-        )));
-    }
-    let mut channels = Vec::with_capacity(names.len());
-    for name in &names {
-        let channel = ChannelName::new(name)
-            .map_err(|e| ApiError::bad_request(format!("invalid channel {name:?}: {e}")))?;
-        if channel.kind() == ChannelKind::PrivateEncrypted && names.len() > 1 {
-            return Err(ApiError::bad_request(
-                "an event to an encrypted channel must name that channel alone",
-            ));
-        }
-        channels.push(channel);
-    }
-    let exclude = match request.socket_id {
-        Some(id) => Some(
-            id.parse::<SocketId>()
-                .map_err(|e| ApiError::bad_request(format!("invalid socket_id {id:?}: {e}")))?,
-        ),
-        None => None,
-    };
-    let info = parse_info(request.info.as_deref())?;
-    Ok(ValidEvent {
+    let info = parse_info(event.info.as_deref())?;
+    let request = EventRequest {
+        name: event.name.unwrap_or_default(),
+        data,
         channels,
-        event: Arc::from(name),
-        data: PublicationData::from_string(&data),
-        exclude,
-        info,
-    })
+        exclude_socket_id: event.socket_id,
+    };
+    Ok((validate_event(app, request)?, info))
 }
 
 fn parse_info(info: Option<&str>) -> ApiResult<Vec<String>> {
@@ -243,22 +203,6 @@ fn parse_info(info: Option<&str>) -> ApiResult<Vec<String>> {
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-}
-
-async fn publish(node: &Node, app: &App, event: &ValidEvent) -> ApiResult<()> {
-    let app_id: Arc<str> = Arc::from(app.id.as_str());
-    for channel in &event.channels {
-        node.publish(Publication {
-            app_id: app_id.clone(),
-            channel: channel.clone(),
-            event: event.event.clone(),
-            data: event.data.clone(),
-            user_id: None,
-            exclude: event.exclude,
-        })
-        .await?;
-    }
-    Ok(())
 }
 
 /// The `info` attributes of one channel, as the events endpoints report them.
@@ -285,14 +229,14 @@ async fn attributes(
 }
 
 async fn trigger(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
-    let event = validate(app, parse_json(body)?, false)?;
-    publish(node, app, &event).await?;
-    if event.info.is_empty() {
+    let (event, info) = validate(app, parse_json(body)?, false)?;
+    node.publish_event(app, &event).await?;
+    if info.is_empty() {
         return Ok(json!({}));
     }
     let mut channels = Map::new();
     for channel in &event.channels {
-        let attributes = attributes(node, app, channel, &event.info).await?;
+        let attributes = attributes(node, app, channel, &info).await?;
         channels.insert(channel.to_string(), Value::Object(attributes));
     }
     Ok(json!({ "channels": channels }))
@@ -316,16 +260,16 @@ async fn batch(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
             validate(app, e, true).map_err(|e| ApiError::new(e.status, format!("batch[{i}]: {}", e.message)))
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    for event in &events {
-        publish(node, app, event).await?;
+    for (event, _) in &events {
+        node.publish_event(app, event).await?;
     }
-    if events.iter().all(|e| e.info.is_empty()) {
+    if events.iter().all(|(_, info)| info.is_empty()) {
         return Ok(json!({}));
     }
     let mut results = Vec::with_capacity(events.len());
-    for event in &events {
+    for (event, info) in &events {
         let attributes = match event.channels.first() {
-            Some(channel) => attributes(node, app, channel, &event.info).await?,
+            Some(channel) => attributes(node, app, channel, info).await?,
             None => Map::new(),
         };
         results.push(Value::Object(attributes));
@@ -378,10 +322,6 @@ async fn users(node: &Node, app: &App, channel: &str) -> ApiResult<Value> {
 }
 
 async fn terminate(node: &Node, app: &App, user_id: &str) -> ApiResult<Value> {
-    if user_id.is_empty() {
-        return Err(ApiError::bad_request("user id is required"));
-    }
-    let topic = Topic::user(&Arc::from(app.id.as_str()), user_id);
-    node.broker.publish(&topic, Message::TerminateUser { user_id: Arc::from(user_id) }).await?;
+    node.terminate_user(app, user_id).await?;
     Ok(json!({}))
 }

@@ -10,12 +10,14 @@
 //! | `writer` | one connection's writer: outbox → socket, pings |
 //! | `http_api` | `/apps/{id}/events`, `batch_events`, `channels`, `users` |
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |
-//! | `node` | state shared by all of the above; the one publish path |
+//! | `node` | state shared by all of the above |
+//! | `publish` | the one publish path of the HTTP and gRPC APIs: validation and publication |
 
 mod config;
 mod health;
 mod http_api;
 mod node;
+mod publish;
 mod server;
 mod session;
 mod writer;
@@ -23,4 +25,5 @@ mod writer;
 pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig};
 pub use health::serve_health;
 pub use node::Node;
+pub use publish::{EventRequest, PublishError, ValidEvent, validate_event};
 pub use server::serve;

@@ -140,8 +140,12 @@ impl MessageHandler for Hub {
                     publication.exclude.filter(|socket| socket.node == self.node).map(|socket| socket.conn);
                 self.fan_out(topic, &frame, exclude);
             }
-            Message::TerminateUser { .. } => self
-                .close_all(topic, &Close::error(ErrorCode::Unauthorized, "connection terminated by the app")),
+            // Pusher lets a terminated user's client reconnect (its auth endpoint then
+            // decides whether it may sign in again), so the code is a reconnect one.
+            Message::TerminateUser { .. } => self.close_all(
+                topic,
+                &Close::error(ErrorCode::ReconnectImmediately, "connection terminated by the app"),
+            ),
         }
     }
 }
@@ -234,13 +238,15 @@ mod tests {
         br#"{"event":"e","channel":"news","data":"hello"}"#
     }
 
-    #[test]
-    fn terminate_closes_the_users_sessions_with_4009() {
+    #[tokio::test]
+    async fn terminate_closes_the_users_sessions_with_a_reconnect_code() {
         let hub = Hub::new(1);
         let outbox = Arc::new(Outbox::new(1024));
         let user = Topic::user(&Arc::from("app"), "u1");
         hub.subscribe(&user, 1, outbox.clone());
         hub.handle(&user, Message::TerminateUser { user_id: "u1".into() });
         assert!(outbox.is_closing());
+        let close = outbox.next_batch().await.close.unwrap();
+        assert_eq!(close.code, 4200);
     }
 }

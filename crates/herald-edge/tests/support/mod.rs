@@ -33,6 +33,7 @@ pub fn app(id: &str) -> App {
         secret: format!("{id}-secret"),
         enabled: true,
         enable_client_events: true,
+        api_tokens: vec![],
         limits: AppLimits::default(),
     }
 }

@@ -1,0 +1,171 @@
+//! The one publish path for backends: validation of an event against the app's limits
+//! and its publication through the broker. The Pusher HTTP API and the gRPC API both
+//! call this, so they accept and refuse exactly the same events.
+
+use std::sync::Arc;
+
+use herald_backbone::{Message, Topic};
+use herald_core::{App, ChannelKind, ChannelName, Publication, PublicationData, SocketId};
+
+use crate::node::Node;
+
+/// Why an event was not published. Each API maps these to its own statuses.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// A field is missing or malformed (HTTP 400, gRPC INVALID_ARGUMENT).
+    #[error("{0}")]
+    Invalid(String),
+    /// The data is over the app's size limit (HTTP 413, gRPC RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The backbone could not take it; nothing was published (HTTP 503, gRPC UNAVAILABLE).
+    #[error(transparent)]
+    Backbone(#[from] herald_backbone::Error),
+}
+
+/// An event as a backend describes it, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct EventRequest {
+    pub name: String,
+    pub data: String,
+    pub channels: Vec<String>,
+    /// A socket id (`1234.5678`) to exclude; empty means none.
+    pub exclude_socket_id: Option<String>,
+}
+
+/// An event that passed validation, ready to publish.
+#[derive(Debug, Clone)]
+pub struct ValidEvent {
+    pub channels: Vec<ChannelName>,
+    pub name: Arc<str>,
+    pub data: PublicationData,
+    pub exclude: Option<SocketId>,
+}
+
+/// Checks an event against Pusher's rules and the app's limits, naming the field and
+/// the reason when it refuses.
+pub fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, PublishError> {
+    let limits = &app.limits;
+    let invalid = |m: String| Err(PublishError::Invalid(m));
+    if request.name.is_empty() {
+        return invalid("name: required".into());
+    }
+    if request.name.chars().count() > limits.max_event_name_len {
+        return invalid(format!("name: longer than {} characters", limits.max_event_name_len));
+    }
+    if request.name.starts_with("pusher:") || request.name.starts_with("pusher_internal:") {
+        return invalid("name: names starting with pusher: or pusher_internal: are reserved".into());
+    }
+    if request.data.len() > limits.max_event_data_bytes {
+        return Err(PublishError::TooLarge(format!(
+            "data: {} bytes, the limit is {}",
+            request.data.len(),
+            limits.max_event_data_bytes
+        )));
+    }
+    if request.channels.is_empty() {
+        return invalid("channels: at least one channel is required".into());
+    }
+    if request.channels.len() > limits.max_channels_per_event {
+        return invalid(format!(
+            "channels: {} given, at most {} per event",
+            request.channels.len(),
+            limits.max_channels_per_event
+        ));
+    }
+    let mut channels = Vec::with_capacity(request.channels.len());
+    for name in &request.channels {
+        let channel =
+            ChannelName::new(name).map_err(|e| PublishError::Invalid(format!("channels: {name:?}: {e}")))?;
+        if channel.kind() == ChannelKind::PrivateEncrypted && request.channels.len() > 1 {
+            return invalid("channels: an event to an encrypted channel must name that channel alone".into());
+        }
+        channels.push(channel);
+    }
+    let exclude = match request.exclude_socket_id.as_deref() {
+        None | Some("") => None,
+        Some(id) => Some(
+            id.parse::<SocketId>().map_err(|e| PublishError::Invalid(format!("socket_id: {id:?}: {e}")))?,
+        ),
+    };
+    Ok(ValidEvent {
+        channels,
+        name: Arc::from(request.name),
+        data: PublicationData::from_string(&request.data),
+        exclude,
+    })
+}
+
+impl Node {
+    /// Publishes a validated event to each of its channels, on every node.
+    pub async fn publish_event(&self, app: &App, event: &ValidEvent) -> Result<(), PublishError> {
+        let app_id: Arc<str> = Arc::from(app.id.as_str());
+        for channel in &event.channels {
+            self.publish(Publication {
+                app_id: app_id.clone(),
+                channel: channel.clone(),
+                event: event.name.clone(),
+                data: event.data.clone(),
+                user_id: None,
+                exclude: event.exclude,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Closes every connection signed in as `user_id`, on every node.
+    pub async fn terminate_user(&self, app: &App, user_id: &str) -> Result<(), PublishError> {
+        if user_id.is_empty() {
+            return Err(PublishError::Invalid("user_id: required".into()));
+        }
+        let topic = Topic::user(&Arc::from(app.id.as_str()), user_id);
+        self.broker.publish(&topic, Message::TerminateUser { user_id: Arc::from(user_id) }).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::AppLimits;
+
+    fn app() -> App {
+        App {
+            id: "a".into(),
+            key: "k".into(),
+            secret: "s".into(),
+            enabled: true,
+            enable_client_events: false,
+            api_tokens: vec![],
+            limits: AppLimits::default(),
+        }
+    }
+
+    fn request(channels: &[&str]) -> EventRequest {
+        EventRequest {
+            name: "e".into(),
+            data: "d".into(),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            exclude_socket_id: None,
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let message = |r: EventRequest| validate_event(&app(), r).unwrap_err().to_string();
+        assert!(message(request(&[])).starts_with("channels:"));
+        assert!(message(request(&["bad name"])).starts_with("channels:"));
+        assert!(message(EventRequest { name: String::new(), ..request(&["c"]) }).starts_with("name:"));
+        assert!(
+            message(EventRequest { exclude_socket_id: Some("x".into()), ..request(&["c"]) })
+                .starts_with("socket_id:")
+        );
+        let big = EventRequest { data: "x".repeat(10 * 1024 + 1), ..request(&["c"]) };
+        assert!(matches!(validate_event(&app(), big), Err(PublishError::TooLarge(_))));
+        let many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(message(request(&many)).contains("at most 100"));
+        assert!(validate_event(&app(), request(&["a", "b"])).is_ok());
+    }
+}

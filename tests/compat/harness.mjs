@@ -1,0 +1,521 @@
+// Shared plumbing for the Pusher compatibility suite.
+//
+// Every test file gets its own Herald process (fresh ports, fresh config), an
+// auth endpoint built only from the official `pusher` server SDK, and
+// `pusher-js` clients pointed at Herald. Nothing here speaks the Pusher
+// protocol by hand: if a test passes, unmodified third-party code works
+// against Herald.
+//
+// Run from the repository root, after `cargo build`:
+//   scripts/install-node-deps.sh && node --test tests/compat/
+// HERALD_BIN overrides the binary (default target/debug/herald);
+// COMPAT_KEEP_LOGS=1 keeps each Herald's config and log in the temp dir.
+//
+// Waiting is always for a condition with a deadline, never a fixed sleep. To
+// prove that something did NOT arrive, tests use `roundTrip(client)`: a
+// `pusher:ping` answered by `pusher:pong` on the same connection shows that
+// everything Herald queued for that connection before the ping has been
+// delivered.
+
+import { after, before } from 'node:test';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { constants, createWriteStream } from 'node:fs';
+import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer as createTcpServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import PusherClient from 'pusher-js';
+import PusherServer from 'pusher';
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+const HERALD_BIN = process.env.HERALD_BIN ?? join(repoRoot, 'target/debug/herald');
+
+export const APP = Object.freeze({ id: 'compat-app', key: 'compat-key', secret: 'compat-secret' });
+export const DISABLED_APP = Object.freeze({ id: 'disabled-app', key: 'disabled-key', secret: 'disabled-secret' });
+
+export const SHUTDOWN_GRACE_SECS = 2;
+const READY_TIMEOUT_MS = 20_000;
+const OUTPUT_TAIL_CHARS = 16_000;
+const DEFAULT_TIMEOUT_MS = 5_000;
+
+// ---------------------------------------------------------------------------
+// Generic waiting helpers
+// ---------------------------------------------------------------------------
+
+/** Resolves with `promise`'s value, or rejects if it takes longer than `ms`. */
+function withDeadline(promise, ms, what) {
+  let timer;
+  const deadline = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
+/** Polls `predicate` (sync or async) until it returns a truthy value, which is returned. */
+export async function waitFor(predicate, { timeoutMs = DEFAULT_TIMEOUT_MS, what = 'condition', intervalMs = 10 } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let lastError;
+  for (;;) {
+    try {
+      const value = await predicate();
+      if (value) return value;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() >= deadline) {
+      const cause = lastError ? ` (last error: ${lastError.message})` : '';
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${cause}`);
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/**
+ * Waits for the next `event` on a pusher-js emitter (channel, connection, user)
+ * whose arguments satisfy `filter`; resolves with the callback's arguments array.
+ */
+export function nextEvent(emitter, event, { timeoutMs = DEFAULT_TIMEOUT_MS, filter = () => true, what } = {}) {
+  let listener;
+  const received = new Promise((res) => {
+    listener = (...args) => {
+      if (filter(...args)) res(args);
+    };
+    emitter.bind(event, listener);
+  });
+  return withDeadline(received, timeoutMs, what ?? `'${event}'`).finally(() => emitter.unbind(event, listener));
+}
+
+/**
+ * Waits for whichever of several `[emitter, event]` sources fires first;
+ * resolves with `{ source, args }`, `source` being its index in `sources`.
+ */
+export function firstEvent(sources, { timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+  const bindings = [];
+  const first = new Promise((res) => {
+    sources.forEach(([emitter, event], source) => {
+      const listener = (...args) => res({ source, args });
+      emitter.bind(event, listener);
+      bindings.push(() => emitter.unbind(event, listener));
+    });
+  });
+  const names = sources.map(([, event]) => `'${event}'`).join(' or ');
+  return withDeadline(first, timeoutMs, names).finally(() => bindings.forEach((unbind) => unbind()));
+}
+
+/** Records every `event` on a pusher-js emitter as `{ data, metadata }`. */
+export function record(emitter, event) {
+  const seen = [];
+  emitter.bind(event, (data, metadata) => seen.push({ data, metadata }));
+  return seen;
+}
+
+/** Records raw protocol frames (after JSON decoding by pusher-js) received by a client. */
+export function recordFrames(client, predicate = () => true) {
+  const frames = [];
+  client.connection.bind('message', (frame) => {
+    if (predicate(frame)) frames.push(frame);
+  });
+  return frames;
+}
+
+// ---------------------------------------------------------------------------
+// pusher-js helpers
+// ---------------------------------------------------------------------------
+
+/**
+ * pusher-js reports Herald's error codes in two shapes: a `pusher:error` frame
+ * or a close code on an established connection arrives as
+ * `{ type: 'PusherError', data: { code, message } }`; a refusal during the
+ * handshake arrives wrapped as `{ type: 'WebSocketError', error: <that> }`.
+ */
+function errorCode(err) {
+  return err?.data?.code ?? err?.error?.data?.code;
+}
+
+/** Records every connection-level error of a client as `{ type, code, message }`. */
+export function recordErrors(client) {
+  const errors = [];
+  client.connection.bind('error', (err) => {
+    const inner = err?.data ?? err?.error?.data ?? {};
+    errors.push({ type: err?.type, code: errorCode(err), message: inner.message });
+  });
+  return errors;
+}
+
+/** Waits until the client's connection is in `state` (or one of several states). */
+export async function waitForState(client, state, timeoutMs = DEFAULT_TIMEOUT_MS) {
+  const states = [state].flat();
+  if (states.includes(client.connection.state)) return;
+  await nextEvent(client.connection, 'state_change', {
+    timeoutMs,
+    filter: ({ current }) => states.includes(current),
+    what: `connection state ${states.join(' or ')} (still ${client.connection.state})`,
+  });
+}
+
+/** Subscribes and resolves with the channel once Herald confirmed the subscription. */
+export async function subscribe(client, channelName, timeoutMs = DEFAULT_TIMEOUT_MS) {
+  const channel = client.subscribe(channelName);
+  if (channel.subscribed) return channel;
+  let onError;
+  const failed = new Promise((_, reject) => {
+    onError = (status) => reject(new Error(`subscription to ${channelName} failed: ${JSON.stringify(status)}`));
+    channel.bind('pusher:subscription_error', onError);
+  });
+  try {
+    await Promise.race([nextEvent(channel, 'pusher:subscription_succeeded', { timeoutMs }), failed]);
+  } finally {
+    channel.unbind('pusher:subscription_error', onError);
+  }
+  return channel;
+}
+
+/**
+ * Sends `pusher:ping` and waits for Herald's `pusher:pong`. When it resolves,
+ * Herald has processed every frame the client sent before, and the client has
+ * received every frame Herald queued for it before answering.
+ */
+export async function roundTrip(client, timeoutMs = DEFAULT_TIMEOUT_MS) {
+  const pong = nextEvent(client.connection, 'message', {
+    timeoutMs,
+    filter: (frame) => frame.event === 'pusher:pong',
+  });
+  if (!client.send_event('pusher:ping', {})) {
+    pong.catch(() => {});
+    throw new Error('could not send pusher:ping: client is not connected');
+  }
+  await pong;
+}
+
+// ---------------------------------------------------------------------------
+// Herald process
+// ---------------------------------------------------------------------------
+
+/** Asks the OS for a free loopback port (released immediately, so Herald can bind it). */
+function freePort() {
+  return new Promise((res, reject) => {
+    const server = createTcpServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => res(port));
+    });
+  });
+}
+
+function heraldConfig({ port, metricsPort }) {
+  return `[server]
+host = "127.0.0.1"
+port = ${port}
+metrics_port = ${metricsPort}
+shutdown_grace_secs = ${SHUTDOWN_GRACE_SECS}
+
+[[apps]]
+id = "${APP.id}"
+key = "${APP.key}"
+secret = "${APP.secret}"
+enable_client_events = true
+
+[[apps]]
+id = "${DISABLED_APP.id}"
+key = "${DISABLED_APP.key}"
+secret = "${DISABLED_APP.secret}"
+enabled = false
+`;
+}
+
+/**
+ * The environment for Herald: ours minus every HERALD_* variable. Herald reads
+ * those as config overrides (and rejects unknown ones), while the config file
+ * written here must be the whole truth; HERALD_BIN, for one, is ours.
+ */
+function heraldEnv() {
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('HERALD_')));
+}
+
+/**
+ * Starts `herald dev` on fresh ports and waits until /readyz answers 200.
+ * Herald's output goes to a log file in a temp dir, which is kept (and its
+ * path printed) when COMPAT_KEEP_LOGS=1; a failed start-up reports its tail.
+ */
+async function startHerald() {
+  await access(HERALD_BIN, constants.X_OK).catch(() => {
+    throw new Error(`no executable Herald at ${HERALD_BIN}: build it (cargo build) or set HERALD_BIN`);
+  });
+  const workDir = await mkdtemp(join(tmpdir(), 'herald-compat-'));
+  const port = await freePort();
+  const metricsPort = await freePort();
+  const configPath = join(workDir, 'herald.toml');
+  const logPath = join(workDir, 'herald.log');
+  await writeFile(configPath, heraldConfig({ port, metricsPort }));
+
+  const log = createWriteStream(logPath);
+  let output = '';
+  const proc = spawn(HERALD_BIN, ['dev', '--config', configPath], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: heraldEnv(),
+  });
+  for (const stream of [proc.stdout, proc.stderr]) {
+    stream.on('data', (chunk) => {
+      output = (output + chunk).slice(-OUTPUT_TAIL_CHARS);
+      log.write(chunk);
+    });
+  }
+
+  // 'close' rather than 'exit': it fires once Herald's output is fully read.
+  const exited = new Promise((res) => {
+    proc.on('error', (error) => res({ code: null, signal: null, error }));
+    proc.on('close', (code, signal) => res({ code, signal }));
+  });
+  let exitStatus = null;
+  exited.then((status) => (exitStatus = status));
+
+  let stopping = null;
+  const terminate = async (timeoutMs) => {
+    if (exitStatus === null) proc.kill('SIGTERM');
+    try {
+      return await withDeadline(exited, timeoutMs, 'herald to exit after SIGTERM');
+    } catch (err) {
+      proc.kill('SIGKILL');
+      throw err;
+    } finally {
+      await new Promise((r) => log.end(r));
+      if (process.env.COMPAT_KEEP_LOGS === '1') {
+        console.error(`herald log kept at ${logPath}`);
+      } else {
+        await rm(workDir, { recursive: true, force: true });
+      }
+    }
+  };
+
+  const herald = {
+    port,
+    /**
+     * Sends SIGTERM (unless Herald already exited) and resolves with its exit
+     * status `{ code, signal }`; SIGKILLs and rejects after `timeoutMs`.
+     * Idempotent: later calls return the first call's result.
+     */
+    stop(timeoutMs = (SHUTDOWN_GRACE_SECS + 10) * 1000) {
+      stopping ??= terminate(timeoutMs);
+      return stopping;
+    },
+  };
+
+  try {
+    // A Herald that dies during start-up ends the wait at once instead of
+    // letting it run into the deadline.
+    const ready = await waitFor(
+      async () => {
+        if (exitStatus !== null) return 'exited';
+        const res = await fetch(`http://127.0.0.1:${metricsPort}/readyz`);
+        await res.arrayBuffer();
+        return res.status === 200 && 'ready';
+      },
+      { timeoutMs: READY_TIMEOUT_MS, intervalMs: 50, what: `${HERALD_BIN} /readyz to return 200` },
+    );
+    if (ready === 'exited') {
+      const { code, signal, error } = exitStatus;
+      throw new Error(`herald exited during start-up (code ${code}, signal ${signal}${error ? `, ${error.message}` : ''})`);
+    }
+  } catch (err) {
+    await herald.stop().catch(() => {});
+    err.message += `\n--- herald output ---\n${output}`;
+    throw err;
+  }
+  return herald;
+}
+
+// ---------------------------------------------------------------------------
+// Auth endpoint (official `pusher` SDK only)
+// ---------------------------------------------------------------------------
+
+/** The presence `user_info` / user-auth data the auth server issues for a user id. */
+export function userInfo(userId) {
+  return { name: `User ${userId}` };
+}
+
+/**
+ * Starts a node:http server playing the customer's backend:
+ *  - POST /pusher/auth       channel authorization, signed with the app secret
+ *  - POST /pusher/bad-auth   same, but signed with a wrong secret
+ *  - POST /pusher/user-auth  user authentication for pusher.signin()
+ *  - POST /pusher/bad-user-auth  same, but signed with a wrong secret
+ * The requesting user is the `user_id` form parameter, which each pusher-js
+ * client sends through its `params` option. Signatures come solely from the
+ * SDK's authorizeChannel() and authenticateUser().
+ */
+async function startAuthServer(app, encryptionMasterKeyBase64) {
+  const signer = new PusherServer({ appId: app.id, key: app.key, secret: app.secret, encryptionMasterKeyBase64 });
+  const impostor = new PusherServer({
+    appId: app.id,
+    key: app.key,
+    secret: `not-${app.secret}`,
+    encryptionMasterKeyBase64,
+  });
+
+  const authorizeChannel = (sdk, form) => {
+    const socketId = form.get('socket_id');
+    const channel = form.get('channel_name');
+    if (!channel.startsWith('presence-')) return sdk.authorizeChannel(socketId, channel);
+    const userId = form.get('user_id');
+    if (!userId) throw new Error('presence channels need a user_id');
+    return sdk.authorizeChannel(socketId, channel, { user_id: userId, user_info: userInfo(userId) });
+  };
+
+  const authenticateUser = (sdk, form) => {
+    const userId = form.get('user_id');
+    if (!userId) throw new Error('user authentication needs a user_id');
+    return sdk.authenticateUser(form.get('socket_id'), { id: userId, ...userInfo(userId) });
+  };
+
+  const routes = {
+    '/pusher/auth': (form) => authorizeChannel(signer, form),
+    '/pusher/bad-auth': (form) => authorizeChannel(impostor, form),
+    '/pusher/user-auth': (form) => authenticateUser(signer, form),
+    '/pusher/bad-user-auth': (form) => authenticateUser(impostor, form),
+  };
+
+  const server = createHttpServer(async (req, res) => {
+    const route = routes[req.url];
+    if (req.method !== 'POST' || !route) {
+      res.writeHead(404).end();
+      return;
+    }
+    let body = '';
+    for await (const chunk of req) body += chunk;
+    try {
+      const payload = JSON.stringify(route(new URLSearchParams(body)));
+      res.writeHead(200, { 'content-type': 'application/json' }).end(payload);
+    } catch (err) {
+      res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error: err.message }));
+    }
+  });
+  await new Promise((res) => server.listen(0, '127.0.0.1', res));
+  const { port } = server.address();
+
+  return {
+    port,
+    url: (path) => `http://127.0.0.1:${port}${path}`,
+    close: () =>
+      new Promise((res) => {
+        server.closeAllConnections();
+        server.close(res);
+      }),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Per-file environment
+// ---------------------------------------------------------------------------
+
+/**
+ * Registers `before`/`after` hooks that give the calling test file its own
+ * Herald, auth server and encryption master key, and returns the environment.
+ * `setup(env)`, if given, runs once Herald is ready (a separate top-level
+ * `before` would not be ordered after this one). Clients created through the
+ * environment are disconnected in `after`, so node can exit.
+ */
+export function useHerald({ setup } = {}) {
+  const env = new CompatEnv();
+  before(async () => {
+    await env.start();
+    await setup?.(env);
+  });
+  after(() => env.stop());
+  return env;
+}
+
+class CompatEnv {
+  herald = null;
+  auth = null;
+  clients = new Set();
+  sockets = new Set();
+  masterKeyBase64 = randomBytes(32).toString('base64');
+
+  async start() {
+    this.herald = await startHerald();
+    this.auth = await startAuthServer(APP, this.masterKeyBase64);
+  }
+
+  async stop() {
+    for (const client of this.clients) client.disconnect();
+    this.clients.clear();
+    // When the server closes an established connection with a 40xx code,
+    // pusher-js calls close() on the already closed faye-websocket socket,
+    // which arms a 30 s close timer nothing ever clears. It is harmless, but
+    // it would keep this test process alive for 30 s.
+    for (const socket of this.sockets) clearTimeout(socket._closeTimer);
+    this.sockets.clear();
+    await this.auth?.close();
+    await this.herald?.stop();
+  }
+
+  /**
+   * A pusher-js client configured the way a browser app would be. `userId`
+   * is sent to the auth endpoints; `authPath` and `userAuthPath` pick the
+   * channel authorization and user authentication endpoints. The client
+   * starts connecting immediately.
+   */
+  client({ key = APP.key, userId, authPath = '/pusher/auth', userAuthPath = '/pusher/user-auth' } = {}) {
+    const params = userId === undefined ? {} : { user_id: userId };
+    const client = new PusherClient(key, {
+      wsHost: '127.0.0.1',
+      wsPort: this.herald.port,
+      forceTLS: false,
+      enabledTransports: ['ws'],
+      cluster: 'mt1',
+      disableStats: true,
+      channelAuthorization: { endpoint: this.auth.url(authPath), transport: 'ajax', params },
+      userAuthentication: { endpoint: this.auth.url(userAuthPath), transport: 'ajax', params },
+    });
+    this.clients.add(client);
+    client.connection.bind('connected', () => this.sockets.add(client.connection.connection.transport.socket));
+    return client;
+  }
+
+  /** A client that has reached the 'connected' state. */
+  async connectedClient(options) {
+    const client = this.client(options);
+    await waitForState(client, 'connected');
+    return client;
+  }
+
+  /** Disconnects a client and forgets it. */
+  disconnect(client) {
+    client.disconnect();
+    this.clients.delete(client);
+  }
+
+  /** The official server SDK pointed at Herald's HTTP API. */
+  sdk({ secret = APP.secret } = {}) {
+    return new PusherServer({
+      appId: APP.id,
+      key: APP.key,
+      secret,
+      host: '127.0.0.1',
+      port: String(this.herald.port),
+      useTLS: false,
+      encryptionMasterKeyBase64: this.masterKeyBase64,
+    });
+  }
+
+  /**
+   * Publishes a uniquely tagged `compat-sentinel` event on `channelName` and
+   * waits until each of `channels` (pusher-js channel objects of that name,
+   * one per client) has received it. Herald keeps each channel ordered, so
+   * after this anything published on the channel earlier has been delivered.
+   */
+  async sentinel(channelName, channels) {
+    const tag = randomBytes(8).toString('hex');
+    const arrivals = channels.map((channel) =>
+      nextEvent(channel, 'compat-sentinel', { filter: (data) => data?.tag === tag }),
+    );
+    await Promise.all([this.sdk().trigger(channelName, 'compat-sentinel', { tag }), ...arrivals]);
+  }
+}
