@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `server` | accept loop, routing, upgrades, graceful shutdown |
 //! | `session` | one connection's protocol state machine (reader) |
+//! | `frame_reader` | client frames read without a per-connection buffer |
 //! | `writer` | one connection's writer: outbox → socket, pings |
 //! | `http_api` | `/apps/{id}/events`, `batch_events`, `channels`, `users` |
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |
@@ -14,6 +15,7 @@
 //! | `publish` | the one publish path of the HTTP and gRPC APIs: validation and publication |
 
 mod config;
+mod frame_reader;
 mod health;
 mod http_api;
 mod node;

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use fastwebsockets::OpCode;
 use herald_backbone::{Member, MemberChange, Topic};
 use herald_core::{
     App, ChannelKind, ChannelName, ErrorCode, Publication, PublicationData, SocketId, auth, protocol,
@@ -24,6 +24,7 @@ use serde_json::{Value, json, value::RawValue};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
 
 use crate::{
+    frame_reader::{ReadError, read_frame},
     node::Node,
     writer::{Activity, write_loop},
 };
@@ -49,7 +50,7 @@ where
             ErrorCode::OverConnectionQuota,
             "over connection quota: the app has reached its connection limit",
         ));
-        drain(reader(read, config.max_message_bytes)).await;
+        drain(read).await;
         let _ = writer.await;
         return;
     }
@@ -70,10 +71,10 @@ where
         user_id: None,
     };
     session.send(protocol::connection_established(&session.socket_id, config.activity_timeout_secs));
-    let mut ws = reader(read, config.max_message_bytes);
-    session.read_loop(&mut ws, &activity).await;
+    let mut read = read;
+    session.read_loop(&mut read, &activity).await;
     session.cleanup().await;
-    drain(ws).await;
+    drain(read).await;
     let _ = writer.await;
 
     node.sessions.shard(&socket.conn).remove(&socket.conn);
@@ -92,42 +93,16 @@ where
     outbox.close(close);
     let (read, write) = tokio::io::split(io);
     let writer = tokio::spawn(write_loop(write, outbox, Arc::new(Activity::new()), config.clone()));
-    drain(reader(read, config.max_message_bytes)).await;
+    drain(read).await;
     let _ = writer.await;
 }
 
-type Reader<S> = WebSocketRead<ReadHalf<S>>;
-
-fn reader<S: AsyncRead>(read: ReadHalf<S>, max_message_bytes: usize) -> Reader<S> {
-    // The write half given to fastwebsockets is a sink: with auto-pong and auto-close
-    // off it never writes, and every frame we send goes through the outbox.
-    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    ws.set_max_message_size(max_message_bytes);
-    ws
-}
-
-/// Reads (and ignores) until the client's close frame or EOF, briefly: the close
-/// handshake, so that our close frame is not lost to a connection reset.
-async fn drain<S: AsyncRead>(mut ws: Reader<S>) {
-    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-        let mut obligations = no_obligations;
-        loop {
-            match ws.read_frame(&mut obligations).await {
-                Ok(frame) if frame.opcode == OpCode::Close => break,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    })
-    .await;
-}
-
-/// fastwebsockets' callback for frames it must send itself; with auto-pong and
-/// auto-close off it is never called.
-async fn no_obligations(_: Frame<'_>) -> Result<(), std::convert::Infallible> {
-    Ok(())
+/// Reads and discards whatever the client still sends (its close frame, the rest of
+/// an oversized message) until it closes its side, briefly: dropping a socket with
+/// unread input resets the connection, which can destroy the close frame we sent.
+async fn drain<S: AsyncRead>(mut read: ReadHalf<S>) {
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, tokio::io::copy(&mut read, &mut tokio::io::sink()))
+        .await;
 }
 
 struct Session {
@@ -192,27 +167,26 @@ struct Fragments {
 }
 
 impl Session {
-    async fn read_loop<S: AsyncRead>(&mut self, ws: &mut Reader<S>, activity: &Activity) {
+    async fn read_loop<S: AsyncRead>(&mut self, read: &mut ReadHalf<S>, activity: &Activity) {
         let max_message = self.node.config.connection.max_message_bytes;
         let mut fragments: Option<Fragments> = None;
-        let mut obligations = no_obligations;
         loop {
             let frame = tokio::select! {
                 biased;
                 _ = self.outbox.closing() => return,
-                frame = ws.read_frame(&mut obligations) => frame,
+                frame = read_frame(read, max_message) => frame,
             };
             let frame = match frame {
                 Ok(frame) => frame,
-                Err(WebSocketError::FrameTooLarge) => return self.close_too_large(max_message),
-                Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
+                Err(ReadError::TooLarge) => return self.close_too_large(max_message),
+                Err(ReadError::Gone) => {
                     // The client went away without a close frame: nothing to send.
                     self.outbox.close(Close::plain(1006, ""));
                     return;
                 }
-                Err(e) => {
-                    tracing::debug!(socket_id = %self.socket_id, error = %e, "protocol error");
-                    self.outbox.close(Close::plain(1002, "protocol error"));
+                Err(ReadError::Protocol(why)) => {
+                    tracing::debug!(socket_id = %self.socket_id, why, "protocol error");
+                    self.outbox.close(Close::plain(1002, why));
                     return;
                 }
             };
