@@ -87,6 +87,11 @@ impl Node {
         &self.apps
     }
 
+    /// Cluster-wide channel occupancy and presence members.
+    pub fn presence(&self) -> &Arc<dyn PresenceManager> {
+        &self.presence
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }

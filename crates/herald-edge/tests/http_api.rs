@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use herald_core::auth;
 use herald_edge::{EdgeConfig, HttpApiConfig};
+use herald_testkit::*;
 use serde_json::{Value, json};
-use support::*;
 
 fn events_path(server: &Server) -> String {
     format!("/apps/{}/events", server.app().id)

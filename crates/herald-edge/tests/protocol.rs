@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::Duration;
 
 use herald_core::auth;
 use herald_edge::{ConnectionConfig, EdgeConfig};
+use herald_testkit::*;
 use serde_json::json;
-use support::*;
 
 #[tokio::test]
 async fn connection_established_gives_unique_socket_ids_and_the_activity_timeout() {

@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
+use herald_api::GrpcConfig;
 use herald_core::{App, AppLimits, Apps};
 use herald_edge::{ConnectionConfig, EdgeConfig, HttpApiConfig};
 use serde::Deserialize;
@@ -16,6 +17,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub connection: ConnectionConfig,
     pub http: HttpApiConfig,
+    pub grpc: GrpcConfig,
     pub log: LogConfig,
     pub apps: Vec<App>,
 }
@@ -63,6 +65,9 @@ pub struct Flags {
     /// Health and metrics port (overrides server.metrics_port).
     #[arg(long)]
     pub metrics_port: Option<u16>,
+    /// gRPC API port (overrides grpc.port).
+    #[arg(long)]
+    pub grpc_port: Option<u16>,
 }
 
 impl Config {
@@ -86,6 +91,12 @@ impl Config {
                 server.insert("metrics_port".into(), Value::Integer(port.into()));
             }
         }
+        if let Some(port) = flags.grpc_port {
+            let grpc = table.entry("grpc").or_insert_with(|| Value::Table(Table::new()));
+            if let Value::Table(grpc) = grpc {
+                grpc.insert("port".into(), Value::Integer(port.into()));
+            }
+        }
         let config: Config = Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| vec![format!("invalid configuration: {}", e.message())])?;
@@ -98,14 +109,22 @@ impl Config {
         if self.server.host.parse::<std::net::IpAddr>().is_err() {
             errors.push(format!("server.host: {:?} is not an IP address", self.server.host));
         }
-        if self.server.port != 0 && self.server.port == self.server.metrics_port {
-            errors.push("server.metrics_port: must differ from server.port".into());
+        let ports = [
+            ("server.port", self.server.port),
+            ("server.metrics_port", self.server.metrics_port),
+            ("grpc.port", self.grpc.port),
+        ];
+        for (i, (name, port)) in ports.iter().enumerate() {
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| *p == *port && *port != 0) {
+                errors.push(format!("{name}: {port} is already used by {other}"));
+            }
         }
         if self.server.shutdown_grace_secs == 0 {
             errors.push("server.shutdown_grace_secs: must be at least 1".into());
         }
         self.connection.validate(&mut errors);
         self.http.validate(&mut errors);
+        self.grpc.validate(&mut errors);
         if let Err(app_errors) = Apps::new(self.apps.clone()) {
             errors.extend(app_errors);
         }
@@ -152,7 +171,7 @@ fn read_file(path: &Path) -> Result<Table, Vec<String>> {
 /// The top-level keys of the configuration: `HERALD_*` variables that start with
 /// anything else belong to other tools (`HERALD_BIN` in a test harness, say) and are
 /// left alone; inside these sections an unknown key is an error like in the file.
-const SECTIONS: [&str; 5] = ["server", "connection", "http", "log", "apps"];
+const SECTIONS: [&str; 6] = ["server", "connection", "http", "grpc", "log", "apps"];
 
 /// `HERALD_SECTION__KEY=value` sets `section.key` (double underscores separate
 /// levels; names are lowercased). Values are read as TOML (`7000`, `true`,
@@ -323,6 +342,7 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(config.connection, defaults.connection);
         assert_eq!(config.http, defaults.http);
+        assert_eq!(config.grpc, defaults.grpc);
         assert_eq!(config.server.port, defaults.server.port);
         assert_eq!(config.apps[0].limits, AppLimits::default());
     }

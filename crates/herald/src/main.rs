@@ -82,6 +82,9 @@ async fn run_dev(config: Config) -> anyhow::Result<()> {
     let health_listener = TcpListener::bind(SocketAddr::new(host, config.server.metrics_port))
         .await
         .with_context(|| format!("cannot listen on {host}:{}", config.server.metrics_port))?;
+    let grpc_listener = TcpListener::bind(SocketAddr::new(host, config.grpc.port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{}", config.grpc.port))?;
 
     let node_id = match config.server.node_id {
         0 => Node::random_id(),
@@ -95,9 +98,10 @@ async fn run_dev(config: Config) -> anyhow::Result<()> {
 
     let ws_addr = listener.local_addr()?;
     let health_addr = health_listener.local_addr()?;
-    tracing::info!(%ws_addr, %health_addr, node_id, apps = node.apps().len(), "herald dev is running");
+    let grpc_addr = grpc_listener.local_addr()?;
+    tracing::info!(%ws_addr, %grpc_addr, %health_addr, node_id, apps = node.apps().len(), "herald dev is running");
     if demo {
-        print_demo(ws_addr, &config::demo_app());
+        print_demo(ws_addr, grpc_addr, &config::demo_app());
     }
 
     let shutdown = CancellationToken::new();
@@ -109,7 +113,15 @@ async fn run_dev(config: Config) -> anyhow::Result<()> {
         metrics,
         health_stop.clone().cancelled_owned(),
     ));
+    let grpc = tokio::spawn(herald_api::serve(
+        grpc_listener,
+        node.clone(),
+        config.grpc.clone(),
+        config.edge().shutdown_grace,
+        shutdown.clone().cancelled_owned(),
+    ));
     herald_edge::serve(listener, node, shutdown.cancelled_owned()).await;
+    let _ = grpc.await;
     health_stop.cancel();
     let _ = health.await;
     tracing::info!("stopped");
@@ -137,7 +149,7 @@ async fn signal_on_terminate(token: CancellationToken) {
     tracing::info!("{signal} received");
 }
 
-fn print_demo(addr: SocketAddr, app: &herald_core::App) {
+fn print_demo(addr: SocketAddr, grpc: SocketAddr, app: &herald_core::App) {
     let host = addr.ip();
     let port = addr.port();
     println!(
@@ -162,7 +174,14 @@ Publish with any Pusher server SDK (host {host}, port {port}, useTLS false), e.g
   new Pusher({{ appId: "{id}", key: "{key}", secret: "{secret}",
                host: "{host}", port: "{port}", useTLS: false }})
     .trigger("my-channel", "my-event", {{ hello: "world" }});
+
+or over gRPC (herald.v1.Publisher on {grpc}, token {token}):
+
+  grpcurl -plaintext -H 'authorization: Bearer {token}' \
+    -d '{{"app_id":"{id}","event":{{"name":"my-event","data":"{{}}","channels":["my-channel"]}}}}' \
+    {grpc} herald.v1.Publisher/Publish
 "#,
+        token = app.api_tokens.first().map(String::as_str).unwrap_or(""),
         id = app.id,
         key = app.key,
         secret = app.secret,

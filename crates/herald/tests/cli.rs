@@ -69,7 +69,7 @@ fn get(addr: &str, path: &str) -> String {
 #[test]
 fn dev_serves_a_demo_app_and_stops_cleanly_on_sigterm() {
     let mut child = Command::new(HERALD)
-        .args(["dev", "--port", "0", "--metrics-port", "0"])
+        .args(["dev", "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
         .env("HERALD_SERVER__SHUTDOWN_GRACE_SECS", "2")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,7 +1,9 @@
-//! A real edge on 127.0.0.1:0 with the in-memory backbone, a real WebSocket client
-//! (fastwebsockets) and a real HTTP client (hyper) that signs requests as Pusher SDKs do.
+//! Test helpers shared by the role crates' integration tests: a real edge on
+//! 127.0.0.1:0 with the in-memory backbone, a real WebSocket client (fastwebsockets)
+//! and a real HTTP client (hyper) that signs requests as the Pusher SDKs do.
+//! Helpers panic on failure: they are for tests only.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     future::Future,
@@ -12,7 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
-use herald_backbone::MemoryBackbone;
+use herald_backbone::{Broker, MemoryBackbone, MemoryBroker};
 use herald_core::{App, AppLimits, Apps, auth};
 use herald_edge::{EdgeConfig, Node};
 use herald_hub::Hub;
@@ -48,12 +50,21 @@ pub struct Server {
 
 impl Server {
     pub async fn start(apps: Vec<App>, config: EdgeConfig) -> Self {
+        Self::start_with_broker(apps, config, |broker| Arc::new(broker)).await
+    }
+
+    /// Like [`Server::start`], with the memory broker wrapped (to slow it down, say).
+    pub async fn start_with_broker(
+        apps: Vec<App>,
+        config: EdgeConfig,
+        wrap: impl FnOnce(MemoryBroker) -> Arc<dyn Broker>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let backbone = MemoryBackbone::new();
         let node_id = Node::random_id();
         let hub = Arc::new(Hub::new(node_id));
-        let broker = Arc::new(backbone.broker(hub.clone()));
+        let broker = wrap(backbone.broker(hub.clone()));
         let node =
             Node::new(node_id, Apps::new(apps.clone()).unwrap(), config, hub, broker, backbone.presence());
         let shutdown = CancellationToken::new();

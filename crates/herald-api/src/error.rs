@@ -1,0 +1,65 @@
+//! The gRPC API's errors, converted to `tonic::Status` in one place.
+
+use herald_edge::PublishError;
+use tonic::{Code, Status};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The per-message error of a batch or stream result.
+    pub fn to_proto(&self) -> herald_proto::v1::Error {
+        herald_proto::v1::Error { code: self.code() as i32, message: self.to_string() }
+    }
+}
+
+impl From<PublishError> for Error {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Invalid(m) => Self::InvalidArgument(m),
+            PublishError::TooLarge(m) => Self::ResourceExhausted(m),
+            PublishError::Backbone(e) => e.into(),
+        }
+    }
+}
+
+impl From<herald_backbone::Error> for Error {
+    fn from(e: herald_backbone::Error) -> Self {
+        if e.is_retryable() { Self::Unavailable(e.to_string()) } else { Self::Internal(e.to_string()) }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}

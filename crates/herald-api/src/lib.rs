@@ -1,0 +1,60 @@
+//! Herald's gRPC API: the `herald.v1.Publisher` service (publishing, channel state,
+//! terminate) on the same publish path as the Pusher HTTP API, with bearer-token
+//! authentication per app, idempotency keys, standard gRPC health and server
+//! reflection. Served by hyper (HTTP/2) directly: the edge's HTTP stack, no second one.
+
+mod auth;
+mod error;
+mod idempotency;
+mod server;
+mod service;
+
+use serde::Deserialize;
+
+pub use error::Error;
+pub use server::serve;
+pub use service::PublisherService;
+
+/// Settings of the gRPC listener (`[grpc]` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// gRPC port, on `server.host`.
+    pub port: u16,
+    /// Largest request message, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+    /// Seconds an idempotency key is remembered.
+    pub idempotency_window_secs: u64,
+    /// Idempotency keys remembered at most (per node); the oldest go first.
+    pub idempotency_max_keys: usize,
+    /// Answers a PublishStream may have waiting to be read by the publisher before
+    /// the server stops reading its requests.
+    pub stream_window: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            port: 50051,
+            max_message_bytes: 4 * 1024 * 1024,
+            idempotency_window_secs: 300,
+            idempotency_max_keys: 100_000,
+            stream_window: 256,
+        }
+    }
+}
+
+impl GrpcConfig {
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        for (name, value) in [
+            ("grpc.max_message_bytes", self.max_message_bytes),
+            ("grpc.idempotency_window_secs", self.idempotency_window_secs as usize),
+            ("grpc.idempotency_max_keys", self.idempotency_max_keys),
+            ("grpc.stream_window", self.stream_window),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name}: must be at least 1"));
+            }
+        }
+    }
+}

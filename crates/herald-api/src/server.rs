@@ -1,0 +1,150 @@
+//! The gRPC listener: HTTP/2 (prior knowledge) served by hyper, routing by service
+//! path to the Publisher, health and reflection services.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use herald_edge::Node;
+use herald_proto::v1::publisher_server::PublisherServer;
+use hyper::{body::Incoming, server::conn::http2, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{body::Body, codegen::Service, server::NamedService};
+use tonic_health::server::HealthReporter;
+
+use crate::{GrpcConfig, PublisherService};
+
+/// Serves gRPC on `listener` until `shutdown` resolves; then reports NOT_SERVING,
+/// sends GOAWAY to every connection and waits (at most `grace`) for in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    config: GrpcConfig,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let publisher = PublisherServer::new(PublisherService::new(node, &config))
+        .max_decoding_message_size(config.max_message_bytes);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<PublisherServer<PublisherService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(herald_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {
+        (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
+        (Err(e), _) | (_, Err(e)) => {
+            // The descriptor sets are compiled in and checked by tests.
+            tracing::error!(error = %e, "gRPC reflection unavailable");
+            return;
+        }
+    };
+
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (publisher, health, reflection_v1, reflection_v1alpha) =
+            (publisher.clone(), health.clone(), reflection_v1.clone(), reflection_v1alpha.clone());
+        let route = service_fn(move |request: http::Request<Incoming>| {
+            let path = request.uri().path();
+            let response = if path.starts_with(&prefix::<PublisherServer<PublisherService>>()) {
+                Routed::Call(publisher.clone().call(request))
+            } else if path.starts_with("/grpc.health.v1.Health/") {
+                Routed::Call(health.clone().call(request))
+            } else if path.starts_with("/grpc.reflection.v1.ServerReflection/") {
+                Routed::Call(reflection_v1.clone().call(request))
+            } else if path.starts_with("/grpc.reflection.v1alpha.ServerReflection/") {
+                Routed::Call(reflection_v1alpha.clone().call(request))
+            } else {
+                Routed::Unimplemented
+            };
+            async move {
+                match response {
+                    Routed::Call(call) => call.await.map(oversized_is_resource_exhausted),
+                    Routed::Unimplemented => {
+                        Ok(tonic::Status::unimplemented("no such gRPC service").into_http())
+                    }
+                }
+            }
+        });
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                // Explicit windows bound what one connection can make us buffer (2 MiB)
+                // while a stream is held back, and size h2's budget for small DATA
+                // frames (half the connection window): with h2's 64 KiB default a
+                // publisher whose stream is paused by flow control trickles small
+                // frames and trips ENHANCE_YOUR_CALM.
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(2 << 20)
+                .serve_connection(TokioIo::new(stream), route);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = &mut connection => result,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "gRPC connection ended with an error");
+            }
+        });
+    }
+
+    set_not_serving(&health_reporter).await;
+    drop(listener);
+    stop.cancel();
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        tracing::warn!("gRPC calls still running at the end of the grace period");
+    }
+}
+
+async fn set_not_serving(reporter: &HealthReporter) {
+    reporter.set_not_serving::<PublisherServer<PublisherService>>().await;
+    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+}
+
+/// tonic refuses a request message over the size limit with OUT_OF_RANGE; the gRPC
+/// convention (and every other limit here) is RESOURCE_EXHAUSTED. Unary calls fail
+/// before reaching the service, in a trailers-only response: rewrite its status.
+fn oversized_is_resource_exhausted(mut response: http::Response<Body>) -> http::Response<Body> {
+    let headers = response.headers_mut();
+    let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers.get("grpc-message").is_some_and(|m| {
+            // grpc-message is percent-encoded on the wire.
+            let m = m.as_bytes();
+            m.starts_with(b"Error,%20decoded%20message%20length%20too%20large")
+                || m.starts_with(b"Error, decoded message length too large")
+        });
+    if oversized {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+fn prefix<S: NamedService>() -> String {
+    format!("/{}/", S::NAME)
+}
+
+/// Which service a request went to: a tonic call, or nothing.
+enum Routed<F> {
+    Call(F),
+    Unimplemented,
+}

@@ -1,0 +1,250 @@
+//! `herald.v1.Publisher`: the gRPC face of the same publish path and channel state
+//! the Pusher HTTP API uses.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use herald_core::{App, ChannelKind, ChannelName};
+use herald_edge::{EventRequest, Node, validate_event};
+use herald_proto::v1::{self as pb, publish_result, publisher_server::Publisher};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    GrpcConfig,
+    auth::{Authenticator, authorize},
+    error::{Error, Result},
+    idempotency::Idempotency,
+};
+
+/// The Publisher service of one node. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct PublisherService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: Arc<Node>,
+    auth: Authenticator,
+    idempotency: Idempotency<pb::PublishResponse>,
+    stream_window: usize,
+}
+
+impl PublisherService {
+    pub fn new(node: Arc<Node>, config: &GrpcConfig) -> Self {
+        let inner = Inner {
+            auth: Authenticator::new(node.apps()),
+            idempotency: Idempotency::new(
+                Duration::from_secs(config.idempotency_window_secs),
+                config.idempotency_max_keys,
+            ),
+            stream_window: config.stream_window,
+            node,
+        };
+        Self { inner: Arc::new(inner) }
+    }
+}
+
+impl Inner {
+    fn app<T>(&self, request: &Request<T>, app_id: &str) -> Result<Arc<App>> {
+        authorize(&self.auth.caller(request.metadata())?, app_id)
+    }
+
+    /// Validates and publishes one event (deduplicated by its idempotency key).
+    async fn publish_event(&self, app: &App, event: Option<pb::Event>) -> Result<pb::PublishResponse> {
+        let event = event.ok_or_else(|| Error::InvalidArgument("event: required".into()))?;
+        let data = match event.payload {
+            Some(pb::event::Payload::Data(data)) => data,
+            Some(pb::event::Payload::DataBytes(bytes)) => String::from_utf8(bytes)
+                .map_err(|_| Error::InvalidArgument("data_bytes: must be UTF-8".into()))?,
+            None => return Err(Error::InvalidArgument("data: required (data or data_bytes)".into())),
+        };
+        let valid = validate_event(
+            app,
+            EventRequest {
+                name: event.name,
+                data,
+                channels: event.channels,
+                exclude_socket_id: Some(event.exclude_socket_id),
+            },
+        )?;
+        let publish = || async {
+            self.node.publish_event(app, &valid).await?;
+            Ok(pb::PublishResponse {
+                publication_id: publication_id(),
+                channels: valid.channels.len() as u32,
+                duplicate: false,
+            })
+        };
+        if event.idempotency_key.is_empty() {
+            return publish().await;
+        }
+        let (mut response, duplicate) =
+            self.idempotency.run(&app.id, &event.idempotency_key, publish).await?;
+        response.duplicate = duplicate;
+        Ok(response)
+    }
+
+    async fn publish_result(
+        &self,
+        caller: &Result<Arc<App>>,
+        app_id: &str,
+        event: Option<pb::Event>,
+    ) -> pb::PublishResult {
+        let outcome = match caller.clone().and_then(|caller| authorize(&caller, app_id)) {
+            Ok(app) => self.publish_event(&app, event).await,
+            Err(e) => Err(e),
+        };
+        pb::PublishResult {
+            result: Some(match outcome {
+                Ok(published) => publish_result::Result::Published(published),
+                Err(e) => publish_result::Result::Error(e.to_proto()),
+            }),
+        }
+    }
+}
+
+/// A random 128-bit id, hex: unique without coordination between nodes.
+fn publication_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+fn channel_name(name: &str) -> Result<ChannelName> {
+    ChannelName::new(name).map_err(|e| Error::InvalidArgument(format!("channel: {name:?}: {e}")))
+}
+
+type PublishStream = Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Publisher for PublisherService {
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let app = self.inner.app(&request, &request.get_ref().app_id)?;
+        let response = self.inner.publish_event(&app, request.into_inner().event).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<pb::PublishBatchRequest>,
+    ) -> Result<Response<pb::PublishBatchResponse>, Status> {
+        let app = self.inner.app(&request, &request.get_ref().app_id)?;
+        let events = request.into_inner().events;
+        let limit = app.limits.max_batch_events;
+        if events.is_empty() || events.len() > limit {
+            return Err(Error::InvalidArgument(format!(
+                "events: {} given, 1 to {limit} accepted",
+                events.len()
+            ))
+            .into());
+        }
+        let caller = Ok(app.clone());
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(self.inner.publish_result(&caller, &app.id, Some(event)).await);
+        }
+        Ok(Response::new(pb::PublishBatchResponse { results }))
+    }
+
+    type PublishStreamStream = PublishStream;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        // The token is checked per message (each names its app), so a stream with a
+        // bad token still answers every message, with UNAUTHENTICATED.
+        let caller = self.inner.auth.caller(request.metadata());
+        let mut inbound = request.into_inner();
+        let (answers, stream) = mpsc::channel(self.inner.stream_window);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                // Room for the answer first: a publisher that does not read its
+                // answers stops being read, and HTTP/2 flow control holds it back.
+                let Ok(slot) = answers.reserve().await else { return };
+                let message = match inbound.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => return,
+                    Err(status) => {
+                        // An over-limit message: RESOURCE_EXHAUSTED, as for unary calls.
+                        let status = match status.code() {
+                            tonic::Code::OutOfRange => Status::resource_exhausted(status.message()),
+                            _ => status,
+                        };
+                        slot.send(Err(status));
+                        return;
+                    }
+                };
+                let result = inner.publish_result(&caller, &message.app_id, message.event).await;
+                slot.send(Ok(pb::PublishStreamResponse { sequence: message.sequence, result: Some(result) }));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
+    async fn get_channel(
+        &self,
+        request: Request<pb::GetChannelRequest>,
+    ) -> Result<Response<pb::ChannelInfo>, Status> {
+        let app = self.inner.app(&request, &request.get_ref().app_id)?;
+        let channel = channel_name(&request.get_ref().channel)?;
+        let stats = self.inner.node.presence().channel(&app.id, &channel).await.map_err(Error::from)?;
+        Ok(Response::new(channel_info(&channel, stats)))
+    }
+
+    async fn list_channels(
+        &self,
+        request: Request<pb::ListChannelsRequest>,
+    ) -> Result<Response<pb::ListChannelsResponse>, Status> {
+        let app = self.inner.app(&request, &request.get_ref().app_id)?;
+        let channels = self
+            .inner
+            .node
+            .presence()
+            .channels(&app.id, &request.get_ref().prefix)
+            .await
+            .map_err(Error::from)?;
+        let channels = channels.iter().map(|(name, stats)| channel_info(name, *stats)).collect();
+        Ok(Response::new(pb::ListChannelsResponse { channels }))
+    }
+
+    async fn list_presence_users(
+        &self,
+        request: Request<pb::ListPresenceUsersRequest>,
+    ) -> Result<Response<pb::ListPresenceUsersResponse>, Status> {
+        let app = self.inner.app(&request, &request.get_ref().app_id)?;
+        let channel = channel_name(&request.get_ref().channel)?;
+        if channel.kind() != ChannelKind::Presence {
+            return Err(
+                Error::InvalidArgument(format!("channel: {channel} is not a presence- channel")).into()
+            );
+        }
+        let members = self.inner.node.presence().members(&app.id, &channel).await.map_err(Error::from)?;
+        let users = members
+            .into_iter()
+            .map(|m| pb::PresenceUser { id: m.user_id.to_string(), user_info_json: m.user_info.to_string() })
+            .collect();
+        Ok(Response::new(pb::ListPresenceUsersResponse { users }))
+    }
+
+    async fn terminate_user_connections(
+        &self,
+        request: Request<pb::TerminateUserConnectionsRequest>,
+    ) -> Result<Response<pb::TerminateUserConnectionsResponse>, Status> {
+        let app = self.inner.app(&request, &request.get_ref().app_id)?;
+        self.inner.node.terminate_user(&app, &request.get_ref().user_id).await.map_err(Error::from)?;
+        Ok(Response::new(pb::TerminateUserConnectionsResponse {}))
+    }
+}
+
+fn channel_info(channel: &ChannelName, stats: herald_backbone::ChannelStats) -> pb::ChannelInfo {
+    pb::ChannelInfo {
+        name: channel.to_string(),
+        occupied: stats.subscription_count > 0,
+        subscription_count: stats.subscription_count,
+        user_count: stats.user_count,
+    }
+}
