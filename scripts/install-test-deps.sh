@@ -33,4 +33,15 @@ else
   apt_install nodejs npm
 fi
 
+if command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; then
+  log "$(python3 --version) with pip present"
+else
+  log "installing python3 and pip"
+  apt_install python3 python3-pip
+fi
+# Debian's own Python refuses system-wide pip installs unless told otherwise; a
+# pyenv or venv Python ignores this.
+export PIP_BREAK_SYSTEM_PACKAGES=1
+
 scripts/install-node-deps.sh
+scripts/install-python-deps.sh

@@ -20,6 +20,6 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo nextest"
 cargo nextest run --locked --workspace --all-targets
 
-echo "== compatibility suite (pusher-js, pusher server SDK)"
+echo "== compatibility suite (pusher-js, pusher server SDK, grpcio, grpcurl)"
 cargo build --locked -p herald
 HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/

@@ -7,7 +7,8 @@
 // against Herald.
 //
 // Run from the repository root, after `cargo build`:
-//   scripts/install-node-deps.sh && node --test tests/compat/
+//   scripts/install-node-deps.sh && scripts/install-python-deps.sh && node --test tests/compat/
+// (the Python packages are for grpc.test.mjs: grpcio, grpcurl).
 // HERALD_BIN overrides the binary (default target/debug/herald);
 // COMPAT_KEEP_LOGS=1 keeps each Herald's config and log in the temp dir.
 //
@@ -35,8 +36,19 @@ const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
 const HERALD_BIN = process.env.HERALD_BIN ?? join(repoRoot, 'target/debug/herald');
 
-export const APP = Object.freeze({ id: 'compat-app', key: 'compat-key', secret: 'compat-secret' });
-export const DISABLED_APP = Object.freeze({ id: 'disabled-app', key: 'disabled-key', secret: 'disabled-secret' });
+// `apiToken`: the app's bearer token for the gRPC API.
+export const APP = Object.freeze({
+  id: 'compat-app',
+  key: 'compat-key',
+  secret: 'compat-secret',
+  apiToken: 'compat-api-token-0123456789',
+});
+export const DISABLED_APP = Object.freeze({
+  id: 'disabled-app',
+  key: 'disabled-key',
+  secret: 'disabled-secret',
+  apiToken: 'disabled-api-token-0123456789',
+});
 
 export const SHUTDOWN_GRACE_SECS = 2;
 const READY_TIMEOUT_MS = 20_000;
@@ -209,24 +221,31 @@ function freePort() {
   });
 }
 
-function heraldConfig({ port, metricsPort }) {
+// The gRPC listener always gets a port of its own: Herald serves gRPC whenever it
+// runs, and the default port would collide between test files run in parallel.
+function heraldConfig({ port, metricsPort, grpcPort }) {
   return `[server]
 host = "127.0.0.1"
 port = ${port}
 metrics_port = ${metricsPort}
 shutdown_grace_secs = ${SHUTDOWN_GRACE_SECS}
 
+[grpc]
+port = ${grpcPort}
+
 [[apps]]
 id = "${APP.id}"
 key = "${APP.key}"
 secret = "${APP.secret}"
 enable_client_events = true
+api_tokens = ["${APP.apiToken}"]
 
 [[apps]]
 id = "${DISABLED_APP.id}"
 key = "${DISABLED_APP.key}"
 secret = "${DISABLED_APP.secret}"
 enabled = false
+api_tokens = ["${DISABLED_APP.apiToken}"]
 `;
 }
 
@@ -251,9 +270,10 @@ async function startHerald() {
   const workDir = await mkdtemp(join(tmpdir(), 'herald-compat-'));
   const port = await freePort();
   const metricsPort = await freePort();
+  const grpcPort = await freePort();
   const configPath = join(workDir, 'herald.toml');
   const logPath = join(workDir, 'herald.log');
-  await writeFile(configPath, heraldConfig({ port, metricsPort }));
+  await writeFile(configPath, heraldConfig({ port, metricsPort, grpcPort }));
 
   const log = createWriteStream(logPath);
   let output = '';
@@ -296,6 +316,7 @@ async function startHerald() {
 
   const herald = {
     port,
+    grpcPort,
     /**
      * Sends SIGTERM (unless Herald already exited) and resolves with its exit
      * status `{ code, signal }`; SIGKILLs and rejects after `timeoutMs`.
@@ -483,6 +504,25 @@ class CompatEnv {
   async connectedClient(options) {
     const client = this.client(options);
     await waitForState(client, 'connected');
+    return client;
+  }
+
+  /**
+   * A client signed in (pusher:signin) as `userId`. After
+   * pusher:signin_success pusher-js subscribes to `#server-to-user-<id>`; the
+   * user is ready for server-to-user events and termination once Herald
+   * confirmed that subscription.
+   */
+  async signedInClient(userId) {
+    const client = await this.connectedClient({ userId });
+    const success = nextEvent(client.connection, 'message', {
+      filter: (frame) => frame.event === 'pusher:signin_success',
+    });
+    client.signin();
+    await success;
+    await waitFor(() => client.user.serverToUserChannel?.subscribed, {
+      what: `Herald to confirm the #server-to-user-${userId} subscription`,
+    });
     return client;
   }
 

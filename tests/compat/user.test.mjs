@@ -3,38 +3,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import {
-  nextEvent,
-  recordErrors,
-  recordFrames,
-  roundTrip,
-  useHerald,
-  userInfo,
-  waitFor,
-} from './harness.mjs';
+import { nextEvent, recordErrors, recordFrames, roundTrip, useHerald, userInfo, waitFor } from './harness.mjs';
 
 const env = useHerald();
 
-/**
- * A client signed in as `userId`. After pusher:signin_success pusher-js
- * subscribes to `#server-to-user-<id>`; the user is ready for sendToUser once
- * Herald confirmed that subscription.
- */
-async function signedIn(userId) {
-  const client = await env.connectedClient({ userId });
-  const success = nextEvent(client.connection, 'message', {
-    filter: (frame) => frame.event === 'pusher:signin_success',
-  });
-  client.signin();
-  await success;
-  await waitFor(() => client.user.serverToUserChannel?.subscribed, {
-    what: `Herald to confirm the #server-to-user-${userId} subscription`,
-  });
-  return client;
-}
-
 test('signin succeeds and pusher-js sees the user data the backend signed', async () => {
-  const client = await signedIn('erin');
+  const client = await env.signedInClient('erin');
   assert.deepEqual(client.user.user_data, { id: 'erin', ...userInfo('erin') });
 });
 
@@ -48,9 +22,9 @@ test('a signin signed with the wrong secret is answered with pusher:error', asyn
 });
 
 test('sendToUser reaches every connection of that user and no one else', async () => {
-  const carolOnLaptop = await signedIn('carol');
-  const carolOnPhone = await signedIn('carol');
-  const dave = await signedIn('dave');
+  const carolOnLaptop = await env.signedInClient('carol');
+  const carolOnPhone = await env.signedInClient('carol');
+  const dave = await env.signedInClient('dave');
   // Raw frames: pusher-js would silently drop a frame for another user's channel.
   const daveFrames = recordFrames(dave, (frame) => frame.event === 'my-event');
 
@@ -64,8 +38,8 @@ test('sendToUser reaches every connection of that user and no one else', async (
 });
 
 test("terminateUserConnections closes that user's connections only", async (t) => {
-  const victims = [await signedIn('frank'), await signedIn('frank')];
-  const bystander = await signedIn('grace');
+  const victims = [await env.signedInClient('frank'), await env.signedInClient('frank')];
+  const bystander = await env.signedInClient('grace');
   const victimErrors = victims.map(recordErrors);
   const dropped = victims.map((client) =>
     nextEvent(client.connection, 'state_change', { filter: ({ previous }) => previous === 'connected' }),

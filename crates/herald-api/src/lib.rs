@@ -4,6 +4,7 @@
 //! reflection. Served by hyper (HTTP/2) directly: the edge's HTTP stack, no second one.
 
 mod auth;
+pub mod client;
 mod error;
 mod idempotency;
 mod server;

@@ -3,42 +3,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
-use herald_api::GrpcConfig;
+use herald_api::{
+    GrpcConfig,
+    client::{self, H2Channel},
+};
 use herald_core::App;
 use herald_proto::v1::{self as pb, publish_result, publisher_client::PublisherClient};
 use herald_testkit::*;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, body::Body};
+use tonic::{Code, Request};
 
 const TOKEN: &str = "app-api-token-0123456789";
 const OTHER_TOKEN: &str = "other-api-token-0123456789";
-
-/// A tonic transport over one hyper HTTP/2 connection (no second HTTP stack).
-#[derive(Clone)]
-struct H2(hyper::client::conn::http2::SendRequest<Body>);
-
-impl tower_service::Service<http::Request<Body>> for H2 {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        Box::pin(self.0.send_request(request))
-    }
-}
 
 struct Grpc {
     server: Server,
@@ -78,22 +57,8 @@ impl Grpc {
         Self::start(GrpcConfig::default()).await
     }
 
-    async fn client(&self) -> PublisherClient<H2> {
-        PublisherClient::with_origin(self.connect(2 << 20).await, self.origin())
-    }
-
-    /// One HTTP/2 connection whose receive windows are `window` bytes.
-    async fn connect(&self, window: u32) -> H2 {
-        let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let (sender, connection) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .initial_stream_window_size(window)
-                .initial_connection_window_size(window)
-                .handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        H2(sender)
+    async fn client(&self) -> PublisherClient<H2Channel> {
+        PublisherClient::with_origin(client::connect(self.addr).await.unwrap(), self.origin())
     }
 
     fn origin(&self) -> http::Uri {
@@ -438,7 +403,7 @@ async fn health_reports_serving_then_not_serving_on_shutdown() {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let grpc = Grpc::default().await;
-    let mut health = HealthClient::with_origin(grpc.connect(2 << 20).await, grpc.origin());
+    let mut health = HealthClient::with_origin(client::connect(grpc.addr).await.unwrap(), grpc.origin());
     for service in ["", "herald.v1.Publisher"] {
         let status =
             health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status;
