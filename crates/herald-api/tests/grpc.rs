@@ -419,3 +419,40 @@ async fn health_reports_serving_then_not_serving_on_shutdown() {
     let next = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(next.status, ServingStatus::NotServing as i32);
 }
+
+/// A broker that has lost its backbone: every publish fails, retryably.
+struct DownBroker(herald_backbone::MemoryBroker);
+
+#[tonic::async_trait]
+impl herald_backbone::Broker for DownBroker {
+    async fn publish(
+        &self,
+        _: &herald_backbone::Topic,
+        _: herald_backbone::Message,
+    ) -> herald_backbone::Result<()> {
+        Err(herald_backbone::Error::Unavailable("redis: connection refused".into()))
+    }
+    async fn subscribe(&self, topic: &herald_backbone::Topic) -> herald_backbone::Result<()> {
+        self.0.subscribe(topic).await
+    }
+    async fn unsubscribe(&self, topic: &herald_backbone::Topic) -> herald_backbone::Result<()> {
+        self.0.unsubscribe(topic).await
+    }
+}
+
+#[tokio::test]
+async fn a_backbone_outage_is_unavailable_not_silence() {
+    let mut main = app("app");
+    main.api_tokens = vec![TOKEN.into()];
+    let server = Server::start_with_broker(vec![main], herald_testkit::config(), |broker| {
+        std::sync::Arc::new(DownBroker(broker))
+    })
+    .await;
+    let (status, body) = server.trigger(&["c"], "e", "d").await;
+    assert_eq!(status.as_u16(), 503, "HTTP API: {body}");
+    let grpc = Grpc::serve(server, GrpcConfig::default()).await;
+    let mut client = grpc.client().await;
+    let status = client.publish(authed(publish("app", event(&["c"], "e", "d")), TOKEN)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("connection refused"));
+}
