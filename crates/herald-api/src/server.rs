@@ -3,7 +3,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use herald_edge::Node;
+use herald_edge::{Node, accept};
 use herald_proto::v1::publisher_server::PublisherServer;
 use hyper::{body::Incoming, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -47,14 +47,7 @@ pub async fn serve(
     loop {
         let stream = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "gRPC accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            stream = accept(&listener, "grpc") => stream,
         };
         let _ = stream.set_nodelay(true);
         let (publisher, health, reflection_v1, reflection_v1alpha) =

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::node::Node;
+use crate::{accept::accept, node::Node};
 
 /// Serves health and metrics until `shutdown` resolves.
 pub async fn serve_health(
@@ -24,14 +24,7 @@ pub async fn serve_health(
     loop {
         let stream = tokio::select! {
             _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "health accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            stream = accept(&listener, "health") => stream,
         };
         let node = node.clone();
         let metrics = metrics.clone();

@@ -14,6 +14,7 @@
 //! | `node` | state shared by all of the above |
 //! | `publish` | the one publish path of the HTTP and gRPC APIs: validation and publication |
 
+mod accept;
 mod config;
 mod frame_reader;
 mod health;
@@ -24,6 +25,7 @@ mod server;
 mod session;
 mod writer;
 
+pub use accept::accept;
 pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig};
 pub use health::serve_health;
 pub use node::Node;

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{http_api, node::Node, session};
+use crate::{accept::accept, http_api, node::Node, session};
 
 /// Oldest protocol version still accepted (v5–v7 differ in nothing this server uses).
 const MIN_PROTOCOL_VERSION: u32 = 5;
@@ -31,17 +31,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     tokio::pin!(shutdown);
 
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, typically: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            stream = accept(&listener, "edge") => stream,
         };
         let _ = stream.set_nodelay(true);
         let service = {
