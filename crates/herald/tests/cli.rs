@@ -55,6 +55,10 @@ fn check_config_reports_every_error_and_exits_64() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(64), "env overrides are validated too");
+
+    for path in [bad, typo] {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Sends an HTTP/1.0 GET and returns the status line.
