@@ -84,23 +84,15 @@ impl Inner {
         response.duplicate = duplicate;
         Ok(response)
     }
+}
 
-    async fn publish_result(
-        &self,
-        caller: &Result<Arc<App>>,
-        app_id: &str,
-        event: Option<pb::Event>,
-    ) -> pb::PublishResult {
-        let outcome = match caller.clone().and_then(|caller| authorize(&caller, app_id)) {
-            Ok(app) => self.publish_event(&app, event).await,
-            Err(e) => Err(e),
-        };
-        pb::PublishResult {
-            result: Some(match outcome {
-                Ok(published) => publish_result::Result::Published(published),
-                Err(e) => publish_result::Result::Error(e.to_proto()),
-            }),
-        }
+/// One event's outcome as a batch or stream reports it.
+fn to_result(outcome: Result<pb::PublishResponse>) -> pb::PublishResult {
+    pb::PublishResult {
+        result: Some(match outcome {
+            Ok(published) => publish_result::Result::Published(published),
+            Err(e) => publish_result::Result::Error(e.to_proto()),
+        }),
     }
 }
 
@@ -140,10 +132,9 @@ impl Publisher for PublisherService {
             ))
             .into());
         }
-        let caller = Ok(app.clone());
         let mut results = Vec::with_capacity(events.len());
         for event in events {
-            results.push(self.inner.publish_result(&caller, &app.id, Some(event)).await);
+            results.push(to_result(self.inner.publish_event(&app, Some(event)).await));
         }
         Ok(Response::new(pb::PublishBatchResponse { results }))
     }
@@ -178,8 +169,12 @@ impl Publisher for PublisherService {
                         return;
                     }
                 };
-                let result = inner.publish_result(&caller, &message.app_id, message.event).await;
-                slot.send(Ok(pb::PublishStreamResponse { sequence: message.sequence, result: Some(result) }));
+                let outcome = match caller.clone().and_then(|caller| authorize(&caller, &message.app_id)) {
+                    Ok(app) => inner.publish_event(&app, message.event).await,
+                    Err(e) => Err(e),
+                };
+                let result = Some(to_result(outcome));
+                slot.send(Ok(pb::PublishStreamResponse { sequence: message.sequence, result }));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))

@@ -17,7 +17,7 @@ pub fn sign(secret: &str, message: &str) -> String {
     hex::encode(hmac_sha256(secret.as_bytes(), message.as_bytes()))
 }
 
-pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     mac.update(message);

@@ -77,11 +77,6 @@ impl ChannelName {
     pub fn server_to_user_id(&self) -> Option<&str> {
         self.as_str().strip_prefix(SERVER_TO_USER_PREFIX)
     }
-
-    /// The `#server-to-user-<id>` channel of a user.
-    pub fn for_user(user_id: &str) -> Result<Self, ChannelNameError> {
-        Self::new(&format!("{SERVER_TO_USER_PREFIX}{user_id}"))
-    }
 }
 
 impl ChannelKind {
@@ -148,6 +143,6 @@ mod tests {
         assert_eq!(kind("private-encrypted-a"), ChannelKind::PrivateEncrypted);
         assert_eq!(kind("presence-a"), ChannelKind::Presence);
         assert_eq!(kind("#server-to-user-42"), ChannelKind::ServerToUser);
-        assert_eq!(ChannelName::for_user("42").unwrap().server_to_user_id(), Some("42"));
+        assert_eq!(ChannelName::new("#server-to-user-42").unwrap().server_to_user_id(), Some("42"));
     }
 }

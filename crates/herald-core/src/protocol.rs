@@ -65,11 +65,6 @@ impl ErrorCode {
         Self::ClosedAfterInactivity,
         Self::ClientEventRateLimit,
     ];
-
-    /// Whether this error ends the connection (everything but 4301).
-    pub fn closes_connection(self) -> bool {
-        !matches!(self, Self::ClientEventRateLimit)
-    }
 }
 
 /// `pusher:connection_established`; `data` is a JSON-encoded string, as Pusher sends it.

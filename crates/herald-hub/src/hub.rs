@@ -57,10 +57,6 @@ impl Hub {
         Self { node, topics: Sharded::new(256) }
     }
 
-    pub fn node(&self) -> u32 {
-        self.node
-    }
-
     /// Adds a local subscriber. Returns true when it is the topic's first on this node,
     /// so the caller subscribes the node to the topic on the broker.
     pub fn subscribe(&self, topic: &Topic, conn: ConnId, outbox: Arc<Outbox>) -> bool {
