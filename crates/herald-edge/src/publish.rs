@@ -157,6 +157,8 @@ mod tests {
         assert!(message(request(&[])).starts_with("channels:"));
         assert!(message(request(&["bad name"])).starts_with("channels:"));
         assert!(message(EventRequest { name: String::new(), ..request(&["c"]) }).starts_with("name:"));
+        assert!(message(EventRequest { name: "n".repeat(201), ..request(&["c"]) }).starts_with("name:"));
+        assert!(message(EventRequest { name: "pusher:x".into(), ..request(&["c"]) }).contains("reserved"));
         assert!(
             message(EventRequest { exclude_socket_id: Some("x".into()), ..request(&["c"]) })
                 .starts_with("socket_id:")

@@ -482,3 +482,19 @@ async fn shutdown_closes_clients_with_4200_spread_over_the_grace_period() {
     // New connections are refused once shutdown began.
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = EdgeConfig {
+        connection: ConnectionConfig { handshake_timeout_secs: 1, ..Default::default() },
+        ..config()
+    };
+    let server = Server::start(vec![app("app")], config).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // The headers never end: the server must give up rather than hold the socket.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the half-open handshake was kept past the timeout");
+}
