@@ -57,8 +57,8 @@ impl Hub {
         Self { node, topics: Sharded::new(256) }
     }
 
-    /// Adds a local subscriber. Returns true when it is the topic's first on this node,
-    /// so the caller subscribes the node to the topic on the broker.
+    /// Adds a local subscriber. Returns true when it is the topic's first on this node
+    /// (the node then needs the broker topic; `Node` reconciles that interest).
     pub fn subscribe(&self, topic: &Topic, conn: ConnId, outbox: Arc<Outbox>) -> bool {
         let mut shard = self.topics.shard(topic);
         let first = !shard.contains_key(topic);

@@ -227,37 +227,22 @@ mod tests {
         vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn with_file(text: &str) -> (tempfile_path::TempPath, Flags) {
-        let path = tempfile_path::TempPath::new(text);
-        let flags = Flags { config: Some(path.0.clone()), ..Flags::default() };
-        (path, flags)
+    /// A config file removed on drop (std only, to keep dependencies lean).
+    struct TempConfig(std::path::PathBuf);
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 
-    /// A file removed on drop (std only, to keep dependencies lean).
-    mod tempfile_path {
-        pub struct TempPath(pub std::path::PathBuf);
-
-        impl TempPath {
-            pub fn new(text: &str) -> Self {
-                let path = std::env::temp_dir().join(format!(
-                    "herald-config-test-{}-{}.toml",
-                    std::process::id(),
-                    fastrand_like()
-                ));
-                std::fs::write(&path, text).unwrap();
-                Self(path)
-            }
-        }
-
-        impl Drop for TempPath {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-
-        fn fastrand_like() -> u128 {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-        }
+    fn with_file(text: &str) -> (TempConfig, Flags) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("herald-config-test-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let flags = Flags { config: Some(path.clone()), ..Flags::default() };
+        (TempConfig(path), flags)
     }
 
     #[test]
