@@ -118,6 +118,24 @@ pub async fn broker_scenarios<B: Broker>(
     b.subscribe(&user).await.unwrap();
     a.publish(&user, Message::TerminateUser { user_id: "u1".into() }).await.unwrap();
     assert_eq!(rb.wait_for(&user, 1).await, ["terminate:u1"]);
+
+    // A batch keeps its order per topic and reaches only interested nodes.
+    let sports = topic("app1", "sports");
+    a.subscribe(&sports).await.unwrap();
+    let batch: Vec<(Topic, Message)> = (0..10)
+        .flat_map(|i| {
+            [
+                (news.clone(), publication("app1", "news", &format!("b{i}"))),
+                (sports.clone(), publication("app1", "sports", &format!("b{i}"))),
+            ]
+        })
+        .collect();
+    a.publish_batch(batch).await.unwrap();
+    let in_order: Vec<String> = (0..10).map(|i| format!("b{i}")).collect();
+    assert_eq!(ra.wait_for(&sports, 10).await, in_order);
+    assert_eq!(rb.wait_for(&news, 111).await[101..], in_order[..]);
+    assert!(rb.events(&sports).is_empty(), "b never subscribed to sports");
+    assert_eq!(ra.events(&news).len(), 101, "a unsubscribed from news");
 }
 
 fn sid(conn: u64) -> SocketId {

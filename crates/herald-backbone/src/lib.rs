@@ -65,6 +65,15 @@ pub enum Message {
 /// delivery task: it must not block (hand work off, never await I/O).
 pub trait MessageHandler: Send + Sync + 'static {
     fn handle(&self, topic: &Topic, message: Message);
+
+    /// Several messages at once, in order (a batch publish, or what a broker read in
+    /// one go), so the handler can coalesce what it sends. The default handles them
+    /// one by one.
+    fn handle_batch(&self, messages: Vec<(Topic, Message)>) {
+        for (topic, message) in messages {
+            self.handle(&topic, message);
+        }
+    }
 }
 
 /// Fan-out of messages between nodes.
@@ -86,6 +95,17 @@ pub trait MessageHandler: Send + Sync + 'static {
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, topic: &Topic, message: Message) -> Result<()>;
+
+    /// Publishes several messages in order, as one operation where the backbone can
+    /// (one round trip, one hand-over to each node's handler). On error, a prefix of
+    /// them may have been published. The default publishes them one by one.
+    async fn publish_batch(&self, messages: Vec<(Topic, Message)>) -> Result<()> {
+        for (topic, message) in messages {
+            self.publish(&topic, message).await?;
+        }
+        Ok(())
+    }
+
     async fn subscribe(&self, topic: &Topic) -> Result<()>;
     async fn unsubscribe(&self, topic: &Topic) -> Result<()>;
 }

@@ -89,6 +89,29 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn publish_batch(&self, messages: Vec<(Topic, Message)>) -> Result<()> {
+        // Each node's share of the batch, in order; handed over after the locks are gone.
+        let mut shares: Vec<(Arc<dyn MessageHandler>, Vec<(Topic, Message)>)> = Vec::new();
+        {
+            let interest = self.state.interest.lock();
+            let all = self.state.nodes.lock();
+            for (topic, message) in messages {
+                let Some(nodes) = interest.get(&topic) else { continue };
+                for node in nodes {
+                    let Some(handler) = all.get(node) else { continue };
+                    match shares.iter_mut().find(|(h, _)| Arc::ptr_eq(h, handler)) {
+                        Some((_, share)) => share.push((topic.clone(), message.clone())),
+                        None => shares.push((handler.clone(), vec![(topic.clone(), message.clone())])),
+                    }
+                }
+            }
+        }
+        for (handler, share) in shares {
+            handler.handle_batch(share);
+        }
+        Ok(())
+    }
+
     async fn subscribe(&self, topic: &Topic) -> Result<()> {
         self.state.interest.lock().entry(topic.clone()).or_default().insert(self.node);
         Ok(())

@@ -20,10 +20,13 @@ pub struct ConnectionConfig {
     /// Bytes that may wait in one connection's outbound queue. A subscriber that falls
     /// further behind is disconnected with 4100, so it cannot slow others down.
     pub outbound_queue_bytes: usize,
-    /// Seconds one write to a client may take before the connection is dropped.
+    /// Seconds data may wait for a client that stopped reading before it is dropped.
     pub write_timeout_secs: u64,
     /// Seconds a client may take to complete the HTTP upgrade request.
     pub handshake_timeout_secs: u64,
+    /// Largest head (request line and headers) of a connection's first HTTP request,
+    /// in bytes. Larger: 431.
+    pub max_request_head_bytes: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -35,6 +38,7 @@ impl Default for ConnectionConfig {
             outbound_queue_bytes: 1024 * 1024,
             write_timeout_secs: 10,
             handshake_timeout_secs: 10,
+            max_request_head_bytes: 16 * 1024,
         }
     }
 }
@@ -64,6 +68,9 @@ impl ConnectionConfig {
             if value == 0 {
                 errors.push(format!("{name}: must be at least 1"));
             }
+        }
+        if self.max_request_head_bytes < 1024 {
+            errors.push("connection.max_request_head_bytes: must be at least 1024".into());
         }
         if self.outbound_queue_bytes < 16 * 1024 {
             errors.push("connection.outbound_queue_bytes: must be at least 16384".into());

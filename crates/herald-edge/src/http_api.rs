@@ -260,9 +260,7 @@ async fn batch(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
             validate(app, e, true).map_err(|e| ApiError::new(e.status, format!("batch[{i}]: {}", e.message)))
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    for (event, _) in &events {
-        node.publish_event(app, event).await?;
-    }
+    node.publish_events(app, events.iter().map(|(event, _)| event)).await?;
     if events.iter().all(|(_, info)| info.is_empty()) {
         return Ok(json!({}));
     }

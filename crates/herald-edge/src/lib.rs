@@ -1,14 +1,14 @@
-//! The edge node: a hyper + fastwebsockets server speaking the Pusher Channels
+//! The edge node: a tokio + hyper server speaking the Pusher Channels
 //! protocol v7 to clients and the Pusher HTTP API to backends, fanning publications
 //! out through the [`herald_backbone::Broker`] and keeping presence and occupancy in the
 //! [`herald_backbone::PresenceManager`] — so nothing here assumes a single node.
 //!
 //! | module | what |
 //! |---|---|
-//! | `server` | accept loop, routing, upgrades, graceful shutdown |
-//! | `session` | one connection's protocol state machine (reader) |
-//! | `frame_reader` | client frames read without a per-connection buffer |
-//! | `writer` | one connection's writer: outbox → socket, pings |
+//! | `server` | accept loop, routing of a connection's first request, graceful shutdown |
+//! | `websocket` | the opening handshake and client frames, parsed without held buffers |
+//! | `session` | one connection's task: protocol state machine, reads, close |
+//! | `liveness` | one sweep per node: pings, pong and write timeouts of every connection |
 //! | `http_api` | `/apps/{id}/events`, `batch_events`, `channels`, `users` |
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |
 //! | `node` | state shared by all of the above |
@@ -16,14 +16,14 @@
 
 mod accept;
 mod config;
-mod frame_reader;
 mod health;
 mod http_api;
+mod liveness;
 mod node;
 mod publish;
 mod server;
 mod session;
-mod writer;
+pub mod websocket;
 
 pub use accept::accept;
 pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig};

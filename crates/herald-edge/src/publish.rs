@@ -99,17 +99,40 @@ pub fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, Pu
 impl Node {
     /// Publishes a validated event to each of its channels, on every node.
     pub async fn publish_event(&self, app: &App, event: &ValidEvent) -> Result<(), PublishError> {
+        self.publish_events(app, std::slice::from_ref(event)).await
+    }
+
+    /// Publishes validated events, in order, each to each of its channels, on every
+    /// node; several at once go to the broker as one batch, so each subscriber gets
+    /// its share of them in one write.
+    pub async fn publish_events<'a>(
+        &self,
+        app: &App,
+        events: impl IntoIterator<Item = &'a ValidEvent>,
+    ) -> Result<(), PublishError> {
         let app_id: Arc<str> = Arc::from(app.id.as_str());
-        for channel in &event.channels {
-            self.publish(Publication {
-                app_id: app_id.clone(),
-                channel: channel.clone(),
-                event: event.name.clone(),
-                data: event.data.clone(),
-                user_id: None,
-                exclude: event.exclude,
+        let mut messages: Vec<(Topic, Message)> = events
+            .into_iter()
+            .flat_map(|event| {
+                event.channels.iter().map(|channel| {
+                    let publication = Publication {
+                        app_id: app_id.clone(),
+                        channel: channel.clone(),
+                        event: event.name.clone(),
+                        data: event.data.clone(),
+                        user_id: None,
+                        exclude: event.exclude,
+                    };
+                    (Topic::channel(&app_id, channel), Message::Publication(publication))
+                })
             })
-            .await?;
+            .collect();
+        if messages.len() == 1
+            && let Some((topic, message)) = messages.pop()
+        {
+            self.broker.publish(&topic, message).await?;
+        } else {
+            self.broker.publish_batch(messages).await?;
         }
         Ok(())
     }

@@ -1,20 +1,38 @@
 //! The edge's listener: one port for WebSocket clients (`/app/{key}`) and the Pusher
 //! HTTP API (`/apps/{id}/...`), as Pusher-compatible servers conventionally do.
 
-use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use herald_core::{ErrorCode, protocol::PROTOCOL_VERSION};
-use herald_hub::Close;
+use herald_hub::{Close, Outbox};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::{net::TcpListener, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{accept::accept, http_api, node::Node, session};
+use crate::{
+    accept::accept,
+    http_api, liveness,
+    node::Node,
+    session,
+    websocket::{self, RequestHead},
+};
 
 /// Oldest protocol version still accepted (v5–v7 differ in nothing this server uses).
 const MIN_PROTOCOL_VERSION: u32 = 5;
@@ -24,10 +42,9 @@ const MIN_PROTOCOL_VERSION: u32 = 5;
 /// 4200 (reconnect) spread over most of the grace period, lets in-flight HTTP requests
 /// finish, and returns within the grace period.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
-    let http_connections = TaskTracker::new();
-    let sessions = TaskTracker::new();
+    let connections = TaskTracker::new();
     let stop_http = CancellationToken::new();
-    let handshake_timeout = Duration::from_secs(node.config.connection.handshake_timeout_secs);
+    let sweeper = tokio::spawn(liveness::sweep(node.clone()));
     tokio::pin!(shutdown);
 
     loop {
@@ -36,30 +53,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
             stream = accept(&listener, "edge") => stream,
         };
         let _ = stream.set_nodelay(true);
-        let service = {
-            let node = node.clone();
-            let sessions = sessions.clone();
-            service_fn(move |request| route(node.clone(), sessions.clone(), request))
-        };
-        let stop = stop_http.clone();
-        http_connections.spawn(async move {
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = &mut connection => result,
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "http connection ended with an error");
-            }
-        });
+        connections.spawn(connection(node.clone(), stream, stop_http.clone()));
     }
 
     let grace = node.config.shutdown_grace;
@@ -68,18 +62,215 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     node.set_not_ready();
     drop(listener);
     stop_http.cancel();
-    http_connections.close();
-    sessions.close();
+    connections.close();
     // Keep a fifth of the grace for the last close frames and clean-up.
     let closer = tokio::spawn(close_sessions_spread(node.clone(), grace.mul_f64(0.8)));
-    let finished = tokio::time::timeout_at(deadline, async {
-        http_connections.wait().await;
-        sessions.wait().await;
+    if tokio::time::timeout_at(deadline, connections.wait()).await.is_err() {
+        tracing::warn!("grace period over with connections still open");
+    }
+    closer.abort();
+    sweeper.abort();
+}
+
+/// Why a request head could not be read.
+enum HeadError {
+    /// The client went away, or the socket failed.
+    Gone,
+    TooLarge,
+    Malformed(httparse::Error),
+}
+
+/// One accepted connection. Its first request decides what it is: a WebSocket upgrade
+/// becomes a session, anything else is HTTP, served by hyper from the bytes already
+/// read. The session runs on in this task, whose size is what an idle connection
+/// costs, so the first request is handled in a boxed future of its own: it does not
+/// enlarge every session.
+async fn connection(node: Arc<Node>, stream: TcpStream, stop: CancellationToken) {
+    if let Some(upgrade) = Box::pin(first_request(&node, stream, stop)).await {
+        let Upgrade { outbox, admission, handshake, input } = upgrade;
+        match admission {
+            Ok(app) => session::run(node, app, outbox, handshake, input).await,
+            // Refused connections are upgraded too, then sent their `pusher:error`
+            // and close code, because that is how Pusher clients learn why.
+            Err(close) => Box::pin(session::refuse(node, outbox, handshake, close)).await,
+        }
+    }
+}
+
+/// A WebSocket upgrade, ready to become a session.
+struct Upgrade {
+    outbox: Arc<Outbox>,
+    admission: Result<Arc<herald_core::App>, Close>,
+    /// The `101 Switching Protocols` to send.
+    handshake: Vec<u8>,
+    /// What the client sent after its request.
+    input: Vec<u8>,
+}
+
+/// Reads and answers a connection's first request: HTTP is served here to the end;
+/// a valid WebSocket upgrade is returned.
+async fn first_request(node: &Arc<Node>, mut stream: TcpStream, stop: CancellationToken) -> Option<Upgrade> {
+    let config = &node.config.connection;
+    let mut buf = Vec::with_capacity(1024);
+    let head = tokio::time::timeout(
+        Duration::from_secs(config.handshake_timeout_secs),
+        read_head(&mut stream, &mut buf, config.max_request_head_bytes),
+    )
+    .await;
+    let head = match head {
+        Ok(Ok(head)) => head,
+        // Too slow, or gone: there is nobody to answer.
+        Err(_) | Ok(Err(HeadError::Gone)) => return None,
+        Ok(Err(HeadError::TooLarge)) => {
+            let limit = config.max_request_head_bytes;
+            let error = format!("request head larger than {limit} bytes");
+            respond(stream, "431 Request Header Fields Too Large", &[], &error).await;
+            return None;
+        }
+        Ok(Err(HeadError::Malformed(e))) => {
+            respond(stream, "400 Bad Request", &[], &format!("malformed request: {e}")).await;
+            return None;
+        }
+    };
+    if !head.websocket {
+        serve_http(node.clone(), Prefixed { prefix: buf, read: 0, stream }, stop).await;
+        return None;
+    }
+    let Some(key) = head.key.as_deref() else {
+        respond(stream, "400 Bad Request", &[], "invalid WebSocket upgrade: no Sec-WebSocket-Key").await;
+        return None;
+    };
+    if head.version.as_deref() != Some("13") {
+        let headers = ["Sec-WebSocket-Version: 13"];
+        respond(
+            stream,
+            "426 Upgrade Required",
+            &headers,
+            "unsupported WebSocket version: this server speaks 13",
+        )
+        .await;
+        return None;
+    }
+    Some(Upgrade {
+        handshake: websocket::switching_protocols(key),
+        input: buf.get(head.len..).map(<[u8]>::to_vec).unwrap_or_default(),
+        admission: admit(node, &head.target),
+        outbox: Arc::new(Outbox::new(stream, config.outbound_queue_bytes)),
+    })
+}
+
+/// Reads until `buf` holds a complete request head.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> Result<RequestHead, HeadError> {
+    loop {
+        if buf.len() >= limit {
+            return Err(HeadError::TooLarge);
+        }
+        buf.reserve(1024.min(limit - buf.len()));
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(HeadError::Gone),
+            Ok(_) => {}
+        }
+        match websocket::parse_head(buf) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Malformed(e)),
+        }
+    }
+}
+
+/// Answers a connection whose first request cannot be served, and closes it.
+async fn respond(mut stream: TcpStream, status: &str, headers: &[&str], error: &str) {
+    let body = json!({ "error": error }).to_string();
+    let mut response = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\n");
+    for header in headers {
+        response.push_str(header);
+        response.push_str("\r\n");
+    }
+    response.push_str(&format!("content-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()));
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
     })
     .await;
-    closer.abort();
-    if finished.is_err() {
-        tracing::warn!("grace period over with connections still open");
+}
+
+/// Serves HTTP requests (the Pusher HTTP API) on a connection until it closes, or
+/// until shutdown, when in-flight requests finish first.
+async fn serve_http(node: Arc<Node>, io: Prefixed, stop: CancellationToken) {
+    let handshake_timeout = Duration::from_secs(node.config.connection.handshake_timeout_secs);
+    let service = service_fn(move |request| route(node.clone(), request));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = &mut connection => result,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+/// A socket whose first bytes were already read: they are read again first.
+struct Prefixed {
+    prefix: Vec<u8>,
+    read: usize,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.read);
+            buf.put_slice(&self.prefix[self.read..self.read + n]);
+            self.read += n;
+            if self.read == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.read = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -103,14 +294,13 @@ fn reconnect() -> Close {
     Close::error(ErrorCode::ReconnectImmediately, "server shutting down: reconnect")
 }
 
-async fn route(
-    node: Arc<Node>,
-    sessions: TaskTracker,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(node: Arc<Node>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path();
     let response = if fastwebsockets::upgrade::is_upgrade_request(&request) {
-        upgrade(node, sessions, request)
+        http_api::json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "a WebSocket upgrade must be the first request on its connection" }),
+        )
     } else if path.starts_with("/apps/") {
         http_api::handle(node, request).await
     } else if path.starts_with("/app/") {
@@ -124,38 +314,10 @@ async fn route(
     Ok(response)
 }
 
-/// Upgrades to a WebSocket. Refused connections are upgraded too, then sent their
-/// `pusher:error` and close code, because that is how Pusher clients learn why.
-fn upgrade(node: Arc<Node>, sessions: TaskTracker, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let admission = admit(&node, &request);
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
-        Ok(upgrade) => upgrade,
-        Err(e) => {
-            return http_api::json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({ "error": format!("invalid WebSocket upgrade: {e}") }),
-            );
-        }
-    };
-    sessions.spawn(async move {
-        let io = match upgrade.await {
-            Ok(ws) => ws.into_inner(),
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        match admission {
-            Ok(app) => session::run(node, app, io).await,
-            Err(close) => session::refuse(node, io, close).await,
-        }
-    });
-    response.map(|_| Full::default())
-}
-
 /// Checks the path, app and protocol version of a connection request.
-fn admit(node: &Node, request: &Request<Incoming>) -> Result<Arc<herald_core::App>, Close> {
-    let Some(key) = request.uri().path().strip_prefix("/app/") else {
+fn admit(node: &Node, target: &str) -> Result<Arc<herald_core::App>, Close> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let Some(key) = path.strip_prefix("/app/") else {
         return Err(Close::error(ErrorCode::PathNotFound, "path not found: connect to /app/{key}"));
     };
     let app = node
@@ -165,9 +327,8 @@ fn admit(node: &Node, request: &Request<Incoming>) -> Result<Arc<herald_core::Ap
     if !app.enabled {
         return Err(Close::error(ErrorCode::AppDisabled, "application disabled"));
     }
-    let protocol = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "protocol")
-        .map(|(_, v)| v.into_owned());
+    let protocol =
+        form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "protocol").map(|(_, v)| v.into_owned());
     let Some(protocol) = protocol else {
         return Err(Close::error(ErrorCode::NoProtocolVersion, "no protocol version supplied"));
     };

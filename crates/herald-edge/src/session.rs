@@ -1,17 +1,18 @@
 //! One WebSocket connection speaking the Pusher Channels protocol v7.
 //!
-//! Two tasks per connection: the reader (this module's [`Session`], the protocol state
-//! machine) and the writer ([`crate::writer`]), which owns the socket's write half and
-//! drains the session's [`Outbox`]. Everything the server sends — replies, pings and
-//! every fan-out frame — goes through the outbox, so its byte limit bounds the memory
-//! one connection can pin, and a slow client never blocks anyone else.
+//! One task per connection. It waits for the socket to be readable, for its outbox
+//! to have news (frames the socket did not take, or a close) or for a timer (ping,
+//! pong, write timeout). Everything the server sends goes through the outbox: replies
+//! and fan-out frames are written straight into the socket when nothing is queued,
+//! so the task is not woken for deliveries to a client that keeps up; the outbox's
+//! byte limit bounds what one slow client can pin.
+//!
+//! An idle connection holds no read buffer: bytes are read into a fresh buffer when
+//! the socket is readable, and only the unfinished rest of a message is kept.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, ops::ControlFlow, sync::Arc, task::Poll, time::Duration};
 
+use bytes::Bytes;
 use fastwebsockets::OpCode;
 use herald_backbone::{Member, MemberChange, Topic};
 use herald_core::{
@@ -21,88 +22,106 @@ use herald_hub::{Close, Outbox, frame};
 use herald_telemetry::Metric;
 use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
+use tokio::time::Instant;
 
 use crate::{
-    frame_reader::{ReadError, read_frame},
     node::Node,
-    writer::{Activity, write_loop},
+    websocket::{FrameError, parse_frame},
 };
 
-/// How long the reader waits for the client's half of the close handshake before it
-/// drops the socket (dropping it with unread input would reset the connection and
-/// could destroy the close frame we just sent).
+/// How long a closing connection waits for the client's half of the close handshake
+/// before it drops the socket (dropping it with unread input would reset the
+/// connection and could destroy the close frame just sent).
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Bytes asked of the socket per read: client messages are small.
+const READ_CHUNK: usize = 4096;
+
 /// Runs a connection that passed admission until it ends, then cleans up after it.
-pub(crate) async fn run<S>(node: Arc<Node>, app: Arc<App>, io: S)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let config = node.config.connection.clone();
-    let outbox = Arc::new(Outbox::new(config.outbound_queue_bytes));
-    let activity = Arc::new(Activity::new());
-    let (read, write) = tokio::io::split(io);
-    let writer = tokio::spawn(write_loop(write, outbox.clone(), activity.clone(), config.clone()));
-
-    if !node.acquire_connection(&app.id, app.limits.max_connections) {
-        outbox.close(Close::error(
-            ErrorCode::OverConnectionQuota,
-            "over connection quota: the app has reached its connection limit",
-        ));
-        drain(read).await;
-        let _ = writer.await;
-        return;
+/// `handshake` is the `101` response, sent together with the first message.
+///
+/// Not an `async fn`: its setup runs here, so the returned future holds only the
+/// session and what it needs while it waits — that future is what every idle
+/// connection costs.
+pub(crate) fn run(
+    node: Arc<Node>,
+    app: Arc<App>,
+    outbox: Arc<Outbox>,
+    handshake: Vec<u8>,
+    input: Vec<u8>,
+) -> impl Future<Output = ()> + Send {
+    let session = Session::start(node, app, outbox, handshake);
+    async move {
+        match session {
+            Ok(mut session) => {
+                session.serve(input).await;
+                // Boxed: run once per connection, it would otherwise enlarge every
+                // idle connection's task to its size.
+                Box::pin(session.end()).await;
+            }
+            Err(refused) => Box::pin(finish(refused)).await,
+        }
     }
-
-    let socket = node.next_socket_id();
-    node.sessions.shard(&socket.conn).insert(socket.conn, outbox.clone());
-    metrics::gauge!(Metric::Connections.name()).increment(1);
-    metrics::counter!(Metric::ConnectionsAccepted.name()).increment(1);
-
-    let mut session = Session {
-        client_events: TokenBucket::new(app.limits.client_events_per_second),
-        socket_id: socket.to_string(),
-        node: node.clone(),
-        app,
-        socket,
-        outbox: outbox.clone(),
-        channels: HashMap::new(),
-        user_id: None,
-    };
-    session.send(protocol::connection_established(&session.socket_id, config.activity_timeout_secs));
-    let mut read = read;
-    session.read_loop(&mut read, &activity).await;
-    session.cleanup().await;
-    drain(read).await;
-    let _ = writer.await;
-
-    node.sessions.shard(&socket.conn).remove(&socket.conn);
-    node.release_connection(&session.app.id);
-    metrics::gauge!(Metric::Connections.name()).decrement(1);
 }
 
 /// Sends a Pusher error and closes a connection that was refused at admission
 /// (unknown app, disabled app, bad protocol version).
-pub(crate) async fn refuse<S>(node: Arc<Node>, io: S, close: Close)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let config = node.config.connection.clone();
-    let outbox = Arc::new(Outbox::new(config.outbound_queue_bytes));
+pub(crate) async fn refuse(node: Arc<Node>, outbox: Arc<Outbox>, handshake: Vec<u8>, close: Close) {
+    outbox.push(Bytes::from(handshake));
     outbox.close(close);
-    let (read, write) = tokio::io::split(io);
-    let writer = tokio::spawn(write_loop(write, outbox, Arc::new(Activity::new()), config.clone()));
-    drain(read).await;
-    let _ = writer.await;
+    finish(Refused { outbox, node }).await;
 }
 
-/// Reads and discards whatever the client still sends (its close frame, the rest of
-/// an oversized message) until it closes its side, briefly: dropping a socket with
-/// unread input resets the connection, which can destroy the close frame we sent.
-async fn drain<S: AsyncRead>(mut read: ReadHalf<S>) {
-    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, tokio::io::copy(&mut read, &mut tokio::io::sink()))
-        .await;
+/// A connection that is only to be closed.
+struct Refused {
+    outbox: Arc<Outbox>,
+    node: Arc<Node>,
+}
+
+/// Sends what is still queued (the close frame last), within the write timeout, then
+/// ends the connection: shuts the write side and reads (and discards) whatever the
+/// client still sends until it closes its side, briefly — dropping a socket with
+/// unread input resets the connection, which can destroy the close frame.
+async fn finish(connection: Refused) {
+    let Refused { outbox, node } = connection;
+    let config = &node.config.connection;
+    let socket = outbox.socket();
+    let deadline = Instant::now() + config.write_timeout();
+    loop {
+        let status = outbox.status();
+        if status.broken || !status.pending {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, socket.writable()).await {
+            Ok(Ok(())) => outbox.write_pending(),
+            _ => break,
+        }
+    }
+    let status = outbox.status();
+    let code = status.closing.unwrap_or(1006);
+    metrics::counter!(Metric::ConnectionsClosed.name(), "code" => code.to_string()).increment(1);
+    if status.broken || status.pending {
+        return;
+    }
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        loop {
+            if socket.readable().await.is_err() {
+                return;
+            }
+            let read = {
+                let mut scratch = [0u8; 256];
+                socket.try_read(&mut scratch)
+            };
+            match read {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
 }
 
 struct Session {
@@ -111,10 +130,14 @@ struct Session {
     socket: SocketId,
     socket_id: String,
     outbox: Arc<Outbox>,
-    channels: HashMap<ChannelName, Subscription>,
+    /// Subscribed channels. A list, not a map: a connection has a few, and an empty
+    /// or one-entry list costs less than a map of any size.
+    channels: Vec<(ChannelName, Subscription)>,
     /// Set by a successful `pusher:signin`.
     user_id: Option<Arc<str>>,
     client_events: TokenBucket,
+    /// A fragmented message so far.
+    fragments: Option<Box<Fragments>>,
 }
 
 struct Subscription {
@@ -159,6 +182,16 @@ struct PresenceData {
     user_info: Option<Value>,
 }
 
+/// What ended a session's wait.
+enum Wake {
+    /// The outbox has news: frames to drain, or a close.
+    News,
+    /// The socket is writable (or failed: `false`).
+    Writable(bool),
+    /// The socket is readable (or failed: `false`).
+    Readable(bool),
+}
+
 /// Where a message continues after a fragment: the kind of the first frame, and the
 /// bytes so far (bounded by `max_message_bytes`).
 struct Fragments {
@@ -167,71 +200,188 @@ struct Fragments {
 }
 
 impl Session {
-    async fn read_loop<S: AsyncRead>(&mut self, read: &mut ReadHalf<S>, activity: &Activity) {
-        let max_message = self.node.config.connection.max_message_bytes;
-        let mut fragments: Option<Fragments> = None;
+    /// Registers the connection and sends the `101` with `pusher:connection_established`
+    /// in one write; or, over the app's connection quota, refuses it.
+    fn start(
+        node: Arc<Node>,
+        app: Arc<App>,
+        outbox: Arc<Outbox>,
+        handshake: Vec<u8>,
+    ) -> Result<Self, Refused> {
+        if !node.acquire_connection(&app.id, app.limits.max_connections) {
+            outbox.push(Bytes::from(handshake));
+            outbox.close(Close::error(
+                ErrorCode::OverConnectionQuota,
+                "over connection quota: the app has reached its connection limit",
+            ));
+            return Err(Refused { outbox, node });
+        }
+        let socket = node.next_socket_id();
+        node.sessions.shard(&socket.conn).insert(socket.conn, outbox.clone());
+        metrics::gauge!(Metric::Connections.name()).increment(1);
+        metrics::counter!(Metric::ConnectionsAccepted.name()).increment(1);
+
+        let session = Session {
+            client_events: TokenBucket::new(app.limits.client_events_per_second),
+            socket_id: socket.to_string(),
+            node,
+            app,
+            socket,
+            outbox,
+            channels: Vec::new(),
+            user_id: None,
+            fragments: None,
+        };
+        let mut first = handshake;
+        let activity_timeout = session.node.config.connection.activity_timeout_secs;
+        let established = protocol::connection_established(&session.socket_id, activity_timeout);
+        first.extend_from_slice(&frame::text(established.as_bytes()));
+        session.outbox.push(Bytes::from(first));
+        Ok(session)
+    }
+
+    /// Leaves every channel, sends what is left (the close frame last) and
+    /// deregisters the connection.
+    async fn end(mut self) {
+        self.cleanup().await;
+        let node = self.node.clone();
+        finish(Refused { outbox: self.outbox.clone(), node: node.clone() }).await;
+        node.sessions.shard(&self.socket.conn).remove(&self.socket.conn);
+        node.release_connection(&self.app.id);
+        metrics::gauge!(Metric::Connections.name()).decrement(1);
+    }
+
+    /// Serves the connection until it is closing. `input` holds bytes the client sent
+    /// right after its upgrade request.
+    ///
+    /// The wait is one `poll_fn` over the outbox's news and the socket's readiness,
+    /// whose wakers live in the outbox and the socket's registration, rather than a
+    /// `select!` of futures; timers (ping, pong, write timeout) are the node's
+    /// [`crate::liveness`] sweep. This state is what every idle connection holds.
+    async fn serve(&mut self, mut input: Vec<u8>) {
+        let outbox = self.outbox.clone();
+        let socket = outbox.socket();
+        if !input.is_empty() && Box::pin(self.on_input(&mut input)).await.is_break() {
+            return;
+        }
         loop {
-            let frame = tokio::select! {
-                biased;
-                _ = self.outbox.closing() => return,
-                frame = read_frame(read, max_message) => frame,
-            };
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(ReadError::TooLarge) => return self.close_too_large(max_message),
-                Err(ReadError::Gone) => {
-                    // The client went away without a close frame: nothing to send.
-                    self.outbox.close(Close::plain(1006, ""));
-                    return;
+            let status = outbox.status();
+            if status.closing.is_some() {
+                return;
+            }
+            let wake = std::future::poll_fn(|cx| {
+                if outbox.poll_news(cx).is_ready() {
+                    return Poll::Ready(Wake::News);
                 }
-                Err(ReadError::Protocol(why)) => {
-                    tracing::debug!(socket_id = %self.socket_id, why, "protocol error");
-                    self.outbox.close(Close::plain(1002, why));
-                    return;
+                if status.pending
+                    && let Poll::Ready(ready) = socket.poll_write_ready(cx)
+                {
+                    return Poll::Ready(Wake::Writable(ready.is_ok()));
                 }
-            };
-            activity.touch();
-            match frame.opcode {
-                OpCode::Text | OpCode::Binary if !frame.fin => {
-                    fragments = Some(Fragments { opcode: frame.opcode, bytes: frame.payload.to_vec() });
-                }
-                OpCode::Continuation => {
-                    let Some(partial) = fragments.as_mut() else {
-                        self.outbox.close(Close::plain(1002, "unexpected continuation frame"));
-                        return;
-                    };
-                    if partial.bytes.len() + frame.payload.len() > max_message {
-                        return self.close_too_large(max_message);
+                socket.poll_read_ready(cx).map(|ready| Wake::Readable(ready.is_ok()))
+            })
+            .await;
+            match wake {
+                Wake::News => {}
+                Wake::Writable(true) => outbox.write_pending(),
+                Wake::Readable(true) => {
+                    input.reserve(READ_CHUNK);
+                    match socket.try_read_buf(&mut input) {
+                        // The client went away without a close frame: nothing to send.
+                        Ok(0) => outbox.close(Close::plain(1006, "")),
+                        Ok(_) => {
+                            outbox.touch();
+                            if Box::pin(self.on_input(&mut input)).await.is_break() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => outbox.close(Close::plain(1006, "")),
                     }
-                    partial.bytes.extend_from_slice(&frame.payload);
-                    if frame.fin
-                        && let Some(whole) = fragments.take()
-                    {
-                        self.on_data_message(whole.opcode, &whole.bytes).await;
+                    if input.is_empty() {
+                        // Idle again: hold no buffer.
+                        input = Vec::new();
                     }
                 }
-                OpCode::Text | OpCode::Binary => self.on_data_message(frame.opcode, &frame.payload).await,
-                OpCode::Close => {
-                    let code = match frame.payload.get(..2) {
-                        Some(code) => u16::from_be_bytes([code[0], code[1]]),
-                        None => 1000,
-                    };
-                    // Echo the client's code, as RFC 6455 asks, unless it is one that
-                    // must not appear on the wire.
-                    let code = if (1000..=4999).contains(&code) && !matches!(code, 1004..=1006 | 1015) {
-                        code
-                    } else {
-                        1000
-                    };
-                    self.outbox.close(Close::plain(code, ""));
-                    return;
-                }
-                OpCode::Ping => {
-                    self.outbox.push(frame::pong(&frame.payload));
-                }
-                OpCode::Pong => {}
+                Wake::Writable(false) | Wake::Readable(false) => outbox.close(Close::plain(1006, "")),
             }
         }
+    }
+
+    /// Handles every complete frame in `input` and keeps the unfinished rest there.
+    /// Breaks when the connection is closing.
+    async fn on_input(&mut self, input: &mut Vec<u8>) -> ControlFlow<()> {
+        let max_message = self.node.config.connection.max_message_bytes;
+        let mut used = 0;
+        let flow = loop {
+            if self.outbox.is_closing() {
+                break ControlFlow::Break(());
+            }
+            let (frame, len) = match parse_frame(&mut input[used..], max_message) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => break ControlFlow::Continue(()),
+                Err(FrameError::TooLarge) => {
+                    self.close_too_large(max_message);
+                    break ControlFlow::Break(());
+                }
+                Err(FrameError::Protocol(why)) => {
+                    tracing::debug!(socket_id = %self.socket_id, why, "protocol error");
+                    self.outbox.close(Close::plain(1002, why));
+                    break ControlFlow::Break(());
+                }
+            };
+            let payload = used + frame.payload.start..used + frame.payload.end;
+            used += len;
+            if self.on_frame(frame.fin, frame.opcode, &input[payload]).await.is_break() {
+                break ControlFlow::Break(());
+            }
+        };
+        input.drain(..used);
+        flow
+    }
+
+    async fn on_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> ControlFlow<()> {
+        let max_message = self.node.config.connection.max_message_bytes;
+        match opcode {
+            OpCode::Text | OpCode::Binary if !fin => {
+                self.fragments = Some(Box::new(Fragments { opcode, bytes: payload.to_vec() }));
+            }
+            OpCode::Continuation => {
+                let Some(partial) = self.fragments.as_mut() else {
+                    self.outbox.close(Close::plain(1002, "unexpected continuation frame"));
+                    return ControlFlow::Break(());
+                };
+                if partial.bytes.len() + payload.len() > max_message {
+                    self.close_too_large(max_message);
+                    return ControlFlow::Break(());
+                }
+                partial.bytes.extend_from_slice(payload);
+                if fin && let Some(whole) = self.fragments.take() {
+                    self.on_data_message(whole.opcode, &whole.bytes).await;
+                }
+            }
+            OpCode::Text | OpCode::Binary => self.on_data_message(opcode, payload).await,
+            OpCode::Close => {
+                let code = match payload.get(..2) {
+                    Some(code) => u16::from_be_bytes([code[0], code[1]]),
+                    None => 1000,
+                };
+                // Echo the client's code, as RFC 6455 asks, unless it is one that
+                // must not appear on the wire.
+                let code = if (1000..=4999).contains(&code) && !matches!(code, 1004..=1006 | 1015) {
+                    code
+                } else {
+                    1000
+                };
+                self.outbox.close(Close::plain(code, ""));
+                return ControlFlow::Break(());
+            }
+            OpCode::Ping => {
+                self.outbox.push(frame::pong(payload));
+            }
+            OpCode::Pong => {}
+        }
+        ControlFlow::Continue(())
     }
 
     fn close_too_large(&self, max_message: usize) {
@@ -283,7 +433,7 @@ impl Session {
                 return self.subscription_error(&request.channel, "InvalidChannel", &e.to_string(), 400);
             }
         };
-        if self.channels.contains_key(&channel) {
+        if self.subscription(&channel).is_some() {
             // Already subscribed (a client retrying): acknowledge again.
             return self.acknowledge(&channel).await;
         }
@@ -381,7 +531,9 @@ impl Session {
                 Some(user_id)
             }
         };
-        self.channels.insert(channel.clone(), Subscription { presence_user });
+        // Grown one at a time: most connections subscribe to one or two channels.
+        self.channels.reserve_exact(1);
+        self.channels.push((channel.clone(), Subscription { presence_user }));
         self.acknowledge(&channel).await;
     }
 
@@ -428,7 +580,8 @@ impl Session {
         let Ok(channel) = ChannelName::new(channel) else {
             return;
         };
-        if let Some(subscription) = self.channels.remove(&channel) {
+        if let Some(at) = self.channels.iter().position(|(c, _)| *c == channel) {
+            let (channel, subscription) = self.channels.swap_remove(at);
             self.leave(&channel, subscription).await;
         }
     }
@@ -511,7 +664,7 @@ impl Session {
                 "client events are only accepted on private and presence channels (not encrypted ones)",
             );
         }
-        let Some(subscription) = self.channels.get(&channel) else {
+        let Some(presence_user) = self.subscription(&channel).map(|s| s.presence_user.clone()) else {
             return self.error(None, &format!("not subscribed to {channel}"));
         };
         let limits = &self.app.limits;
@@ -535,7 +688,7 @@ impl Session {
             channel,
             event: Arc::from(event),
             data: PublicationData::from_json(data),
-            user_id: subscription.presence_user.clone(),
+            user_id: presence_user,
             exclude: Some(self.socket),
         };
         match self.node.publish(publication).await {
@@ -553,6 +706,10 @@ impl Session {
             let topic = Topic::user(&Arc::from(self.app.id.as_str()), &user_id);
             self.node.unsubscribe(&topic, self.socket.conn);
         }
+    }
+
+    fn subscription(&self, channel: &ChannelName) -> Option<&Subscription> {
+        self.channels.iter().find(|(c, _)| c == channel).map(|(_, s)| s)
     }
 
     fn send(&self, message: String) {
@@ -609,6 +766,47 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_backbone::MemoryBackbone;
+    use herald_core::{AppLimits, Apps};
+    use herald_hub::Hub;
+
+    fn test_node() -> (Arc<Node>, Arc<App>) {
+        let app = App {
+            id: "a".into(),
+            key: "k".into(),
+            secret: "s".into(),
+            enabled: true,
+            enable_client_events: true,
+            api_tokens: vec![],
+            limits: AppLimits::default(),
+        };
+        let backbone = MemoryBackbone::new();
+        let hub = Arc::new(Hub::new(1));
+        let broker = Arc::new(backbone.broker(hub.clone()));
+        let apps = Apps::new([app.clone()]).unwrap();
+        let node = Node::new(1, apps, crate::EdgeConfig::default(), hub, broker, backbone.presence());
+        (node, Arc::new(app))
+    }
+
+    async fn test_socket() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (server, client)
+    }
+
+    /// What an idle connection costs is mostly its task, whose size is that of the
+    /// session's future in its largest state: keep message handling and the close
+    /// boxed, and no buffer or timer alive across the wait, or every connection pays.
+    #[tokio::test]
+    async fn an_idle_session_is_a_small_task() {
+        let (node, app) = test_node();
+        let (server, _client) = test_socket().await;
+        let outbox = Arc::new(Outbox::new(server, 1 << 20));
+        let future = run(node, app, outbox, Vec::new(), Vec::new());
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 512, "the session future grew to {size} bytes");
+    }
 
     #[test]
     fn token_bucket_allows_the_rate_and_refills() {

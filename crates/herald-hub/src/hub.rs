@@ -12,21 +12,25 @@ use crate::{Close, Outbox, Push, frame};
 /// A connection's number on this node (the second half of its socket id).
 pub type ConnId = u64;
 
-/// Local subscribers of one topic. A `Vec` to iterate fast on fan-out, with an index
-/// for O(1) removal.
+/// Local subscribers of one topic. A list to iterate fast on fan-out, shared
+/// copy-on-write so a fan-out writes to its sockets without holding the hub's lock;
+/// with an index for O(1) removal.
 #[derive(Default)]
 struct Subscribers {
-    list: Vec<(ConnId, Arc<Outbox>)>,
+    list: Arc<Vec<(ConnId, Arc<Outbox>)>>,
     index: HashMap<ConnId, usize>,
 }
+
+type Snapshot = Arc<Vec<(ConnId, Arc<Outbox>)>>;
 
 impl Subscribers {
     fn insert(&mut self, conn: ConnId, outbox: Arc<Outbox>) -> bool {
         if self.index.contains_key(&conn) {
             return false;
         }
-        self.index.insert(conn, self.list.len());
-        self.list.push((conn, outbox));
+        let list = Arc::make_mut(&mut self.list);
+        self.index.insert(conn, list.len());
+        list.push((conn, outbox));
         true
     }
 
@@ -34,8 +38,9 @@ impl Subscribers {
         let Some(at) = self.index.remove(&conn) else {
             return false;
         };
-        self.list.swap_remove(at);
-        if let Some((moved, _)) = self.list.get(at) {
+        let list = Arc::make_mut(&mut self.list);
+        list.swap_remove(at);
+        if let Some((moved, _)) = list.get(at) {
             self.index.insert(*moved, at);
         }
         true
@@ -89,67 +94,133 @@ impl Hub {
         self.topics.shard(topic).contains_key(topic)
     }
 
-    /// Hands one already-encoded frame to every local subscriber of `topic` except
-    /// `exclude`. Returns the number of queues it was handed to.
-    pub fn fan_out(&self, topic: &Topic, frame: &Bytes, exclude: Option<ConnId>) -> usize {
-        let shard = self.topics.shard(topic);
-        let Some(subscribers) = shard.get(topic) else {
-            return 0;
-        };
-        let mut delivered = 0;
-        let mut overflowed = 0;
-        for (conn, outbox) in &subscribers.list {
-            if Some(*conn) == exclude {
-                continue;
-            }
-            match outbox.push(frame.clone()) {
-                Push::Queued => delivered += 1,
-                Push::Overflow => overflowed += 1,
-                Push::Closed => {}
-            }
-        }
-        drop(shard);
-        metrics::counter!(Metric::Deliveries.name()).increment(delivered as u64);
-        if overflowed > 0 {
-            metrics::counter!(Metric::SlowConsumers.name()).increment(overflowed);
-        }
-        delivered
+    /// The topic's subscribers as they are now; the lock is released on return.
+    fn snapshot(&self, topic: &Topic) -> Option<Snapshot> {
+        self.topics.shard(topic).get(topic).map(|s| s.list.clone())
     }
 
-    fn close_all(&self, topic: &Topic, close: &Close) {
-        if let Some(subscribers) = self.topics.shard(topic).get(topic) {
-            for (_, outbox) in &subscribers.list {
-                outbox.close(close.clone());
+    /// Writes already-encoded frames (in order) to every local subscriber of `topic`
+    /// except `exclude`: straight into each socket that has nothing queued, in one
+    /// `write` per socket however many frames. Returns the number of subscribers they
+    /// were handed to.
+    pub fn fan_out(&self, topic: &Topic, frames: &[Bytes], exclude: Option<ConnId>) -> usize {
+        let Some(subscribers) = self.snapshot(topic) else {
+            return 0;
+        };
+        let mut tally = Tally::default();
+        for (conn, outbox) in subscribers.iter() {
+            if Some(*conn) != exclude {
+                tally.count(outbox.push_all(frames), frames.len());
             }
         }
+        tally.record()
     }
+
+    /// Fans several messages out in order. Consecutive publications to one topic
+    /// with the same exclusion go out together: a burst to a channel costs one system
+    /// call per subscriber, not one per frame.
+    fn fan_out_batch(&self, messages: Vec<(Topic, Message)>) {
+        let mut messages = messages.into_iter().peekable();
+        let mut frames = Vec::new();
+        while let Some((topic, message)) = messages.next() {
+            let publication = match message {
+                Message::Publication(publication) => publication,
+                terminate @ Message::TerminateUser { .. } => {
+                    self.handle(&topic, terminate);
+                    continue;
+                }
+            };
+            let (frame, exclude) = self.encode(&publication);
+            frames.push(frame);
+            while let Some((next_topic, Message::Publication(next))) = messages.peek() {
+                if *next_topic != topic || self.excluded(next) != exclude {
+                    break;
+                }
+                frames.push(self.encode(next).0);
+                messages.next();
+            }
+            self.fan_out(&topic, &frames, exclude);
+            frames.clear();
+        }
+    }
+
+    /// The frame of a publication (encoded once per node, whatever the number of
+    /// subscribers), and the local connection it excludes.
+    fn encode(&self, publication: &herald_core::Publication) -> (Bytes, Option<ConnId>) {
+        metrics::counter!(Metric::Publications.name()).increment(1);
+        let frame = frame::text(publication.to_message().as_bytes());
+        (frame, self.excluded(publication))
+    }
+
+    /// The local connection a publication excludes, if any.
+    fn excluded(&self, publication: &herald_core::Publication) -> Option<ConnId> {
+        publication.exclude.filter(|socket| socket.node == self.node).map(|socket| socket.conn)
+    }
+}
+
+/// Deliveries and slow consumers of one fan-out, recorded once at its end.
+#[derive(Default)]
+struct Tally {
+    delivered: usize,
+    overflowed: u64,
+}
+
+impl Tally {
+    fn count(&mut self, push: Push, frames: usize) {
+        match push {
+            Push::Queued => self.delivered += frames,
+            Push::Overflow => self.overflowed += 1,
+            Push::Closed => {}
+        }
+    }
+
+    fn record(self) -> usize {
+        metrics::counter!(Metric::Deliveries.name()).increment(self.delivered as u64);
+        if self.overflowed > 0 {
+            metrics::counter!(Metric::SlowConsumers.name()).increment(self.overflowed);
+        }
+        self.delivered
+    }
+}
+
+fn close_all(subscribers: &Snapshot, close: &Close) {
+    for (_, outbox) in subscribers.iter() {
+        outbox.close(close.clone());
+    }
+}
+
+/// Pusher lets a terminated user's client reconnect (its auth endpoint then decides
+/// whether it may sign in again), so the code is a reconnect one.
+fn terminated() -> Close {
+    Close::error(ErrorCode::ReconnectImmediately, "connection terminated by the app")
 }
 
 impl MessageHandler for Hub {
     fn handle(&self, topic: &Topic, message: Message) {
         match message {
             Message::Publication(publication) => {
-                metrics::counter!(Metric::Publications.name()).increment(1);
-                // Encoded once per node, whatever the number of subscribers.
-                let frame = frame::text(publication.to_message().as_bytes());
-                let exclude =
-                    publication.exclude.filter(|socket| socket.node == self.node).map(|socket| socket.conn);
-                self.fan_out(topic, &frame, exclude);
+                let (frame, exclude) = self.encode(&publication);
+                self.fan_out(topic, std::slice::from_ref(&frame), exclude);
             }
-            // Pusher lets a terminated user's client reconnect (its auth endpoint then
-            // decides whether it may sign in again), so the code is a reconnect one.
-            Message::TerminateUser { .. } => self.close_all(
-                topic,
-                &Close::error(ErrorCode::ReconnectImmediately, "connection terminated by the app"),
-            ),
+            Message::TerminateUser { .. } => {
+                if let Some(subscribers) = self.snapshot(topic) {
+                    close_all(&subscribers, &terminated());
+                }
+            }
         }
+    }
+
+    fn handle_batch(&self, messages: Vec<(Topic, Message)>) {
+        self.fan_out_batch(messages);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::tests::pair;
     use herald_core::{ChannelName, Publication, PublicationData, SocketId};
+    use tokio::{io::AsyncReadExt, net::TcpStream};
 
     fn topic(name: &str) -> Topic {
         Topic::channel(&Arc::from("app"), &ChannelName::new(name).unwrap())
@@ -166,46 +237,95 @@ mod tests {
         })
     }
 
+    fn publication_bytes() -> &'static [u8] {
+        br#"{"event":"e","channel":"news","data":"hello"}"#
+    }
+
+    async fn subscribers(hub: &Hub, n: usize, limit: usize) -> Vec<(Arc<Outbox>, TcpStream)> {
+        let mut all = Vec::new();
+        for conn in 0..n {
+            let (outbox, client) = pair(limit).await;
+            let outbox = Arc::new(outbox);
+            hub.subscribe(&topic("news"), conn as u64, outbox.clone());
+            all.push((outbox, client));
+        }
+        all
+    }
+
     #[tokio::test]
     async fn one_encoding_shared_by_every_subscriber() {
         let hub = Hub::new(7);
-        let outboxes: Vec<_> = (0..1000).map(|_| Arc::new(Outbox::new(1 << 20))).collect();
-        for (conn, outbox) in outboxes.iter().enumerate() {
-            hub.subscribe(&topic("news"), conn as u64, outbox.clone());
+        let subs = subscribers(&hub, 100, 1 << 20).await;
+        // Something queued ahead keeps the frames in the queues, where they can be seen.
+        for (outbox, _) in &subs {
+            outbox.queue_without_writing(Bytes::from_static(b"ahead"));
         }
         hub.handle(&topic("news"), publication(Some(SocketId { node: 7, conn: 3 })));
 
         let mut frames = Vec::new();
-        for (conn, outbox) in outboxes.iter().enumerate() {
+        for (conn, (outbox, _)) in subs.iter().enumerate() {
+            let queued = outbox.queued();
             if conn == 3 {
-                assert_eq!(outbox.queued_bytes(), 0, "the excluded socket gets nothing");
+                assert_eq!(queued.len(), 1, "the excluded socket gets nothing");
                 continue;
             }
-            let batch = outbox.next_batch().await;
-            assert_eq!(batch.frames.len(), 1);
-            frames.push(batch.frames[0].clone());
+            assert_eq!(queued.len(), 2);
+            frames.push(queued[1].clone());
         }
         // The same allocation everywhere: no per-subscriber serialization or copy.
         let first = frames[0].as_ptr();
         assert!(frames.iter().all(|f| f.as_ptr() == first));
-        assert_eq!(frames.len(), 999);
-        let expected = frame::text(publication_bytes());
-        assert_eq!(frames[0], expected);
+        assert_eq!(frames.len(), 99);
+        assert_eq!(frames[0], frame::text(publication_bytes()));
     }
 
-    #[test]
-    fn exclusion_of_another_nodes_socket_excludes_nobody_here() {
+    #[tokio::test]
+    async fn every_subscriber_reads_the_frame_from_its_socket() {
         let hub = Hub::new(7);
-        let outbox = Arc::new(Outbox::new(1 << 20));
-        hub.subscribe(&topic("news"), 3, outbox.clone());
-        hub.handle(&topic("news"), publication(Some(SocketId { node: 8, conn: 3 })));
-        assert!(outbox.queued_bytes() > 0);
+        let mut subs = subscribers(&hub, 20, 1 << 20).await;
+        hub.handle(&topic("news"), publication(None));
+        let expected = frame::text(publication_bytes());
+        for (outbox, client) in &mut subs {
+            assert_eq!(outbox.queued_bytes(), 0, "written straight into the socket");
+            let mut got = vec![0; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, expected);
+        }
     }
 
-    #[test]
-    fn first_and_last_subscriber_drive_broker_interest() {
+    #[tokio::test]
+    async fn a_batch_reaches_each_socket_in_order() {
+        let hub = Hub::new(7);
+        let mut subs = subscribers(&hub, 10, 1 << 20).await;
+        let batch: Vec<_> = (0..8).map(|_| (topic("news"), publication(None))).collect();
+        hub.handle_batch(batch);
+        let expected: Vec<u8> = (0..8).flat_map(|_| frame::text(publication_bytes()).to_vec()).collect();
+        for (outbox, client) in &mut subs {
+            assert_eq!(outbox.queued_bytes(), 0, "written at once");
+            let mut got = vec![0; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn exclusion_of_another_nodes_socket_excludes_nobody_here() {
+        let hub = Hub::new(7);
+        let mut subs = subscribers(&hub, 4, 1 << 20).await;
+        hub.handle(&topic("news"), publication(Some(SocketId { node: 8, conn: 3 })));
+        let expected = frame::text(publication_bytes());
+        for (_, client) in &mut subs {
+            let mut got = vec![0; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn first_and_last_subscriber_drive_broker_interest() {
         let hub = Hub::new(1);
-        let outbox = Arc::new(Outbox::new(1024));
+        let (outbox, _client) = pair(1024).await;
+        let outbox = Arc::new(outbox);
         assert!(hub.subscribe(&topic("a"), 1, outbox.clone()));
         assert!(!hub.subscribe(&topic("a"), 2, outbox.clone()));
         assert!(!hub.subscribe(&topic("a"), 2, outbox.clone()), "idempotent");
@@ -215,34 +335,29 @@ mod tests {
         assert!(!hub.has_subscribers(&topic("a")));
     }
 
-    #[test]
-    fn a_slow_subscriber_is_cut_off_without_affecting_others() {
+    #[tokio::test]
+    async fn a_slow_subscriber_is_cut_off_without_affecting_others() {
         let hub = Hub::new(1);
-        let slow = Arc::new(Outbox::new(200));
-        let fast = Arc::new(Outbox::new(1 << 20));
-        hub.subscribe(&topic("news"), 1, slow.clone());
-        hub.subscribe(&topic("news"), 2, fast.clone());
-        for _ in 0..10 {
+        let subs = subscribers(&hub, 2, 64 * 1024).await;
+        let (slow, fast) = (&subs[0].0, &subs[1].0);
+        // The slow one has a queue already (its socket stopped taking data).
+        slow.queue_without_writing(Bytes::from(vec![0; 60 * 1024]));
+        for _ in 0..100 {
             hub.handle(&topic("news"), publication(None));
         }
-        assert!(slow.is_closing());
+        assert_eq!(slow.status().closing, Some(4100));
         assert!(!fast.is_closing());
-        assert_eq!(fast.queued_bytes(), 10 * frame::text(publication_bytes()).len());
-    }
-
-    fn publication_bytes() -> &'static [u8] {
-        br#"{"event":"e","channel":"news","data":"hello"}"#
+        assert_eq!(fast.queued_bytes(), 0, "the fast one got every frame");
     }
 
     #[tokio::test]
     async fn terminate_closes_the_users_sessions_with_a_reconnect_code() {
         let hub = Hub::new(1);
-        let outbox = Arc::new(Outbox::new(1024));
+        let (outbox, _client) = pair(1024).await;
+        let outbox = Arc::new(outbox);
         let user = Topic::user(&Arc::from("app"), "u1");
         hub.subscribe(&user, 1, outbox.clone());
         hub.handle(&user, Message::TerminateUser { user_id: "u1".into() });
-        assert!(outbox.is_closing());
-        let close = outbox.next_batch().await.close.unwrap();
-        assert_eq!(close.code, 4200);
+        assert_eq!(outbox.status().closing, Some(4200));
     }
 }

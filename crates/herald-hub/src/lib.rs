@@ -1,6 +1,6 @@
 //! Local fan-out: the per-node registry of which sessions subscribe to which channels
-//! ([`Hub`]), and each session's bounded outbound queue ([`Outbox`]). No sockets here,
-//! so the fan-out path is unit-testable.
+//! ([`Hub`]), and each connection's send side ([`Outbox`]): its socket, written
+//! straight into by the fan-out, and a bounded queue for what the socket cannot take.
 //!
 //! A publication is encoded into its WebSocket frame once per node; every local
 //! subscriber's queue gets a clone of the same [`bytes::Bytes`] (a reference count, not
@@ -12,4 +12,4 @@ mod hub;
 mod outbox;
 
 pub use hub::{ConnId, Hub};
-pub use outbox::{Batch, Close, Outbox, Push};
+pub use outbox::{Close, Outbox, Push, Status, millis};

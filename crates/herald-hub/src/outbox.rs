@@ -1,12 +1,30 @@
-//! A session's bounded outbound queue.
+//! A connection's send side: its socket, and a bounded queue of what the socket could
+//! not take yet.
+//!
+//! Whoever has a frame for the connection — the hub fanning out a publication, or the
+//! session answering its client — writes it straight into the socket when nothing is
+//! queued ahead of it (a non-blocking `write`, under the outbox's lock so frames never
+//! interleave). Only what the socket refuses is queued, and only then is the session's
+//! task woken to wait for writability and drain the queue with vectored writes. So a
+//! delivery to a reader that keeps up costs one system call and no task wake-up, and
+//! an idle connection holds no buffer.
 
-use std::collections::VecDeque;
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, Waker},
+};
 
 use bytes::Bytes;
-use herald_core::ErrorCode;
-use parking_lot::Mutex;
-use tokio::sync::Notify;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use herald_core::{ErrorCode, protocol};
+use parking_lot::{Mutex, MutexGuard};
+use tokio::{net::TcpStream, time::Instant};
+
+use crate::frame;
 
 /// How a session ends: the `pusher:error` to send (if any) and the close frame's code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,165 +45,477 @@ impl Close {
     pub fn plain(code: u16, reason: impl Into<String>) -> Self {
         Self { code, reason: reason.into(), send_error: false }
     }
+
+    /// 1006 means "no close frame": the connection is unusable and is just dropped.
+    fn is_abrupt(&self) -> bool {
+        self.code == 1006
+    }
 }
 
-/// The outcome of [`Outbox::push`].
+/// The outcome of a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
+    /// Taken for delivery: written to the socket or queued behind earlier frames.
     Queued,
     /// The frame did not fit: the outbox dropped its queue and is now closing with 4100.
     Overflow,
-    /// The outbox was already closing; the frame was dropped.
+    /// The outbox was already closing (or its socket failed); the frame was dropped.
     Closed,
 }
 
-/// What the writer takes from the queue at once: every pending frame, and the close
-/// that follows them if the session is ending.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub frames: Vec<Bytes>,
-    pub close: Option<Close>,
+/// A snapshot of an outbox, for the session that drives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Bytes are queued: wait for writability and call [`Outbox::write_pending`].
+    pub pending: bool,
+    /// Since when the queue has been waiting (the write timeout counts from here).
+    pub stalled_since: Option<Instant>,
+    /// The close code, once the session is ending (its frames are queued last).
+    pub closing: Option<u16>,
+    /// The socket failed or must be dropped without a close handshake.
+    pub broken: bool,
 }
 
-/// A session's outbound queue, bounded in bytes. Producers (the hub, the session's
-/// own reader) never wait: a frame that does not fit closes the session with 4100, so
-/// one slow consumer never blocks a fan-out or grows memory without bound.
-///
-/// At most `limit` bytes wait in the queue; the writer holds at most one more batch
-/// while writing it. Idle, an outbox holds no buffers (an empty `VecDeque` does not
-/// allocate).
+/// At most this many frames go into one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// A connection's socket and bounded outbound queue. Producers never wait: a frame
+/// that does not fit closes the connection with 4100, so one slow consumer never
+/// blocks a fan-out or grows memory without bound.
 pub struct Outbox {
+    socket: TcpStream,
     state: Mutex<State>,
-    wake: Notify,
-    closing: CancellationToken,
     limit: usize,
+    /// When the client was last heard from, in [`millis`].
+    heard: AtomicU64,
+    /// When an unanswered ping was sent, in [`millis`]; 0 if none is pending.
+    pinged: AtomicU64,
+}
+
+/// Milliseconds on a process-wide monotonic clock (never 0): the unit of connection
+/// liveness, cheap to store in an atomic.
+pub fn millis() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let start = START.get_or_init(|| std::time::Instant::now() - std::time::Duration::from_millis(1));
+    start.elapsed().as_millis() as u64
 }
 
 #[derive(Default)]
 struct State {
     frames: VecDeque<Bytes>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    /// Unwritten bytes in `frames`.
     bytes: usize,
-    close: Option<Close>,
+    stalled_since: Option<Instant>,
+    closing: Option<u16>,
+    broken: bool,
+    /// The session's task, to wake when there is news for it.
+    waker: Option<Waker>,
+    /// News since the session last looked (a wake-up is never lost).
+    notified: bool,
+}
+
+impl State {
+    fn queue(&mut self, frame: Bytes) {
+        if self.frames.is_empty() {
+            self.stalled_since = Some(Instant::now());
+        }
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+}
+
+/// The close of a connection that could not keep up.
+fn over_capacity() -> Close {
+    Close::error(ErrorCode::OverCapacity, "over capacity: the connection could not keep up with its channels")
+}
+
+/// Records news for the session and wakes it, after releasing the lock.
+fn notify(mut state: MutexGuard<'_, State>) {
+    state.notified = true;
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
 }
 
 impl Outbox {
-    pub fn new(limit: usize) -> Self {
+    /// `limit` bounds the queued bytes (frames the socket could not take yet).
+    pub fn new(socket: TcpStream, limit: usize) -> Self {
         Self {
+            socket,
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
-            closing: CancellationToken::new(),
             limit,
+            heard: AtomicU64::new(millis()),
+            pinged: AtomicU64::new(0),
         }
     }
 
-    /// Queues a frame for the writer.
+    /// The connection's socket, for the session to read from and wait on.
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    /// Sends a frame: written at once if nothing waits ahead of it, queued otherwise.
     pub fn push(&self, frame: Bytes) -> Push {
+        self.push_all(std::slice::from_ref(&frame))
+    }
+
+    /// Sends several frames, in order: when nothing waits ahead of them, in one
+    /// (vectored) write, so a burst costs one system call; what the socket does not
+    /// take is queued.
+    pub fn push_all(&self, frames: &[Bytes]) -> Push {
         let mut state = self.state.lock();
-        if state.close.is_some() {
+        if state.closing.is_some() {
             return Push::Closed;
         }
-        if state.bytes + frame.len() > self.limit {
-            // Nothing queued will be sent: free it now, and tell the client why.
-            state.frames = VecDeque::new();
-            state.bytes = 0;
-            state.close = Some(Close::error(
-                ErrorCode::OverCapacity,
-                "over capacity: the connection could not keep up with its channels",
-            ));
-            drop(state);
-            self.closing.cancel();
-            self.wake.notify_one();
-            return Push::Overflow;
+        if !state.frames.is_empty() {
+            // The session was woken when the queue filled and is waiting to drain it.
+            for frame in frames {
+                if let Push::Overflow = self.queue_bounded(&mut state, frame.clone()) {
+                    self.begin_close(state, &over_capacity());
+                    return Push::Overflow;
+                }
+            }
+            return Push::Queued;
         }
-        state.bytes += frame.len();
-        state.frames.push_back(frame);
-        drop(state);
-        self.wake.notify_one();
+        let written = match frames {
+            [frame] => self.socket.try_write(frame),
+            _ => {
+                let slices: Vec<IoSlice<'_>> =
+                    frames.iter().take(MAX_IOVECS).map(|f| IoSlice::new(f)).collect();
+                self.socket.try_write_vectored(&slices)
+            }
+        };
+        let mut written = match written {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                self.fail(state);
+                return Push::Closed;
+            }
+        };
+        // Queue what the socket did not take, the first of it whole with its written
+        // part marked, so that an overflow knows a frame is half on the wire.
+        for frame in frames {
+            if written >= frame.len() {
+                written -= frame.len();
+                continue;
+            }
+            state.queue(frame.clone());
+            if written > 0 {
+                state.offset = written;
+                state.bytes -= written;
+                written = 0;
+            }
+        }
+        if !state.frames.is_empty() {
+            notify(state);
+        }
         Push::Queued
     }
 
-    /// Ends the session after the frames already queued. The first close wins.
-    pub fn close(&self, close: Close) {
+    #[cfg(test)]
+    pub(crate) fn queue_without_writing(&self, frame: Bytes) {
+        self.state.lock().queue(frame);
+    }
+
+    /// Writes what is queued, as far as the socket takes it (the session calls this
+    /// when the socket is writable). The session re-reads [`Outbox::status`] after.
+    pub fn write_pending(&self) {
         let mut state = self.state.lock();
-        if state.close.is_none() {
-            state.close = Some(close);
-            drop(state);
-            self.closing.cancel();
-            self.wake.notify_one();
+        self.write_queued(&mut state);
+    }
+
+    /// Queues a frame behind others, within the limit. Over it, drops everything
+    /// queued but the front frame's unwritten rest (cutting it would corrupt the
+    /// stream) and returns `Overflow`: the caller then closes with [`over_capacity`].
+    fn queue_bounded(&self, state: &mut State, frame: Bytes) -> Push {
+        if state.bytes + frame.len() <= self.limit {
+            state.queue(frame);
+            return Push::Queued;
         }
+        if state.offset > 0 {
+            state.frames.truncate(1);
+            state.bytes = state.frames.front().map_or(0, |f| f.len() - state.offset);
+        } else {
+            state.frames.clear();
+            state.bytes = 0;
+        }
+        Push::Overflow
+    }
+
+    /// Ends the session after the frames already queued: queues the `pusher:error`
+    /// (if any) and the close frame, and wakes the session to send them. The first
+    /// close wins; 1006 drops the connection without a close frame.
+    pub fn close(&self, close: Close) {
+        let state = self.state.lock();
+        if state.closing.is_none() {
+            self.begin_close(state, &close);
+        }
+    }
+
+    fn begin_close(&self, mut state: MutexGuard<'_, State>, close: &Close) {
+        state.closing = Some(close.code);
+        if close.is_abrupt() {
+            state.broken = true;
+        } else {
+            if close.send_error {
+                let code = ErrorCode::from_code(close.code);
+                state.queue(frame::text(protocol::error(code, &close.reason).as_bytes()));
+            }
+            state.queue(frame::close(close.code, &close.reason));
+        }
+        notify(state);
+    }
+
+    /// The socket failed: nothing more can be sent.
+    fn fail(&self, mut state: MutexGuard<'_, State>) {
+        state.broken = true;
+        state.closing.get_or_insert(1006);
+        state.frames.clear();
+        state.bytes = 0;
+        notify(state);
+    }
+
+    /// Ready when the outbox has news for the session: frames the socket did not take,
+    /// or a close. Otherwise registers the task to be woken (only the last task that
+    /// polled is). News between two polls is kept, never lost.
+    pub fn poll_news(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state.lock();
+        if std::mem::take(&mut state.notified) {
+            return Poll::Ready(());
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Resolves when the outbox has news for the session (see [`Outbox::poll_news`]).
+    pub async fn news(&self) {
+        std::future::poll_fn(|cx| self.poll_news(cx)).await;
+    }
+
+    pub fn status(&self) -> Status {
+        let state = self.state.lock();
+        Status {
+            pending: !state.frames.is_empty() && !state.broken,
+            stalled_since: state.stalled_since,
+            closing: state.closing,
+            broken: state.broken,
+        }
+    }
+
+    /// The client was heard from (any frame).
+    pub fn touch(&self) {
+        self.heard.store(millis(), Ordering::Relaxed);
+    }
+
+    /// When the client was last heard from, and when the unanswered ping (if any) was
+    /// sent, in [`millis`].
+    pub fn liveness(&self) -> (u64, Option<u64>) {
+        let pinged = self.pinged.load(Ordering::Relaxed);
+        (self.heard.load(Ordering::Relaxed), (pinged != 0).then_some(pinged))
+    }
+
+    /// Records a ping sent at `at` ([`millis`]), or that none is pending (`None`).
+    pub fn set_pinged(&self, at: Option<u64>) {
+        self.pinged.store(at.unwrap_or(0), Ordering::Relaxed);
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closing.is_cancelled()
-    }
-
-    /// Resolves once the session is closing (for the reader, which stops reading).
-    pub fn closing(&self) -> WaitForCancellationFuture<'_> {
-        self.closing.cancelled()
-    }
-
-    /// Waits until there is something to write, then takes all of it.
-    pub async fn next_batch(&self) -> Batch {
-        loop {
-            {
-                let mut state = self.state.lock();
-                if !state.frames.is_empty() || state.close.is_some() {
-                    state.bytes = 0;
-                    return Batch {
-                        frames: std::mem::take(&mut state.frames).into(),
-                        close: state.close.take(),
-                    };
-                }
-            }
-            // `notify_one` stores a permit when nobody waits, so a push between the
-            // check above and this await is not lost.
-            self.wake.notified().await;
-        }
+        self.state.lock().closing.is_some()
     }
 
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
     }
+
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> Vec<Bytes> {
+        self.state.lock().frames.iter().cloned().collect()
+    }
+
+    /// Vectored writes until the queue is empty or the socket would block.
+    fn write_queued(&self, state: &mut State) {
+        while !state.frames.is_empty() && !state.broken {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (i, frame) in state.frames.iter().take(MAX_IOVECS).enumerate() {
+                slices[i] = IoSlice::new(if i == 0 { &frame[state.offset..] } else { frame });
+                count += 1;
+            }
+            let written = match self.socket.try_write_vectored(&slices[..count]) {
+                Ok(0) => {
+                    self.mark_broken(state);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.mark_broken(state);
+                    return;
+                }
+            };
+            state.bytes -= written;
+            let mut written = written;
+            while written > 0 {
+                let Some(front) = state.frames.front() else { break };
+                let remaining = front.len() - state.offset;
+                if written >= remaining {
+                    written -= remaining;
+                    state.frames.pop_front();
+                    state.offset = 0;
+                } else {
+                    state.offset += written;
+                    written = 0;
+                }
+            }
+        }
+        if state.frames.is_empty() {
+            state.stalled_since = None;
+            if state.frames.capacity() > 16 {
+                // A burst is over: give its queue back.
+                state.frames = VecDeque::new();
+            }
+        }
+    }
+
+    fn mark_broken(&self, state: &mut State) {
+        state.broken = true;
+        state.closing.get_or_insert(1006);
+        state.frames.clear();
+        state.bytes = 0;
+        state.offset = 0;
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use tokio::{io::AsyncReadExt, net::TcpListener};
+
+    /// A connected pair: the server side in an outbox, and the client's socket.
+    pub async fn pair(limit: usize) -> (Outbox, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Outbox::new(server, limit), client)
+    }
+
+    async fn read_exactly(client: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        client.read_exact(&mut buf).await.unwrap();
+        buf
+    }
 
     #[tokio::test]
-    async fn batches_everything_pending_then_the_close() {
-        let outbox = Outbox::new(100);
-        assert_eq!(outbox.push(Bytes::from_static(b"a")), Push::Queued);
+    async fn writes_through_when_nothing_is_queued() {
+        let (outbox, mut client) = pair(100).await;
+        assert_eq!(outbox.push(Bytes::from_static(b"hello")), Push::Queued);
+        assert_eq!(outbox.queued_bytes(), 0, "written, not queued");
+        assert_eq!(read_exactly(&mut client, 5).await, b"hello");
+        assert!(!outbox.status().pending);
+    }
+
+    #[tokio::test]
+    async fn frames_queue_behind_unwritten_ones_and_leave_in_order() {
+        let (outbox, mut client) = pair(100).await;
+        outbox.queue_without_writing(Bytes::from_static(b"a"));
         assert_eq!(outbox.push(Bytes::from_static(b"b")), Push::Queued);
-        outbox.close(Close::plain(1000, "bye"));
-        assert_eq!(outbox.push(Bytes::from_static(b"c")), Push::Closed);
-        let batch = outbox.next_batch().await;
-        assert_eq!(batch.frames, [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
-        assert_eq!(batch.close, Some(Close::plain(1000, "bye")));
-        assert!(outbox.is_closing());
+        assert_eq!(outbox.push_all(&[Bytes::from_static(b"c"), Bytes::from_static(b"d")]), Push::Queued);
+        assert_eq!(outbox.queued_bytes(), 4, "nothing jumps the queue");
+        assert!(outbox.status().pending);
+        outbox.write_pending();
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(read_exactly(&mut client, 4).await, b"abcd");
+        assert_eq!(outbox.push_all(&[Bytes::from_static(b"e"), Bytes::from_static(b"f")]), Push::Queued);
+        assert_eq!(outbox.queued_bytes(), 0, "a burst is written at once");
+        assert_eq!(read_exactly(&mut client, 2).await, b"ef");
+    }
+
+    #[tokio::test]
+    async fn close_queues_the_error_and_close_frames_and_refuses_more() {
+        let (outbox, mut client) = pair(100).await;
+        outbox.queue_without_writing(Bytes::from_static(b"x"));
+        outbox.close(Close::error(ErrorCode::ReconnectImmediately, "bye"));
+        outbox.close(Close::plain(1000, "second close is ignored"));
+        assert_eq!(outbox.push(Bytes::from_static(b"y")), Push::Closed);
+        let status = outbox.status();
+        assert_eq!(status.closing, Some(4200));
+        assert!(status.pending);
+        outbox.write_pending();
+        let error = frame::text(protocol::error(Some(ErrorCode::ReconnectImmediately), "bye").as_bytes());
+        let close = frame::close(4200, "bye");
+        let got = read_exactly(&mut client, 1 + error.len() + close.len()).await;
+        assert_eq!(got, [&b"x"[..], &error, &close].concat());
     }
 
     #[tokio::test]
     async fn overflow_drops_the_queue_and_closes_with_4100() {
-        let outbox = Outbox::new(10);
-        assert_eq!(outbox.push(Bytes::from(vec![0; 6])), Push::Queued);
+        let (outbox, _client) = pair(10).await;
+        outbox.queue_without_writing(Bytes::from(vec![0; 6]));
         assert_eq!(outbox.push(Bytes::from(vec![0; 6])), Push::Overflow);
-        assert_eq!(outbox.queued_bytes(), 0);
-        let batch = outbox.next_batch().await;
-        assert!(batch.frames.is_empty());
-        assert_eq!(batch.close.map(|c| c.code), Some(4100));
+        let status = outbox.status();
+        assert_eq!(status.closing, Some(4100));
+        // Only the error and close frames are left to send.
+        let error_and_close = outbox.queued_bytes();
+        assert!(error_and_close > 0 && error_and_close < 200, "{error_and_close}");
     }
 
     #[tokio::test]
-    async fn a_push_wakes_a_waiting_writer() {
-        let outbox = std::sync::Arc::new(Outbox::new(10));
+    async fn an_overflow_keeps_the_rest_of_a_frame_already_on_the_wire() {
+        let (outbox, mut client) = pair(64 * 1024).await;
+        // Larger than the kernel's buffers on both sides, so only part of it is taken.
+        let big = Bytes::from(vec![b'x'; 32 << 20]);
+        assert_eq!(outbox.push(big.clone()), Push::Queued);
+        let queued = outbox.queued_bytes();
+        assert!(queued > 0 && queued < big.len(), "partly written: {queued} left");
+        assert_eq!(outbox.push(Bytes::from(vec![b'y'; 64 * 1024])), Push::Overflow);
+
+        let outbox = std::sync::Arc::new(outbox);
         let writer = tokio::spawn({
             let outbox = outbox.clone();
-            async move { outbox.next_batch().await.frames.len() }
+            async move {
+                while outbox.status().pending {
+                    outbox.socket().writable().await.unwrap();
+                    outbox.write_pending();
+                }
+            }
         });
-        tokio::task::yield_now().await;
-        outbox.push(Bytes::from_static(b"x"));
-        assert_eq!(writer.await.unwrap(), 1);
+        let reason = "over capacity: the connection could not keep up with its channels";
+        let error = frame::text(protocol::error(Some(ErrorCode::OverCapacity), reason).as_bytes());
+        let close = frame::close(4100, reason);
+        let got = read_exactly(&mut client, big.len() + error.len() + close.len()).await;
+        writer.await.unwrap();
+        assert!(got[..big.len()].iter().all(|b| *b == b'x'), "the big frame arrived whole");
+        assert_eq!(got[big.len()..], [&error[..], &close[..]].concat());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_reading_fills_the_queue_and_is_cut_off() {
+        let (outbox, _client) = pair(1 << 20).await;
+        let frame = Bytes::from(vec![b'x'; 16 * 1024]);
+        let mut pushes = 0;
+        while outbox.push(frame.clone()) == Push::Queued {
+            pushes += 1;
+            assert!(pushes < 100_000, "never overflowed");
+        }
+        let status = outbox.status();
+        assert_eq!(status.closing, Some(4100));
+        assert!(status.stalled_since.is_some());
+        assert!(outbox.queued_bytes() <= (1 << 20) + 16 * 1024, "bounded");
+    }
+
+    #[tokio::test]
+    async fn a_close_wakes_the_session() {
+        let (outbox, _client) = pair(1 << 20).await;
+        outbox.close(Close::plain(1000, ""));
+        tokio::time::timeout(std::time::Duration::from_secs(5), outbox.news()).await.unwrap();
     }
 }
