@@ -22,4 +22,4 @@ cargo nextest run --locked --workspace --all-targets
 
 echo "== compatibility suite (pusher-js, pusher server SDK, grpcio, grpcurl)"
 cargo build --locked -p herald
-HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/
+HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/ loadtest/node/

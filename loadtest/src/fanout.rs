@@ -1,7 +1,9 @@
 //! `fanout`: N subscribers over C channels; a publisher publishes at R/s through
-//! Herald's gRPC API, each event's data carrying its send time. Reports deliveries
-//! against expectations (loss), deliveries per second, publish→deliver latency
-//! percentiles, and (given the server's pid) server CPU per delivery.
+//! Herald's gRPC API or the Pusher HTTP API (so any Pusher-compatible server can be
+//! measured), each event's data carrying its send time, one event per call or
+//! batches of K. Reports deliveries against expectations (loss), deliveries per
+//! second, publish→deliver latency percentiles, and (given the server's pid) server
+//! CPU per delivery.
 
 use std::{
     net::SocketAddr,
@@ -13,12 +15,18 @@ use std::{
 };
 
 use anyhow::Context;
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use herald_api::client;
-use herald_proto::v1::{Event, PublishRequest, event::Payload, publisher_client::PublisherClient};
+use herald_core::auth;
+use herald_proto::v1::{
+    Event, PublishBatchRequest, PublishRequest, event::Payload, publisher_client::PublisherClient,
+};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::metadata::MetadataValue;
 
 use crate::{
@@ -33,6 +41,9 @@ pub struct FanoutArgs {
     /// Subscribers: `--connections` of them over `--channels` channels.
     #[command(flatten)]
     pub subscribers: ConnectArgs,
+    /// How to publish: Herald's gRPC API, or the Pusher HTTP API (`--target`'s port).
+    #[arg(long, value_enum, default_value_t = Via::Grpc)]
+    pub via: Via,
     /// Herald's gRPC address, for publishing.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub grpc: SocketAddr,
@@ -40,7 +51,17 @@ pub struct FanoutArgs {
     pub token: String,
     #[arg(long, default_value = "demo")]
     pub app_id: String,
-    /// Publications per second, spread round-robin over the channels.
+    /// App secret, to sign HTTP API requests.
+    #[arg(long, default_value = "demo-secret")]
+    pub secret: String,
+    /// Events per publish call, all to one channel (`PublishBatch` / `batch_events`
+    /// when more than 1): a burst of K frames for each of its subscribers.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// HTTP API connections the publishes are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub http_connections: usize,
+    /// Events per second, spread round-robin over the channels.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
     /// Bytes of event data (at least the timestamp).
@@ -49,6 +70,12 @@ pub struct FanoutArgs {
     /// How long to publish.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
+pub enum Via {
+    Grpc,
+    Http,
 }
 
 /// Latencies are sharded over several histograms so subscribers rarely contend.
@@ -123,6 +150,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         "subscribers": per_channel.iter().sum::<u64>(),
         "channels": channels,
         "rate": args.rate,
+        "via": format!("{:?}", args.via).to_lowercase(),
+        "batch": args.batch,
         "payload_bytes": args.payload,
         "seconds": args.seconds,
         "published": published_total,
@@ -147,7 +176,8 @@ fn now_micros() -> u64 {
 
 /// Counts deliveries on one connection and records their latency from the `ts:`
 /// stamp in the data.
-async fn read_deliveries(mut conn: PusherConn, recorder: Arc<Recorder>, shard: usize) {
+async fn read_deliveries(conn: PusherConn, recorder: Arc<Recorder>, shard: usize) {
+    let mut conn = conn.buffered();
     while let Ok(frame) = conn.next_frame().await {
         if frame.opcode != OP_TEXT {
             continue;
@@ -166,40 +196,31 @@ fn stamp(payload: &[u8]) -> Option<u64> {
     std::str::from_utf8(&payload[at..at + digits]).ok()?.parse().ok()
 }
 
-/// Publishes at `args.rate` for `args.seconds`, round-robin over the channels;
-/// returns how many publishes each channel got.
+/// Publishes at `args.rate` events a second for `args.seconds`, `args.batch` events
+/// per call, round-robin over the channels; returns how many events each channel got.
 async fn publish_at_rate(args: &FanoutArgs, channels: usize) -> anyhow::Result<Vec<u64>> {
-    let channel = client::connect(args.grpc).await.with_context(|| format!("connecting to {}", args.grpc))?;
-    let client = PublisherClient::with_origin(channel, format!("http://{}", args.grpc).parse()?);
-    let token: Arc<MetadataValue<_>> = Arc::new(format!("Bearer {}", args.token).parse()?);
+    let publisher = Publisher::connect(args).await?;
     let published: Arc<Vec<AtomicU64>> = Arc::new((0..channels).map(|_| AtomicU64::new(0)).collect());
     let in_flight = Arc::new(Semaphore::new(256));
+    let batch = args.batch.max(1) as u64;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.seconds);
     let mut sent = 0u64;
+    let mut calls = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     while Instant::now() < end {
         tick.tick().await;
         let due = (start.elapsed().as_secs_f64() * args.rate) as u64;
-        while sent < due {
-            let channel_index = (sent % channels as u64) as usize;
-            sent += 1;
+        while sent + batch <= due {
+            let channel_index = (calls % channels as u64) as usize;
+            calls += 1;
+            sent += batch;
             let permit = in_flight.clone().acquire_owned().await?;
-            let stamp = format!("ts:{};", now_micros());
-            let data = format!("{stamp}{}", "x".repeat(args.payload.saturating_sub(stamp.len())));
-            let request = PublishRequest {
-                app_id: args.app_id.clone(),
-                event: Some(Event {
-                    name: "fanout".into(),
-                    payload: Some(Payload::Data(data)),
-                    channels: vec![format!("c{channel_index}")],
-                    ..Default::default()
-                }),
-            };
-            let (mut client, token, published) = (client.clone(), token.clone(), published.clone());
+            let call = publisher.call(args, channel_index);
+            let published = published.clone();
             tokio::spawn(async move {
-                if client.publish(authed(request, &token)).await.is_ok() {
-                    published[channel_index].fetch_add(1, Ordering::Relaxed);
+                if call.await {
+                    published[channel_index].fetch_add(batch, Ordering::Relaxed);
                 }
                 drop(permit);
             });
@@ -208,6 +229,171 @@ async fn publish_at_rate(args: &FanoutArgs, channels: usize) -> anyhow::Result<V
     // Every publish has finished once all permits are back.
     let _all = in_flight.acquire_many(256).await?;
     Ok(published.iter().map(|p| p.load(Ordering::Relaxed)).collect())
+}
+
+/// The data of one event: its send time, padded to the payload size.
+fn stamped_data(payload: usize) -> String {
+    let stamp = format!("ts:{};", now_micros());
+    format!("{stamp}{}", "x".repeat(payload.saturating_sub(stamp.len())))
+}
+
+enum Publisher {
+    Grpc {
+        client: PublisherClient<herald_api::client::H2Channel>,
+        token: Arc<MetadataValue<tonic::metadata::Ascii>>,
+    },
+    Http {
+        workers: Vec<mpsc::Sender<HttpJob>>,
+        next: AtomicU64,
+    },
+}
+
+impl Publisher {
+    async fn connect(args: &FanoutArgs) -> anyhow::Result<Self> {
+        match args.via {
+            Via::Grpc => {
+                let channel = client::connect(args.grpc)
+                    .await
+                    .with_context(|| format!("connecting to {}", args.grpc))?;
+                let client = PublisherClient::with_origin(channel, format!("http://{}", args.grpc).parse()?);
+                let token = Arc::new(format!("Bearer {}", args.token).parse()?);
+                Ok(Self::Grpc { client, token })
+            }
+            Via::Http => {
+                let mut workers = Vec::new();
+                for _ in 0..args.http_connections.max(1) {
+                    let (tx, rx) = mpsc::channel(1024);
+                    let sender = http_connection(args.subscribers.target).await?;
+                    tokio::spawn(http_worker(sender, rx, args.subscribers.target));
+                    workers.push(tx);
+                }
+                Ok(Self::Http { workers, next: AtomicU64::new(0) })
+            }
+        }
+    }
+
+    /// One publish call of `args.batch` events to channel `c{index}`; resolves to
+    /// whether the server accepted it.
+    fn call(
+        &self,
+        args: &FanoutArgs,
+        index: usize,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let channel = format!("c{index}");
+        let events: Vec<(String, String)> =
+            (0..args.batch.max(1)).map(|_| (channel.clone(), stamped_data(args.payload))).collect();
+        enum Call {
+            Grpc(tokio::task::JoinHandle<bool>),
+            Http(Option<oneshot::Receiver<bool>>),
+        }
+        let call = match self {
+            Self::Grpc { client, token } => {
+                let (mut client, token, app_id) = (client.clone(), token.clone(), args.app_id.clone());
+                let to_event = |(channel, data): (String, String)| Event {
+                    name: "fanout".into(),
+                    payload: Some(Payload::Data(data)),
+                    channels: vec![channel],
+                    ..Default::default()
+                };
+                Call::Grpc(tokio::spawn(async move {
+                    if events.len() == 1 {
+                        let event = events.into_iter().next().map(to_event);
+                        client.publish(authed(PublishRequest { app_id, event }, &token)).await.is_ok()
+                    } else {
+                        let events = events.into_iter().map(to_event).collect();
+                        let request = PublishBatchRequest { app_id, events };
+                        client.publish_batch(authed(request, &token)).await.is_ok()
+                    }
+                }))
+            }
+            Self::Http { workers, next } => {
+                let (path, body) = http_body(&args.app_id, events);
+                let app = herald_core::App {
+                    id: args.app_id.clone(),
+                    key: args.subscribers.key.clone(),
+                    secret: args.secret.clone(),
+                    enabled: true,
+                    enable_client_events: false,
+                    api_tokens: vec![],
+                    limits: Default::default(),
+                };
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let query = auth::sign_api_request(&app, "POST", &path, Vec::new(), &body, now);
+                let query: String =
+                    query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+                let (done, result) = oneshot::channel();
+                let worker = &workers[next.fetch_add(1, Ordering::Relaxed) as usize % workers.len()];
+                Call::Http(worker.try_send((body, format!("{path}?{query}"), done)).ok().map(|()| result))
+            }
+        };
+        async move {
+            match call {
+                Call::Grpc(task) => task.await.unwrap_or(false),
+                Call::Http(Some(result)) => result.await.unwrap_or(false),
+                Call::Http(None) => false,
+            }
+        }
+    }
+}
+
+/// `POST /apps/{id}/events` for one event, `/batch_events` for several.
+fn http_body(app_id: &str, events: Vec<(String, String)>) -> (String, Vec<u8>) {
+    if events.len() == 1 {
+        let (channel, data) = &events[0];
+        let body = json!({ "name": "fanout", "channels": [channel], "data": data });
+        return (format!("/apps/{app_id}/events"), body.to_string().into_bytes());
+    }
+    let batch: Vec<_> = events
+        .iter()
+        .map(|(channel, data)| json!({ "name": "fanout", "channel": channel, "data": data }))
+        .collect();
+    (format!("/apps/{app_id}/batch_events"), json!({ "batch": batch }).to_string().into_bytes())
+}
+
+/// A publish over HTTP: body, path and query, and where to say whether it worked.
+type HttpJob = (Vec<u8>, String, oneshot::Sender<bool>);
+
+type HttpSender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn http_connection(target: SocketAddr) -> anyhow::Result<HttpSender> {
+    let stream =
+        tokio::net::TcpStream::connect(target).await.with_context(|| format!("connecting to {target}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Sends one keep-alive connection's share of the publishes, one at a time,
+/// reconnecting if the server closed it.
+async fn http_worker(mut sender: HttpSender, mut jobs: mpsc::Receiver<HttpJob>, target: SocketAddr) {
+    while let Some((body, path_and_query, done)) = jobs.recv().await {
+        if sender.ready().await.is_err() {
+            match http_connection(target).await {
+                Ok(fresh) => sender = fresh,
+                Err(_) => {
+                    let _ = done.send(false);
+                    continue;
+                }
+            }
+        }
+        let request = http::Request::post(path_and_query)
+            .header("host", target.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)));
+        let ok = match request {
+            Ok(request) => match sender.send_request(request).await {
+                Ok(response) => {
+                    let ok = response.status().is_success();
+                    let _ = response.into_body().collect().await;
+                    ok
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        let _ = done.send(ok);
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@
 //! | `connect` | N connections, each subscribed to one of C channels: accept rate, server memory and CPU per connection |
 //! | `fanout` | N subscribers over C channels, publishes at R/s: loss, deliveries/s, latency percentiles, server CPU per delivery |
 //! | `publish` | gRPC publishes per second (unary or stream) |
+//! | `null-server` | the fan-out floor the servers are compared against: a Pusher-speaking server that only `write()`s |
 
 mod connect;
 mod fanout;
+mod null_server;
 mod publish;
 mod pusher;
 mod server_stats;
@@ -31,14 +33,25 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Publish through the gRPC API; report publishes per second.
     Publish(publish::PublishArgs),
+    /// Serve as the null server: the floor of fan-out cost (one thread).
+    NullServer(null_server::NullServerArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let report = match Cli::parse().scenario {
-        Scenario::Connect(args) => connect::run(args).await?,
-        Scenario::Fanout(args) => fanout::run(args).await?,
-        Scenario::Publish(args) => publish::run(args).await?,
+fn main() -> anyhow::Result<()> {
+    let scenario = Cli::parse().scenario;
+    let report = match scenario {
+        Scenario::NullServer(args) => null_server::run(args)?,
+        scenario => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async {
+                match scenario {
+                    Scenario::Connect(args) => connect::run(args).await,
+                    Scenario::Fanout(args) => fanout::run(args).await,
+                    Scenario::Publish(args) => publish::run(args).await,
+                    Scenario::NullServer(_) => anyhow::bail!("the null server runs on its own runtime"),
+                }
+            })?
+        }
     };
     println!("{report}");
     Ok(())

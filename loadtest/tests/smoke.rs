@@ -28,17 +28,10 @@ async fn every_scenario_runs_and_counts_what_it_did() {
     ));
 
     for mode in ["unary", "stream"] {
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_herald-loadtest"))
-                .args(["publish", "--target", &addr.to_string(), "--token", TOKEN, "--app-id", "demo"])
-                .args(["--mode", mode, "--seconds", "0.5", "--concurrency", "4"])
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let report = loadtest(&format!(
+            "publish --target {addr} --token {TOKEN} --app-id demo --mode {mode} --seconds 0.5 --concurrency 4"
+        ))
+        .await;
         assert_eq!(report["scenario"], "publish");
         assert_eq!(report["mode"], mode);
         assert_eq!(report["errors"], 0, "{report}");
@@ -46,32 +39,78 @@ async fn every_scenario_runs_and_counts_what_it_did() {
     }
 
     let ws = server.addr.to_string();
-    let run = |args: Vec<String>| {
-        tokio::task::spawn_blocking(move || {
-            let output = Command::new(env!("CARGO_BIN_EXE_herald-loadtest")).args(&args).output().unwrap();
-            assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-            serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
-        })
-    };
     let pid = std::process::id().to_string();
-    let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-    let connect = run(words(&format!(
+    let connect = loadtest(&format!(
         "connect --target {ws} --key demo-key --connections 300 --channels 10 --server-pid {pid} --hold-seconds 0.1"
-    )))
-    .await
-    .unwrap();
+    ))
+    .await;
     assert_eq!(connect["connections"], 300, "{connect}");
     assert_eq!(connect["failures"], 0);
     assert!(connect["server_rss_bytes_per_connection"].is_number());
 
-    let fanout = run(words(&format!(
+    let fanout = loadtest(&format!(
         "fanout --target {ws} --key demo-key --connections 40 --channels 4 --grpc {addr} --token {TOKEN} \
          --app-id demo --rate 200 --seconds 0.5 --server-pid {pid}"
-    )))
-    .await
-    .unwrap();
+    ))
+    .await;
     assert!(fanout["published"].as_u64().unwrap() > 0, "{fanout}");
     assert_eq!(fanout["delivered"], fanout["expected"], "nothing lost: {fanout}");
     assert_eq!(fanout["expected"].as_u64().unwrap(), fanout["published"].as_u64().unwrap() * 10);
+
+    // Bursts through the Pusher HTTP API (batch_events), signed with the app's secret.
+    let burst = loadtest(&format!(
+        "fanout --target {ws} --key demo-key --secret demo-secret --app-id demo --via http --batch 8 \
+         --connections 40 --channels 4 --rate 800 --seconds 0.5"
+    ))
+    .await;
+    assert!(burst["published"].as_u64().unwrap() >= 8, "{burst}");
+    assert_eq!(burst["published"].as_u64().unwrap() % 8, 0, "whole batches: {burst}");
+    assert_eq!(burst["delivered"], burst["expected"], "nothing lost: {burst}");
     stop.cancel();
+}
+
+/// The null server speaks enough Pusher for the same scenarios, and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_null_server_takes_the_fanout_scenario() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut null = Command::new(env!("CARGO_BIN_EXE_herald-loadtest"))
+        .args(["null-server", "--listen", &format!("127.0.0.1:{port}"), "--seconds", "30"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Ready when it prints its address.
+    let stderr = null.stderr.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line).unwrap();
+        line
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), ready).await.unwrap().unwrap();
+    assert!(line.contains("listening"), "{line}");
+    for batch in [1, 4] {
+        let report = loadtest(&format!(
+            "fanout --target 127.0.0.1:{port} --via http --batch {batch} --connections 30 --channels 3 \
+             --rate 400 --seconds 0.5"
+        ))
+        .await;
+        assert!(report["published"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report["delivered"], report["expected"], "nothing lost: {report}");
+    }
+    let _ = null.kill();
+    let _ = null.wait();
+}
+
+/// Runs the load generator with `args` (split on whitespace) and returns its report.
+async fn loadtest(args: &str) -> serde_json::Value {
+    let args: Vec<String> = args.split_whitespace().map(String::from).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new(env!("CARGO_BIN_EXE_herald-loadtest")).args(&args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    })
+    .await
+    .unwrap()
 }
