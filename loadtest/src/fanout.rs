@@ -31,8 +31,9 @@ use tonic::metadata::MetadataValue;
 
 use crate::{
     connect::{ConnectArgs, open_subscribed},
+    plot::{self, Series},
     publish::authed,
-    pusher::{OP_TEXT, PusherConn},
+    pusher::{OP_TEXT, PusherConn, source_address},
     server_stats,
 };
 
@@ -64,6 +65,16 @@ pub struct FanoutArgs {
     /// Events per second, spread round-robin over the channels.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
+    /// Churn: extra connections opened per second while publishing, each subscribed
+    /// to one of the channels, held for `--churn-hold` seconds, then dropped.
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
+    /// Seconds each churned connection stays.
+    #[arg(long, default_value_t = 0.5)]
+    pub churn_hold: f64,
+    /// Write a plot of latency over the run (SVG) here.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     /// Bytes of event data (at least the timestamp).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
@@ -83,7 +94,15 @@ const SHARDS: usize = 16;
 
 struct Recorder {
     delivered: AtomicU64,
-    latencies: Vec<Mutex<Histogram<u64>>>,
+    latencies: Vec<Mutex<Shard>>,
+    /// When publishing started (µs since the epoch), the origin of the plot.
+    start_micros: AtomicU64,
+}
+
+struct Shard {
+    histogram: Histogram<u64>,
+    /// (ms since the start when it was sent, latency in µs) of every delivery.
+    samples: Vec<(u32, u32)>,
 }
 
 pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
@@ -98,7 +117,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
 
     let recorder = Arc::new(Recorder {
         delivered: AtomicU64::new(0),
-        latencies: (0..SHARDS).map(|_| histogram().map(Mutex::new)).collect::<anyhow::Result<_>>()?,
+        latencies: (0..SHARDS)
+            .map(|_| Ok(Mutex::new(Shard { histogram: histogram()?, samples: Vec::new() })))
+            .collect::<anyhow::Result<_>>()?,
+        start_micros: AtomicU64::new(now_micros()),
     });
     let readers: Vec<_> = connections
         .into_iter()
@@ -107,7 +129,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         .collect();
 
     let before = subscribers.server_pid.map(server_stats::sample).transpose()?;
-    let published = publish_at_rate(&args, channels).await?;
+    recorder.start_micros.store(now_micros(), Ordering::Relaxed);
+    let churn = Churn::default();
+    let published = if args.churn > 0.0 {
+        let (published, ()) = tokio::join!(publish_at_rate(&args, channels), churn.run(&args, channels));
+        published?
+    } else {
+        publish_at_rate(&args, channels).await?
+    };
     let expected: u64 = published.iter().zip(&per_channel).map(|(p, s)| p * s).sum();
     // Wait (bounded) for what is still in flight.
     let drain_deadline = Instant::now() + Duration::from_secs(3);
@@ -122,7 +151,19 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let delivered = recorder.delivered.load(Ordering::Relaxed);
     let mut latency = histogram()?;
     for shard in &recorder.latencies {
-        latency.add(&*shard.lock()).context("merging latencies")?;
+        latency.add(&shard.lock().histogram).context("merging latencies")?;
+    }
+    if let Some(path) = &args.plot {
+        let samples: Vec<(u32, u32)> =
+            recorder.latencies.iter().flat_map(|shard| shard.lock().samples.clone()).collect();
+        let title = format!(
+            "{} subscribers / {channels} channels, {} events/s{}",
+            per_channel.iter().sum::<u64>(),
+            args.rate,
+            if args.batch > 1 { format!(" in batches of {}", args.batch) } else { String::new() }
+        );
+        std::fs::write(path, latency_plot(&title, samples, args.seconds))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     let server_cpu = before.zip(after).map(|(b, a)| a.cpu - b.cpu);
@@ -145,8 +186,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
             ))
             .unwrap_or_default()
     );
+    let churned = churn.report(args.seconds);
+    if args.churn > 0.0 {
+        eprintln!("churn: {churned}");
+    }
     Ok(json!({
-        "scenario": "fanout",
+        "scenario": if args.churn > 0.0 { "churn" } else { "fanout" },
+        "churn": churned,
         "subscribers": per_channel.iter().sum::<u64>(),
         "channels": channels,
         "rate": args.rate,
@@ -183,10 +229,31 @@ async fn read_deliveries(conn: PusherConn, recorder: Arc<Recorder>, shard: usize
             continue;
         }
         let Some(sent) = stamp(&frame.payload) else { continue };
-        let latency = now_micros().saturating_sub(sent).max(1);
+        let latency = now_micros().saturating_sub(sent).clamp(1, 60_000_000);
         recorder.delivered.fetch_add(1, Ordering::Relaxed);
-        let _ = recorder.latencies[shard].lock().record(latency.min(60_000_000));
+        let since_start = sent.saturating_sub(recorder.start_micros.load(Ordering::Relaxed)) / 1000;
+        let mut shard = recorder.latencies[shard].lock();
+        let _ = shard.histogram.record(latency);
+        shard.samples.push((since_start as u32, latency as u32));
     }
+}
+
+/// Latency percentiles over the run, in 50 buckets by send time.
+fn latency_plot(title: &str, mut samples: Vec<(u32, u32)>, seconds: f64) -> String {
+    samples.sort_unstable();
+    let bucket_ms = ((seconds * 1000.0 / 50.0) as u32).max(1);
+    let mut series: [Series; 3] =
+        ["p50", "p99", "max"].map(|name| Series { name: name.into(), points: Vec::new() });
+    for bucket in samples.chunk_by(|a, b| a.0 / bucket_ms == b.0 / bucket_ms) {
+        let mut latencies: Vec<u32> = bucket.iter().map(|s| s.1).collect();
+        latencies.sort_unstable();
+        let at = |q: f64| f64::from(latencies[((latencies.len() - 1) as f64 * q) as usize]) / 1000.0;
+        let x = f64::from(bucket[0].0 / bucket_ms * bucket_ms) / 1000.0;
+        for (series, q) in series.iter_mut().zip([0.5, 0.99, 1.0]) {
+            series.points.push((x, at(q)));
+        }
+    }
+    plot::line_chart(title, "seconds (by send time)", "publish → deliver latency, ms", &series)
 }
 
 /// The microsecond timestamp after `ts:` in a message.
@@ -229,6 +296,78 @@ async fn publish_at_rate(args: &FanoutArgs, channels: usize) -> anyhow::Result<V
     // Every publish has finished once all permits are back.
     let _all = in_flight.acquire_many(256).await?;
     Ok(published.iter().map(|p| p.load(Ordering::Relaxed)).collect())
+}
+
+/// Connections opened and dropped while the fan-out runs.
+#[derive(Default)]
+struct Churn {
+    opened: AtomicU64,
+    failed: AtomicU64,
+    /// Microseconds from connect to subscription ack.
+    setup: Mutex<Vec<u64>>,
+}
+
+impl Churn {
+    /// Opens `args.churn` connections a second for `args.seconds`, each held for
+    /// `args.churn_hold` seconds then dropped without a close handshake (as a
+    /// vanishing mobile client does). Their deliveries are not counted.
+    async fn run(&self, args: &FanoutArgs, channels: usize) {
+        let start = Instant::now();
+        let end = start + Duration::from_secs_f64(args.seconds);
+        let mut opened = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let mut holds = tokio::task::JoinSet::new();
+        while Instant::now() < end {
+            tick.tick().await;
+            let due = (start.elapsed().as_secs_f64() * args.churn) as u64;
+            while opened < due {
+                opened += 1;
+                let (target, key) = (args.subscribers.target, args.subscribers.key.clone());
+                let channel = format!("c{}", opened as usize % channels);
+                let source = source_address(opened as usize + 127);
+                let hold = Duration::from_secs_f64(args.churn_hold);
+                holds.spawn(async move {
+                    let started = Instant::now();
+                    let mut conn = PusherConn::connect(target, Some(source), &key).await?;
+                    conn.subscribe(&channel).await?;
+                    let setup = started.elapsed().as_micros() as u64;
+                    tokio::time::sleep(hold).await;
+                    anyhow::Ok(setup)
+                });
+            }
+            while let Some(done) = holds.try_join_next() {
+                self.record(done);
+            }
+        }
+        while let Some(done) = holds.join_next().await {
+            self.record(done);
+        }
+    }
+
+    fn record(&self, done: Result<anyhow::Result<u64>, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(setup)) => {
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                self.setup.lock().push(setup);
+            }
+            _ => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn report(&self, seconds: f64) -> serde_json::Value {
+        let mut setup = self.setup.lock().clone();
+        setup.sort_unstable();
+        let at = |q: f64| setup.get(((setup.len() as f64 - 1.0) * q) as usize).map(|us| *us as f64 / 1000.0);
+        let opened = self.opened.load(Ordering::Relaxed);
+        json!({
+            "opened": opened,
+            "failed": self.failed.load(Ordering::Relaxed),
+            "per_second": opened as f64 / seconds,
+            "setup_ms": { "p50": at(0.5), "p99": at(0.99) },
+        })
+    }
 }
 
 /// The data of one event: its send time, padded to the payload size.

@@ -6,12 +6,14 @@
 //! |---|---|
 //! | `connect` | N connections, each subscribed to one of C channels: accept rate, server memory and CPU per connection |
 //! | `fanout` | N subscribers over C channels, publishes at R/s: loss, deliveries/s, latency percentiles, server CPU per delivery |
+//! | `churn` | `fanout` while connections open, subscribe and drop at `--churn` per second |
 //! | `publish` | gRPC publishes per second (unary or stream) |
 //! | `null-server` | the fan-out floor the servers are compared against: a Pusher-speaking server that only `write()`s |
 
 mod connect;
 mod fanout;
 mod null_server;
+mod plot;
 mod publish;
 mod pusher;
 mod server_stats;
@@ -31,6 +33,8 @@ enum Scenario {
     Connect(connect::ConnectArgs),
     /// Fan publications out to many subscribers; report loss, rate, latency, CPU.
     Fanout(fanout::FanoutArgs),
+    /// Fan-out while connections open and drop at `--churn` per second.
+    Churn(fanout::FanoutArgs),
     /// Publish through the gRPC API; report publishes per second.
     Publish(publish::PublishArgs),
     /// Serve as the null server: the floor of fan-out cost (one thread).
@@ -47,6 +51,8 @@ fn main() -> anyhow::Result<()> {
                 match scenario {
                     Scenario::Connect(args) => connect::run(args).await,
                     Scenario::Fanout(args) => fanout::run(args).await,
+                    Scenario::Churn(args) if args.churn > 0.0 => fanout::run(args).await,
+                    Scenario::Churn(_) => anyhow::bail!("churn needs --churn RATE (connections per second)"),
                     Scenario::Publish(args) => publish::run(args).await,
                     Scenario::NullServer(_) => anyhow::bail!("the null server runs on its own runtime"),
                 }

@@ -66,6 +66,30 @@ async fn every_scenario_runs_and_counts_what_it_did() {
     assert!(burst["published"].as_u64().unwrap() >= 8, "{burst}");
     assert_eq!(burst["published"].as_u64().unwrap() % 8, 0, "whole batches: {burst}");
     assert_eq!(burst["delivered"], burst["expected"], "nothing lost: {burst}");
+
+    // Churn while fanning out, with a latency plot.
+    let plot = std::env::temp_dir().join(format!("herald-smoke-{}.svg", std::process::id()));
+    let churn = loadtest(&format!(
+        "churn --target {ws} --grpc {addr} --token {TOKEN} --connections 30 --channels 3 --rate 100 \
+         --seconds 0.5 --churn 100 --churn-hold 0.1 --plot {}",
+        plot.display()
+    ))
+    .await;
+    assert_eq!(churn["scenario"], "churn");
+    assert!(churn["churn"]["opened"].as_u64().unwrap() > 10, "{churn}");
+    assert_eq!(churn["churn"]["failed"], 0, "{churn}");
+    assert_eq!(churn["delivered"], churn["expected"], "nothing lost: {churn}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
+    std::fs::remove_file(&plot).unwrap();
+
+    // Connections spread over worker processes.
+    let spread = loadtest(&format!(
+        "connect --target {ws} --key demo-key --connections 90 --channels 3 --processes 3 --hold-seconds 0.1"
+    ))
+    .await;
+    assert_eq!(spread["connections"], 90, "{spread}");
+    assert_eq!(spread["processes"], 3);
     stop.cancel();
 }
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Runs the benchmark matrix of BENCHMARKS.md against several Pusher-compatible servers,
+# one at a time on the same port, with the same load generator, and prints one JSON
+# line per run (prefixed with the server's name) to stdout and to loadtest/results/.
+#
+#   loadtest/compare.sh [herald] [null] [node] [sockudo]     (default: all available)
+#
+# Servers:
+#   herald   target/release/herald dev (in-memory backbone)
+#   null     herald-loadtest null-server: the floor (one thread that only write()s)
+#   node     loadtest/node/ws-broadcast.mjs (Node.js + ws); needs `npm ci` there
+#   sockudo  any command in $SOCKUDO_CMD that starts Sockudo in the foreground on the
+#            port given as its last argument, with app demo / demo-key / demo-secret.
+#            This repository neither contains nor builds Sockudo.
+#
+# Every run is bounded in time; servers are stopped after each run.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PORT="${PORT:-16101}"
+OUT="${OUT:-loadtest/results}"
+SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
+mkdir -p "$OUT"
+ulimit -n 20000
+
+servers=("$@")
+if [ ${#servers[@]} -eq 0 ]; then
+  servers=(herald null node)
+  [ -n "${SOCKUDO_CMD:-}" ] && servers+=(sockudo)
+fi
+
+cargo build --release --locked -p herald -p herald-loadtest >&2
+LOAD=target/release/herald-loadtest
+
+start_server() {
+  case "$1" in
+    herald) target/release/herald dev --port "$PORT" --metrics-port 19191 --grpc-port 15151 >"$OUT/$1.log" 2>&1 & ;;
+    null) "$LOAD" null-server --listen "127.0.0.1:$PORT" --seconds 300 >"$OUT/$1.log" 2>&1 & ;;
+    node) node loadtest/node/ws-broadcast.mjs --port "$PORT" >"$OUT/$1.log" 2>&1 & ;;
+    sockudo) $SOCKUDO_CMD "$PORT" >"$OUT/$1.log" 2>&1 & ;;
+    *) echo "unknown server $1" >&2; exit 64 ;;
+  esac
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
+    sleep 0.1
+  done
+  echo "$1 did not start; see $OUT/$1.log" >&2
+  exit 1
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+}
+
+# run NAME SERVER ARGS...: one scenario against a fresh server.
+run() {
+  local name="$1" server="$2"
+  shift 2
+  start_server "$server"
+  sleep 0.5
+  local report
+  report=$("$LOAD" "$@" --target "127.0.0.1:$PORT" --server-pid "$SERVER_PID" 2>>"$OUT/$server.log" || echo '{"error":"run failed"}')
+  stop_server
+  echo "$server $name $report" | tee -a "$OUT/results.txt"
+}
+
+for server in "${servers[@]}"; do
+  fan=(--via http --seconds "$SECONDS_PER_RUN")
+  run connect-10k "$server" connect --connections 10000 --channels 100 --hold-seconds 2
+  run fanout-1k-1ch "$server" fanout --connections 1000 --channels 1 --rate 100 "${fan[@]}" --plot "$OUT/$server-fanout-1k-1ch.svg"
+  run fanout-10k-1ch "$server" fanout --connections 10000 --channels 1 --rate 10 "${fan[@]}" --plot "$OUT/$server-fanout-10k-1ch.svg"
+  run fanout-100x100 "$server" fanout --connections 10000 --channels 100 --rate 1000 "${fan[@]}" --plot "$OUT/$server-fanout-100x100.svg"
+  run fanout-100x100-light "$server" fanout --connections 10000 --channels 100 --rate 200 "${fan[@]}" --plot "$OUT/$server-fanout-100x100-light.svg"
+  run burst-8 "$server" fanout --connections 1000 --channels 1 --rate 800 --batch 8 "${fan[@]}" --plot "$OUT/$server-burst-8.svg"
+  run churn "$server" churn --connections 5000 --channels 100 --rate 500 --churn 500 --churn-hold 0.5 "${fan[@]}"
+done
