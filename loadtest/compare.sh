@@ -49,8 +49,14 @@ start_server() {
   exit 1
 }
 
+# SIGTERM, then SIGKILL for a server still running after 10 s.
 stop_server() {
   kill "$SERVER_PID" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
 }
 

@@ -4,7 +4,7 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use herald_core::{App, ChannelKind, ChannelName};
-use herald_edge::{EventRequest, Node, validate_event};
+use herald_edge::{EventRequest, Node, ValidEvent, validate_event};
 use herald_proto::v1::{self as pb, publish_result, publisher_server::Publisher};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -52,6 +52,12 @@ impl Inner {
 
     /// Validates and publishes one event (deduplicated by its idempotency key).
     async fn publish_event(&self, app: &App, event: Option<pb::Event>) -> Result<pb::PublishResponse> {
+        let (valid, key) = self.validate(app, event)?;
+        self.publish_valid(app, &valid, &key).await
+    }
+
+    /// Checks an event against the app's limits; returns it with its idempotency key.
+    fn validate(&self, app: &App, event: Option<pb::Event>) -> Result<(ValidEvent, String)> {
         let event = event.ok_or_else(|| Error::InvalidArgument("event: required".into()))?;
         let data = match event.payload {
             Some(pb::event::Payload::Data(data)) => data,
@@ -68,21 +74,56 @@ impl Inner {
                 exclude_socket_id: Some(event.exclude_socket_id),
             },
         )?;
+        Ok((valid, event.idempotency_key))
+    }
+
+    async fn publish_valid(&self, app: &App, valid: &ValidEvent, key: &str) -> Result<pb::PublishResponse> {
         let publish = || async {
-            self.node.publish_event(app, &valid).await?;
-            Ok(pb::PublishResponse {
-                publication_id: publication_id(),
-                channels: valid.channels.len() as u32,
-                duplicate: false,
-            })
+            self.node.publish_event(app, valid).await?;
+            Ok(published(valid))
         };
-        if event.idempotency_key.is_empty() {
+        if key.is_empty() {
             return publish().await;
         }
-        let (mut response, duplicate) =
-            self.idempotency.run(&app.id, &event.idempotency_key, publish).await?;
+        let (mut response, duplicate) = self.idempotency.run(&app.id, key, publish).await?;
         response.duplicate = duplicate;
         Ok(response)
+    }
+
+    /// Publishes a batch in order. Runs of valid events without idempotency keys go
+    /// to the broker together, so each subscriber gets its share in one write.
+    async fn publish_batch(&self, app: &App, events: Vec<pb::Event>) -> Vec<pb::PublishResult> {
+        let checked: Vec<Result<(ValidEvent, String)>> =
+            events.into_iter().map(|event| self.validate(app, Some(event))).collect();
+        let mut results = Vec::with_capacity(checked.len());
+        let mut rest = &checked[..];
+        while let Some(first) = rest.first() {
+            let run = rest.iter().take_while(|c| matches!(c, Ok((_, key)) if key.is_empty())).count();
+            if run == 0 {
+                let outcome = match first {
+                    Ok((valid, key)) => self.publish_valid(app, valid, key).await,
+                    Err(e) => Err(e.clone()),
+                };
+                results.push(to_result(outcome));
+                rest = &rest[1..];
+                continue;
+            }
+            let valid: Vec<&ValidEvent> =
+                rest[..run].iter().filter_map(|c| c.as_ref().ok()).map(|(v, _)| v).collect();
+            let outcome = self.node.publish_events(app, valid.iter().copied()).await.map_err(Error::from);
+            results.extend(valid.iter().map(|v| to_result(outcome.clone().map(|()| published(v)))));
+            rest = &rest[run..];
+        }
+        results
+    }
+}
+
+/// The answer for a published event.
+fn published(valid: &ValidEvent) -> pb::PublishResponse {
+    pb::PublishResponse {
+        publication_id: publication_id(),
+        channels: valid.channels.len() as u32,
+        duplicate: false,
     }
 }
 
@@ -132,10 +173,7 @@ impl Publisher for PublisherService {
             ))
             .into());
         }
-        let mut results = Vec::with_capacity(events.len());
-        for event in events {
-            results.push(to_result(self.inner.publish_event(&app, Some(event)).await));
-        }
+        let results = self.inner.publish_batch(&app, events).await;
         Ok(Response::new(pb::PublishBatchResponse { results }))
     }
 

@@ -214,6 +214,29 @@ async fn batch_results_per_event_in_order() {
     assert_eq!(subscriber.recv_event("one").await["data"], "1");
     assert_eq!(subscriber.recv_event("three").await["data"], "3");
 
+    // Events with idempotency keys keep their place among the others.
+    let with_key = |name: &str| pb::Event { idempotency_key: "k-batch".into(), ..event(&["b"], name, name) };
+    let batch = pb::PublishBatchRequest {
+        app_id: "app".into(),
+        events: vec![
+            event(&["b"], "four", "4"),
+            with_key("five"),
+            event(&["b"], "six", "6"),
+            with_key("again"),
+        ],
+    };
+    let results = client.publish_batch(authed(batch, TOKEN)).await.unwrap().into_inner().results;
+    let duplicates: Vec<bool> = results
+        .iter()
+        .map(|r| match &r.result {
+            Some(publish_result::Result::Published(p)) => p.duplicate,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(duplicates, [false, false, false, true]);
+    let received: Vec<String> = subscriber.sync().await.iter().map(|m| m["event"].to_string()).collect();
+    assert_eq!(received, [r#""four""#, r#""five""#, r#""six""#], "in order, the duplicate dropped");
+
     let eleven = pb::PublishBatchRequest { app_id: "app".into(), events: vec![event(&["b"], "e", "d"); 11] };
     assert_eq!(client.publish_batch(authed(eleven, TOKEN)).await.unwrap_err().code(), Code::InvalidArgument);
 }
