@@ -105,6 +105,9 @@ impl HttpApiConfig {
 /// Everything an edge node needs besides its listeners and backbone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EdgeConfig {
+    /// 0: serve connections on the process's shared multi-threaded runtime. N: on N
+    /// dedicated threads, each with its own event loop and `SO_REUSEPORT` socket.
+    pub threads: usize,
     pub connection: ConnectionConfig,
     pub http: HttpApiConfig,
     /// How long a graceful shutdown may take. Client connections are closed with a

@@ -25,7 +25,7 @@ mod server;
 mod session;
 pub mod websocket;
 
-pub use accept::accept;
+pub use accept::{accept, bind};
 pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig};
 pub use health::serve_health;
 pub use node::Node;

@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
+    sync::oneshot,
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -41,35 +42,136 @@ const MIN_PROTOCOL_VERSION: u32 = 5;
 /// down gracefully: reports not-ready, stops accepting, closes WebSocket clients with
 /// 4200 (reconnect) spread over most of the grace period, lets in-flight HTTP requests
 /// finish, and returns within the grace period.
+///
+/// With `threads` = 0 (the default) connections are served on the caller's runtime;
+/// with N, by N edge threads, each with its own single-threaded event loop and its
+/// own `SO_REUSEPORT` socket on the port (when `listener` came from [`crate::bind`]):
+/// a connection then lives on the thread that accepted it. Either way, fan-out writes
+/// into any connection's socket from wherever the publication arrives.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
-    let connections = TaskTracker::new();
-    let stop_http = CancellationToken::new();
+    let edge = Edge {
+        node: node.clone(),
+        connections: TaskTracker::new(),
+        stop_accept: CancellationToken::new(),
+        stop_http: CancellationToken::new(),
+        abandon: CancellationToken::new(),
+    };
+    let acceptors = match node.config.threads {
+        0 => {
+            let acceptor = tokio::spawn(accept_loop(listener, edge.clone()));
+            vec![Box::pin(async move {
+                let _ = acceptor.await;
+            }) as Pin<Box<dyn Future<Output = ()> + Send>>]
+        }
+        threads => match start_threads(listener, threads, &edge) {
+            Ok(threads) => threads,
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the edge threads");
+                return;
+            }
+        },
+    };
     let sweeper = tokio::spawn(liveness::sweep(node.clone()));
-    tokio::pin!(shutdown);
-
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => break,
-            stream = accept(&listener, "edge") => stream,
-        };
-        let _ = stream.set_nodelay(true);
-        connections.spawn(connection(node.clone(), stream, stop_http.clone()));
-    }
+    shutdown.await;
 
     let grace = node.config.shutdown_grace;
     let deadline = Instant::now() + grace;
     tracing::info!(grace_secs = grace.as_secs_f32(), "shutting down");
     node.set_not_ready();
-    drop(listener);
-    stop_http.cancel();
-    connections.close();
+    edge.stop_accept.cancel();
+    edge.stop_http.cancel();
+    edge.connections.close();
     // Keep a fifth of the grace for the last close frames and clean-up.
     let closer = tokio::spawn(close_sessions_spread(node.clone(), grace.mul_f64(0.8)));
-    if tokio::time::timeout_at(deadline, connections.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, edge.connections.wait()).await.is_err() {
         tracing::warn!("grace period over with connections still open");
     }
     closer.abort();
     sweeper.abort();
+    // Whatever is still open is dropped with its acceptor.
+    edge.abandon.cancel();
+    for acceptor in acceptors {
+        acceptor.await;
+    }
+}
+
+/// What the acceptors share.
+#[derive(Clone)]
+struct Edge {
+    node: Arc<Node>,
+    /// Every connection, for the graceful shutdown to wait on.
+    connections: TaskTracker,
+    stop_accept: CancellationToken,
+    stop_http: CancellationToken,
+    /// The grace period is over: drop what is left.
+    abandon: CancellationToken,
+}
+
+/// Accepts and serves connections until shutdown, then waits for them to finish, or
+/// for the grace period to end (when they are dropped with this future).
+async fn accept_loop(listener: TcpListener, edge: Edge) {
+    let local = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = edge.stop_accept.cancelled() => break,
+            stream = accept(&listener, "edge") => stream,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = connection(edge.node.clone(), stream, edge.stop_http.clone());
+        local.spawn(edge.connections.track_future(connection));
+    }
+    drop(listener);
+    local.close();
+    tokio::select! {
+        _ = local.wait() => {}
+        _ = edge.abandon.cancelled() => {}
+    }
+}
+
+/// Starts `count` edge threads; each future resolves when its thread has finished.
+fn start_threads(
+    listener: TcpListener,
+    count: usize,
+    edge: &Edge,
+) -> io::Result<Vec<Pin<Box<dyn Future<Output = ()> + Send>>>> {
+    let listener = listener.into_std()?;
+    let addr = listener.local_addr()?;
+    let mut threads: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::with_capacity(count);
+    for index in 0..count {
+        // A socket of its own per thread when the listener was bound with
+        // `SO_REUSEPORT` (see [`crate::bind`]); else all threads share it.
+        let listener = match index {
+            0 => listener.try_clone()?,
+            _ => crate::accept::reuse_port_listener(addr).or_else(|_| listener.try_clone())?,
+        };
+        let edge = edge.clone();
+        let (finished, on_finish) = oneshot::channel::<()>();
+        std::thread::Builder::new().name(format!("herald-edge-{index}")).spawn(move || {
+            edge_thread(listener, edge);
+            let _ = finished.send(());
+        })?;
+        threads.push(Box::pin(async move {
+            let _ = on_finish.await;
+        }));
+    }
+    Ok(threads)
+}
+
+/// One edge thread: its own event loop running an acceptor.
+fn edge_thread(listener: std::net::TcpListener, edge: Edge) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "could not start an edge thread's event loop");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => accept_loop(listener, edge).await,
+            Err(e) => tracing::error!(error = %e, "could not register the listener"),
+        }
+    });
 }
 
 /// Why a request head could not be read.

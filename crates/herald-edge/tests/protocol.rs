@@ -484,6 +484,33 @@ async fn shutdown_closes_clients_with_4200_spread_over_the_grace_period() {
 }
 
 #[tokio::test]
+async fn dedicated_edge_threads_serve_deliver_and_shut_down() {
+    let mut server = Server::start(vec![app("app")], EdgeConfig { threads: 2, ..config() }).await;
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let mut client = server.connect().await;
+        client.subscribe("news").await;
+        clients.push(client);
+    }
+    let ids: std::collections::HashSet<_> = clients.iter().map(|c| c.socket_id.clone()).collect();
+    assert_eq!(ids.len(), 16, "socket ids stay unique across threads");
+    let (status, _) = server.trigger(&["news"], "hello", "world").await;
+    assert_eq!(status.as_u16(), 200);
+    for client in &mut clients {
+        assert_eq!(client.recv_event("hello").await["data"], "world");
+    }
+    let serve = server.shutdown();
+    for client in &mut clients {
+        assert_eq!(client.closed().await.code, Some(4200));
+    }
+    tokio::time::timeout(Duration::from_secs(3), serve)
+        .await
+        .expect("serve returned within the grace")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err(), "no thread still listens");
+}
+
+#[tokio::test]
 async fn a_client_that_never_finishes_its_handshake_is_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let config = EdgeConfig {

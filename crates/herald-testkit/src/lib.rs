@@ -59,7 +59,7 @@ impl Server {
         config: EdgeConfig,
         wrap: impl FnOnce(MemoryBroker) -> Arc<dyn Broker>,
     ) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = herald_edge::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let backbone = MemoryBackbone::new();
         let node_id = Node::random_id();

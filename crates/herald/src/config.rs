@@ -35,11 +35,21 @@ pub struct ServerConfig {
     pub node_id: u32,
     /// Seconds a graceful shutdown may take.
     pub shutdown_grace_secs: u64,
+    /// 0: WebSocket clients and the HTTP API are served on the shared multi-threaded
+    /// runtime; N: on N dedicated single-threaded event loops (`SO_REUSEPORT`).
+    pub edge_threads: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: 6001, metrics_port: 9091, node_id: 0, shutdown_grace_secs: 10 }
+        Self {
+            host: "127.0.0.1".into(),
+            port: 6001,
+            metrics_port: 9091,
+            node_id: 0,
+            shutdown_grace_secs: 10,
+            edge_threads: 0,
+        }
     }
 }
 
@@ -136,6 +146,7 @@ impl Config {
             connection: self.connection.clone(),
             http: self.http.clone(),
             shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
+            threads: self.server.edge_threads,
         }
     }
 

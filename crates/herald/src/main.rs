@@ -76,8 +76,7 @@ fn main() -> ExitCode {
 async fn run_dev(config: Config) -> anyhow::Result<()> {
     let metrics = herald_telemetry::install_prometheus();
     let host: std::net::IpAddr = config.server.host.parse().context("server.host")?;
-    let listener = TcpListener::bind(SocketAddr::new(host, config.server.port))
-        .await
+    let listener = herald_edge::bind(SocketAddr::new(host, config.server.port))
         .with_context(|| format!("cannot listen on {host}:{}", config.server.port))?;
     let health_listener = TcpListener::bind(SocketAddr::new(host, config.server.metrics_port))
         .await
