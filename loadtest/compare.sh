@@ -7,6 +7,7 @@
 #
 # Servers:
 #   herald   target/release/herald dev (in-memory backbone)
+#   herald-t1  the same with server.edge_threads = 1 (one dedicated event loop)
 #   null     herald-loadtest null-server: the floor (one thread that only write()s)
 #   node     loadtest/node/ws-broadcast.mjs (Node.js + ws); needs `npm ci` there
 #   sockudo  any command in $SOCKUDO_CMD that starts Sockudo in the foreground on the
@@ -25,7 +26,7 @@ ulimit -n 20000
 
 servers=("$@")
 if [ ${#servers[@]} -eq 0 ]; then
-  servers=(herald null node)
+  servers=(herald herald-t1 null node)
   [ -n "${SOCKUDO_CMD:-}" ] && servers+=(sockudo)
 fi
 
@@ -35,6 +36,8 @@ LOAD=target/release/herald-loadtest
 start_server() {
   case "$1" in
     herald) target/release/herald dev --port "$PORT" --metrics-port 19191 --grpc-port 15151 >"$OUT/$1.log" 2>&1 & ;;
+    herald-t1) HERALD_SERVER__EDGE_THREADS=1 target/release/herald dev --port "$PORT" --metrics-port 19191 \
+      --grpc-port 15151 >"$OUT/$1.log" 2>&1 & ;;
     null) "$LOAD" null-server --listen "127.0.0.1:$PORT" --seconds 300 >"$OUT/$1.log" 2>&1 & ;;
     node) node loadtest/node/ws-broadcast.mjs --port "$PORT" >"$OUT/$1.log" 2>&1 & ;;
     sockudo) $SOCKUDO_CMD "$PORT" >"$OUT/$1.log" 2>&1 & ;;
