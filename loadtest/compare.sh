@@ -3,7 +3,8 @@
 # one at a time on the same port, with the same load generator, and prints one JSON
 # line per run (prefixed with the server's name) to stdout and to loadtest/results/.
 #
-#   loadtest/compare.sh [herald] [null] [node] [sockudo]     (default: all available)
+#   loadtest/compare.sh [herald] [herald-t1] [null] [node] [sockudo]   (default: all available)
+#   ONLY=burst-8,churn loadtest/compare.sh herald                      (some scenarios only)
 #
 # Servers:
 #   herald   target/release/herald dev (in-memory backbone)
@@ -63,10 +64,12 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
 }
 
-# run NAME SERVER ARGS...: one scenario against a fresh server.
+# run NAME SERVER ARGS...: one scenario against a fresh server (only the scenarios
+# named in $ONLY, comma-separated, when it is set).
 run() {
   local name="$1" server="$2"
   shift 2
+  case ",${ONLY:-$name}," in *",$name,"*) ;; *) return 0 ;; esac
   start_server "$server"
   sleep 0.5
   local report
@@ -84,4 +87,5 @@ for server in "${servers[@]}"; do
   run fanout-100x100-light "$server" fanout --connections 10000 --channels 100 --rate 200 "${fan[@]}" --plot "$OUT/$server-fanout-100x100-light.svg"
   run burst-8 "$server" fanout --connections 1000 --channels 1 --rate 800 --batch 8 "${fan[@]}" --plot "$OUT/$server-burst-8.svg"
   run churn "$server" churn --connections 5000 --channels 100 --rate 500 --churn 500 --churn-hold 0.5 "${fan[@]}"
+  run max-1k-1ch "$server" fanout --connections 1000 --channels 1 --rate 20 --max --via http --seconds 2
 done

@@ -75,6 +75,16 @@ pub struct FanoutArgs {
     /// Write a plot of latency over the run (SVG) here.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
+    /// Find the highest sustainable rate instead: rounds of `--seconds` from
+    /// `--rate` up (doubling, then bisecting to within 5%).
+    #[arg(long)]
+    pub max: bool,
+    /// With `--max`: the p99 latency a sustained round stays within.
+    #[arg(long, default_value_t = 100.0)]
+    pub max_p99_ms: f64,
+    /// With `--max`: at most this many rounds.
+    #[arg(long, default_value_t = 10)]
+    pub max_rounds: usize,
     /// Bytes of event data (at least the timestamp).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
@@ -97,6 +107,19 @@ struct Recorder {
     latencies: Vec<Mutex<Shard>>,
     /// When publishing started (µs since the epoch), the origin of the plot.
     start_micros: AtomicU64,
+}
+
+impl Recorder {
+    /// Starts a round: forget what was counted, and ignore deliveries sent before now.
+    fn reset(&self) {
+        self.start_micros.store(now_micros(), Ordering::Relaxed);
+        for shard in &self.latencies {
+            let mut shard = shard.lock();
+            shard.histogram.reset();
+            shard.samples.clear();
+        }
+        self.delivered.store(0, Ordering::Relaxed);
+    }
 }
 
 struct Shard {
@@ -128,30 +151,18 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         .map(|(i, conn)| tokio::spawn(read_deliveries(conn, recorder.clone(), i % SHARDS)))
         .collect();
 
-    let before = subscribers.server_pid.map(server_stats::sample).transpose()?;
-    recorder.start_micros.store(now_micros(), Ordering::Relaxed);
-    let churn = Churn::default();
-    let published = if args.churn > 0.0 {
-        let (published, ()) = tokio::join!(publish_at_rate(&args, channels), churn.run(&args, channels));
-        published?
-    } else {
-        publish_at_rate(&args, channels).await?
-    };
-    let expected: u64 = published.iter().zip(&per_channel).map(|(p, s)| p * s).sum();
-    // Wait (bounded) for what is still in flight.
-    let drain_deadline = Instant::now() + Duration::from_secs(3);
-    while recorder.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if args.max {
+        let report = find_max(&args, channels, &per_channel, &recorder).await;
+        for reader in &readers {
+            reader.abort();
+        }
+        return report;
     }
-    let after = subscribers.server_pid.map(server_stats::sample).transpose()?;
+    let churn = Churn::default();
+    let Round { published, expected, delivered, latency, server_cpu } =
+        round(&args, args.rate, channels, &per_channel, &recorder, Some(&churn)).await?;
     for reader in &readers {
         reader.abort();
-    }
-
-    let delivered = recorder.delivered.load(Ordering::Relaxed);
-    let mut latency = histogram()?;
-    for shard in &recorder.latencies {
-        latency.add(&shard.lock().histogram).context("merging latencies")?;
     }
     if let Some(path) = &args.plot {
         let samples: Vec<(u32, u32)> =
@@ -166,7 +177,6 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    let server_cpu = before.zip(after).map(|(b, a)| a.cpu - b.cpu);
     let published_total: u64 = published.iter().sum();
     eprintln!(
         "fanout: {} subscribers / {channels} channels, {published_total} published at {:.0}/s: \
@@ -211,6 +221,128 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// What one publishing round measured.
+struct Round {
+    /// Events published per channel.
+    published: Vec<u64>,
+    expected: u64,
+    delivered: u64,
+    latency: Histogram<u64>,
+    server_cpu: Option<f64>,
+}
+
+impl Round {
+    fn p99_ms(&self) -> f64 {
+        self.latency.value_at_quantile(0.99) as f64 / 1000.0
+    }
+}
+
+/// Publishes at `rate` for `args.seconds` (with churn, if given), waits (bounded) for
+/// the deliveries still in flight, and measures.
+async fn round(
+    args: &FanoutArgs,
+    rate: f64,
+    channels: usize,
+    per_channel: &[u64],
+    recorder: &Recorder,
+    churn: Option<&Churn>,
+) -> anyhow::Result<Round> {
+    recorder.reset();
+    let before = args.subscribers.server_pid.map(server_stats::sample).transpose()?;
+    let published = match churn {
+        Some(churn) if args.churn > 0.0 => {
+            let (published, ()) =
+                tokio::join!(publish_at_rate(args, channels, rate), churn.run(args, channels));
+            published?
+        }
+        _ => publish_at_rate(args, channels, rate).await?,
+    };
+    let expected: u64 = published.iter().zip(per_channel).map(|(p, s)| p * s).sum();
+    let drain_deadline = Instant::now() + Duration::from_secs(3);
+    while recorder.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = args.subscribers.server_pid.map(server_stats::sample).transpose()?;
+    let mut latency = histogram()?;
+    for shard in &recorder.latencies {
+        latency.add(&shard.lock().histogram).context("merging latencies")?;
+    }
+    Ok(Round {
+        published,
+        expected,
+        delivered: recorder.delivered.load(Ordering::Relaxed),
+        latency,
+        server_cpu: before.zip(after).map(|(b, a)| a.cpu - b.cpu),
+    })
+}
+
+/// The highest rate the server sustains: rounds of `args.seconds` at rising rates
+/// (doubling from `args.rate`, then bisecting), where a round is sustained when every
+/// expected delivery arrived, the publisher kept to 95% of the rate, and p99 latency
+/// stayed within `--max-p99-ms`.
+async fn find_max(
+    args: &FanoutArgs,
+    channels: usize,
+    per_channel: &[u64],
+    recorder: &Recorder,
+) -> anyhow::Result<serde_json::Value> {
+    let mut rate = args.rate.max(1.0);
+    let mut best: Option<(f64, Round)> = None;
+    let mut failed: Option<f64> = None;
+    let mut rounds = Vec::new();
+    for _ in 0..args.max_rounds {
+        let result = round(args, rate, channels, per_channel, recorder, None).await?;
+        let published: u64 = result.published.iter().sum();
+        let sustained = result.delivered >= result.expected
+            && published as f64 >= 0.95 * rate * args.seconds
+            && result.p99_ms() <= args.max_p99_ms;
+        eprintln!(
+            "fanout --max: {rate:.0} events/s: {} of {} delivered, {published} published, p99 {:.2} ms: {}",
+            result.delivered,
+            result.expected,
+            result.p99_ms(),
+            if sustained { "sustained" } else { "not sustained" }
+        );
+        rounds.push(json!({
+            "rate": rate, "sustained": sustained, "published": published,
+            "expected": result.expected, "delivered": result.delivered, "p99_ms": result.p99_ms(),
+            "server_cpu_seconds": result.server_cpu,
+        }));
+        if sustained {
+            best = Some((rate, result));
+        } else {
+            failed = Some(rate);
+        }
+        let low = best.as_ref().map_or(0.0, |(r, _)| *r);
+        rate = match failed {
+            None => rate * 2.0,
+            Some(high) if high - low <= high * 0.05 => break,
+            Some(high) => (low + high) / 2.0,
+        };
+        // Let queues settle between rounds.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (rate, result) = best.map_or((0.0, None), |(rate, result)| (rate, Some(result)));
+    let subscribers: u64 = per_channel.iter().sum();
+    let deliveries = result.as_ref().map_or(0.0, |r| r.delivered as f64 / args.seconds);
+    eprintln!(
+        "fanout --max: {subscribers} subscribers / {channels} channels: sustained {rate:.0} events/s = {deliveries:.0} deliveries/s"
+    );
+    Ok(json!({
+        "scenario": "fanout-max",
+        "subscribers": subscribers,
+        "channels": channels,
+        "via": format!("{:?}", args.via).to_lowercase(),
+        "batch": args.batch,
+        "max_p99_ms": args.max_p99_ms,
+        "max_sustained_rate": rate,
+        "deliveries_per_second": deliveries,
+        "p99_ms": result.as_ref().map(Round::p99_ms),
+        "server_cpu_us_per_delivery": result.as_ref().and_then(|r| r.server_cpu.map(|cpu| cpu * 1e6 / r.delivered.max(1) as f64)),
+        "rounds": rounds,
+    }))
+}
+
 fn histogram() -> anyhow::Result<Histogram<u64>> {
     // Microseconds, up to 60 s, 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")
@@ -229,9 +361,14 @@ async fn read_deliveries(conn: PusherConn, recorder: Arc<Recorder>, shard: usize
             continue;
         }
         let Some(sent) = stamp(&frame.payload) else { continue };
+        let start = recorder.start_micros.load(Ordering::Relaxed);
+        if sent < start {
+            // Published in an earlier round.
+            continue;
+        }
         let latency = now_micros().saturating_sub(sent).clamp(1, 60_000_000);
         recorder.delivered.fetch_add(1, Ordering::Relaxed);
-        let since_start = sent.saturating_sub(recorder.start_micros.load(Ordering::Relaxed)) / 1000;
+        let since_start = (sent - start) / 1000;
         let mut shard = recorder.latencies[shard].lock();
         let _ = shard.histogram.record(latency);
         shard.samples.push((since_start as u32, latency as u32));
@@ -263,9 +400,9 @@ fn stamp(payload: &[u8]) -> Option<u64> {
     std::str::from_utf8(&payload[at..at + digits]).ok()?.parse().ok()
 }
 
-/// Publishes at `args.rate` events a second for `args.seconds`, `args.batch` events
+/// Publishes at `rate` events a second for `args.seconds`, `args.batch` events
 /// per call, round-robin over the channels; returns how many events each channel got.
-async fn publish_at_rate(args: &FanoutArgs, channels: usize) -> anyhow::Result<Vec<u64>> {
+async fn publish_at_rate(args: &FanoutArgs, channels: usize, rate: f64) -> anyhow::Result<Vec<u64>> {
     let publisher = Publisher::connect(args).await?;
     let published: Arc<Vec<AtomicU64>> = Arc::new((0..channels).map(|_| AtomicU64::new(0)).collect());
     let in_flight = Arc::new(Semaphore::new(256));
@@ -277,7 +414,7 @@ async fn publish_at_rate(args: &FanoutArgs, channels: usize) -> anyhow::Result<V
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     while Instant::now() < end {
         tick.tick().await;
-        let due = (start.elapsed().as_secs_f64() * args.rate) as u64;
+        let due = (start.elapsed().as_secs_f64() * rate) as u64;
         while sent + batch <= due {
             let channel_index = (calls % channels as u64) as usize;
             calls += 1;

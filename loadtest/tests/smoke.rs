@@ -83,6 +83,16 @@ async fn every_scenario_runs_and_counts_what_it_did() {
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
     std::fs::remove_file(&plot).unwrap();
 
+    // The highest sustainable rate, in short rounds.
+    let max = loadtest(&format!(
+        "fanout --target {ws} --grpc {addr} --token {TOKEN} --connections 20 --channels 2 --rate 50 \
+         --seconds 0.3 --max --max-rounds 3"
+    ))
+    .await;
+    assert_eq!(max["scenario"], "fanout-max");
+    assert_eq!(max["rounds"].as_array().unwrap().len(), 3, "{max}");
+    assert!(max["max_sustained_rate"].as_f64().unwrap() >= 50.0, "{max}");
+
     // Connections spread over worker processes.
     let spread = loadtest(&format!(
         "connect --target {ws} --key demo-key --connections 90 --channels 3 --processes 3 --hold-seconds 0.1"
