@@ -45,8 +45,8 @@ pub struct ConnectArgs {
     #[arg(long, default_value_t = 1.0)]
     pub hold_seconds: f64,
     /// Load-generator processes to spread the connections over (a process may hold at
-    /// most ~19,000 sockets here). `connect` only.
-    #[arg(long, default_value_t = 1)]
+    /// most ~19,000 sockets here); 0 = one per 15,000 connections. `connect` only.
+    #[arg(long, default_value_t = 0)]
     pub processes: usize,
     /// Internal: run as worker `N` of a multi-process `connect`.
     #[arg(long, hide = true)]
@@ -59,6 +59,10 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<serde_json::Value> {
     }
     let before = args.server_pid.map(server_stats::sample).transpose()?;
     let started = Instant::now();
+    let mut args = args;
+    if args.processes == 0 {
+        args.processes = args.connections.div_ceil(CONNECTIONS_PER_PROCESS).max(1);
+    }
     let (held, opened, failures) = if args.processes > 1 {
         let workers = spawn_workers(&args).await?;
         let opened = workers.iter().map(|w| w.opened).sum();
@@ -83,7 +87,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<serde_json::Value> {
     };
     eprintln!(
         "connect: {opened} subscribed ({failures} failed) over {} process(es) in {elapsed:.2} s = {:.0} connections/s{}",
-        args.processes.max(1),
+        args.processes,
         opened as f64 / elapsed,
         per_connection
             .map(|(rss, cpu)| format!("; server: {rss:.0} B RSS and {cpu:.1} µs CPU per connection"))
@@ -95,13 +99,17 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<serde_json::Value> {
         "connections": opened,
         "failures": failures,
         "channels": args.channels,
-        "processes": args.processes.max(1),
+        "processes": args.processes,
         "seconds": elapsed,
         "connections_per_second": opened as f64 / elapsed,
         "server_rss_bytes_per_connection": per_connection.map(|p| p.0),
         "server_cpu_us_per_connection": per_connection.map(|p| p.1),
     }))
 }
+
+/// Connections one load-generator process takes when the split is automatic (the
+/// limit is 20,000 open files per process here).
+const CONNECTIONS_PER_PROCESS: usize = 15_000;
 
 /// The open connections, here or in worker processes.
 enum Held {
@@ -142,6 +150,7 @@ async fn spawn_workers(args: &ConnectArgs) -> anyhow::Result<Vec<Worker>> {
             .args(["connect", "--target", &args.target.to_string(), "--key", &args.key])
             .args(["--connections", &share.to_string(), "--channels", &args.channels.to_string()])
             .args(["--concurrency", &args.concurrency.to_string(), "--worker", &worker.to_string()])
+            .args(["--processes", "1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
