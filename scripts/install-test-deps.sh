@@ -39,6 +39,14 @@ else
   log "installing python3 and pip"
   apt_install python3 python3-pip
 fi
+# The Redis backbone's tests start their own redis-server processes on free ports.
+if command -v redis-server >/dev/null 2>&1; then
+  log "$(redis-server --version | cut -d' ' -f1-3) present"
+else
+  log "installing redis-server"
+  apt_install redis-server
+fi
+
 # Debian's own Python refuses system-wide pip installs unless told otherwise; a
 # pyenv or venv Python ignores this.
 export PIP_BREAK_SYSTEM_PACKAGES=1

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
+    future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -74,11 +75,11 @@ fn topic(app: &str, channel: &str) -> Topic {
 
 /// Interest, ordering, unsubscribe and idempotent subscribe. `new_cluster` builds two
 /// nodes of one cluster, delivering to the given handlers.
-pub async fn broker_scenarios<B: Broker>(
-    new_cluster: impl Fn(Arc<dyn MessageHandler>, Arc<dyn MessageHandler>) -> (B, B),
+pub async fn broker_scenarios<B: Broker, F: Future<Output = (B, B)>>(
+    new_cluster: impl FnOnce(Arc<dyn MessageHandler>, Arc<dyn MessageHandler>) -> F,
 ) {
     let (ra, rb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
-    let (a, b) = new_cluster(ra.clone(), rb.clone());
+    let (a, b) = new_cluster(ra.clone(), rb.clone()).await;
     let news = topic("app1", "news");
     let other_app = topic("app2", "news");
     let sentinel = topic("app1", "sentinel");

@@ -280,7 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_broker_conforms() {
-        conformance::broker_scenarios(|handler_a, handler_b| {
+        conformance::broker_scenarios(|handler_a, handler_b| async move {
             let backbone = MemoryBackbone::new();
             (backbone.broker(handler_a), backbone.broker(handler_b))
         })

@@ -1,0 +1,247 @@
+//! [`RedisBroker`]: fan-out between edge nodes over Redis pub/sub.
+//!
+//! - **Interest-based**: a node subscribes to a topic's Redis channel only while it has
+//!   local subscribers (the node decides; this implements `subscribe`/`unsubscribe`).
+//!   Redis then sends each publication once to each interested node.
+//! - **Two connections per node**, whatever the number of channels or clients: one
+//!   multiplexed connection publishes (commands pipelined in order, so publications
+//!   from one node to one channel arrive in publish order), one pub/sub connection
+//!   receives.
+//! - **Batches**: `publish_batch` is one pipeline, and everything the subscriber
+//!   connection has ready goes to the handler in one `handle_batch`, so bursts stay
+//!   coalesced into one write per socket on the receiving nodes.
+//! - **Outages**: publishing fails with `Unavailable` while Redis is unreachable
+//!   (never silently); the subscriber connection is re-established with exponential
+//!   backoff and jitter and every wanted channel resubscribed; the gap is logged.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use herald_backbone::{Broker, Error, Message, MessageHandler, Result, Topic};
+use parking_lot::Mutex;
+use redis::aio::{MultiplexedConnection, PubSubSink};
+use tokio::task::JoinHandle;
+use tokio_stream::{Stream, StreamExt};
+
+use crate::wire;
+
+/// Where and how to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/`.
+    pub url: String,
+    /// Prefix of every Redis channel name, so several clusters can share a Redis.
+    pub prefix: String,
+    /// Longest pause between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), prefix: "herald".into(), max_backoff: Duration::from_secs(5) }
+    }
+}
+
+/// Most messages handed to the handler at once.
+const MAX_BATCH: usize = 256;
+
+/// A node's broker over one Redis.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+    receiver: JoinHandle<()>,
+}
+
+struct Inner {
+    client: redis::Client,
+    config: RedisConfig,
+    /// The publishing connection; `None` until connected, or after it failed.
+    publisher: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Sends (un)subscriptions on the receiving connection; `None` while it is down.
+    subscriber: tokio::sync::Mutex<Option<PubSubSink>>,
+    /// The topics this node wants, by Redis channel name.
+    wanted: Mutex<HashMap<String, Topic>>,
+    handler: Arc<dyn MessageHandler>,
+}
+
+impl RedisBroker {
+    /// Connects to Redis and starts receiving for `handler`. Fails if Redis cannot be
+    /// reached now; once running, the broker reconnects by itself.
+    pub async fn connect(config: RedisConfig, handler: Arc<dyn MessageHandler>) -> Result<Self> {
+        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+        let publisher = client.get_multiplexed_async_connection().await.map_err(unavailable)?;
+        let pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+        let inner = Arc::new(Inner {
+            client,
+            config,
+            publisher: tokio::sync::Mutex::new(Some(publisher)),
+            subscriber: tokio::sync::Mutex::new(None),
+            wanted: Mutex::new(HashMap::new()),
+            handler,
+        });
+        let (sink, stream) = pubsub.split();
+        *inner.subscriber.lock().await = Some(sink);
+        let receiver = tokio::spawn(receive(inner.clone(), stream));
+        Ok(Self { inner, receiver })
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.receiver.abort();
+    }
+}
+
+impl Inner {
+    /// The Redis channel of a topic. The app id is length-prefixed, so no two topics
+    /// share a name whatever their characters.
+    fn channel(&self, topic: &Topic) -> String {
+        format!("{}:{}:{}:{}", self.config.prefix, topic.app_id.len(), topic.app_id, topic.name)
+    }
+
+    async fn publisher(&self) -> Result<MultiplexedConnection> {
+        let mut publisher = self.publisher.lock().await;
+        if let Some(connection) = publisher.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = self.client.get_multiplexed_async_connection().await.map_err(unavailable)?;
+        *publisher = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Runs `pipe` on the publishing connection; a failure drops the connection so
+    /// the next call reconnects.
+    async fn run(&self, pipe: &redis::Pipeline) -> Result<()> {
+        let mut connection = self.publisher().await?;
+        match pipe.query_async::<()>(&mut connection).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.publisher.lock().await.take();
+                Err(unavailable(e))
+            }
+        }
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> Error {
+    Error::Unavailable(format!("redis: {e}"))
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, topic: &Topic, message: Message) -> Result<()> {
+        self.publish_batch(vec![(topic.clone(), message)]).await
+    }
+
+    async fn publish_batch(&self, messages: Vec<(Topic, Message)>) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for (topic, message) in &messages {
+            pipe.cmd("PUBLISH")
+                .arg(self.inner.channel(topic))
+                .arg(wire::encode(&topic.app_id, message))
+                .ignore();
+        }
+        self.inner.run(&pipe).await
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<()> {
+        let channel = self.inner.channel(topic);
+        self.inner.wanted.lock().insert(channel.clone(), topic.clone());
+        let mut subscriber = self.inner.subscriber.lock().await;
+        let result = match subscriber.as_mut() {
+            Some(sink) => sink.subscribe(&channel).await.map_err(unavailable),
+            None => Err(Error::Unavailable("redis: reconnecting".into())),
+        };
+        if result.is_err() {
+            self.inner.wanted.lock().remove(&channel);
+        }
+        result
+    }
+
+    async fn unsubscribe(&self, topic: &Topic) -> Result<()> {
+        let channel = self.inner.channel(topic);
+        let mut subscriber = self.inner.subscriber.lock().await;
+        // While disconnected there is nothing to undo on Redis: forgetting the topic
+        // keeps it out of the resubscription.
+        if let Some(sink) = subscriber.as_mut() {
+            sink.unsubscribe(&channel).await.map_err(unavailable)?;
+        }
+        self.inner.wanted.lock().remove(&channel);
+        Ok(())
+    }
+}
+
+/// Receives publications until aborted: hands each batch of ready messages to the
+/// handler, and re-establishes the connection (resubscribing) whenever it is lost.
+async fn receive(inner: Arc<Inner>, mut stream: redis::aio::PubSubStream) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        deliver(&inner, &mut stream).await;
+        inner.subscriber.lock().await.take();
+        tracing::warn!("redis subscriber connection lost; publications are missed until it is back");
+        loop {
+            let jittered = backoff.mul_f64(0.5 + fastrand::f64());
+            tokio::time::sleep(jittered).await;
+            backoff = (backoff * 2).min(inner.config.max_backoff);
+            match resubscribe(&inner).await {
+                Ok(fresh) => {
+                    stream = fresh;
+                    backoff = Duration::from_millis(50);
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "redis reconnect failed; retrying"),
+            }
+        }
+    }
+}
+
+/// Hands messages to the handler until the stream ends (the connection is lost).
+async fn deliver(inner: &Inner, stream: &mut redis::aio::PubSubStream) {
+    let mut batch = Vec::new();
+    while let Some(message) = stream.next().await {
+        batch.push(message);
+        // Whatever else has already arrived goes in the same batch.
+        while batch.len() < MAX_BATCH {
+            match ready_now(stream) {
+                Some(Some(message)) => batch.push(message),
+                Some(None) | None => break,
+            }
+        }
+        let messages: Vec<(Topic, Message)> = {
+            let wanted = inner.wanted.lock();
+            batch
+                .drain(..)
+                .filter_map(|m| {
+                    let topic = wanted.get(m.get_channel_name())?.clone();
+                    Some((topic, wire::decode(m.get_payload_bytes())?))
+                })
+                .collect()
+        };
+        if !messages.is_empty() {
+            inner.handler.handle_batch(messages);
+        }
+    }
+}
+
+/// The stream's next item if it is ready now: `Some(None)` when it ended.
+fn ready_now(stream: &mut redis::aio::PubSubStream) -> Option<Option<redis::Msg>> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(stream).poll_next(&mut cx) {
+        std::task::Poll::Ready(item) => Some(item),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// A fresh subscriber connection with every wanted channel subscribed again.
+async fn resubscribe(inner: &Inner) -> Result<redis::aio::PubSubStream> {
+    let pubsub = inner.client.get_async_pubsub().await.map_err(unavailable)?;
+    let (mut sink, stream) = pubsub.split();
+    let mut subscriber = inner.subscriber.lock().await;
+    let channels: Vec<String> = inner.wanted.lock().keys().cloned().collect();
+    if !channels.is_empty() {
+        sink.subscribe(&channels).await.map_err(unavailable)?;
+    }
+    tracing::info!(channels = channels.len(), "redis subscriber reconnected and resubscribed");
+    *subscriber = Some(sink);
+    Ok(stream)
+}

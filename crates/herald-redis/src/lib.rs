@@ -1,0 +1,14 @@
+//! Herald's backbone over Redis, so that stateless edge nodes behave as one server.
+//!
+//! | module | what |
+//! |---|---|
+//! | `broker` | [`RedisBroker`]: interest-based fan-out over Redis pub/sub, pipelined publishing, reconnect and resubscribe |
+//! | `wire` | how a [`herald_backbone::Message`] travels through Redis |
+//!
+//! Every implementation here passes [`herald_backbone::conformance`] against a real
+//! `redis-server` (see `tests/`).
+
+mod broker;
+mod wire;
+
+pub use broker::{RedisBroker, RedisConfig};

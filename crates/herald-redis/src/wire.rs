@@ -1,0 +1,94 @@
+//! How a [`Message`] travels through Redis: a small JSON object. The event data stays
+//! the raw JSON it arrived as, so a publication is never re-serialized on its way.
+
+use std::sync::Arc;
+
+use herald_backbone::Message;
+use herald_core::{ChannelName, Publication, PublicationData, SocketId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
+    /// App id.
+    #[serde(borrow)]
+    a: &'a str,
+    /// Set: close this user's connections (`terminate_connections`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    terminate: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    /// The socket id the publication excludes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exclude: Option<String>,
+}
+
+/// Encodes a message of `app_id` for Redis.
+pub(crate) fn encode(app_id: &str, message: &Message) -> Vec<u8> {
+    let wire = match message {
+        Message::Publication(p) => Wire {
+            a: app_id,
+            terminate: None,
+            channel: Some(p.channel.as_str()),
+            event: Some(&p.event),
+            data: serde_json::from_str(p.data.as_json()).ok(),
+            user: p.user_id.as_deref(),
+            exclude: p.exclude.map(|s| s.to_string()),
+        },
+        Message::TerminateUser { user_id } => Wire {
+            a: app_id,
+            terminate: Some(user_id),
+            channel: None,
+            event: None,
+            data: None,
+            user: None,
+            exclude: None,
+        },
+    };
+    serde_json::to_vec(&wire).unwrap_or_default()
+}
+
+/// Decodes what [`encode`] made; `None` for anything else (another program's message).
+pub(crate) fn decode(bytes: &[u8]) -> Option<Message> {
+    let wire: Wire<'_> = serde_json::from_slice(bytes).ok()?;
+    if let Some(user_id) = wire.terminate {
+        return Some(Message::TerminateUser { user_id: Arc::from(user_id) });
+    }
+    Some(Message::Publication(Publication {
+        app_id: Arc::from(wire.a),
+        channel: ChannelName::new(wire.channel?).ok()?,
+        event: Arc::from(wire.event?),
+        data: PublicationData::from_json(wire.data?.get()),
+        user_id: wire.user.map(Arc::from),
+        exclude: wire.exclude.and_then(|s| s.parse::<SocketId>().ok()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_their_data_untouched() {
+        let publication = Message::Publication(Publication {
+            app_id: "app".into(),
+            channel: ChannelName::new("presence-room").unwrap(),
+            event: "client-typing".into(),
+            data: PublicationData::from_json(r#"{"b": [1, "x"] }"#),
+            user_id: Some("u1".into()),
+            exclude: Some(SocketId { node: 7, conn: 42 }),
+        });
+        let terminate = Message::TerminateUser { user_id: "u:1".into() };
+        for message in [publication, terminate] {
+            assert_eq!(decode(&encode("app", &message)), Some(message));
+        }
+        assert_eq!(decode(b"not json"), None);
+        assert_eq!(decode(br#"{"a":"app","channel":"bad name","event":"e","data":1}"#), None);
+    }
+}

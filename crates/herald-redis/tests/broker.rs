@@ -1,0 +1,125 @@
+//! The broker contract against a real `redis-server` (started here, on a free port),
+//! and what happens when Redis goes away and comes back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use herald_backbone::{
+    Broker, Error, MessageHandler, Topic,
+    conformance::{self, Recorder, publication},
+};
+use herald_core::ChannelName;
+use herald_redis::{RedisBroker, RedisConfig};
+
+/// A `redis-server` of this test's own, stopped on drop. Fails loudly when Redis is
+/// not installed (`scripts/install-test-deps.sh` installs it).
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is required (scripts/install-test-deps.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    fn config(&self) -> RedisConfig {
+        RedisConfig { max_backoff: Duration::from_millis(200), ..RedisConfig::new(self.url()) }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn topic(channel: &str) -> Topic {
+    Topic::channel(&Arc::from("app1"), &ChannelName::new(channel).unwrap())
+}
+
+#[tokio::test]
+async fn redis_broker_conforms() {
+    let redis = RedisServer::start();
+    let config = redis.config();
+    conformance::broker_scenarios(|a, b| async move {
+        let a = RedisBroker::connect(config.clone(), a).await.unwrap();
+        let b = RedisBroker::connect(config, b).await.unwrap();
+        (a, b)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_outage_fails_publishes_then_delivery_resumes_after_resubscribing() {
+    let mut redis = RedisServer::start();
+    let recorder = Arc::new(Recorder::default());
+    let receiver =
+        RedisBroker::connect(redis.config(), recorder.clone() as Arc<dyn MessageHandler>).await.unwrap();
+    let publisher = RedisBroker::connect(redis.config(), Arc::new(Recorder::default())).await.unwrap();
+    let news = topic("news");
+    receiver.subscribe(&news).await.unwrap();
+    publisher.publish(&news, publication("app1", "news", "before")).await.unwrap();
+    recorder.wait_for(&news, 1).await;
+
+    redis.stop();
+    let failed = publisher.publish(&news, publication("app1", "news", "lost")).await;
+    assert!(matches!(failed, Err(Error::Unavailable(_))), "{failed:?}");
+
+    // Redis comes back (empty, as after a restart): the receiver resubscribes by itself.
+    let _redis = RedisServer::start_on(redis.port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = publisher.publish(&news, publication("app1", "news", "after")).await;
+        if recorder.events(&news).iter().any(|e| e == "after") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery after Redis came back: {:?}", recorder.events(&news));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!recorder.events(&news).iter().any(|e| e == "lost"), "a failed publish is not delivered later");
+}
+
+#[tokio::test]
+async fn a_burst_reaches_the_handler_in_batches_in_order() {
+    let redis = RedisServer::start();
+    let recorder = Arc::new(Recorder::default());
+    let receiver =
+        RedisBroker::connect(redis.config(), recorder.clone() as Arc<dyn MessageHandler>).await.unwrap();
+    let news = topic("news");
+    receiver.subscribe(&news).await.unwrap();
+    let batch: Vec<_> =
+        (0..500).map(|i| (news.clone(), publication("app1", "news", &format!("e{i}")))).collect();
+    receiver.publish_batch(batch).await.unwrap();
+    let expected: Vec<String> = (0..500).map(|i| format!("e{i}")).collect();
+    assert_eq!(recorder.wait_for(&news, 500).await, expected);
+}
