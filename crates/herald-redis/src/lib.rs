@@ -3,12 +3,15 @@
 //! | module | what |
 //! |---|---|
 //! | `broker` | [`RedisBroker`]: interest-based fan-out over Redis pub/sub, pipelined publishing, reconnect and resubscribe |
+//! | `presence` | [`RedisPresence`]: occupancy and presence members, cluster-wide, one Lua script per change |
 //! | `wire` | how a [`herald_backbone::Message`] travels through Redis |
 //!
 //! Every implementation here passes [`herald_backbone::conformance`] against a real
 //! `redis-server` (see `tests/`).
 
 mod broker;
+mod presence;
 mod wire;
 
 pub use broker::{RedisBroker, RedisConfig};
+pub use presence::RedisPresence;

@@ -14,7 +14,7 @@ use herald_backbone::{
     conformance::{self, Recorder, publication},
 };
 use herald_core::ChannelName;
-use herald_redis::{RedisBroker, RedisConfig};
+use herald_redis::{RedisBroker, RedisConfig, RedisPresence};
 
 /// A `redis-server` of this test's own, stopped on drop. Fails loudly when Redis is
 /// not installed (`scripts/install-test-deps.sh` installs it).
@@ -77,6 +77,35 @@ async fn redis_broker_conforms() {
         (a, b)
     })
     .await;
+}
+
+#[tokio::test]
+async fn redis_presence_conforms() {
+    let redis = RedisServer::start();
+    let presence = RedisPresence::connect(&redis.config()).await.unwrap();
+    conformance::presence_scenarios(&presence).await;
+}
+
+#[tokio::test]
+async fn presence_is_shared_by_every_node_of_the_cluster() {
+    use herald_backbone::{Member, MemberChange, PresenceManager};
+    use herald_core::SocketId;
+    let redis = RedisServer::start();
+    let (a, b) = (
+        RedisPresence::connect(&redis.config()).await.unwrap(),
+        RedisPresence::connect(&redis.config()).await.unwrap(),
+    );
+    let room = ChannelName::new("presence-room").unwrap();
+    let alice = Member { user_id: "alice".into(), user_info: serde_json::json!({ "n": 1 }) };
+    let (on_a, on_b) = (SocketId { node: 1, conn: 1 }, SocketId { node: 2, conn: 1 });
+    assert_eq!(a.join("app", &room, on_a).await.unwrap(), 1);
+    assert_eq!(b.join("app", &room, on_b).await.unwrap(), 2, "counts are cluster-wide");
+    let first = a.add_member("app", &room, on_a, alice.clone(), 10).await.unwrap();
+    let second = b.add_member("app", &room, on_b, alice.clone(), 10).await.unwrap();
+    assert_eq!((first, second), (MemberChange::Changed(alice.clone()), MemberChange::Unchanged));
+    assert_eq!(b.members("app", &room).await.unwrap(), std::slice::from_ref(&alice));
+    assert_eq!(a.remove_member("app", &room, on_a).await.unwrap(), MemberChange::Unchanged);
+    assert_eq!(b.remove_member("app", &room, on_b).await.unwrap(), MemberChange::Changed(alice));
 }
 
 #[tokio::test]
