@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -15,52 +14,10 @@ use herald_backbone::{
 };
 use herald_core::ChannelName;
 use herald_redis::{RedisBroker, RedisConfig, RedisPresence};
+use herald_testkit::redis::RedisServer;
 
-/// A `redis-server` of this test's own, stopped on drop. Fails loudly when Redis is
-/// not installed (`scripts/install-test-deps.sh` installs it).
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is required (scripts/install-test-deps.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-
-    fn config(&self) -> RedisConfig {
-        RedisConfig { max_backoff: Duration::from_millis(200), ..RedisConfig::new(self.url()) }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
+fn config(redis: &RedisServer) -> RedisConfig {
+    RedisConfig { max_backoff: Duration::from_millis(200), ..RedisConfig::new(redis.url()) }
 }
 
 fn topic(channel: &str) -> Topic {
@@ -70,10 +27,10 @@ fn topic(channel: &str) -> Topic {
 #[tokio::test]
 async fn redis_broker_conforms() {
     let redis = RedisServer::start();
-    let config = redis.config();
+    let shared = config(&redis);
     conformance::broker_scenarios(|a, b| async move {
-        let a = RedisBroker::connect(config.clone(), a).await.unwrap();
-        let b = RedisBroker::connect(config, b).await.unwrap();
+        let a = RedisBroker::connect(shared.clone(), a).await.unwrap();
+        let b = RedisBroker::connect(shared, b).await.unwrap();
         (a, b)
     })
     .await;
@@ -82,7 +39,7 @@ async fn redis_broker_conforms() {
 #[tokio::test]
 async fn redis_presence_conforms() {
     let redis = RedisServer::start();
-    let presence = RedisPresence::connect(&redis.config()).await.unwrap();
+    let presence = RedisPresence::connect(&config(&redis)).await.unwrap();
     conformance::presence_scenarios(&presence).await;
 }
 
@@ -92,8 +49,8 @@ async fn presence_is_shared_by_every_node_of_the_cluster() {
     use herald_core::SocketId;
     let redis = RedisServer::start();
     let (a, b) = (
-        RedisPresence::connect(&redis.config()).await.unwrap(),
-        RedisPresence::connect(&redis.config()).await.unwrap(),
+        RedisPresence::connect(&config(&redis)).await.unwrap(),
+        RedisPresence::connect(&config(&redis)).await.unwrap(),
     );
     let room = ChannelName::new("presence-room").unwrap();
     let alice = Member { user_id: "alice".into(), user_info: serde_json::json!({ "n": 1 }) };
@@ -113,8 +70,8 @@ async fn an_outage_fails_publishes_then_delivery_resumes_after_resubscribing() {
     let mut redis = RedisServer::start();
     let recorder = Arc::new(Recorder::default());
     let receiver =
-        RedisBroker::connect(redis.config(), recorder.clone() as Arc<dyn MessageHandler>).await.unwrap();
-    let publisher = RedisBroker::connect(redis.config(), Arc::new(Recorder::default())).await.unwrap();
+        RedisBroker::connect(config(&redis), recorder.clone() as Arc<dyn MessageHandler>).await.unwrap();
+    let publisher = RedisBroker::connect(config(&redis), Arc::new(Recorder::default())).await.unwrap();
     let news = topic("news");
     receiver.subscribe(&news).await.unwrap();
     publisher.publish(&news, publication("app1", "news", "before")).await.unwrap();
@@ -143,7 +100,7 @@ async fn a_burst_reaches_the_handler_in_batches_in_order() {
     let redis = RedisServer::start();
     let recorder = Arc::new(Recorder::default());
     let receiver =
-        RedisBroker::connect(redis.config(), recorder.clone() as Arc<dyn MessageHandler>).await.unwrap();
+        RedisBroker::connect(config(&redis), recorder.clone() as Arc<dyn MessageHandler>).await.unwrap();
     let news = topic("news");
     receiver.subscribe(&news).await.unwrap();
     let batch: Vec<_> =

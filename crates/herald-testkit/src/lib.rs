@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod redis;
+
 use std::{
     future::Future,
     net::SocketAddr,

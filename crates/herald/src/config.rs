@@ -19,7 +19,24 @@ pub struct Config {
     pub http: HttpApiConfig,
     pub grpc: GrpcConfig,
     pub log: LogConfig,
+    pub redis: RedisSection,
     pub apps: Vec<App>,
+}
+
+/// The Redis backbone that `herald edge` nodes share.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://host:port/` of the Redis every edge of the cluster uses.
+    pub url: String,
+    /// Prefix of every Redis key and channel, so several clusters can share a Redis.
+    pub prefix: String,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self { url: "redis://127.0.0.1:6379/".into(), prefix: "herald".into() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +133,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
+        if !self.redis.url.starts_with("redis://") {
+            errors.push(format!("redis.url: {:?} is not a redis:// URL", self.redis.url));
+        }
+        if self.redis.prefix.is_empty() {
+            errors.push("redis.prefix: must not be empty".into());
+        }
         if self.server.host.parse::<std::net::IpAddr>().is_err() {
             errors.push(format!("server.host: {:?} is not an IP address", self.server.host));
         }
@@ -182,7 +205,7 @@ fn read_file(path: &Path) -> Result<Table, Vec<String>> {
 /// The top-level keys of the configuration: `HERALD_*` variables that start with
 /// anything else belong to other tools (`HERALD_BIN` in a test harness, say) and are
 /// left alone; inside these sections an unknown key is an error like in the file.
-const SECTIONS: [&str; 6] = ["server", "connection", "http", "grpc", "log", "apps"];
+const SECTIONS: [&str; 7] = ["server", "connection", "http", "grpc", "log", "redis", "apps"];
 
 /// `HERALD_SECTION__KEY=value` sets `section.key` (double underscores separate
 /// levels; names are lowercased). Values are read as TOML (`7000`, `true`,
@@ -340,6 +363,7 @@ mod tests {
         assert_eq!(config.http, defaults.http);
         assert_eq!(config.grpc, defaults.grpc);
         assert_eq!(config.server.port, defaults.server.port);
+        assert_eq!(config.redis, defaults.redis);
         assert_eq!(config.apps[0].limits, AppLimits::default());
     }
 }

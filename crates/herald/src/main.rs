@@ -6,9 +6,10 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald_backbone::MemoryBackbone;
+use herald_backbone::{Broker, MemoryBackbone, PresenceManager};
 use herald_edge::Node;
 use herald_hub::Hub;
+use herald_redis::{RedisBroker, RedisConfig, RedisPresence};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,13 +32,16 @@ struct Cli {
 enum Command {
     /// Everything in one process with an in-memory backbone (the embedded default).
     Dev(Flags),
+    /// One stateless edge node of a cluster: the same services, with the Redis
+    /// backbone (`[redis]`) shared by every edge.
+    Edge(Flags),
     /// Validate the configuration (file + HERALD_* env + flags); exit 64 if invalid.
     CheckConfig(Flags),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Dev(flags) | Command::CheckConfig(flags)) = &cli.command;
+    let (Command::Dev(flags) | Command::Edge(flags) | Command::CheckConfig(flags)) = &cli.command;
     let config = match Config::load(flags, std::env::vars()) {
         Ok(config) => config,
         Err(errors) => {
@@ -53,7 +57,8 @@ fn main() -> ExitCode {
             println!("configuration is valid ({} app(s))", config.apps.len());
             ExitCode::SUCCESS
         }
-        Command::Dev(_) => {
+        Command::Dev(_) | Command::Edge(_) => {
+            let role = if matches!(cli.command, Command::Dev(_)) { Role::Dev } else { Role::Edge };
             herald_telemetry::init_tracing(config.log.json);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(runtime) => runtime,
@@ -62,7 +67,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run_dev(config)) {
+            match runtime.block_on(run(config, role)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -73,7 +78,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_dev(config: Config) -> anyhow::Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// In-memory backbone: one process is the whole cluster.
+    Dev,
+    /// Redis backbone: one of any number of edges.
+    Edge,
+}
+
+async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let metrics = herald_telemetry::install_prometheus();
     let host: std::net::IpAddr = config.server.host.parse().context("server.host")?;
     let listener = herald_edge::bind(SocketAddr::new(host, config.server.port))
@@ -90,16 +103,33 @@ async fn run_dev(config: Config) -> anyhow::Result<()> {
         id => id,
     };
     let (apps, demo) = config.apps_or_demo();
-    let backbone = MemoryBackbone::new();
     let hub = Arc::new(Hub::new(node_id));
-    let broker = Arc::new(backbone.broker(hub.clone()));
-    let node = Node::new(node_id, apps, config.edge(), hub, broker, backbone.presence());
+    let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) = match role {
+        Role::Dev => {
+            let backbone = MemoryBackbone::new();
+            (Arc::new(backbone.broker(hub.clone())), backbone.presence())
+        }
+        Role::Edge => {
+            let redis =
+                RedisConfig { prefix: config.redis.prefix.clone(), ..RedisConfig::new(&config.redis.url) };
+            let broker = RedisBroker::connect(redis.clone(), hub.clone())
+                .await
+                .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
+            let presence = RedisPresence::connect(&redis).await?;
+            (Arc::new(broker), Arc::new(presence))
+        }
+    };
+    let node = Node::new(node_id, apps, config.edge(), hub, broker, presence);
 
     let ws_addr = listener.local_addr()?;
     let health_addr = health_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
-    tracing::info!(%ws_addr, %grpc_addr, %health_addr, node_id, apps = node.apps().len(), "herald dev is running");
-    if demo {
+    let name = if role == Role::Dev { "herald dev" } else { "herald edge" };
+    tracing::info!(%ws_addr, %grpc_addr, %health_addr, node_id, apps = node.apps().len(), "{name} is running");
+    if demo && role == Role::Edge {
+        tracing::warn!("no apps configured: this edge serves the demo app (configure [[apps]])");
+    }
+    if demo && role == Role::Dev {
         print_demo(ws_addr, grpc_addr, &config::demo_app());
     }
 

@@ -1,0 +1,87 @@
+//! `herald edge` as an operator runs it: two edge processes sharing one Redis behave
+//! as one server to clients and publishers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+};
+
+use herald_core::auth;
+use herald_testkit::{Client, app, http_request, now, redis::RedisServer};
+use serde_json::json;
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A `herald edge` process, killed on drop.
+struct Edge {
+    child: Child,
+    ws: SocketAddr,
+}
+
+impl Edge {
+    fn start(redis: &RedisServer) -> Self {
+        let mut child = Command::new(HERALD)
+            .args(["edge", "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
+            .env("HERALD_REDIS__URL", redis.url())
+            .env("HERALD_APPS", r#"[{id = "app", key = "app-key", secret = "app-secret"}]"#)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let ws = stderr.lines().map_while(Result::ok).find_map(|line| {
+            let running = line.contains("herald edge is running");
+            line.split_whitespace().find_map(|w| w.strip_prefix("ws_addr=")).filter(|_| running).map(String::from)
+        });
+        // Owned (and so killed on drop) before anything can panic.
+        let mut edge = Self { ws: "0.0.0.0:0".parse().unwrap(), child };
+        edge.ws = ws.expect("herald edge exited before it was running").parse().unwrap();
+        edge
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn two_edges_deliver_each_others_publications_and_share_presence() {
+    let redis = RedisServer::start();
+    let (a, b) = (Edge::start(&redis), Edge::start(&redis));
+    let app = app("app");
+    let mut on_a = Client::connect(a.ws, &app.key).await;
+    let mut on_b = Client::connect(b.ws, &app.key).await;
+    on_a.subscribe("news").await;
+    on_b.subscribe("news").await;
+
+    // Published through edge B's HTTP API, delivered on both edges, in order.
+    for i in 0..5 {
+        let body =
+            json!({ "name": "tick", "channels": ["news"], "data": i.to_string() }).to_string().into_bytes();
+        let path = "/apps/app/events";
+        let query = auth::sign_api_request(&app, "POST", path, Vec::new(), &body, now());
+        let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let (status, _) = http_request(b.ws, "POST", &format!("{path}?{}", query.join("&")), body).await;
+        assert_eq!(status.as_u16(), 200);
+    }
+    for client in [&mut on_a, &mut on_b] {
+        for i in 0..5 {
+            assert_eq!(client.recv_event("tick").await["data"], i.to_string());
+        }
+    }
+
+    // Presence is cluster-wide: B's member appears on A once, and leaves once.
+    let alice_on_a = on_a.subscribe_presence(&app, "presence-room", "alice").await;
+    assert_eq!(alice_on_a["event"], "pusher_internal:subscription_succeeded");
+    let bob_on_b = on_b.subscribe_presence(&app, "presence-room", "bob").await;
+    let count = &bob_on_b["data"];
+    assert!(count.to_string().contains("alice"), "bob sees alice from the other edge: {bob_on_b}");
+    let added = on_a.recv_event("pusher_internal:member_added").await;
+    assert!(added["data"].to_string().contains("bob"), "{added}");
+}
