@@ -14,4 +14,4 @@ mod presence;
 mod wire;
 
 pub use broker::{RedisBroker, RedisConfig};
-pub use presence::RedisPresence;
+pub use presence::{OnReaped, Reaped, RedisPresence};

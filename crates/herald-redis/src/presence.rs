@@ -7,35 +7,46 @@
 //! one Lua script, so concurrent nodes never see a half-made change and
 //! `member_added`/`member_removed` are decided once per user, cluster-wide.
 //!
-//! Not yet here (issue 5, next part): per-node leases that remove a crashed node's
-//! connections, and sharding these keys over several Redis instances.
+//! **Leases**: every change is also recorded in a set per node (the node of the
+//! socket). Each node refreshes its lease in `…:nodes` (a sorted set of expiry times)
+//! and reaps expired ones: the first node to claim a dead node's lease undoes all of
+//! its subscriptions and presence connections, and reports the members that left,
+//! so `member_removed` reaches the other nodes' clients. A crashed node's members and
+//! counts are gone within about one lease.
+//!
+//! Not yet here: sharding these keys over several Redis instances.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use herald_backbone::{ChannelStats, Error, Member, MemberChange, PresenceManager, Result};
 use herald_core::{ChannelName, SocketId};
 use redis::{Script, aio::MultiplexedConnection};
+use tokio::task::JoinHandle;
 
 use crate::RedisConfig;
 
-/// KEYS: subs, app index. ARGV: socket, channel. Returns the subscription count.
+/// KEYS: subs, app index, node entries. ARGV: socket, channel, entry. Returns the
+/// subscription count.
 const JOIN: &str = r"
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
 return redis.call('SCARD', KEYS[1])
 ";
 
-/// KEYS: subs, app index. ARGV: socket, channel. Returns the subscription count.
+/// KEYS: subs, app index, node entries. ARGV: socket, channel, entry. Returns the
+/// subscription count.
 const LEAVE: &str = r"
 redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[3])
 local n = redis.call('SCARD', KEYS[1])
 if n == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
 return n
 ";
 
-/// KEYS: sockets, counts, members. ARGV: socket, user, info, max members.
-/// Returns 1 (new member), 0 (already a member), -1 (full).
+/// KEYS: sockets, counts, members, node entries. ARGV: socket, user, info, max
+/// members, entry. Returns 1 (new member), 0 (already a member), -1 (full).
 const ADD_MEMBER: &str = r"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0
@@ -43,6 +54,7 @@ if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0
   return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[5])
 if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
   redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
   return 1
@@ -50,9 +62,10 @@ end
 return 0
 ";
 
-/// KEYS: sockets, counts, members. ARGV: socket. Returns {} (unchanged) or
-/// {user, info} of a member whose last connection left.
+/// KEYS: sockets, counts, members, node entries. ARGV: socket, entry. Returns {}
+/// (unchanged) or {user, info} of a member whose last connection left.
 const REMOVE_MEMBER: &str = r"
+redis.call('SREM', KEYS[4], ARGV[2])
 local user = redis.call('HGET', KEYS[1], ARGV[1])
 if not user then return {} end
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -93,6 +106,14 @@ impl RedisPresence {
         format!("{}:{{{}:{app_id}:{channel}}}:{what}", self.prefix, app_id.len())
     }
 
+    fn entries(&self, node: u32) -> String {
+        format!("{}:node:{node}:entries", self.prefix)
+    }
+
+    fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
     fn index(&self, app_id: &str) -> String {
         format!("{}:{{{}:{app_id}}}:channels", self.prefix, app_id.len())
     }
@@ -115,6 +136,141 @@ impl RedisPresence {
     }
 }
 
+/// What a node's entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Subscription,
+    Member,
+}
+
+/// A node's record of one subscription or presence connection, as JSON (app ids may
+/// hold any character).
+fn entry(kind: Entry, app_id: &str, channel: &ChannelName, socket: SocketId) -> String {
+    let kind = if kind == Entry::Member { "m" } else { "s" };
+    serde_json::json!([kind, app_id, channel.as_str(), socket.to_string()]).to_string()
+}
+
+fn parse_entry(text: &str) -> Option<(Entry, String, ChannelName, SocketId)> {
+    let (kind, app_id, channel, socket): (String, String, String, String) =
+        serde_json::from_str(text).ok()?;
+    let kind = if kind == "m" { Entry::Member } else { Entry::Subscription };
+    Some((kind, app_id, ChannelName::new(&channel).ok()?, socket.parse().ok()?))
+}
+
+/// A presence member removed because its node's lease expired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reaped {
+    pub app_id: String,
+    pub channel: ChannelName,
+    pub member: Member,
+}
+
+/// Called for each member a reap removes (publish `member_removed` from it).
+pub type OnReaped = Arc<dyn Fn(Reaped) + Send + Sync>;
+
+impl RedisPresence {
+    /// Keeps `node`'s lease alive (refreshed every third of `ttl`) and reaps the
+    /// nodes whose lease expired, until the returned task is aborted. Abort it and
+    /// call [`RedisPresence::release_lease`] on a graceful shutdown.
+    pub fn keep_lease(self: &Arc<Self>, node: u32, ttl: Duration, on_reaped: OnReaped) -> JoinHandle<()> {
+        let presence = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(ttl / 3);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(e) = presence.renew(node, ttl).await {
+                    tracing::warn!(error = %e, node, "could not renew the presence lease");
+                }
+                match presence.reap(node).await {
+                    Ok(reaped) => reaped.into_iter().for_each(|r| on_reaped(r)),
+                    Err(e) => tracing::warn!(error = %e, "could not reap expired nodes"),
+                }
+            }
+        })
+    }
+
+    async fn renew(&self, node: u32, ttl: Duration) -> Result<()> {
+        let expires = now_ms() + ttl.as_millis() as u64;
+        redis::cmd("ZADD")
+            .arg(self.nodes())
+            .arg(expires)
+            .arg(node)
+            .query_async::<()>(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Gives the lease up (after a graceful shutdown has removed the node's
+    /// connections), so nothing is reaped later.
+    pub async fn release_lease(&self, node: u32) -> Result<()> {
+        redis::cmd("ZREM")
+            .arg(self.nodes())
+            .arg(node)
+            .query_async::<()>(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Claims every expired lease but `own` and undoes that node's connections.
+    /// Returns the members that left.
+    pub async fn reap(&self, own: u32) -> Result<Vec<Reaped>> {
+        let expired: Vec<u32> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.nodes())
+            .arg("-inf")
+            .arg(now_ms())
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let mut reaped = Vec::new();
+        for node in expired.into_iter().filter(|n| *n != own) {
+            // Whoever removes the lease reaps it; the others skip it.
+            let claimed: u32 = redis::cmd("ZREM")
+                .arg(self.nodes())
+                .arg(node)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            if claimed == 0 {
+                continue;
+            }
+            let entries: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.entries(node))
+                .query_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            tracing::warn!(node, connections = entries.len(), "node lease expired: removing its connections");
+            // Members first, while their subscriptions still count.
+            let mut parsed: Vec<_> = entries.iter().filter_map(|e| parse_entry(e)).collect();
+            parsed.sort_by_key(|(kind, ..)| *kind != Entry::Member);
+            for (kind, app_id, channel, socket) in parsed {
+                match kind {
+                    Entry::Member => {
+                        if let MemberChange::Changed(member) =
+                            self.remove_member(&app_id, &channel, socket).await?
+                        {
+                            reaped.push(Reaped { app_id, channel, member });
+                        }
+                    }
+                    Entry::Subscription => {
+                        self.leave(&app_id, &channel, socket).await?;
+                    }
+                }
+            }
+            redis::cmd("DEL")
+                .arg(self.entries(node))
+                .query_async::<()>(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(reaped)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 fn unavailable(e: redis::RedisError) -> Error {
     Error::Unavailable(format!("redis: {e}"))
 }
@@ -125,8 +281,10 @@ impl PresenceManager for RedisPresence {
         self.join
             .key(self.key(app_id, channel.as_str(), "subs"))
             .key(self.index(app_id))
+            .key(self.entries(socket.node))
             .arg(socket.to_string())
             .arg(channel.as_str())
+            .arg(entry(Entry::Subscription, app_id, channel, socket))
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)
@@ -136,8 +294,10 @@ impl PresenceManager for RedisPresence {
         self.leave
             .key(self.key(app_id, channel.as_str(), "subs"))
             .key(self.index(app_id))
+            .key(self.entries(socket.node))
             .arg(socket.to_string())
             .arg(channel.as_str())
+            .arg(entry(Entry::Subscription, app_id, channel, socket))
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)
@@ -156,10 +316,12 @@ impl PresenceManager for RedisPresence {
             .key(self.key(app_id, channel.as_str(), "sockets"))
             .key(self.key(app_id, channel.as_str(), "counts"))
             .key(self.key(app_id, channel.as_str(), "members"))
+            .key(self.entries(socket.node))
             .arg(socket.to_string())
             .arg(&*member.user_id)
             .arg(member.user_info.to_string())
             .arg(max_members)
+            .arg(entry(Entry::Member, app_id, channel, socket))
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
@@ -181,7 +343,9 @@ impl PresenceManager for RedisPresence {
             .key(self.key(app_id, channel.as_str(), "sockets"))
             .key(self.key(app_id, channel.as_str(), "counts"))
             .key(self.key(app_id, channel.as_str(), "members"))
+            .key(self.entries(socket.node))
             .arg(socket.to_string())
+            .arg(entry(Entry::Member, app_id, channel, socket))
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;

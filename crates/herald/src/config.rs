@@ -31,11 +31,15 @@ pub struct RedisSection {
     pub url: String,
     /// Prefix of every Redis key and channel, so several clusters can share a Redis.
     pub prefix: String,
+    /// Seconds an edge's presence lease lasts without renewal: the members and counts
+    /// of an edge that crashed are removed (and `member_removed` sent) within about
+    /// this time plus a third.
+    pub lease_secs: u64,
 }
 
 impl Default for RedisSection {
     fn default() -> Self {
-        Self { url: "redis://127.0.0.1:6379/".into(), prefix: "herald".into() }
+        Self { url: "redis://127.0.0.1:6379/".into(), prefix: "herald".into(), lease_secs: 15 }
     }
 }
 
@@ -135,6 +139,9 @@ impl Config {
         let mut errors = Vec::new();
         if !self.redis.url.starts_with("redis://") {
             errors.push(format!("redis.url: {:?} is not a redis:// URL", self.redis.url));
+        }
+        if self.redis.lease_secs == 0 {
+            errors.push("redis.lease_secs: must be at least 1".into());
         }
         if self.redis.prefix.is_empty() {
             errors.push("redis.prefix: must not be empty".into());

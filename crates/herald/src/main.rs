@@ -2,14 +2,14 @@
 //! before starting the runtime or binding a port, then wires the roles together and
 //! runs until SIGTERM/SIGINT, then drains within the grace period.
 
-use std::{net::SocketAddr, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald_backbone::{Broker, MemoryBackbone, PresenceManager};
 use herald_edge::Node;
 use herald_hub::Hub;
-use herald_redis::{RedisBroker, RedisConfig, RedisPresence};
+use herald_redis::{OnReaped, Reaped, RedisBroker, RedisConfig, RedisPresence};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -104,6 +104,7 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     };
     let (apps, demo) = config.apps_or_demo();
     let hub = Arc::new(Hub::new(node_id));
+    let mut redis_presence = None;
     let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) = match role {
         Role::Dev => {
             let backbone = MemoryBackbone::new();
@@ -115,11 +116,27 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             let broker = RedisBroker::connect(redis.clone(), hub.clone())
                 .await
                 .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
-            let presence = RedisPresence::connect(&redis).await?;
-            (Arc::new(broker), Arc::new(presence))
+            let presence = Arc::new(RedisPresence::connect(&redis).await?);
+            redis_presence = Some(presence.clone());
+            (Arc::new(broker), presence)
         }
     };
     let node = Node::new(node_id, apps, config.edge(), hub, broker, presence);
+    // The lease that removes a crashed edge's presence members, announced by whichever
+    // edge reaps it.
+    let lease = redis_presence.as_ref().map(|presence| {
+        let node = node.clone();
+        let on_reaped: OnReaped = Arc::new(move |reaped: Reaped| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let user_id = reaped.member.user_id.clone();
+                if let Err(e) = node.publish_member_removed(&reaped.app_id, &reaped.channel, &user_id).await {
+                    tracing::warn!(error = %e, "could not announce a reaped presence member");
+                }
+            });
+        });
+        presence.keep_lease(node_id, Duration::from_secs(config.redis.lease_secs), on_reaped)
+    });
 
     let ws_addr = listener.local_addr()?;
     let health_addr = health_listener.local_addr()?;
@@ -151,6 +168,13 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     ));
     herald_edge::serve(listener, node, shutdown.cancelled_owned()).await;
     let _ = grpc.await;
+    if let (Some(lease), Some(presence)) = (lease, redis_presence) {
+        // Every session has left its channels: give the lease up.
+        lease.abort();
+        if let Err(e) = presence.release_lease(node_id).await {
+            tracing::warn!(error = %e, "could not release the presence lease");
+        }
+    }
     health_stop.cancel();
     let _ = health.await;
     tracing::info!("stopped");

@@ -26,6 +26,7 @@ impl Edge {
         let mut child = Command::new(HERALD)
             .args(["edge", "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
             .env("HERALD_REDIS__URL", redis.url())
+            .env("HERALD_REDIS__LEASE_SECS", "1")
             .env("HERALD_APPS", r#"[{id = "app", key = "app-key", secret = "app-secret"}]"#)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -34,7 +35,10 @@ impl Edge {
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let ws = stderr.lines().map_while(Result::ok).find_map(|line| {
             let running = line.contains("herald edge is running");
-            line.split_whitespace().find_map(|w| w.strip_prefix("ws_addr=")).filter(|_| running).map(String::from)
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("ws_addr="))
+                .filter(|_| running)
+                .map(String::from)
         });
         // Owned (and so killed on drop) before anything can panic.
         let mut edge = Self { ws: "0.0.0.0:0".parse().unwrap(), child };
@@ -84,4 +88,28 @@ async fn two_edges_deliver_each_others_publications_and_share_presence() {
     assert!(count.to_string().contains("alice"), "bob sees alice from the other edge: {bob_on_b}");
     let added = on_a.recv_event("pusher_internal:member_added").await;
     assert!(added["data"].to_string().contains("bob"), "{added}");
+}
+
+#[tokio::test]
+async fn a_killed_edges_members_leave_everywhere_within_its_lease() {
+    let redis = RedisServer::start();
+    let (mut doomed, b) = (Edge::start(&redis), Edge::start(&redis));
+    let app = app("app");
+    let mut alice = Client::connect(doomed.ws, &app.key).await;
+    let mut bob = Client::connect(b.ws, &app.key).await;
+    alice.subscribe_presence(&app, "presence-room", "alice").await;
+    let joined = bob.subscribe_presence(&app, "presence-room", "bob").await;
+    assert!(joined["data"].to_string().contains("alice"), "{joined}");
+
+    // kill -9: no goodbye from that edge; its lease (1 s here) runs out.
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let removed = bob.recv_event("pusher_internal:member_removed").await;
+    assert!(removed["data"].to_string().contains("alice"), "{removed}");
+
+    // Alice's client reconnects to the surviving edge and carries on.
+    let mut alice = Client::connect(b.ws, &app.key).await;
+    alice.subscribe_presence(&app, "presence-room", "alice").await;
+    let added = bob.recv_event("pusher_internal:member_added").await;
+    assert!(added["data"].to_string().contains("alice"), "{added}");
 }
