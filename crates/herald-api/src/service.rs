@@ -3,6 +3,7 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
+use herald_backbone::{Claim, IdempotencyStore};
 use herald_core::{App, ChannelKind, ChannelName};
 use herald_edge::{EventRequest, Node, ValidEvent, validate_event};
 use herald_proto::v1::{self as pb, publish_result, publisher_server::Publisher};
@@ -14,7 +15,7 @@ use crate::{
     GrpcConfig,
     auth::{Authenticator, authorize},
     error::{Error, Result},
-    idempotency::Idempotency,
+    idempotency::{Idempotency, MAX_KEY_BYTES},
 };
 
 /// The Publisher service of one node. Cheap to clone (shared state).
@@ -27,8 +28,12 @@ struct Inner {
     node: Arc<Node>,
     auth: Authenticator,
     idempotency: Idempotency<pb::PublishResponse>,
+    idempotency_window: Duration,
     stream_window: usize,
 }
+
+/// How long a retry waits for another node's first publish with the same key.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
 
 impl PublisherService {
     pub fn new(node: Arc<Node>, config: &GrpcConfig) -> Self {
@@ -38,6 +43,7 @@ impl PublisherService {
                 Duration::from_secs(config.idempotency_window_secs),
                 config.idempotency_max_keys,
             ),
+            idempotency_window: Duration::from_secs(config.idempotency_window_secs),
             stream_window: config.stream_window,
             node,
         };
@@ -78,6 +84,11 @@ impl Inner {
     }
 
     async fn publish_valid(&self, app: &App, valid: &ValidEvent, key: &str) -> Result<pb::PublishResponse> {
+        if !key.is_empty()
+            && let Some(store) = self.node.idempotency_store()
+        {
+            return self.publish_claimed(store.as_ref(), app, valid, key).await;
+        }
         let publish = || async {
             self.node.publish_event(app, valid).await?;
             Ok(published(valid))
@@ -88,6 +99,47 @@ impl Inner {
         let (mut response, duplicate) = self.idempotency.run(&app.id, key, publish).await?;
         response.duplicate = duplicate;
         Ok(response)
+    }
+
+    /// Publishes under an idempotency key the whole cluster shares: the node that
+    /// claims the key publishes; a retry anywhere within the window gets the first
+    /// publication id back (waiting, bounded, while the first is still publishing).
+    async fn publish_claimed(
+        &self,
+        store: &dyn IdempotencyStore,
+        app: &App,
+        valid: &ValidEvent,
+        key: &str,
+    ) -> Result<pb::PublishResponse> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "idempotency_key: longer than {MAX_KEY_BYTES} bytes"
+            )));
+        }
+        let mine = published(valid);
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            match store.claim(&app.id, key, &mine.publication_id, self.idempotency_window).await? {
+                Claim::Won => break,
+                Claim::Done(publication_id) => {
+                    return Ok(pb::PublishResponse { publication_id, duplicate: true, ..mine });
+                }
+                Claim::Pending if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Claim::Pending => {
+                    return Err(Error::Unavailable(
+                        "idempotency_key: the first publish with this key is still in progress".into(),
+                    ));
+                }
+            }
+        }
+        if let Err(e) = self.node.publish_event(app, valid).await {
+            let _ = store.release(&app.id, key).await;
+            return Err(e.into());
+        }
+        store.complete(&app.id, key, &mine.publication_id, self.idempotency_window).await?;
+        Ok(mine)
     }
 
     /// Publishes a batch in order. Runs of valid events without idempotency keys go

@@ -110,6 +110,30 @@ pub trait Broker: Send + Sync + 'static {
     async fn unsubscribe(&self, topic: &Topic) -> Result<()>;
 }
 
+/// The outcome of [`IdempotencyStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller owns the key: publish, then `complete` (or `release` on failure).
+    Won,
+    /// Already published within the window, as this publication id.
+    Done(String),
+    /// Another node is publishing it right now; ask again shortly.
+    Pending,
+}
+
+/// Idempotency keys shared by every node, so a publish retried against another
+/// node within the window is still published once. Nodes without one keep keys
+/// per node.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `key` of `app_id` for `window`, for the publication `id`.
+    async fn claim(&self, app_id: &str, key: &str, id: &str, window: std::time::Duration) -> Result<Claim>;
+    /// The claimed publish succeeded: duplicates get `id` until the window ends.
+    async fn complete(&self, app_id: &str, key: &str, id: &str, window: std::time::Duration) -> Result<()>;
+    /// The claimed publish failed: forget the key, so a retry can publish.
+    async fn release(&self, app_id: &str, key: &str) -> Result<()>;
+}
+
 /// A presence channel member: one user, however many connections it has.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {

@@ -4,13 +4,13 @@ use std::{
     collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use herald_backbone::{Broker, Message, PresenceManager, Topic};
+use herald_backbone::{Broker, IdempotencyStore, Message, PresenceManager, Topic};
 use herald_core::{Apps, Publication, SocketId, sharded::Sharded};
 use herald_hub::{ConnId, Hub, Outbox};
 use parking_lot::Mutex;
@@ -32,6 +32,8 @@ pub struct Node {
     pub(crate) sessions: Sharded<ConnId, Arc<Outbox>>,
     ready: AtomicBool,
     interest: Interest,
+    /// Idempotency keys shared by the cluster, if the backbone has them.
+    idempotency: OnceLock<Arc<dyn IdempotencyStore>>,
 }
 
 /// The broker topics this node is subscribed to, kept equal to the topics with local
@@ -65,6 +67,7 @@ impl Node {
             app_connections,
             sessions: Sharded::new(64),
             ready: AtomicBool::new(true),
+            idempotency: OnceLock::new(),
             interest: Interest {
                 hasher: RandomState::new(),
                 stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -85,6 +88,16 @@ impl Node {
 
     pub fn apps(&self) -> &Apps {
         &self.apps
+    }
+
+    /// Shares idempotency keys with the cluster through `store` (set once, at start).
+    pub fn share_idempotency_keys(&self, store: Arc<dyn IdempotencyStore>) {
+        let _ = self.idempotency.set(store);
+    }
+
+    /// The cluster's idempotency keys, if they are shared.
+    pub fn idempotency_store(&self) -> Option<&Arc<dyn IdempotencyStore>> {
+        self.idempotency.get()
     }
 
     /// Cluster-wide channel occupancy and presence members.

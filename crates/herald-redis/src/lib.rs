@@ -3,6 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | `broker` | [`RedisBroker`]: interest-based fan-out over Redis pub/sub, pipelined publishing, reconnect and resubscribe |
+//! | `idempotency` | [`RedisIdempotency`]: idempotency keys shared by every node |
 //! | `presence` | [`RedisPresence`]: occupancy and presence members, cluster-wide, one Lua script per change |
 //! | `wire` | how a [`herald_backbone::Message`] travels through Redis |
 //!
@@ -10,8 +11,10 @@
 //! `redis-server` (see `tests/`).
 
 mod broker;
+mod idempotency;
 mod presence;
 mod wire;
 
 pub use broker::{RedisBroker, RedisConfig};
+pub use idempotency::RedisIdempotency;
 pub use presence::{OnReaped, Reaped, RedisPresence};

@@ -13,7 +13,7 @@ use herald_backbone::{
     conformance::{self, Recorder, publication},
 };
 use herald_core::ChannelName;
-use herald_redis::{RedisBroker, RedisConfig, RedisPresence};
+use herald_redis::{RedisBroker, RedisConfig, RedisIdempotency, RedisPresence};
 use herald_testkit::redis::RedisServer;
 
 fn config(redis: &RedisServer) -> RedisConfig {
@@ -96,6 +96,25 @@ async fn a_crashed_nodes_members_and_counts_go_when_its_lease_expires() {
     let stats = b.channel("app", &room).await.unwrap();
     assert_eq!((stats.subscription_count, stats.user_count), (1, 1));
     assert_eq!(b.members("app", &room).await.unwrap(), [member("bob")]);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_claimed_once_by_the_whole_cluster() {
+    use herald_backbone::{Claim, IdempotencyStore};
+    let redis = RedisServer::start();
+    let a = RedisIdempotency::connect(&config(&redis)).await.unwrap();
+    let b = RedisIdempotency::connect(&config(&redis)).await.unwrap();
+    let window = Duration::from_millis(500);
+    assert_eq!(a.claim("app", "k", "id-a", window).await.unwrap(), Claim::Won);
+    assert_eq!(b.claim("app", "k", "id-b", window).await.unwrap(), Claim::Pending);
+    a.complete("app", "k", "id-a", window).await.unwrap();
+    assert_eq!(b.claim("app", "k", "id-b", window).await.unwrap(), Claim::Done("id-a".into()));
+    assert_eq!(b.claim("other-app", "k", "id-b", window).await.unwrap(), Claim::Won, "keys are per app");
+    // A failed publish releases the key; an expired window frees it too.
+    b.release("other-app", "k").await.unwrap();
+    assert_eq!(a.claim("other-app", "k", "id-c", window).await.unwrap(), Claim::Won);
+    tokio::time::sleep(window * 2).await;
+    assert_eq!(b.claim("app", "k", "id-d", window).await.unwrap(), Claim::Won, "the window is over");
 }
 
 #[tokio::test]

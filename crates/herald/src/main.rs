@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use herald_backbone::{Broker, MemoryBackbone, PresenceManager};
 use herald_edge::Node;
 use herald_hub::Hub;
-use herald_redis::{OnReaped, Reaped, RedisBroker, RedisConfig, RedisPresence};
+use herald_redis::{OnReaped, Reaped, RedisBroker, RedisConfig, RedisIdempotency, RedisPresence};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -122,6 +122,11 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         }
     };
     let node = Node::new(node_id, apps, config.edge(), hub, broker, presence);
+    if role == Role::Edge {
+        let redis =
+            RedisConfig { prefix: config.redis.prefix.clone(), ..RedisConfig::new(&config.redis.url) };
+        node.share_idempotency_keys(Arc::new(RedisIdempotency::connect(&redis).await?));
+    }
     // The lease that removes a crashed edge's presence members, announced by whichever
     // edge reaps it.
     let lease = redis_presence.as_ref().map(|presence| {

@@ -19,7 +19,10 @@ const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 struct Edge {
     child: Child,
     ws: SocketAddr,
+    grpc: SocketAddr,
 }
+
+const TOKEN: &str = "cluster-api-token-0123456789";
 
 impl Edge {
     fn start(redis: &RedisServer) -> Self {
@@ -27,22 +30,29 @@ impl Edge {
             .args(["edge", "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
             .env("HERALD_REDIS__URL", redis.url())
             .env("HERALD_REDIS__LEASE_SECS", "1")
-            .env("HERALD_APPS", r#"[{id = "app", key = "app-key", secret = "app-secret"}]"#)
+            .env(
+                "HERALD_APPS",
+                format!(
+                    r#"[{{id = "app", key = "app-key", secret = "app-secret", api_tokens = ["{TOKEN}"]}}]"#
+                ),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = BufReader::new(child.stderr.take().unwrap());
-        let ws = stderr.lines().map_while(Result::ok).find_map(|line| {
-            let running = line.contains("herald edge is running");
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix("ws_addr="))
-                .filter(|_| running)
-                .map(String::from)
-        });
+        let running =
+            stderr.lines().map_while(Result::ok).find(|line| line.contains("herald edge is running"));
         // Owned (and so killed on drop) before anything can panic.
-        let mut edge = Self { ws: "0.0.0.0:0".parse().unwrap(), child };
-        edge.ws = ws.expect("herald edge exited before it was running").parse().unwrap();
+        let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let mut edge = Self { ws: unset, grpc: unset, child };
+        let running = running.expect("herald edge exited before it was running");
+        let field = |name: &str| -> SocketAddr {
+            let prefix = format!("{name}=");
+            running.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).unwrap().parse().unwrap()
+        };
+        edge.ws = field("ws_addr");
+        edge.grpc = field("grpc_addr");
         edge
     }
 }
@@ -112,4 +122,34 @@ async fn a_killed_edges_members_leave_everywhere_within_its_lease() {
     alice.subscribe_presence(&app, "presence-room", "alice").await;
     let added = bob.recv_event("pusher_internal:member_added").await;
     assert!(added["data"].to_string().contains("alice"), "{added}");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_holds_across_edges() {
+    use herald_proto::v1::{Event, PublishRequest, event::Payload, publisher_client::PublisherClient};
+    let redis = RedisServer::start();
+    let (a, b) = (Edge::start(&redis), Edge::start(&redis));
+    let mut subscriber = Client::connect(a.ws, &app("app").key).await;
+    subscriber.subscribe("orders").await;
+    let mut responses = Vec::new();
+    for edge in [&a, &b] {
+        let channel = herald_api::client::connect(edge.grpc).await.unwrap();
+        let mut client =
+            PublisherClient::with_origin(channel, format!("http://{}", edge.grpc).parse().unwrap());
+        let event = Event {
+            name: "paid".into(),
+            payload: Some(Payload::Data("42".into())),
+            channels: vec!["orders".into()],
+            idempotency_key: "order-42".into(),
+            ..Default::default()
+        };
+        let mut request = tonic::Request::new(PublishRequest { app_id: "app".into(), event: Some(event) });
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        responses.push(client.publish(request).await.unwrap().into_inner());
+    }
+    assert!(!responses[0].duplicate);
+    assert!(responses[1].duplicate, "the retry through the other edge is a duplicate");
+    assert_eq!(responses[0].publication_id, responses[1].publication_id);
+    let received = subscriber.sync().await;
+    assert_eq!(received.iter().filter(|m| m["event"] == "paid").count(), 1, "{received:?}");
 }

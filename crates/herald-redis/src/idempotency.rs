@@ -1,0 +1,84 @@
+//! [`RedisIdempotency`]: idempotency keys shared by every node, one Redis key each
+//! with the window as its expiry: `pending:<id>` while the first publish runs,
+//! `done:<id>` after it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_backbone::{Claim, Error, IdempotencyStore, Result};
+use redis::aio::MultiplexedConnection;
+
+use crate::RedisConfig;
+
+pub struct RedisIdempotency {
+    connection: MultiplexedConnection,
+    prefix: String,
+}
+
+impl RedisIdempotency {
+    pub async fn connect(config: &RedisConfig) -> Result<Self> {
+        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+        let connection = client.get_multiplexed_async_connection().await.map_err(unavailable)?;
+        Ok(Self { connection, prefix: config.prefix.clone() })
+    }
+
+    fn key(&self, app_id: &str, key: &str) -> String {
+        format!("{}:idem:{}:{app_id}:{key}", self.prefix, app_id.len())
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> Error {
+    Error::Unavailable(format!("redis: {e}"))
+}
+
+fn millis(window: Duration) -> u64 {
+    window.as_millis().max(1) as u64
+}
+
+#[async_trait]
+impl IdempotencyStore for RedisIdempotency {
+    async fn claim(&self, app_id: &str, key: &str, id: &str, window: Duration) -> Result<Claim> {
+        let key = self.key(app_id, key);
+        let won: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(format!("pending:{id}"))
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(window))
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        if won.is_some() {
+            return Ok(Claim::Won);
+        }
+        let value: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(match value.as_deref().and_then(|v| v.strip_prefix("done:")) {
+            Some(id) => Claim::Done(id.to_string()),
+            // Pending, or gone between the two commands: ask again.
+            None => Claim::Pending,
+        })
+    }
+
+    async fn complete(&self, app_id: &str, key: &str, id: &str, window: Duration) -> Result<()> {
+        redis::cmd("SET")
+            .arg(self.key(app_id, key))
+            .arg(format!("done:{id}"))
+            .arg("PX")
+            .arg(millis(window))
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn release(&self, app_id: &str, key: &str) -> Result<()> {
+        redis::cmd("DEL")
+            .arg(self.key(app_id, key))
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)
+    }
+}
