@@ -23,7 +23,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink};
 use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
 
-use crate::wire;
+use crate::{unavailable, wire};
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
@@ -120,10 +120,6 @@ impl Inner {
             }
         }
     }
-}
-
-fn unavailable(e: redis::RedisError) -> Error {
-    Error::Unavailable(format!("redis: {e}"))
 }
 
 #[async_trait]

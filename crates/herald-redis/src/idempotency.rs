@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_backbone::{Claim, Error, IdempotencyStore, Result};
+use herald_backbone::{Claim, IdempotencyStore, Result};
 use redis::aio::MultiplexedConnection;
 
-use crate::RedisConfig;
+use crate::{RedisConfig, unavailable};
 
 pub struct RedisIdempotency {
     connection: MultiplexedConnection,
@@ -17,18 +17,12 @@ pub struct RedisIdempotency {
 
 impl RedisIdempotency {
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
-        let connection = client.get_multiplexed_async_connection().await.map_err(unavailable)?;
-        Ok(Self { connection, prefix: config.prefix.clone() })
+        Ok(Self { connection: crate::connect(config).await?, prefix: config.prefix.clone() })
     }
 
     fn key(&self, app_id: &str, key: &str) -> String {
         format!("{}:idem:{}:{app_id}:{key}", self.prefix, app_id.len())
     }
-}
-
-fn unavailable(e: redis::RedisError) -> Error {
-    Error::Unavailable(format!("redis: {e}"))
 }
 
 fn millis(window: Duration) -> u64 {

@@ -18,3 +18,18 @@ mod wire;
 pub use broker::{RedisBroker, RedisConfig};
 pub use idempotency::RedisIdempotency;
 pub use presence::{OnReaped, Reaped, RedisPresence};
+
+use herald_backbone::{Error, Result};
+use redis::aio::MultiplexedConnection;
+
+/// A multiplexed (pipelined) connection to the configured Redis; it reconnects by
+/// itself after Redis comes back.
+async fn connect(config: &RedisConfig) -> Result<MultiplexedConnection> {
+    let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+    client.get_multiplexed_async_connection().await.map_err(unavailable)
+}
+
+/// Every Redis failure is the backbone being unavailable: the operation did not happen.
+fn unavailable(e: redis::RedisError) -> Error {
+    Error::Unavailable(format!("redis: {e}"))
+}

@@ -24,7 +24,7 @@ use herald_core::{ChannelName, SocketId};
 use redis::{Script, aio::MultiplexedConnection};
 use tokio::task::JoinHandle;
 
-use crate::RedisConfig;
+use crate::{RedisConfig, unavailable};
 
 /// KEYS: subs, app index, node entries. ARGV: socket, channel, entry. Returns the
 /// subscription count.
@@ -88,11 +88,8 @@ pub struct RedisPresence {
 
 impl RedisPresence {
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
-        // The multiplexed connection reconnects by itself after Redis comes back.
-        let connection = client.get_multiplexed_async_connection().await.map_err(unavailable)?;
         Ok(Self {
-            connection,
+            connection: crate::connect(config).await?,
             prefix: Arc::from(config.prefix.as_str()),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
@@ -269,10 +266,6 @@ impl RedisPresence {
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn unavailable(e: redis::RedisError) -> Error {
-    Error::Unavailable(format!("redis: {e}"))
 }
 
 #[async_trait]
