@@ -23,9 +23,10 @@ use crate::{
 
 #[derive(clap::Args, Clone)]
 pub struct ConnectArgs {
-    /// The server's WebSocket address.
-    #[arg(long, default_value = "127.0.0.1:6001")]
-    pub target: SocketAddr,
+    /// The server's WebSocket address; several (comma-separated) spread the
+    /// connections over the nodes of a cluster, round-robin.
+    #[arg(long, default_value = "127.0.0.1:6001", value_delimiter = ',', num_args = 1..)]
+    pub target: Vec<SocketAddr>,
     /// App key to connect with.
     #[arg(long, default_value = "demo-key")]
     pub key: String,
@@ -107,6 +108,15 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// The node connection `i` goes to.
+pub fn target_of(targets: &[SocketAddr], i: usize) -> SocketAddr {
+    targets.get(i % targets.len().max(1)).copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6001)))
+}
+
+fn targets(targets: &[SocketAddr]) -> String {
+    targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
 /// Connections one load-generator process takes when the split is automatic (the
 /// limit is 20,000 open files per process here).
 const CONNECTIONS_PER_PROCESS: usize = 15_000;
@@ -147,7 +157,7 @@ async fn spawn_workers(args: &ConnectArgs) -> anyhow::Result<Vec<Worker>> {
     for worker in 0..processes {
         let share = args.connections / processes + usize::from(worker < args.connections % processes);
         let mut child = tokio::process::Command::new(&exe)
-            .args(["connect", "--target", &args.target.to_string(), "--key", &args.key])
+            .args(["connect", "--target", &targets(&args.target), "--key", &args.key])
             .args(["--connections", &share.to_string(), "--channels", &args.channels.to_string()])
             .args(["--concurrency", &args.concurrency.to_string(), "--worker", &worker.to_string()])
             .args(["--processes", "1"])
@@ -190,7 +200,7 @@ pub async fn open_subscribed(args: &ConnectArgs, offset: usize) -> (Vec<PusherCo
     let mut tasks = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let permits = permits.clone();
-        let (target, key) = (args.target, args.key.clone());
+        let (target, key) = (target_of(&args.target, i), args.key.clone());
         let channel = format!("c{}", (offset + i) % args.channels.max(1));
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await?;

@@ -30,7 +30,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::metadata::MetadataValue;
 
 use crate::{
-    connect::{ConnectArgs, open_subscribed},
+    connect::{ConnectArgs, open_subscribed, target_of},
     plot::{self, Series},
     publish::authed,
     pusher::{OP_TEXT, PusherConn, source_address},
@@ -459,7 +459,8 @@ impl Churn {
             let due = (start.elapsed().as_secs_f64() * args.churn) as u64;
             while opened < due {
                 opened += 1;
-                let (target, key) = (args.subscribers.target, args.subscribers.key.clone());
+                let (target, key) =
+                    (target_of(&args.subscribers.target, opened as usize), args.subscribers.key.clone());
                 let channel = format!("c{}", opened as usize % channels);
                 let source = source_address(opened as usize + 127);
                 let hold = Duration::from_secs_f64(args.churn_hold);
@@ -537,10 +538,12 @@ impl Publisher {
             }
             Via::Http => {
                 let mut workers = Vec::new();
-                for _ in 0..args.http_connections.max(1) {
+                // Publishes go to every node of a cluster, round-robin by connection.
+                for i in 0..args.http_connections.max(1) {
                     let (tx, rx) = mpsc::channel(1024);
-                    let sender = http_connection(args.subscribers.target).await?;
-                    tokio::spawn(http_worker(sender, rx, args.subscribers.target));
+                    let target = target_of(&args.subscribers.target, i);
+                    let sender = http_connection(target).await?;
+                    tokio::spawn(http_worker(sender, rx, target));
                     workers.push(tx);
                 }
                 Ok(Self::Http { workers, next: AtomicU64::new(0) })
