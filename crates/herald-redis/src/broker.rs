@@ -19,11 +19,11 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use herald_backbone::{Broker, Error, Message, MessageHandler, Result, Topic};
 use parking_lot::Mutex;
-use redis::aio::{MultiplexedConnection, PubSubSink};
+use redis::aio::PubSubSink;
 use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
 
-use crate::{unavailable, wire};
+use crate::{Connection, unavailable, wire};
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
@@ -54,8 +54,8 @@ pub struct RedisBroker {
 struct Inner {
     client: redis::Client,
     config: RedisConfig,
-    /// The publishing connection; `None` until connected, or after it failed.
-    publisher: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// The publishing connection (replaced when it breaks).
+    publisher: Connection,
     /// Sends (un)subscriptions on the receiving connection; `None` while it is down.
     subscriber: tokio::sync::Mutex<Option<PubSubSink>>,
     /// The topics this node wants, by Redis channel name.
@@ -68,12 +68,12 @@ impl RedisBroker {
     /// reached now; once running, the broker reconnects by itself.
     pub async fn connect(config: RedisConfig, handler: Arc<dyn MessageHandler>) -> Result<Self> {
         let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
-        let publisher = client.get_multiplexed_async_connection().await.map_err(unavailable)?;
+        let publisher = Connection::open(&config).await?;
         let pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
         let inner = Arc::new(Inner {
             client,
             config,
-            publisher: tokio::sync::Mutex::new(Some(publisher)),
+            publisher,
             subscriber: tokio::sync::Mutex::new(None),
             wanted: Mutex::new(HashMap::new()),
             handler,
@@ -98,27 +98,12 @@ impl Inner {
         format!("{}:{}:{}:{}", self.config.prefix, topic.app_id.len(), topic.app_id, topic.name)
     }
 
-    async fn publisher(&self) -> Result<MultiplexedConnection> {
-        let mut publisher = self.publisher.lock().await;
-        if let Some(connection) = publisher.as_ref() {
-            return Ok(connection.clone());
-        }
-        let connection = self.client.get_multiplexed_async_connection().await.map_err(unavailable)?;
-        *publisher = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// Runs `pipe` on the publishing connection; a failure drops the connection so
-    /// the next call reconnects.
+    /// Runs `pipe` on the publishing connection. A connection found broken (Redis
+    /// restarted) is replaced and the pipeline sent once more.
     async fn run(&self, pipe: &redis::Pipeline) -> Result<()> {
-        let mut connection = self.publisher().await?;
-        match pipe.query_async::<()>(&mut connection).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.publisher.lock().await.take();
-                Err(unavailable(e))
-            }
-        }
+        self.publisher
+            .run(|mut connection| async move { pipe.query_async::<()>(&mut connection).await })
+            .await
     }
 }
 

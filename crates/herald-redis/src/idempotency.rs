@@ -4,20 +4,18 @@
 
 use std::time::Duration;
 
+use crate::{Connection, RedisConfig};
 use async_trait::async_trait;
 use herald_backbone::{Claim, IdempotencyStore, Result};
-use redis::aio::MultiplexedConnection;
-
-use crate::{RedisConfig, unavailable};
 
 pub struct RedisIdempotency {
-    connection: MultiplexedConnection,
+    connection: Connection,
     prefix: String,
 }
 
 impl RedisIdempotency {
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
-        Ok(Self { connection: crate::connect(config).await?, prefix: config.prefix.clone() })
+        Ok(Self { connection: Connection::open(config).await?, prefix: config.prefix.clone() })
     }
 
     fn key(&self, app_id: &str, key: &str) -> String {
@@ -33,23 +31,21 @@ fn millis(window: Duration) -> u64 {
 impl IdempotencyStore for RedisIdempotency {
     async fn claim(&self, app_id: &str, key: &str, id: &str, window: Duration) -> Result<Claim> {
         let key = self.key(app_id, key);
-        let won: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(format!("pending:{id}"))
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(window))
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
+        let won: Option<String> = self
+            .connection
+            .query(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(format!("pending:{id}"))
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(window)),
+            )
+            .await?;
         if won.is_some() {
             return Ok(Claim::Won);
         }
-        let value: Option<String> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
+        let value: Option<String> = self.connection.query(redis::cmd("GET").arg(&key)).await?;
         Ok(match value.as_deref().and_then(|v| v.strip_prefix("done:")) {
             Some(id) => Claim::Done(id.to_string()),
             // Pending, or gone between the two commands: ask again.
@@ -58,21 +54,13 @@ impl IdempotencyStore for RedisIdempotency {
     }
 
     async fn complete(&self, app_id: &str, key: &str, id: &str, window: Duration) -> Result<()> {
-        redis::cmd("SET")
-            .arg(self.key(app_id, key))
-            .arg(format!("done:{id}"))
-            .arg("PX")
-            .arg(millis(window))
-            .query_async::<()>(&mut self.connection.clone())
+        let key = self.key(app_id, key);
+        self.connection
+            .query(redis::cmd("SET").arg(key).arg(format!("done:{id}")).arg("PX").arg(millis(window)))
             .await
-            .map_err(unavailable)
     }
 
     async fn release(&self, app_id: &str, key: &str) -> Result<()> {
-        redis::cmd("DEL")
-            .arg(self.key(app_id, key))
-            .query_async::<()>(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)
+        self.connection.query(redis::cmd("DEL").arg(self.key(app_id, key))).await
     }
 }

@@ -21,10 +21,10 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use herald_backbone::{ChannelStats, Error, Member, MemberChange, PresenceManager, Result};
 use herald_core::{ChannelName, SocketId};
-use redis::{Script, aio::MultiplexedConnection};
+use redis::Script;
 use tokio::task::JoinHandle;
 
-use crate::{RedisConfig, unavailable};
+use crate::{Connection, RedisConfig, RunCommand, RunScript};
 
 /// KEYS: subs, app index, node entries. ARGV: socket, channel, entry. Returns the
 /// subscription count.
@@ -78,7 +78,7 @@ return {user, info or 'null'}
 
 /// Presence and occupancy of a cluster, in one Redis.
 pub struct RedisPresence {
-    connection: MultiplexedConnection,
+    connection: Connection,
     prefix: Arc<str>,
     join: Script,
     leave: Script,
@@ -89,7 +89,7 @@ pub struct RedisPresence {
 impl RedisPresence {
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
         Ok(Self {
-            connection: crate::connect(config).await?,
+            connection: Connection::open(config).await?,
             prefix: Arc::from(config.prefix.as_str()),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
@@ -115,17 +115,17 @@ impl RedisPresence {
         format!("{}:{{{}:{app_id}}}:channels", self.prefix, app_id.len())
     }
 
-    fn connection(&self) -> MultiplexedConnection {
-        self.connection.clone()
-    }
-
     async fn stats(&self, app_id: &str, channels: &[ChannelName]) -> Result<Vec<ChannelStats>> {
         let mut pipe = redis::pipe();
         for channel in channels {
             pipe.cmd("SCARD").arg(self.key(app_id, channel.as_str(), "subs"));
             pipe.cmd("HLEN").arg(self.key(app_id, channel.as_str(), "members"));
         }
-        let counts: Vec<u64> = pipe.query_async(&mut self.connection()).await.map_err(unavailable)?;
+        let pipe = &pipe;
+        let counts: Vec<u64> = self
+            .connection
+            .run(|mut connection| async move { pipe.query_async(&mut connection).await })
+            .await?;
         Ok(counts
             .chunks(2)
             .map(|c| ChannelStats { subscription_count: c[0], user_count: c.get(1).copied().unwrap_or(0) })
@@ -189,24 +189,13 @@ impl RedisPresence {
 
     async fn renew(&self, node: u32, ttl: Duration) -> Result<()> {
         let expires = now_ms() + ttl.as_millis() as u64;
-        redis::cmd("ZADD")
-            .arg(self.nodes())
-            .arg(expires)
-            .arg(node)
-            .query_async::<()>(&mut self.connection())
-            .await
-            .map_err(unavailable)
+        redis::cmd("ZADD").arg(self.nodes()).arg(expires).arg(node).run_on(&self.connection).await
     }
 
     /// Gives the lease up (after a graceful shutdown has removed the node's
     /// connections), so nothing is reaped later.
     pub async fn release_lease(&self, node: u32) -> Result<()> {
-        redis::cmd("ZREM")
-            .arg(self.nodes())
-            .arg(node)
-            .query_async::<()>(&mut self.connection())
-            .await
-            .map_err(unavailable)
+        redis::cmd("ZREM").arg(self.nodes()).arg(node).run_on(&self.connection).await
     }
 
     /// Claims every expired lease but `own` and undoes that node's connections.
@@ -216,26 +205,18 @@ impl RedisPresence {
             .arg(self.nodes())
             .arg("-inf")
             .arg(now_ms())
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+            .run_on(&self.connection)
+            .await?;
         let mut reaped = Vec::new();
         for node in expired.into_iter().filter(|n| *n != own) {
             // Whoever removes the lease reaps it; the others skip it.
-            let claimed: u32 = redis::cmd("ZREM")
-                .arg(self.nodes())
-                .arg(node)
-                .query_async(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
+            let claimed: u32 =
+                redis::cmd("ZREM").arg(self.nodes()).arg(node).run_on(&self.connection).await?;
             if claimed == 0 {
                 continue;
             }
-            let entries: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(self.entries(node))
-                .query_async(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
+            let entries: Vec<String> =
+                redis::cmd("SMEMBERS").arg(self.entries(node)).run_on(&self.connection).await?;
             tracing::warn!(node, connections = entries.len(), "node lease expired: removing its connections");
             // Members first, while their subscriptions still count.
             let mut parsed: Vec<_> = entries.iter().filter_map(|e| parse_entry(e)).collect();
@@ -254,11 +235,7 @@ impl RedisPresence {
                     }
                 }
             }
-            redis::cmd("DEL")
-                .arg(self.entries(node))
-                .query_async::<()>(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
+            redis::cmd("DEL").arg(self.entries(node)).run_on::<()>(&self.connection).await?;
         }
         Ok(reaped)
     }
@@ -278,9 +255,8 @@ impl PresenceManager for RedisPresence {
             .arg(socket.to_string())
             .arg(channel.as_str())
             .arg(entry(Entry::Subscription, app_id, channel, socket))
-            .invoke_async(&mut self.connection())
+            .run(&self.connection)
             .await
-            .map_err(unavailable)
     }
 
     async fn leave(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
@@ -291,9 +267,8 @@ impl PresenceManager for RedisPresence {
             .arg(socket.to_string())
             .arg(channel.as_str())
             .arg(entry(Entry::Subscription, app_id, channel, socket))
-            .invoke_async(&mut self.connection())
+            .run(&self.connection)
             .await
-            .map_err(unavailable)
     }
 
     async fn add_member(
@@ -315,9 +290,8 @@ impl PresenceManager for RedisPresence {
             .arg(member.user_info.to_string())
             .arg(max_members)
             .arg(entry(Entry::Member, app_id, channel, socket))
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+            .run(&self.connection)
+            .await?;
         match outcome {
             1 => Ok(MemberChange::Changed(member)),
             -1 => Err(Error::PresenceFull { limit: max_members }),
@@ -339,9 +313,8 @@ impl PresenceManager for RedisPresence {
             .key(self.entries(socket.node))
             .arg(socket.to_string())
             .arg(entry(Entry::Member, app_id, channel, socket))
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+            .run(&self.connection)
+            .await?;
         Ok(match removed.as_slice() {
             [user, info] => MemberChange::Changed(Member {
                 user_id: Arc::from(user.as_str()),
@@ -354,9 +327,8 @@ impl PresenceManager for RedisPresence {
     async fn members(&self, app_id: &str, channel: &ChannelName) -> Result<Vec<Member>> {
         let all: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.key(app_id, channel.as_str(), "members"))
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+            .run_on(&self.connection)
+            .await?;
         Ok(all
             .into_iter()
             .map(|(user, info)| Member {
@@ -372,11 +344,8 @@ impl PresenceManager for RedisPresence {
     }
 
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<(ChannelName, ChannelStats)>> {
-        let names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.index(app_id))
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+        let names: Vec<String> =
+            redis::cmd("SMEMBERS").arg(self.index(app_id)).run_on(&self.connection).await?;
         let mut channels: Vec<ChannelName> =
             names.iter().filter(|n| n.starts_with(prefix)).filter_map(|n| ChannelName::new(n).ok()).collect();
         channels.sort();

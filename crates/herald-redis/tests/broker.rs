@@ -148,6 +148,29 @@ async fn an_outage_fails_publishes_then_delivery_resumes_after_resubscribing() {
 }
 
 #[tokio::test]
+async fn every_redis_connection_recovers_from_a_restart() {
+    use herald_backbone::{Claim, IdempotencyStore, PresenceManager};
+    use herald_core::SocketId;
+    let mut redis = RedisServer::start();
+    let presence = RedisPresence::connect(&config(&redis)).await.unwrap();
+    let keys = RedisIdempotency::connect(&config(&redis)).await.unwrap();
+    let broker = RedisBroker::connect(config(&redis), Arc::new(Recorder::default())).await.unwrap();
+    let room = ChannelName::new("room").unwrap();
+    let socket = SocketId { node: 1, conn: 1 };
+    presence.join("app", &room, socket).await.unwrap();
+    broker.publish(&topic("news"), publication("app1", "news", "e")).await.unwrap();
+
+    redis.stop();
+    assert!(presence.join("app", &room, socket).await.is_err(), "down: a clear error");
+    let _redis = RedisServer::start_on(redis.port);
+    // The first call after the restart finds its connection broken and reconnects.
+    assert_eq!(presence.join("app", &room, socket).await.unwrap(), 1);
+    let window = Duration::from_secs(5);
+    assert_eq!(keys.claim("app", "k", "id", window).await.unwrap(), Claim::Won);
+    broker.publish(&topic("news"), publication("app1", "news", "e")).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_burst_reaches_the_handler_in_batches_in_order() {
     let redis = RedisServer::start();
     let recorder = Arc::new(Recorder::default());
