@@ -23,13 +23,14 @@ use redis::aio::PubSubSink;
 use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
 
-use crate::{Connection, unavailable, wire};
+use crate::{Connection, Shards, unavailable, wire};
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port/`.
-    pub url: String,
+    /// `redis://host:port/` of each independent Redis; channels are spread over them
+    /// by consistent hashing (one URL: no sharding).
+    pub urls: Vec<String>,
     /// Prefix of every Redis channel name, so several clusters can share a Redis.
     pub prefix: String,
     /// Longest pause between reconnection attempts.
@@ -38,19 +39,26 @@ pub struct RedisConfig {
 
 impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), prefix: "herald".into(), max_backoff: Duration::from_secs(5) }
+        Self::sharded(vec![url.into()])
+    }
+
+    /// Channels spread over several independent Redis instances. Every node of a
+    /// cluster must list the same URLs in the same order.
+    pub fn sharded(urls: Vec<String>) -> Self {
+        Self { urls, prefix: "herald".into(), max_backoff: Duration::from_secs(5) }
     }
 }
 
 /// Most messages handed to the handler at once.
 const MAX_BATCH: usize = 256;
 
-/// A node's broker over one Redis.
+/// A node's broker over one Redis, or several (each topic lives on one of them).
 pub struct RedisBroker {
-    inner: Arc<Inner>,
-    receiver: JoinHandle<()>,
+    shards: Shards<Arc<Inner>>,
+    receivers: Vec<JoinHandle<()>>,
 }
 
+/// The broker's share of one Redis.
 struct Inner {
     client: redis::Client,
     config: RedisConfig,
@@ -64,30 +72,40 @@ struct Inner {
 }
 
 impl RedisBroker {
-    /// Connects to Redis and starts receiving for `handler`. Fails if Redis cannot be
-    /// reached now; once running, the broker reconnects by itself.
+    /// Connects to every Redis and starts receiving for `handler`. Fails if one cannot
+    /// be reached now; once running, the broker reconnects by itself.
     pub async fn connect(config: RedisConfig, handler: Arc<dyn MessageHandler>) -> Result<Self> {
-        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
-        let publisher = Connection::open(&config).await?;
-        let pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
-        let inner = Arc::new(Inner {
-            client,
-            config,
-            publisher,
-            subscriber: tokio::sync::Mutex::new(None),
-            wanted: Mutex::new(HashMap::new()),
-            handler,
-        });
-        let (sink, stream) = pubsub.split();
-        *inner.subscriber.lock().await = Some(sink);
-        let receiver = tokio::spawn(receive(inner.clone(), stream));
-        Ok(Self { inner, receiver })
+        let mut shards = Vec::with_capacity(config.urls.len());
+        let mut receivers = Vec::with_capacity(config.urls.len());
+        for url in &config.urls {
+            let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+            let publisher = Connection::open(url).await?;
+            let pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+            let inner = Arc::new(Inner {
+                client,
+                config: config.clone(),
+                publisher,
+                subscriber: tokio::sync::Mutex::new(None),
+                wanted: Mutex::new(HashMap::new()),
+                handler: handler.clone(),
+            });
+            let (sink, stream) = pubsub.split();
+            *inner.subscriber.lock().await = Some(sink);
+            receivers.push(tokio::spawn(receive(inner.clone(), stream)));
+            shards.push(inner);
+        }
+        Ok(Self { shards: Shards::new(shards)?, receivers })
+    }
+
+    /// The shard that carries `topic`.
+    fn shard(&self, topic: &Topic) -> &Arc<Inner> {
+        self.shards.pick(&format!("{}:{}", topic.app_id, topic.name))
     }
 }
 
 impl Drop for RedisBroker {
     fn drop(&mut self) {
-        self.receiver.abort();
+        self.receivers.iter().for_each(JoinHandle::abort);
     }
 }
 
@@ -114,39 +132,57 @@ impl Broker for RedisBroker {
     }
 
     async fn publish_batch(&self, messages: Vec<(Topic, Message)>) -> Result<()> {
-        let mut pipe = redis::pipe();
+        // One pipeline per shard, each in the batch's order (a topic lives on one
+        // shard, so its order is kept).
+        let mut pipes: Vec<(usize, redis::Pipeline)> = Vec::new();
         for (topic, message) in &messages {
-            pipe.cmd("PUBLISH")
-                .arg(self.inner.channel(topic))
+            let index = self.shards.index(&format!("{}:{}", topic.app_id, topic.name));
+            let shard = &self.shards.items[index];
+            let at = match pipes.iter().position(|(i, _)| *i == index) {
+                Some(at) => at,
+                None => {
+                    pipes.push((index, redis::pipe()));
+                    pipes.len() - 1
+                }
+            };
+            pipes[at]
+                .1
+                .cmd("PUBLISH")
+                .arg(shard.channel(topic))
                 .arg(wire::encode(&topic.app_id, message))
                 .ignore();
         }
-        self.inner.run(&pipe).await
+        for (index, pipe) in &pipes {
+            self.shards.items[*index].run(pipe).await?;
+        }
+        Ok(())
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<()> {
-        let channel = self.inner.channel(topic);
-        self.inner.wanted.lock().insert(channel.clone(), topic.clone());
-        let mut subscriber = self.inner.subscriber.lock().await;
+        let shard = self.shard(topic);
+        let channel = shard.channel(topic);
+        shard.wanted.lock().insert(channel.clone(), topic.clone());
+        let mut subscriber = shard.subscriber.lock().await;
         let result = match subscriber.as_mut() {
             Some(sink) => sink.subscribe(&channel).await.map_err(unavailable),
             None => Err(Error::Unavailable("redis: reconnecting".into())),
         };
         if result.is_err() {
-            self.inner.wanted.lock().remove(&channel);
+            shard.wanted.lock().remove(&channel);
         }
         result
     }
 
     async fn unsubscribe(&self, topic: &Topic) -> Result<()> {
-        let channel = self.inner.channel(topic);
-        let mut subscriber = self.inner.subscriber.lock().await;
+        let shard = self.shard(topic);
+        let channel = shard.channel(topic);
+        let mut subscriber = shard.subscriber.lock().await;
         // While disconnected there is nothing to undo on Redis: forgetting the topic
         // keeps it out of the resubscription.
         if let Some(sink) = subscriber.as_mut() {
             sink.unsubscribe(&channel).await.map_err(unavailable)?;
         }
-        self.inner.wanted.lock().remove(&channel);
+        shard.wanted.lock().remove(&channel);
         Ok(())
     }
 }

@@ -4,22 +4,31 @@
 
 use std::time::Duration;
 
-use crate::{Connection, RedisConfig};
+use crate::{Connection, RedisConfig, Shards};
 use async_trait::async_trait;
 use herald_backbone::{Claim, IdempotencyStore, Result};
 
 pub struct RedisIdempotency {
-    connection: Connection,
+    connections: Shards<Connection>,
     prefix: String,
 }
 
 impl RedisIdempotency {
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
-        Ok(Self { connection: Connection::open(config).await?, prefix: config.prefix.clone() })
+        let mut connections = Vec::with_capacity(config.urls.len());
+        for url in &config.urls {
+            connections.push(Connection::open(url).await?);
+        }
+        Ok(Self { connections: Shards::new(connections)?, prefix: config.prefix.clone() })
     }
 
     fn key(&self, app_id: &str, key: &str) -> String {
         format!("{}:idem:{}:{app_id}:{key}", self.prefix, app_id.len())
+    }
+
+    /// The instance that holds `key` of `app_id`.
+    fn connection(&self, app_id: &str, key: &str) -> &Connection {
+        self.connections.pick(&format!("{app_id}:{key}"))
     }
 }
 
@@ -30,9 +39,9 @@ fn millis(window: Duration) -> u64 {
 #[async_trait]
 impl IdempotencyStore for RedisIdempotency {
     async fn claim(&self, app_id: &str, key: &str, id: &str, window: Duration) -> Result<Claim> {
+        let connection = self.connection(app_id, key);
         let key = self.key(app_id, key);
-        let won: Option<String> = self
-            .connection
+        let won: Option<String> = connection
             .query(
                 redis::cmd("SET")
                     .arg(&key)
@@ -45,7 +54,7 @@ impl IdempotencyStore for RedisIdempotency {
         if won.is_some() {
             return Ok(Claim::Won);
         }
-        let value: Option<String> = self.connection.query(redis::cmd("GET").arg(&key)).await?;
+        let value: Option<String> = connection.query(redis::cmd("GET").arg(&key)).await?;
         Ok(match value.as_deref().and_then(|v| v.strip_prefix("done:")) {
             Some(id) => Claim::Done(id.to_string()),
             // Pending, or gone between the two commands: ask again.
@@ -54,13 +63,14 @@ impl IdempotencyStore for RedisIdempotency {
     }
 
     async fn complete(&self, app_id: &str, key: &str, id: &str, window: Duration) -> Result<()> {
+        let connection = self.connection(app_id, key);
         let key = self.key(app_id, key);
-        self.connection
+        connection
             .query(redis::cmd("SET").arg(key).arg(format!("done:{id}")).arg("PX").arg(millis(window)))
             .await
     }
 
     async fn release(&self, app_id: &str, key: &str) -> Result<()> {
-        self.connection.query(redis::cmd("DEL").arg(self.key(app_id, key))).await
+        self.connection(app_id, key).query(redis::cmd("DEL").arg(self.key(app_id, key))).await
     }
 }

@@ -22,6 +22,62 @@ pub use presence::{OnReaped, Reaped, RedisPresence};
 use herald_backbone::{Error, Result};
 use redis::{FromRedisValue, aio::MultiplexedConnection};
 
+/// Independent Redis instances, each owning the keys and channels that consistent
+/// hashing assigns it: adding an instance moves about 1/n of them. Every node of a
+/// cluster must list the instances in the same order.
+pub(crate) struct Shards<T> {
+    pub(crate) items: Vec<T>,
+    /// Points on the hash ring, sorted, with the instance each belongs to.
+    ring: Vec<(u64, usize)>,
+}
+
+/// Points per instance on the ring: enough for an even spread.
+const POINTS_PER_SHARD: usize = 160;
+
+impl<T> Shards<T> {
+    pub(crate) fn new(items: Vec<T>) -> Result<Self> {
+        if items.is_empty() {
+            return Err(Error::Unavailable("redis: no instance configured".into()));
+        }
+        let mut ring: Vec<(u64, usize)> = (0..items.len())
+            .flat_map(|shard| {
+                (0..POINTS_PER_SHARD).map(move |point| (hash(&format!("{shard}-{point}")), shard))
+            })
+            .collect();
+        ring.sort_unstable();
+        Ok(Self { items, ring })
+    }
+
+    pub(crate) fn index(&self, key: &str) -> usize {
+        if self.items.len() == 1 {
+            return 0;
+        }
+        let point = hash(key);
+        let at = self.ring.partition_point(|(p, _)| *p < point);
+        self.ring.get(at).or(self.ring.first()).map_or(0, |(_, shard)| *shard)
+    }
+
+    pub(crate) fn pick(&self, key: &str) -> &T {
+        &self.items[self.index(key)]
+    }
+}
+
+/// FNV-1a, 64 bits: stable across processes and versions (unlike `std`'s hasher), so
+/// every node maps a key to the same instance.
+fn hash(key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Spread the low-entropy FNV output over the ring (a splitmix64 finish).
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
 /// A multiplexed (pipelined) connection that is replaced when it breaks (Redis
 /// restarted or the network dropped it). A command that finds the connection already
 /// broken is sent once more on a fresh one; a failure after that is `Unavailable`.
@@ -31,8 +87,8 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) async fn open(config: &RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+    pub(crate) async fn open(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
         let first = client.get_multiplexed_async_connection().await.map_err(unavailable)?;
         Ok(Self { client, current: tokio::sync::Mutex::new(Some(first)) })
     }
@@ -112,4 +168,28 @@ impl RunCommand for redis::Cmd {
 /// Every Redis failure is the backbone being unavailable: the operation did not happen.
 fn unavailable(e: redis::RedisError) -> Error {
     Error::Unavailable(format!("redis: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistent_hashing_spreads_keys_and_moves_few_when_a_shard_is_added() {
+        let three = Shards::new(vec![0, 1, 2]).unwrap();
+        let four = Shards::new(vec![0, 1, 2, 3]).unwrap();
+        let keys: Vec<String> = (0..10_000).map(|i| format!("app:channel-{i}")).collect();
+        let mut counts = [0; 3];
+        for key in &keys {
+            counts[three.index(key)] += 1;
+        }
+        assert!(counts.iter().all(|c| (2_500..4_200).contains(c)), "even enough: {counts:?}");
+        let moved = keys.iter().filter(|k| three.index(k) != four.index(k)).count();
+        assert!((1_500..3_500).contains(&moved), "about a quarter moves: {moved}");
+        assert!(
+            keys.iter().all(|k| three.index(k) == four.index(k) || four.index(k) == 3),
+            "only to the new shard"
+        );
+        assert_eq!(Shards::new(vec!["only"]).unwrap().index("anything"), 0);
+    }
 }

@@ -14,7 +14,9 @@
 //! so `member_removed` reaches the other nodes' clients. A crashed node's members and
 //! counts are gone within about one lease.
 //!
-//! Not yet here: sharding these keys over several Redis instances.
+//! **Shards**: with several Redis instances, a channel's keys (and the app index
+//! entry and node entries that go with them) live on the instance its name hashes
+//! to; listings ask every instance; the first instance keeps the leases.
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,7 +26,7 @@ use herald_core::{ChannelName, SocketId};
 use redis::Script;
 use tokio::task::JoinHandle;
 
-use crate::{Connection, RedisConfig, RunCommand, RunScript};
+use crate::{Connection, RedisConfig, RunCommand, RunScript, Shards};
 
 /// KEYS: subs, app index, node entries. ARGV: socket, channel, entry. Returns the
 /// subscription count.
@@ -78,7 +80,9 @@ return {user, info or 'null'}
 
 /// Presence and occupancy of a cluster, in one Redis.
 pub struct RedisPresence {
-    connection: Connection,
+    /// A channel's keys live on the instance its name hashes to; the first instance
+    /// also keeps the node leases.
+    connections: Shards<Connection>,
     prefix: Arc<str>,
     join: Script,
     leave: Script,
@@ -89,7 +93,13 @@ pub struct RedisPresence {
 impl RedisPresence {
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
         Ok(Self {
-            connection: Connection::open(config).await?,
+            connections: {
+                let mut connections = Vec::with_capacity(config.urls.len());
+                for url in &config.urls {
+                    connections.push(Connection::open(url).await?);
+                }
+                Shards::new(connections)?
+            },
             prefix: Arc::from(config.prefix.as_str()),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
@@ -101,6 +111,16 @@ impl RedisPresence {
     /// Keys of one channel: `<prefix>:{<app len>:<app>:<channel>}:<what>`.
     fn key(&self, app_id: &str, channel: &str, what: &str) -> String {
         format!("{}:{{{}:{app_id}:{channel}}}:{what}", self.prefix, app_id.len())
+    }
+
+    /// The instance that holds a channel's keys.
+    fn on(&self, app_id: &str, channel: &str) -> &Connection {
+        self.connections.pick(&format!("{app_id}:{channel}"))
+    }
+
+    /// The instance that keeps the node leases.
+    fn coordinator(&self) -> &Connection {
+        &self.connections.items[0]
     }
 
     fn entries(&self, node: u32) -> String {
@@ -116,20 +136,31 @@ impl RedisPresence {
     }
 
     async fn stats(&self, app_id: &str, channels: &[ChannelName]) -> Result<Vec<ChannelStats>> {
-        let mut pipe = redis::pipe();
-        for channel in channels {
-            pipe.cmd("SCARD").arg(self.key(app_id, channel.as_str(), "subs"));
-            pipe.cmd("HLEN").arg(self.key(app_id, channel.as_str(), "members"));
+        let mut stats = vec![ChannelStats::default(); channels.len()];
+        for (shard, connection) in self.connections.items.iter().enumerate() {
+            let here: Vec<usize> = (0..channels.len())
+                .filter(|i| self.connections.index(&format!("{app_id}:{}", channels[*i])) == shard)
+                .collect();
+            if here.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for i in &here {
+                pipe.cmd("SCARD").arg(self.key(app_id, channels[*i].as_str(), "subs"));
+                pipe.cmd("HLEN").arg(self.key(app_id, channels[*i].as_str(), "members"));
+            }
+            let pipe = &pipe;
+            let counts: Vec<u64> = connection
+                .run(|mut connection| async move { pipe.query_async(&mut connection).await })
+                .await?;
+            for (i, count) in here.iter().zip(counts.chunks(2)) {
+                stats[*i] = ChannelStats {
+                    subscription_count: count[0],
+                    user_count: count.get(1).copied().unwrap_or(0),
+                };
+            }
         }
-        let pipe = &pipe;
-        let counts: Vec<u64> = self
-            .connection
-            .run(|mut connection| async move { pipe.query_async(&mut connection).await })
-            .await?;
-        Ok(counts
-            .chunks(2)
-            .map(|c| ChannelStats { subscription_count: c[0], user_count: c.get(1).copied().unwrap_or(0) })
-            .collect())
+        Ok(stats)
     }
 }
 
@@ -189,13 +220,13 @@ impl RedisPresence {
 
     async fn renew(&self, node: u32, ttl: Duration) -> Result<()> {
         let expires = now_ms() + ttl.as_millis() as u64;
-        redis::cmd("ZADD").arg(self.nodes()).arg(expires).arg(node).run_on(&self.connection).await
+        redis::cmd("ZADD").arg(self.nodes()).arg(expires).arg(node).run_on(self.coordinator()).await
     }
 
     /// Gives the lease up (after a graceful shutdown has removed the node's
     /// connections), so nothing is reaped later.
     pub async fn release_lease(&self, node: u32) -> Result<()> {
-        redis::cmd("ZREM").arg(self.nodes()).arg(node).run_on(&self.connection).await
+        redis::cmd("ZREM").arg(self.nodes()).arg(node).run_on(self.coordinator()).await
     }
 
     /// Claims every expired lease but `own` and undoes that node's connections.
@@ -205,18 +236,22 @@ impl RedisPresence {
             .arg(self.nodes())
             .arg("-inf")
             .arg(now_ms())
-            .run_on(&self.connection)
+            .run_on(self.coordinator())
             .await?;
         let mut reaped = Vec::new();
         for node in expired.into_iter().filter(|n| *n != own) {
             // Whoever removes the lease reaps it; the others skip it.
             let claimed: u32 =
-                redis::cmd("ZREM").arg(self.nodes()).arg(node).run_on(&self.connection).await?;
+                redis::cmd("ZREM").arg(self.nodes()).arg(node).run_on(self.coordinator()).await?;
             if claimed == 0 {
                 continue;
             }
-            let entries: Vec<String> =
-                redis::cmd("SMEMBERS").arg(self.entries(node)).run_on(&self.connection).await?;
+            let mut entries: Vec<String> = Vec::new();
+            for connection in &self.connections.items {
+                let here: Vec<String> =
+                    redis::cmd("SMEMBERS").arg(self.entries(node)).run_on(connection).await?;
+                entries.extend(here);
+            }
             tracing::warn!(node, connections = entries.len(), "node lease expired: removing its connections");
             // Members first, while their subscriptions still count.
             let mut parsed: Vec<_> = entries.iter().filter_map(|e| parse_entry(e)).collect();
@@ -235,7 +270,9 @@ impl RedisPresence {
                     }
                 }
             }
-            redis::cmd("DEL").arg(self.entries(node)).run_on::<()>(&self.connection).await?;
+            for connection in &self.connections.items {
+                redis::cmd("DEL").arg(self.entries(node)).run_on::<()>(connection).await?;
+            }
         }
         Ok(reaped)
     }
@@ -255,7 +292,7 @@ impl PresenceManager for RedisPresence {
             .arg(socket.to_string())
             .arg(channel.as_str())
             .arg(entry(Entry::Subscription, app_id, channel, socket))
-            .run(&self.connection)
+            .run(self.on(app_id, channel.as_str()))
             .await
     }
 
@@ -267,7 +304,7 @@ impl PresenceManager for RedisPresence {
             .arg(socket.to_string())
             .arg(channel.as_str())
             .arg(entry(Entry::Subscription, app_id, channel, socket))
-            .run(&self.connection)
+            .run(self.on(app_id, channel.as_str()))
             .await
     }
 
@@ -290,7 +327,7 @@ impl PresenceManager for RedisPresence {
             .arg(member.user_info.to_string())
             .arg(max_members)
             .arg(entry(Entry::Member, app_id, channel, socket))
-            .run(&self.connection)
+            .run(self.on(app_id, channel.as_str()))
             .await?;
         match outcome {
             1 => Ok(MemberChange::Changed(member)),
@@ -313,7 +350,7 @@ impl PresenceManager for RedisPresence {
             .key(self.entries(socket.node))
             .arg(socket.to_string())
             .arg(entry(Entry::Member, app_id, channel, socket))
-            .run(&self.connection)
+            .run(self.on(app_id, channel.as_str()))
             .await?;
         Ok(match removed.as_slice() {
             [user, info] => MemberChange::Changed(Member {
@@ -327,7 +364,7 @@ impl PresenceManager for RedisPresence {
     async fn members(&self, app_id: &str, channel: &ChannelName) -> Result<Vec<Member>> {
         let all: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.key(app_id, channel.as_str(), "members"))
-            .run_on(&self.connection)
+            .run_on(self.on(app_id, channel.as_str()))
             .await?;
         Ok(all
             .into_iter()
@@ -344,8 +381,13 @@ impl PresenceManager for RedisPresence {
     }
 
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<(ChannelName, ChannelStats)>> {
-        let names: Vec<String> =
-            redis::cmd("SMEMBERS").arg(self.index(app_id)).run_on(&self.connection).await?;
+        let mut names: Vec<String> = Vec::new();
+        for connection in &self.connections.items {
+            let here: Vec<String> = redis::cmd("SMEMBERS").arg(self.index(app_id)).run_on(connection).await?;
+            names.extend(here);
+        }
+        names.sort();
+        names.dedup();
         let mut channels: Vec<ChannelName> =
             names.iter().filter(|n| n.starts_with(prefix)).filter_map(|n| ChannelName::new(n).ok()).collect();
         channels.sort();

@@ -118,6 +118,36 @@ async fn an_idempotency_key_is_claimed_once_by_the_whole_cluster() {
 }
 
 #[tokio::test]
+async fn sharded_over_three_instances_the_backbone_conforms_and_spreads() {
+    let instances = [RedisServer::start(), RedisServer::start(), RedisServer::start()];
+    let sharded = RedisConfig {
+        max_backoff: Duration::from_millis(200),
+        ..RedisConfig::sharded(instances.iter().map(RedisServer::url).collect())
+    };
+    let shared = sharded.clone();
+    conformance::broker_scenarios(|a, b| async move {
+        let a = RedisBroker::connect(shared.clone(), a).await.unwrap();
+        let b = RedisBroker::connect(shared, b).await.unwrap();
+        (a, b)
+    })
+    .await;
+    conformance::presence_scenarios(&RedisPresence::connect(&sharded).await.unwrap()).await;
+
+    // Topics really are spread: every instance carries some of 60 channels.
+    let broker = RedisBroker::connect(sharded, Arc::new(Recorder::default())).await.unwrap();
+    for i in 0..60 {
+        broker.subscribe(&topic(&format!("spread-{i}"))).await.unwrap();
+    }
+    for instance in &instances {
+        let client = redis::Client::open(instance.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let channels: Vec<String> =
+            redis::cmd("PUBSUB").arg("CHANNELS").arg("*spread-*").query_async(&mut connection).await.unwrap();
+        assert!((5..45).contains(&channels.len()), "{} of 60 on {}", channels.len(), instance.url());
+    }
+}
+
+#[tokio::test]
 async fn an_outage_fails_publishes_then_delivery_resumes_after_resubscribing() {
     let mut redis = RedisServer::start();
     let recorder = Arc::new(Recorder::default());

@@ -29,6 +29,9 @@ pub struct Config {
 pub struct RedisSection {
     /// `redis://host:port/` of the Redis every edge of the cluster uses.
     pub url: String,
+    /// Several independent Redis instances instead of `url`: channels are spread over
+    /// them by consistent hashing. Every edge must list the same URLs in the same order.
+    pub shards: Vec<String>,
     /// Prefix of every Redis key and channel, so several clusters can share a Redis.
     pub prefix: String,
     /// Seconds an edge's presence lease lasts without renewal: the members and counts
@@ -37,9 +40,21 @@ pub struct RedisSection {
     pub lease_secs: u64,
 }
 
+impl RedisSection {
+    /// The instances to use: `shards`, or `url` alone.
+    pub fn urls(&self) -> Vec<String> {
+        if self.shards.is_empty() { vec![self.url.clone()] } else { self.shards.clone() }
+    }
+}
+
 impl Default for RedisSection {
     fn default() -> Self {
-        Self { url: "redis://127.0.0.1:6379/".into(), prefix: "herald".into(), lease_secs: 15 }
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            shards: Vec::new(),
+            prefix: "herald".into(),
+            lease_secs: 15,
+        }
     }
 }
 
@@ -139,6 +154,11 @@ impl Config {
         let mut errors = Vec::new();
         if !self.redis.url.starts_with("redis://") {
             errors.push(format!("redis.url: {:?} is not a redis:// URL", self.redis.url));
+        }
+        for (i, url) in self.redis.shards.iter().enumerate() {
+            if !url.starts_with("redis://") {
+                errors.push(format!("redis.shards[{i}]: {url:?} is not a redis:// URL"));
+            }
         }
         if self.redis.lease_secs == 0 {
             errors.push("redis.lease_secs: must be at least 1".into());

@@ -104,6 +104,8 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     };
     let (apps, demo) = config.apps_or_demo();
     let hub = Arc::new(Hub::new(node_id));
+    let redis =
+        RedisConfig { prefix: config.redis.prefix.clone(), ..RedisConfig::sharded(config.redis.urls()) };
     let mut redis_presence = None;
     let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) = match role {
         Role::Dev => {
@@ -111,11 +113,9 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             (Arc::new(backbone.broker(hub.clone())), backbone.presence())
         }
         Role::Edge => {
-            let redis =
-                RedisConfig { prefix: config.redis.prefix.clone(), ..RedisConfig::new(&config.redis.url) };
             let broker = RedisBroker::connect(redis.clone(), hub.clone())
                 .await
-                .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
+                .with_context(|| format!("connecting to Redis at {:?}", config.redis.urls()))?;
             let presence = Arc::new(RedisPresence::connect(&redis).await?);
             redis_presence = Some(presence.clone());
             (Arc::new(broker), presence)
@@ -123,8 +123,6 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     };
     let node = Node::new(node_id, apps, config.edge(), hub, broker, presence);
     if role == Role::Edge {
-        let redis =
-            RedisConfig { prefix: config.redis.prefix.clone(), ..RedisConfig::new(&config.redis.url) };
         node.share_idempotency_keys(Arc::new(RedisIdempotency::connect(&redis).await?));
     }
     // The lease that removes a crashed edge's presence members, announced by whichever

@@ -26,9 +26,19 @@ const TOKEN: &str = "cluster-api-token-0123456789";
 
 impl Edge {
     fn start(redis: &RedisServer) -> Self {
+        Self::start_with("HERALD_REDIS__URL", redis.url())
+    }
+
+    /// An edge over several Redis instances (`[redis] shards`).
+    fn start_sharded(instances: &[RedisServer]) -> Self {
+        let urls: Vec<String> = instances.iter().map(|r| format!("{:?}", r.url())).collect();
+        Self::start_with("HERALD_REDIS__SHARDS", format!("[{}]", urls.join(",")))
+    }
+
+    fn start_with(variable: &str, value: String) -> Self {
         let mut child = Command::new(HERALD)
             .args(["edge", "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
-            .env("HERALD_REDIS__URL", redis.url())
+            .env(variable, value)
             .env("HERALD_REDIS__LEASE_SECS", "1")
             .env(
                 "HERALD_APPS",
@@ -64,6 +74,16 @@ impl Drop for Edge {
     }
 }
 
+/// Publishes through an edge's Pusher HTTP API, signed as the app's SDK would.
+async fn trigger(edge: SocketAddr, channel: &str, event: &str, data: &str) {
+    let body = json!({ "name": event, "channels": [channel], "data": data }).to_string().into_bytes();
+    let path = "/apps/app/events";
+    let query = auth::sign_api_request(&app("app"), "POST", path, Vec::new(), &body, now());
+    let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let (status, _) = http_request(edge, "POST", &format!("{path}?{}", query.join("&")), body).await;
+    assert_eq!(status.as_u16(), 200);
+}
+
 #[tokio::test]
 async fn two_edges_deliver_each_others_publications_and_share_presence() {
     let redis = RedisServer::start();
@@ -76,13 +96,7 @@ async fn two_edges_deliver_each_others_publications_and_share_presence() {
 
     // Published through edge B's HTTP API, delivered on both edges, in order.
     for i in 0..5 {
-        let body =
-            json!({ "name": "tick", "channels": ["news"], "data": i.to_string() }).to_string().into_bytes();
-        let path = "/apps/app/events";
-        let query = auth::sign_api_request(&app, "POST", path, Vec::new(), &body, now());
-        let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let (status, _) = http_request(b.ws, "POST", &format!("{path}?{}", query.join("&")), body).await;
-        assert_eq!(status.as_u16(), 200);
+        trigger(b.ws, "news", "tick", &i.to_string()).await;
     }
     for client in [&mut on_a, &mut on_b] {
         for i in 0..5 {
@@ -152,4 +166,29 @@ async fn an_idempotency_key_holds_across_edges() {
     assert_eq!(responses[0].publication_id, responses[1].publication_id);
     let received = subscriber.sync().await;
     assert_eq!(received.iter().filter(|m| m["event"] == "paid").count(), 1, "{received:?}");
+}
+
+#[tokio::test]
+async fn edges_over_three_redis_shards_behave_as_one_server() {
+    let instances = [RedisServer::start(), RedisServer::start(), RedisServer::start()];
+    let (a, b) = (Edge::start_sharded(&instances), Edge::start_sharded(&instances));
+    let app = app("app");
+    let mut on_a = Client::connect(a.ws, &app.key).await;
+    let mut on_b = Client::connect(b.ws, &app.key).await;
+    let channels: Vec<String> = (0..12).map(|i| format!("sharded-{i}")).collect();
+    for channel in &channels {
+        on_a.subscribe(channel).await;
+        on_b.subscribe(channel).await;
+    }
+    for channel in &channels {
+        trigger(a.ws, channel, "tick", channel).await;
+    }
+    for client in [&mut on_a, &mut on_b] {
+        for channel in &channels {
+            assert_eq!(client.recv_event("tick").await["data"], channel.as_str());
+        }
+    }
+    on_a.subscribe_presence(&app, "presence-sharded", "alice").await;
+    let joined = on_b.subscribe_presence(&app, "presence-sharded", "bob").await;
+    assert!(joined["data"].to_string().contains("alice"), "{joined}");
 }
