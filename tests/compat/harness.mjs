@@ -209,7 +209,7 @@ export async function roundTrip(client, timeoutMs = DEFAULT_TIMEOUT_MS) {
 // ---------------------------------------------------------------------------
 
 /** Asks the OS for a free loopback port (released immediately, so Herald can bind it). */
-function freePort() {
+export function freePort() {
   return new Promise((res, reject) => {
     const server = createTcpServer();
     server.unref();
@@ -223,7 +223,9 @@ function freePort() {
 
 // The gRPC listener always gets a port of its own: Herald serves gRPC whenever it
 // runs, and the default port would collide between test files run in parallel.
-function heraldConfig({ port, metricsPort, grpcPort }) {
+// Exported so that a test file can start Herald with this config plus sections
+// of its own (see `startHerald`).
+export function heraldConfig({ port, metricsPort, grpcPort }) {
   return `[server]
 host = "127.0.0.1"
 port = ${port}
@@ -259,11 +261,17 @@ function heraldEnv() {
 }
 
 /**
- * Starts `herald dev` on fresh ports and waits until /readyz answers 200.
- * Herald's output goes to a log file in a temp dir, which is kept (and its
- * path printed) when COMPAT_KEEP_LOGS=1; a failed start-up reports its tail.
+ * Starts `herald <command>` (default `dev`) on fresh ports and waits until
+ * /readyz answers 200. `config({ port, metricsPort, grpcPort })` returns the
+ * config file's text (default `heraldConfig`). Herald's output goes to a log
+ * file in a temp dir, which is kept (and its path printed) when
+ * COMPAT_KEEP_LOGS=1; a failed start-up reports its tail.
+ *
+ * `useHerald` does all of this for a test file with one Herald; a test file
+ * that needs several (e.g. `herald edge` nodes of one cluster) calls this
+ * itself and must `stop()` each one in its `after` hook.
  */
-async function startHerald() {
+export async function startHerald({ command = 'dev', config = heraldConfig } = {}) {
   await access(HERALD_BIN, constants.X_OK).catch(() => {
     throw new Error(`no executable Herald at ${HERALD_BIN}: build it (cargo build) or set HERALD_BIN`);
   });
@@ -273,11 +281,11 @@ async function startHerald() {
   const grpcPort = await freePort();
   const configPath = join(workDir, 'herald.toml');
   const logPath = join(workDir, 'herald.log');
-  await writeFile(configPath, heraldConfig({ port, metricsPort, grpcPort }));
+  await writeFile(configPath, config({ port, metricsPort, grpcPort }));
 
   const log = createWriteStream(logPath);
   let output = '';
-  const proc = spawn(HERALD_BIN, ['dev', '--config', configPath], {
+  const proc = spawn(HERALD_BIN, [command, '--config', configPath], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: heraldEnv(),
   });
@@ -317,6 +325,18 @@ async function startHerald() {
   const herald = {
     port,
     grpcPort,
+    metricsPort,
+    /** The output Herald has written so far (its last 16,000 characters). */
+    output: () => output,
+    /**
+     * Sends SIGKILL (a crash: no graceful shutdown) unless Herald already
+     * exited, and resolves with its exit status once it is gone. `stop()` is
+     * still needed afterwards to clean up its temp dir.
+     */
+    kill(timeoutMs = 10_000) {
+      if (exitStatus === null) proc.kill('SIGKILL');
+      return withDeadline(exited, timeoutMs, 'herald to exit after SIGKILL');
+    },
     /**
      * Sends SIGTERM (unless Herald already exited) and resolves with its exit
      * status `{ code, signal }`; SIGKILLs and rejects after `timeoutMs`.
@@ -371,7 +391,7 @@ export function userInfo(userId) {
  * client sends through its `params` option. Signatures come solely from the
  * SDK's authorizeChannel() and authenticateUser().
  */
-async function startAuthServer(app, encryptionMasterKeyBase64) {
+export async function startAuthServer(app, encryptionMasterKeyBase64) {
   const signer = new PusherServer({ appId: app.id, key: app.key, secret: app.secret, encryptionMasterKeyBase64 });
   const impostor = new PusherServer({
     appId: app.id,
@@ -452,7 +472,7 @@ export function useHerald({ setup } = {}) {
   return env;
 }
 
-class CompatEnv {
+export class CompatEnv {
   herald = null;
   auth = null;
   clients = new Set();
@@ -465,14 +485,7 @@ class CompatEnv {
   }
 
   async stop() {
-    for (const client of this.clients) client.disconnect();
-    this.clients.clear();
-    // When the server closes an established connection with a 40xx code,
-    // pusher-js calls close() on the already closed faye-websocket socket,
-    // which arms a 30 s close timer nothing ever clears. It is harmless, but
-    // it would keep this test process alive for 30 s.
-    for (const socket of this.sockets) clearTimeout(socket._closeTimer);
-    this.sockets.clear();
+    this.disconnectAll();
     await this.auth?.close();
     await this.herald?.stop();
   }
@@ -524,6 +537,18 @@ class CompatEnv {
       what: `Herald to confirm the #server-to-user-${userId} subscription`,
     });
     return client;
+  }
+
+  /** Disconnects every client created through this environment. */
+  disconnectAll() {
+    for (const client of this.clients) client.disconnect();
+    this.clients.clear();
+    // When the server closes an established connection with a 40xx code,
+    // pusher-js calls close() on the already closed faye-websocket socket,
+    // which arms a 30 s close timer nothing ever clears. It is harmless, but
+    // it would keep this test process alive for 30 s.
+    for (const socket of this.sockets) clearTimeout(socket._closeTimer);
+    this.sockets.clear();
   }
 
   /** Disconnects a client and forgets it. */

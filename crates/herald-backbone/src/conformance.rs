@@ -182,7 +182,9 @@ pub async fn presence_scenarios<P: PresenceManager>(p: &P) {
     assert_eq!(p.remove_member("a1", &room, sid(11)).await.unwrap(), MemberChange::Changed(member("alice")));
     assert_eq!(p.remove_member("a1", &room, sid(11)).await.unwrap(), MemberChange::Unchanged, "idempotent");
 
-    // Listing by prefix shows occupied channels only.
+    // Listing by prefix shows occupied channels only (none at all: an empty list).
+    assert!(p.channels("a1", "no-such-prefix-").await.unwrap().is_empty());
+    assert!(p.channels("no-such-app", "").await.unwrap().is_empty());
     let listed: Vec<_> =
         p.channels("a1", "").await.unwrap().into_iter().map(|(c, _)| c.to_string()).collect();
     assert_eq!(listed, ["news", "presence-room"]);

@@ -1,0 +1,486 @@
+// A cluster: three `herald edge` processes sharing one real redis-server behave
+// as one Pusher server to unmodified pusher-js clients and the `pusher` SDK.
+//
+// Each edge gets its own view (`edges[i]`, a CompatEnv from the harness): its
+// `client()`/`sdk()` point at that edge's WebSocket and HTTP API, while the auth
+// endpoint and the encryption master key are shared by the whole cluster.
+//
+// Needs redis-server on PATH (REDIS_SERVER overrides); this file starts its own
+// on a fresh port and stops it in `after`.
+//
+// "Did not arrive" across edges: a ping round trip only flushes what the
+// client's own edge has queued, not what is still in flight through Redis. So
+// these tests publish a sentinel on the same channel afterwards and wait for it
+// on the connection in question: Redis delivers one publisher's messages to a
+// channel in order, and Herald keeps each channel ordered (the first test
+// checks both), so whatever was published before the sentinel has arrived.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { connect } from 'node:net';
+
+import {
+  APP,
+  CompatEnv,
+  freePort,
+  heraldConfig,
+  nextEvent,
+  record,
+  recordFrames,
+  roundTrip,
+  startAuthServer,
+  startHerald,
+  subscribe,
+  userInfo,
+  waitFor,
+} from './harness.mjs';
+
+const REDIS_SERVER = process.env.REDIS_SERVER ?? 'redis-server';
+const EDGES = 3;
+// Presence lease of every edge: a killed edge's members are removed within
+// about 4/3 of it.
+const LEASE_SECS = 1;
+const REAP_TIMEOUT_MS = 10_000;
+
+// ---------------------------------------------------------------------------
+// redis-server
+// ---------------------------------------------------------------------------
+
+/** Resolves with Redis's answer to PING on `port` (rejects if it cannot connect). */
+function ping(port) {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    let reply = '';
+    socket.setTimeout(1_000, () => socket.destroy(new Error('no answer to PING')));
+    socket.on('error', reject);
+    socket.on('connect', () => socket.write('PING\r\n'));
+    socket.on('data', (chunk) => {
+      reply += chunk;
+      if (reply.includes('\r\n')) {
+        socket.end();
+        resolve(reply.trim());
+      }
+    });
+  });
+}
+
+/** Starts a throwaway redis-server (no persistence) on a fresh loopback port. */
+async function startRedis() {
+  const port = await freePort();
+  const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  for (const stream of [proc.stdout, proc.stderr]) stream.on('data', (chunk) => (output = (output + chunk).slice(-8_000)));
+  let exitStatus = null;
+  const exited = new Promise((res) => {
+    proc.on('error', (error) => res({ code: null, signal: null, error }));
+    proc.on('close', (code, signal) => res({ code, signal }));
+  });
+  exited.then((status) => (exitStatus = status));
+
+  const redis = {
+    port,
+    url: `redis://127.0.0.1:${port}/`,
+    async stop() {
+      if (exitStatus === null) proc.kill('SIGTERM');
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+  try {
+    const ready = await waitFor(async () => (exitStatus !== null ? 'exited' : (await ping(port)) === '+PONG' && 'ready'), {
+      timeoutMs: 10_000,
+      intervalMs: 50,
+      what: `${REDIS_SERVER} on port ${port} to answer PING`,
+    });
+    if (ready === 'exited') throw new Error(`redis-server exited during start-up: ${JSON.stringify(exitStatus)}`);
+  } catch (err) {
+    await redis.stop();
+    err.message += `\n--- redis-server output ---\n${output}`;
+    throw err;
+  }
+  return redis;
+}
+
+// ---------------------------------------------------------------------------
+// The cluster
+// ---------------------------------------------------------------------------
+
+let redis = null;
+let auth = null;
+const heralds = [];
+/** One CompatEnv per edge: `edges[0]` is edge 1, and so on. */
+const edges = [];
+
+before(async () => {
+  redis = await startRedis();
+  const masterKeyBase64 = randomBytes(32).toString('base64');
+  auth = await startAuthServer(APP, masterKeyBase64);
+  const redisSection = `
+[redis]
+url = "${redis.url}"
+prefix = "compat-${randomBytes(4).toString('hex')}"
+lease_secs = ${LEASE_SECS}
+`;
+  const started = await Promise.allSettled(
+    Array.from({ length: EDGES }, () =>
+      startHerald({ command: 'edge', config: (ports) => heraldConfig(ports) + redisSection }),
+    ),
+  );
+  for (const result of started) if (result.status === 'fulfilled') heralds.push(result.value);
+  const failed = started.find((result) => result.status === 'rejected');
+  if (failed) throw failed.reason;
+  for (const herald of heralds) edges.push(Object.assign(new CompatEnv(), { herald, auth, masterKeyBase64 }));
+});
+
+after(async () => {
+  for (const edge of edges) edge.disconnectAll();
+  await auth?.close();
+  await Promise.allSettled(heralds.map((herald) => herald.stop()));
+  await redis?.stop();
+});
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/** Raw frames of `event` on `channelName` that Herald sent a client (duplicates included). */
+function framesOf(client, channelName, event) {
+  return recordFrames(client, (frame) => frame.channel === channelName && frame.event === event);
+}
+
+function memberIds(channel) {
+  const ids = [];
+  channel.members.each((member) => ids.push(member.id));
+  return ids.sort();
+}
+
+async function getJson(edge, path, params) {
+  const res = await edge.sdk().get({ path, params });
+  assert.equal(res.status, 200, `GET ${path} through edge on port ${edge.herald.port}`);
+  return res.json();
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+test('a trigger through edge 2 reaches subscribers on every edge once, 20 in order', async () => {
+  const channelName = 'cluster-news';
+  const clients = await Promise.all(edges.map((edge) => edge.connectedClient()));
+  const channels = await Promise.all(clients.map((client) => subscribe(client, channelName)));
+  const frames = clients.map((client) => framesOf(client, channelName, 'tick'));
+  const seen = channels.map((channel) => record(channel, 'tick'));
+  const sdk = edges[1].sdk();
+
+  const res = await sdk.trigger(channelName, 'tick', { n: 'first' });
+  assert.equal(res.status, 200);
+  await waitFor(() => seen.every((events) => events.length >= 1), { what: 'the first tick on every edge' });
+
+  for (let n = 0; n < 20; n++) {
+    const res = await sdk.trigger(channelName, 'tick', { n });
+    assert.equal(res.status, 200);
+  }
+  await waitFor(() => seen.every((events) => events.length >= 21), {
+    what: `21 ticks on every edge (got ${seen.map((events) => events.length)})`,
+  });
+  await edges[1].sentinel(channelName, channels);
+
+  const expected = ['first', ...Array.from({ length: 20 }, (_, n) => n)];
+  seen.forEach((events, i) =>
+    assert.deepEqual(
+      events.map(({ data }) => data.n),
+      expected,
+      `ticks received by the client on edge ${i + 1}`,
+    ),
+  );
+  frames.forEach((received, i) => assert.equal(received.length, 21, `tick frames sent to the client on edge ${i + 1}`));
+});
+
+test('a triggerBatch through edge 3 arrives on every edge, in order', async () => {
+  const clients = await Promise.all(edges.map((edge) => edge.connectedClient()));
+  const first = await Promise.all(clients.map((client) => subscribe(client, 'cluster-batch-1')));
+  const second = await Promise.all(clients.map((client) => subscribe(client, 'cluster-batch-2')));
+  const seenFirst = first.map((channel) => record(channel, 'item'));
+  const seenSecond = second.map((channel) => record(channel, 'item'));
+
+  // Pusher's batch limit is 10 events.
+  const batch = Array.from({ length: 10 }, (_, n) => ({
+    channel: n % 3 === 2 ? 'cluster-batch-2' : 'cluster-batch-1',
+    name: 'item',
+    data: { n },
+  }));
+  // Before the call: the SDK replaces each event's data with its JSON text.
+  const expectedFirst = batch.filter((e) => e.channel === 'cluster-batch-1').map((e) => e.data.n);
+  const expectedSecond = batch.filter((e) => e.channel === 'cluster-batch-2').map((e) => e.data.n);
+  const res = await edges[2].sdk().triggerBatch(batch);
+  assert.equal(res.status, 200);
+
+  await waitFor(
+    () =>
+      seenFirst.every((events) => events.length >= expectedFirst.length) &&
+      seenSecond.every((events) => events.length >= expectedSecond.length),
+    { what: 'the whole batch on every edge' },
+  );
+  await edges[2].sentinel('cluster-batch-1', first);
+  await edges[2].sentinel('cluster-batch-2', second);
+  for (let i = 0; i < EDGES; i++) {
+    assert.deepEqual(seenFirst[i].map(({ data }) => data.n), expectedFirst, `cluster-batch-1 on edge ${i + 1}`);
+    assert.deepEqual(seenSecond[i].map(({ data }) => data.n), expectedSecond, `cluster-batch-2 on edge ${i + 1}`);
+  }
+});
+
+test('client events on a private channel cross edges and are not echoed to the sender', async () => {
+  const channelName = 'private-cluster-chat';
+  const sender = await edges[0].connectedClient({ userId: 'sender' });
+  const neighbour = await edges[0].connectedClient({ userId: 'neighbour' });
+  const far = await edges[2].connectedClient({ userId: 'far' });
+  const middle = await edges[1].connectedClient({ userId: 'middle' });
+  const senderChannel = await subscribe(sender, channelName);
+  const others = [
+    await subscribe(far, channelName),
+    await subscribe(middle, channelName),
+    await subscribe(neighbour, channelName),
+  ];
+  const senderFrames = framesOf(sender, channelName, 'client-typing');
+
+  const seen = others.map((channel) => record(channel, 'client-typing'));
+  for (let n = 0; n < 3; n++) assert.equal(senderChannel.trigger('client-typing', { n }), true);
+  await waitFor(() => seen.every((events) => events.length >= 3), {
+    what: `three client events on each of edges 3, 2 and 1 (got ${seen.map((events) => events.length)})`,
+  });
+  seen.forEach((events, i) =>
+    assert.deepEqual(
+      events.map(({ data }) => data.n),
+      [0, 1, 2],
+      `client events at ${['far (edge 3)', 'middle (edge 2)', 'neighbour (edge 1)'][i]}`,
+    ),
+  );
+
+  // Published after the client events reached edge 3, so any echo has reached
+  // the sender before this.
+  await edges[1].sentinel(channelName, [senderChannel, ...others]);
+  await roundTrip(sender);
+  assert.deepEqual(senderFrames, [], 'client events echoed to the sender');
+});
+
+test('presence members agree across edges; member_added and member_removed fire once', async () => {
+  const channelName = 'presence-cluster-members';
+  const users = [
+    ['alice', edges[0]],
+    ['bob', edges[1]],
+    ['carol', edges[2]],
+  ];
+  const clients = {};
+  const channels = {};
+  const frames = {};
+  for (const [userId, edge] of users) {
+    clients[userId] = await edge.connectedClient({ userId });
+    frames[userId] = {
+      added: framesOf(clients[userId], channelName, 'pusher_internal:member_added'),
+      removed: framesOf(clients[userId], channelName, 'pusher_internal:member_removed'),
+    };
+  }
+
+  // Join one after the other; each earlier member sees the newcomer once.
+  const joined = [];
+  for (const [userId] of users) {
+    const announced = joined.map((other) =>
+      nextEvent(channels[other], 'pusher:member_added', {
+        filter: (member) => member.id === userId,
+        what: `${other} to see ${userId} join`,
+      }),
+    );
+    channels[userId] = await subscribe(clients[userId], channelName);
+    for (const [member] of await Promise.all(announced)) assert.deepEqual(member, { id: userId, info: userInfo(userId) });
+    joined.push(userId);
+  }
+
+  for (const userId of joined) {
+    assert.equal(channels[userId].members.count, 3, `${userId}'s member count`);
+    assert.deepEqual(memberIds(channels[userId]), ['alice', 'bob', 'carol'], `${userId}'s members`);
+    assert.deepEqual(channels[userId].members.me, { id: userId, info: userInfo(userId) });
+    assert.deepEqual(channels[userId].members.get('alice'), { id: 'alice', info: userInfo('alice') });
+  }
+  await edges[0].sentinel(channelName, Object.values(channels));
+  assert.deepEqual(frames.alice.added.map((f) => f.data.user_id), ['bob', 'carol']);
+  assert.deepEqual(frames.bob.added.map((f) => f.data.user_id), ['carol']);
+  assert.deepEqual(frames.carol.added.map((f) => f.data.user_id), []);
+
+  const removals = ['alice', 'carol'].map((userId) =>
+    nextEvent(channels[userId], 'pusher:member_removed', { what: `${userId} to see bob leave` }),
+  );
+  edges[1].disconnect(clients.bob);
+  for (const [member] of await Promise.all(removals)) assert.deepEqual(member, { id: 'bob', info: userInfo('bob') });
+
+  await edges[2].sentinel(channelName, [channels.alice, channels.carol]);
+  for (const userId of ['alice', 'carol']) {
+    assert.deepEqual(frames[userId].removed.map((f) => f.data.user_id), ['bob'], `member_removed frames at ${userId}`);
+    assert.deepEqual(memberIds(channels[userId]), ['alice', 'carol'], `${userId}'s members after bob left`);
+  }
+});
+
+test('channel info through any edge reports the cluster totals', async () => {
+  // presence-cluster-info: dave on edge 1 and on edge 3, erin on edge 2, frank on edge 3
+  // info-news: one anonymous connection on edge 2, one on edge 3 (none on edge 1)
+  const presence = 'presence-cluster-info';
+  for (const [userId, edge] of [
+    ['dave', edges[0]],
+    ['dave', edges[2]],
+    ['erin', edges[1]],
+    ['frank', edges[2]],
+  ]) {
+    await subscribe(await edge.connectedClient({ userId }), presence);
+  }
+  const readers = [await edges[1].connectedClient(), await edges[2].connectedClient()];
+  for (const reader of readers) await subscribe(reader, 'info-news');
+
+  for (const [i, edge] of edges.entries()) {
+    const via = `through edge ${i + 1}`;
+    assert.deepEqual(
+      await getJson(edge, `/channels/${presence}`, { info: 'user_count,subscription_count' }),
+      { occupied: true, user_count: 3, subscription_count: 4 },
+      via,
+    );
+    assert.deepEqual(
+      await getJson(edge, '/channels/info-news', { info: 'subscription_count' }),
+      { occupied: true, subscription_count: 2 },
+      via,
+    );
+    assert.deepEqual(await getJson(edge, '/channels', { filter_by_prefix: 'info-' }), { channels: { 'info-news': {} } }, via);
+    assert.deepEqual(
+      await getJson(edge, '/channels', { filter_by_prefix: 'presence-cluster-info', info: 'user_count' }),
+      { channels: { [presence]: { user_count: 3 } } },
+      via,
+    );
+    const { users } = await getJson(edge, `/channels/${presence}/users`);
+    assert.deepEqual(users.map((u) => u.id).sort(), ['dave', 'erin', 'frank'], via);
+  }
+
+  // The last subscriber on edge 3 leaves: edge 1 sees the count drop, and the
+  // channel vanish when edge 2's goes too.
+  readers[1].unsubscribe('info-news');
+  await roundTrip(readers[1]);
+  await waitFor(
+    async () => (await getJson(edges[0], '/channels/info-news', { info: 'subscription_count' })).subscription_count === 1,
+    { what: 'edge 1 to report one info-news subscriber' },
+  );
+  readers[0].unsubscribe('info-news');
+  await roundTrip(readers[0]);
+  await waitFor(async () => (await getJson(edges[0], '/channels/info-news')).occupied === false, {
+    what: 'edge 1 to report info-news unoccupied',
+  });
+});
+
+test(
+  'GET /channels matching no channel is an empty list on every edge',
+  async () => {
+    for (const [i, edge] of edges.entries()) {
+      assert.deepEqual(
+        await getJson(edge, '/channels', { filter_by_prefix: 'cluster-nothing-' }),
+        { channels: {} },
+        `through edge ${i + 1}`,
+      );
+    }
+  },
+);
+
+test('socket_id in a trigger through edge 2 excludes that connection on edge 1 only', async () => {
+  const channelName = 'cluster-exclusion';
+  const excluded = await edges[0].connectedClient();
+  const clients = [excluded, await edges[0].connectedClient(), await edges[1].connectedClient(), await edges[2].connectedClient()];
+  const channels = await Promise.all(clients.map((client) => subscribe(client, channelName)));
+  const excludedFrames = framesOf(excluded, channelName, 'echo');
+
+  const arrivals = channels.slice(1).map((channel) => nextEvent(channel, 'echo'));
+  const res = await edges[1]
+    .sdk()
+    .trigger(channelName, 'echo', { from: 'server' }, { socket_id: excluded.connection.socket_id });
+  assert.equal(res.status, 200);
+  for (const [data] of await Promise.all(arrivals)) assert.deepEqual(data, { from: 'server' });
+
+  await edges[1].sentinel(channelName, channels);
+  assert.deepEqual(excludedFrames, [], 'the excluded connection received the event');
+});
+
+test('terminateUserConnections through edge 1 closes the user on edge 3 (and edge 2) only', async (t) => {
+  const victims = [await edges[2].signedInClient('gina'), await edges[1].signedInClient('gina')];
+  const bystanders = [await edges[2].signedInClient('hank'), await edges[0].signedInClient('hank')];
+  const dropped = victims.map((client) =>
+    nextEvent(client.connection, 'state_change', {
+      filter: ({ previous }) => previous === 'connected',
+      what: "gina's connection to leave the connected state",
+    }),
+  );
+
+  const res = await edges[0].sdk().terminateUserConnections('gina');
+  assert.equal(res.status, 200);
+  const changes = await Promise.all(dropped);
+  t.diagnostic(`state changes: ${JSON.stringify(changes.map(([change]) => change))}`);
+
+  for (const bystander of bystanders) {
+    await roundTrip(bystander);
+    assert.equal(bystander.connection.state, 'connected');
+  }
+});
+
+// Last: edge 2 stays dead.
+test('after edge 2 is killed, its presence members leave everywhere and the rest keeps working', async (t) => {
+  const channelName = 'presence-cluster-crash';
+  const alice = await edges[0].connectedClient({ userId: 'alice' });
+  const carol = await edges[2].connectedClient({ userId: 'carol' });
+  const bob = await edges[1].connectedClient({ userId: 'bob' });
+  const aliceChannel = await subscribe(alice, channelName);
+  const carolChannel = await subscribe(carol, channelName);
+  const removedFrames = [alice, carol].map((client) => framesOf(client, channelName, 'pusher_internal:member_removed'));
+  const bobJoined = [aliceChannel, carolChannel].map((channel) =>
+    nextEvent(channel, 'pusher:member_added', { filter: (member) => member.id === 'bob' }),
+  );
+  await subscribe(bob, channelName);
+  await Promise.all(bobJoined);
+  const news = await subscribe(alice, 'cluster-after-crash');
+
+  const bobLeft = [aliceChannel, carolChannel].map((channel) =>
+    nextEvent(channel, 'pusher:member_removed', {
+      filter: (member) => member.id === 'bob',
+      timeoutMs: REAP_TIMEOUT_MS,
+      what: "bob's member_removed after edge 2 was killed",
+    }),
+  );
+  const killedAt = Date.now();
+  const status = await edges[1].herald.kill();
+  assert.equal(status.signal, 'SIGKILL');
+  // Stop edge 2's clients from reconnecting: its port is free now, and a
+  // Herald of another test file could get it.
+  edges[1].disconnectAll();
+  await Promise.all(bobLeft);
+  t.diagnostic(`member_removed for bob ${Date.now() - killedAt} ms after SIGKILL (lease ${LEASE_SECS} s)`);
+
+  for (const channel of [aliceChannel, carolChannel]) assert.deepEqual(memberIds(channel), ['alice', 'carol']);
+  assert.deepEqual((await getJson(edges[2], `/channels/${channelName}/users`)).users.map((u) => u.id).sort(), [
+    'alice',
+    'carol',
+  ]);
+
+  // Edge 1 still receives what is published through edge 3.
+  const seen = record(news, 'still-here');
+  for (let n = 0; n < 3; n++) {
+    const res = await edges[2].sdk().trigger('cluster-after-crash', 'still-here', { n });
+    assert.equal(res.status, 200);
+  }
+  await waitFor(() => seen.length >= 3, { what: 'three events through edge 3 at alice on edge 1' });
+  assert.deepEqual(seen.map(({ data }) => data.n), [0, 1, 2]);
+
+  // So does a connection and subscription made after the crash.
+  const latecomer = await subscribe(await edges[0].connectedClient(), 'cluster-after-crash');
+  const arrival = nextEvent(latecomer, 'still-here', { filter: (data) => data.n === 3 });
+  await edges[2].sdk().trigger('cluster-after-crash', 'still-here', { n: 3 });
+  await arrival;
+
+  // bob left exactly once for each of them.
+  await edges[2].sentinel(channelName, [aliceChannel, carolChannel]);
+  for (const frames of removedFrames) assert.deepEqual(frames.map((f) => f.data.user_id), ['bob']);
+});
