@@ -18,6 +18,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use herald_backbone::{Broker, Error, Message, MessageHandler, Result, Topic};
+use herald_telemetry::Metric;
 use parking_lot::Mutex;
 use redis::aio::PubSubSink;
 use tokio::task::JoinHandle;
@@ -194,6 +195,8 @@ async fn receive(inner: Arc<Inner>, mut stream: redis::aio::PubSubStream) {
     loop {
         deliver(&inner, &mut stream).await;
         inner.subscriber.lock().await.take();
+        metrics::gauge!(Metric::BackboneDown.name()).increment(1);
+        let lost = tokio::time::Instant::now();
         tracing::warn!("redis subscriber connection lost; publications are missed until it is back");
         loop {
             let jittered = backoff.mul_f64(0.5 + fastrand::f64());
@@ -203,6 +206,13 @@ async fn receive(inner: Arc<Inner>, mut stream: redis::aio::PubSubStream) {
                 Ok(fresh) => {
                     stream = fresh;
                     backoff = Duration::from_millis(50);
+                    metrics::gauge!(Metric::BackboneDown.name()).decrement(1);
+                    metrics::counter!(Metric::BackboneReconnects.name(), "connection" => "subscriber")
+                        .increment(1);
+                    tracing::warn!(
+                        gap_ms = lost.elapsed().as_millis() as u64,
+                        "redis subscriber connection back"
+                    );
                     break;
                 }
                 Err(e) => tracing::warn!(error = %e, "redis reconnect failed; retrying"),

@@ -99,6 +99,8 @@ impl Connection {
             return Ok(connection.clone());
         }
         let fresh = self.client.get_multiplexed_async_connection().await.map_err(unavailable)?;
+        metrics::counter!(herald_telemetry::Metric::BackboneReconnects.name(), "connection" => "command")
+            .increment(1);
         *current = Some(fresh.clone());
         Ok(fresh)
     }

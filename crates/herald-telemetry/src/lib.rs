@@ -26,10 +26,16 @@ pub enum Metric {
     ClientEvents,
     /// Gauge: channels with at least one local subscriber.
     LocalChannels,
+    /// Gauge: backbone (Redis) subscriber connections down right now; publications
+    /// for this node's channels on them are missed until they are back.
+    BackboneDown,
+    /// Counter: backbone (Redis) connections re-established, label `connection`
+    /// (`subscriber` or `command`).
+    BackboneReconnects,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 11] = [
         Metric::Connections,
         Metric::ConnectionsAccepted,
         Metric::ConnectionsClosed,
@@ -39,6 +45,8 @@ impl Metric {
         Metric::HttpApiRequests,
         Metric::ClientEvents,
         Metric::LocalChannels,
+        Metric::BackboneDown,
+        Metric::BackboneReconnects,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -52,6 +60,8 @@ impl Metric {
             Metric::HttpApiRequests => "herald_http_api_requests_total",
             Metric::ClientEvents => "herald_client_events_total",
             Metric::LocalChannels => "herald_local_channels",
+            Metric::BackboneDown => "herald_backbone_down",
+            Metric::BackboneReconnects => "herald_backbone_reconnects_total",
         }
     }
 
@@ -66,6 +76,8 @@ impl Metric {
             Metric::HttpApiRequests => "Pusher HTTP API requests, by outcome.",
             Metric::ClientEvents => "client-* events relayed.",
             Metric::LocalChannels => "Channels with at least one subscriber on this node.",
+            Metric::BackboneDown => "Backbone subscriber connections down (publications missed meanwhile).",
+            Metric::BackboneReconnects => "Backbone connections re-established, by connection kind.",
         }
     }
 }
@@ -79,7 +91,7 @@ pub fn install_prometheus() -> PrometheusHandle {
     if metrics::set_global_recorder(recorder).is_ok() {
         for metric in Metric::ALL {
             match metric {
-                Metric::Connections | Metric::LocalChannels => {
+                Metric::Connections | Metric::LocalChannels | Metric::BackboneDown => {
                     metrics::describe_gauge!(metric.name(), metric.help())
                 }
                 _ => metrics::describe_counter!(metric.name(), metric.help()),

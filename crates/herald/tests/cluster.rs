@@ -20,6 +20,7 @@ struct Edge {
     child: Child,
     ws: SocketAddr,
     grpc: SocketAddr,
+    health: SocketAddr,
 }
 
 const TOKEN: &str = "cluster-api-token-0123456789";
@@ -55,7 +56,7 @@ impl Edge {
             stderr.lines().map_while(Result::ok).find(|line| line.contains("herald edge is running"));
         // Owned (and so killed on drop) before anything can panic.
         let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
-        let mut edge = Self { ws: unset, grpc: unset, child };
+        let mut edge = Self { ws: unset, grpc: unset, health: unset, child };
         let running = running.expect("herald edge exited before it was running");
         let field = |name: &str| -> SocketAddr {
             let prefix = format!("{name}=");
@@ -63,6 +64,7 @@ impl Edge {
         };
         edge.ws = field("ws_addr");
         edge.grpc = field("grpc_addr");
+        edge.health = field("health_addr");
         edge
     }
 }
@@ -76,12 +78,16 @@ impl Drop for Edge {
 
 /// Publishes through an edge's Pusher HTTP API, signed as the app's SDK would.
 async fn trigger(edge: SocketAddr, channel: &str, event: &str, data: &str) {
+    assert_eq!(try_trigger(edge, channel, event, data).await, 200);
+}
+
+/// The same, returning the HTTP status.
+async fn try_trigger(edge: SocketAddr, channel: &str, event: &str, data: &str) -> u16 {
     let body = json!({ "name": event, "channels": [channel], "data": data }).to_string().into_bytes();
     let path = "/apps/app/events";
     let query = auth::sign_api_request(&app("app"), "POST", path, Vec::new(), &body, now());
     let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let (status, _) = http_request(edge, "POST", &format!("{path}?{}", query.join("&")), body).await;
-    assert_eq!(status.as_u16(), 200);
+    http_request(edge, "POST", &format!("{path}?{}", query.join("&")), body).await.0.as_u16()
 }
 
 #[tokio::test]
@@ -191,4 +197,39 @@ async fn edges_over_three_redis_shards_behave_as_one_server() {
     on_a.subscribe_presence(&app, "presence-sharded", "alice").await;
     let joined = on_b.subscribe_presence(&app, "presence-sharded", "bob").await;
     assert!(joined["data"].to_string().contains("alice"), "{joined}");
+}
+
+#[tokio::test]
+async fn edges_ride_out_a_redis_restart_under_traffic() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (Edge::start(&redis), Edge::start(&redis));
+    let mut client = Client::connect(a.ws, &app("app").key).await;
+    client.subscribe("live").await;
+    trigger(b.ws, "live", "tick", "before").await;
+    assert_eq!(client.recv_event("tick").await["data"], "before");
+
+    redis.stop();
+    // Publishing while Redis is down fails clearly (503), it does not vanish.
+    assert_eq!(try_trigger(b.ws, "live", "tick", "during").await, 503);
+    let _redis = RedisServer::start_on(redis.port);
+
+    // The edges reconnect and resubscribe by themselves: deliveries resume.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut n = 0;
+    'waiting: loop {
+        n += 1;
+        let _ = try_trigger(b.ws, "live", "tick", &format!("after-{n}")).await;
+        // Whatever reached the client so far (a ping's pong marks the end).
+        for message in client.sync().await {
+            if message["event"] == "tick" {
+                assert!(message["data"].as_str().unwrap().starts_with("after-"), "{message}");
+                break 'waiting;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no delivery after Redis came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The client never noticed: same connection, and the gap is in the metrics.
+    let metrics = http_request(a.health, "GET", "/metrics", Vec::new()).await.1.to_string();
+    assert!(metrics.contains("herald_backbone_reconnects_total"), "{metrics}");
 }
