@@ -377,7 +377,7 @@ test('a malformed exclude_socket_id is INVALID_ARGUMENT', async () => {
     { ...greeting, 'exclude-socket-id': 'not-a-socket-id' },
     { expectCode: 'INVALID_ARGUMENT' },
   );
-  assert.match(message, /socket_id/);
+  assert.match(message, /exclude_socket_id/);
 });
 
 test('data over 10 KB is RESOURCE_EXHAUSTED', async () => {

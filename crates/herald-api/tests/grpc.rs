@@ -152,7 +152,7 @@ async fn invalid_arguments_name_the_field_and_size_limits_exhaust() {
         (
             pb::Event { exclude_socket_id: "nope".into(), ..event(&["c"], "e", "d") },
             Code::InvalidArgument,
-            "socket_id:",
+            "exclude_socket_id:",
         ),
         (event(&["c"], "e", &"x".repeat(10 * 1024 + 1)), Code::ResourceExhausted, "data:"),
         (
