@@ -24,7 +24,7 @@ use redis::aio::PubSubSink;
 use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
 
-use crate::{Connection, Shards, unavailable, wire};
+use crate::{Connection, Shards, cluster::ClusterBroker, unavailable, wire};
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
@@ -36,6 +36,9 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
+    /// `urls` are nodes of one Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`)
+    /// and keys spread by slot, instead of independent instances.
+    pub cluster: bool,
 }
 
 impl RedisConfig {
@@ -46,17 +49,19 @@ impl RedisConfig {
     /// Channels spread over several independent Redis instances. Every node of a
     /// cluster must list the same URLs in the same order.
     pub fn sharded(urls: Vec<String>) -> Self {
-        Self { urls, prefix: "herald".into(), max_backoff: Duration::from_secs(5) }
+        Self { urls, prefix: "herald".into(), max_backoff: Duration::from_secs(5), cluster: false }
     }
 }
 
 /// Most messages handed to the handler at once.
 const MAX_BATCH: usize = 256;
 
-/// A node's broker over one Redis, or several (each topic lives on one of them).
+/// A node's broker over one Redis, several (each topic lives on one of them), or a
+/// Redis Cluster (sharded pub/sub).
 pub struct RedisBroker {
     shards: Shards<Arc<Inner>>,
     receivers: Vec<JoinHandle<()>>,
+    cluster: Option<ClusterBroker>,
 }
 
 /// The broker's share of one Redis.
@@ -76,6 +81,10 @@ impl RedisBroker {
     /// Connects to every Redis and starts receiving for `handler`. Fails if one cannot
     /// be reached now; once running, the broker reconnects by itself.
     pub async fn connect(config: RedisConfig, handler: Arc<dyn MessageHandler>) -> Result<Self> {
+        if config.cluster {
+            let cluster = ClusterBroker::connect(&config, handler).await?;
+            return Ok(Self { shards: Shards::empty(), receivers: Vec::new(), cluster: Some(cluster) });
+        }
         let mut shards = Vec::with_capacity(config.urls.len());
         let mut receivers = Vec::with_capacity(config.urls.len());
         for url in &config.urls {
@@ -95,7 +104,7 @@ impl RedisBroker {
             receivers.push(tokio::spawn(receive(inner.clone(), stream)));
             shards.push(inner);
         }
-        Ok(Self { shards: Shards::new(shards)?, receivers })
+        Ok(Self { shards: Shards::new(shards)?, receivers, cluster: None })
     }
 
     /// The shard that carries `topic`.
@@ -133,6 +142,9 @@ impl Broker for RedisBroker {
     }
 
     async fn publish_batch(&self, messages: Vec<(Topic, Message)>) -> Result<()> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.publish_batch(messages).await;
+        }
         // One pipeline per shard, each in the batch's order (a topic lives on one
         // shard, so its order is kept).
         let mut pipes: Vec<(usize, redis::Pipeline)> = Vec::new();
@@ -160,6 +172,9 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<()> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.subscribe(topic).await;
+        }
         let shard = self.shard(topic);
         let channel = shard.channel(topic);
         shard.wanted.lock().insert(channel.clone(), topic.clone());
@@ -175,6 +190,9 @@ impl Broker for RedisBroker {
     }
 
     async fn unsubscribe(&self, topic: &Topic) -> Result<()> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.unsubscribe(topic).await;
+        }
         let shard = self.shard(topic);
         let channel = shard.channel(topic);
         let mut subscriber = shard.subscriber.lock().await;

@@ -16,8 +16,12 @@ pub struct RedisIdempotency {
 impl RedisIdempotency {
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
         let mut connections = Vec::with_capacity(config.urls.len());
-        for url in &config.urls {
-            connections.push(Connection::open(url).await?);
+        if config.cluster {
+            connections.push(Connection::open_cluster(&config.urls).await?);
+        } else {
+            for url in &config.urls {
+                connections.push(Connection::open(url).await?);
+            }
         }
         Ok(Self { connections: Shards::new(connections)?, prefix: config.prefix.clone() })
     }

@@ -3,6 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | `broker` | [`RedisBroker`]: interest-based fan-out over Redis pub/sub, pipelined publishing, reconnect and resubscribe |
+//! | `cluster` | the broker over a Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) |
 //! | `idempotency` | [`RedisIdempotency`]: idempotency keys shared by every node |
 //! | `presence` | [`RedisPresence`]: occupancy and presence members, cluster-wide, one Lua script per change |
 //! | `wire` | how a [`herald_backbone::Message`] travels through Redis |
@@ -11,6 +12,7 @@
 //! `redis-server` (see `tests/`).
 
 mod broker;
+mod cluster;
 mod idempotency;
 mod presence;
 mod wire;
@@ -20,7 +22,9 @@ pub use idempotency::RedisIdempotency;
 pub use presence::{OnReaped, Reaped, RedisPresence};
 
 use herald_backbone::{Error, Result};
-use redis::{FromRedisValue, aio::MultiplexedConnection};
+use redis::{
+    FromRedisValue, aio::MultiplexedConnection, cluster::ClusterClient, cluster_async::ClusterConnection,
+};
 
 /// Independent Redis instances, each owning the keys and channels that consistent
 /// hashing assigns it: adding an instance moves about 1/n of them. Every node of a
@@ -46,6 +50,11 @@ impl<T> Shards<T> {
             .collect();
         ring.sort_unstable();
         Ok(Self { items, ring })
+    }
+
+    /// No instances (a Redis Cluster routes by itself).
+    pub(crate) fn empty() -> Self {
+        Self { items: Vec::new(), ring: Vec::new() }
     }
 
     pub(crate) fn index(&self, key: &str) -> usize {
@@ -78,27 +87,89 @@ fn hash(key: &str) -> u64 {
     hash ^ (hash >> 31)
 }
 
-/// A multiplexed (pipelined) connection that is replaced when it breaks (Redis
-/// restarted or the network dropped it). A command that finds the connection already
-/// broken is sent once more on a fresh one; a failure after that is `Unavailable`.
+/// A connection to one Redis (multiplexed, pipelined) or to a Redis Cluster (which
+/// routes each command to the node of its key's slot).
+#[derive(Clone)]
+pub(crate) enum AnyConnection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for AnyConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where a [`Connection`] connects.
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A connection that is replaced when it breaks (Redis restarted or the network
+/// dropped it). A command that finds the connection already broken is sent once more
+/// on a fresh one; a failure after that is `Unavailable`.
 pub(crate) struct Connection {
-    client: redis::Client,
-    current: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    target: Target,
+    current: tokio::sync::Mutex<Option<AnyConnection>>,
 }
 
 impl Connection {
     pub(crate) async fn open(url: &str) -> Result<Self> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let first = client.get_multiplexed_async_connection().await.map_err(unavailable)?;
-        Ok(Self { client, current: tokio::sync::Mutex::new(Some(first)) })
+        Ok(Self {
+            target: Target::Single(client),
+            current: tokio::sync::Mutex::new(Some(AnyConnection::Single(first))),
+        })
     }
 
-    async fn get(&self) -> Result<MultiplexedConnection> {
+    /// A connection to the Redis Cluster that `urls` (some of its nodes) belong to.
+    pub(crate) async fn open_cluster(urls: &[String]) -> Result<Self> {
+        let client = ClusterClient::new(urls.to_vec()).map_err(unavailable)?;
+        let first = client.get_async_connection().await.map_err(unavailable)?;
+        Ok(Self {
+            target: Target::Cluster(Box::new(client)),
+            current: tokio::sync::Mutex::new(Some(AnyConnection::Cluster(first))),
+        })
+    }
+
+    async fn get(&self) -> Result<AnyConnection> {
         let mut current = self.current.lock().await;
         if let Some(connection) = current.as_ref() {
             return Ok(connection.clone());
         }
-        let fresh = self.client.get_multiplexed_async_connection().await.map_err(unavailable)?;
+        let fresh = match &self.target {
+            Target::Single(client) => {
+                AnyConnection::Single(client.get_multiplexed_async_connection().await.map_err(unavailable)?)
+            }
+            Target::Cluster(client) => {
+                AnyConnection::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+            }
+        };
         metrics::counter!(herald_telemetry::Metric::BackboneReconnects.name(), "connection" => "command")
             .increment(1);
         *current = Some(fresh.clone());
@@ -109,7 +180,7 @@ impl Connection {
     /// if the connection turns out to be broken.
     pub(crate) async fn run<T, F, Fut>(&self, command: F) -> Result<T>
     where
-        F: Fn(MultiplexedConnection) -> Fut,
+        F: Fn(AnyConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let mut retried = false;

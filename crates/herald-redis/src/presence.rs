@@ -83,6 +83,9 @@ pub struct RedisPresence {
     /// A channel's keys live on the instance its name hashes to; the first instance
     /// also keeps the node leases.
     connections: Shards<Connection>,
+    /// Redis Cluster: a script may only touch the keys of one slot, so the app index
+    /// and the node records are kept in per-channel keys plus global lists.
+    cluster: bool,
     prefix: Arc<str>,
     join: Script,
     leave: Script,
@@ -93,13 +96,16 @@ pub struct RedisPresence {
 impl RedisPresence {
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
         Ok(Self {
-            connections: {
+            connections: if config.cluster {
+                Shards::new(vec![Connection::open_cluster(&config.urls).await?])?
+            } else {
                 let mut connections = Vec::with_capacity(config.urls.len());
                 for url in &config.urls {
                     connections.push(Connection::open(url).await?);
                 }
                 Shards::new(connections)?
             },
+            cluster: config.cluster,
             prefix: Arc::from(config.prefix.as_str()),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
@@ -131,12 +137,56 @@ impl RedisPresence {
         format!("{}:nodes", self.prefix)
     }
 
+    /// The app index and node record keys a script updates: global in one Redis,
+    /// per channel (same slot as its other keys) in a Redis Cluster.
+    fn script_keys(&self, app_id: &str, channel: &str, node: u32) -> (String, String) {
+        if self.cluster {
+            (self.key(app_id, channel, "index"), self.key(app_id, channel, &format!("node:{node}")))
+        } else {
+            (self.index(app_id), self.entries(node))
+        }
+    }
+
+    /// Redis Cluster only: lists the channel in its app's index and its per-channel
+    /// node record in the node's list, before the change itself (so a crash between
+    /// the two leaves something to reap, never an orphan). Idempotent.
+    async fn register(&self, app_id: &str, channel: &str, node: u32) -> Result<()> {
+        if !self.cluster {
+            return Ok(());
+        }
+        let connection = self.on(app_id, channel);
+        redis::cmd("SADD").arg(self.index(app_id)).arg(channel).run_on::<()>(connection).await?;
+        let record = self.key(app_id, channel, &format!("node:{node}"));
+        redis::cmd("SADD").arg(self.node_records(node)).arg(record).run_on::<()>(connection).await
+    }
+
+    /// Redis Cluster only: the per-channel record keys of a node.
+    fn node_records(&self, node: u32) -> String {
+        format!("{}:node:{node}:records", self.prefix)
+    }
+
     fn index(&self, app_id: &str) -> String {
         format!("{}:{{{}:{app_id}}}:channels", self.prefix, app_id.len())
     }
 
     async fn stats(&self, app_id: &str, channels: &[ChannelName]) -> Result<Vec<ChannelStats>> {
         let mut stats = vec![ChannelStats::default(); channels.len()];
+        if self.cluster {
+            // A cluster pipeline must stay in one slot: ask channel by channel.
+            for (i, channel) in channels.iter().enumerate() {
+                let connection = self.coordinator();
+                let subscription_count: u64 = redis::cmd("SCARD")
+                    .arg(self.key(app_id, channel.as_str(), "subs"))
+                    .run_on(connection)
+                    .await?;
+                let user_count: u64 = redis::cmd("HLEN")
+                    .arg(self.key(app_id, channel.as_str(), "members"))
+                    .run_on(connection)
+                    .await?;
+                stats[i] = ChannelStats { subscription_count, user_count };
+            }
+            return Ok(stats);
+        }
         for (shard, connection) in self.connections.items.iter().enumerate() {
             let here: Vec<usize> = (0..channels.len())
                 .filter(|i| self.connections.index(&format!("{app_id}:{}", channels[*i])) == shard)
@@ -246,10 +296,10 @@ impl RedisPresence {
             if claimed == 0 {
                 continue;
             }
+            let records = self.records_of(node).await?;
             let mut entries: Vec<String> = Vec::new();
-            for connection in &self.connections.items {
-                let here: Vec<String> =
-                    redis::cmd("SMEMBERS").arg(self.entries(node)).run_on(connection).await?;
+            for (connection, record) in &records {
+                let here: Vec<String> = redis::cmd("SMEMBERS").arg(record).run_on(connection).await?;
                 entries.extend(here);
             }
             tracing::warn!(node, connections = entries.len(), "node lease expired: removing its connections");
@@ -270,11 +320,25 @@ impl RedisPresence {
                     }
                 }
             }
-            for connection in &self.connections.items {
-                redis::cmd("DEL").arg(self.entries(node)).run_on::<()>(connection).await?;
+            for (connection, record) in &records {
+                redis::cmd("DEL").arg(record).run_on::<()>(connection).await?;
+            }
+            if self.cluster {
+                redis::cmd("DEL").arg(self.node_records(node)).run_on::<()>(self.coordinator()).await?;
             }
         }
         Ok(reaped)
+    }
+
+    /// Where a node's records are: one set per instance, or (Redis Cluster) the
+    /// per-channel sets its list names.
+    async fn records_of(&self, node: u32) -> Result<Vec<(&Connection, String)>> {
+        if !self.cluster {
+            return Ok(self.connections.items.iter().map(|c| (c, self.entries(node))).collect());
+        }
+        let keys: Vec<String> =
+            redis::cmd("SMEMBERS").arg(self.node_records(node)).run_on(self.coordinator()).await?;
+        Ok(keys.into_iter().map(|k| (self.coordinator(), k)).collect())
     }
 }
 
@@ -285,10 +349,12 @@ fn now_ms() -> u64 {
 #[async_trait]
 impl PresenceManager for RedisPresence {
     async fn join(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
+        self.register(app_id, channel.as_str(), socket.node).await?;
+        let (index, entries) = self.script_keys(app_id, channel.as_str(), socket.node);
         self.join
             .key(self.key(app_id, channel.as_str(), "subs"))
-            .key(self.index(app_id))
-            .key(self.entries(socket.node))
+            .key(index)
+            .key(entries)
             .arg(socket.to_string())
             .arg(channel.as_str())
             .arg(entry(Entry::Subscription, app_id, channel, socket))
@@ -297,10 +363,11 @@ impl PresenceManager for RedisPresence {
     }
 
     async fn leave(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
+        let (index, entries) = self.script_keys(app_id, channel.as_str(), socket.node);
         self.leave
             .key(self.key(app_id, channel.as_str(), "subs"))
-            .key(self.index(app_id))
-            .key(self.entries(socket.node))
+            .key(index)
+            .key(entries)
             .arg(socket.to_string())
             .arg(channel.as_str())
             .arg(entry(Entry::Subscription, app_id, channel, socket))
@@ -316,12 +383,14 @@ impl PresenceManager for RedisPresence {
         member: Member,
         max_members: usize,
     ) -> Result<MemberChange> {
+        self.register(app_id, channel.as_str(), socket.node).await?;
+        let (_, entries) = self.script_keys(app_id, channel.as_str(), socket.node);
         let outcome: i64 = self
             .add_member
             .key(self.key(app_id, channel.as_str(), "sockets"))
             .key(self.key(app_id, channel.as_str(), "counts"))
             .key(self.key(app_id, channel.as_str(), "members"))
-            .key(self.entries(socket.node))
+            .key(entries)
             .arg(socket.to_string())
             .arg(&*member.user_id)
             .arg(member.user_info.to_string())
@@ -342,12 +411,13 @@ impl PresenceManager for RedisPresence {
         channel: &ChannelName,
         socket: SocketId,
     ) -> Result<MemberChange> {
+        let (_, entries) = self.script_keys(app_id, channel.as_str(), socket.node);
         let removed: Vec<String> = self
             .remove_member
             .key(self.key(app_id, channel.as_str(), "sockets"))
             .key(self.key(app_id, channel.as_str(), "counts"))
             .key(self.key(app_id, channel.as_str(), "members"))
-            .key(self.entries(socket.node))
+            .key(entries)
             .arg(socket.to_string())
             .arg(entry(Entry::Member, app_id, channel, socket))
             .run(self.on(app_id, channel.as_str()))

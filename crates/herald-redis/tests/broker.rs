@@ -14,7 +14,7 @@ use herald_backbone::{
 };
 use herald_core::ChannelName;
 use herald_redis::{RedisBroker, RedisConfig, RedisIdempotency, RedisPresence};
-use herald_testkit::redis::RedisServer;
+use herald_testkit::redis::{RedisCluster, RedisServer};
 
 fn config(redis: &RedisServer) -> RedisConfig {
     RedisConfig { max_backoff: Duration::from_millis(200), ..RedisConfig::new(redis.url()) }
@@ -25,22 +25,9 @@ fn topic(channel: &str) -> Topic {
 }
 
 #[tokio::test]
-async fn redis_broker_conforms() {
+async fn one_redis_conforms() {
     let redis = RedisServer::start();
-    let shared = config(&redis);
-    conformance::broker_scenarios(|a, b| async move {
-        let a = RedisBroker::connect(shared.clone(), a).await.unwrap();
-        let b = RedisBroker::connect(shared, b).await.unwrap();
-        (a, b)
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn redis_presence_conforms() {
-    let redis = RedisServer::start();
-    let presence = RedisPresence::connect(&config(&redis)).await.unwrap();
-    conformance::presence_scenarios(&presence).await;
+    conforms(&config(&redis)).await;
 }
 
 #[tokio::test]
@@ -117,6 +104,18 @@ async fn an_idempotency_key_is_claimed_once_by_the_whole_cluster() {
     assert_eq!(b.claim("app", "k", "id-d", window).await.unwrap(), Claim::Won, "the window is over");
 }
 
+/// The broker and presence conformance scenarios over `config`.
+async fn conforms(config: &RedisConfig) {
+    let shared = config.clone();
+    conformance::broker_scenarios(|a, b| async move {
+        let a = RedisBroker::connect(shared.clone(), a).await.unwrap();
+        let b = RedisBroker::connect(shared, b).await.unwrap();
+        (a, b)
+    })
+    .await;
+    conformance::presence_scenarios(&RedisPresence::connect(config).await.unwrap()).await;
+}
+
 #[tokio::test]
 async fn sharded_over_three_instances_the_backbone_conforms_and_spreads() {
     let instances = [RedisServer::start(), RedisServer::start(), RedisServer::start()];
@@ -124,14 +123,7 @@ async fn sharded_over_three_instances_the_backbone_conforms_and_spreads() {
         max_backoff: Duration::from_millis(200),
         ..RedisConfig::sharded(instances.iter().map(RedisServer::url).collect())
     };
-    let shared = sharded.clone();
-    conformance::broker_scenarios(|a, b| async move {
-        let a = RedisBroker::connect(shared.clone(), a).await.unwrap();
-        let b = RedisBroker::connect(shared, b).await.unwrap();
-        (a, b)
-    })
-    .await;
-    conformance::presence_scenarios(&RedisPresence::connect(&sharded).await.unwrap()).await;
+    conforms(&sharded).await;
 
     // Topics really are spread: every instance carries some of 60 channels.
     let broker = RedisBroker::connect(sharded, Arc::new(Recorder::default())).await.unwrap();
@@ -145,6 +137,36 @@ async fn sharded_over_three_instances_the_backbone_conforms_and_spreads() {
             redis::cmd("PUBSUB").arg("CHANNELS").arg("*spread-*").query_async(&mut connection).await.unwrap();
         assert!((5..45).contains(&channels.len()), "{} of 60 on {}", channels.len(), instance.url());
     }
+}
+
+#[tokio::test]
+async fn over_a_redis_cluster_the_backbone_conforms_with_sharded_pubsub() {
+    use herald_backbone::{Claim, IdempotencyStore};
+    let cluster = RedisCluster::start();
+    let config = RedisConfig { cluster: true, ..RedisConfig::sharded(cluster.urls()) };
+    conforms(&config).await;
+    let keys = RedisIdempotency::connect(&config).await.unwrap();
+    let window = Duration::from_secs(5);
+    assert_eq!(keys.claim("app", "k", "id", window).await.unwrap(), Claim::Won);
+    keys.complete("app", "k", "id", window).await.unwrap();
+    assert_eq!(keys.claim("app", "k", "id2", window).await.unwrap(), Claim::Done("id".into()));
+
+    // Sharded pub/sub: the channels are spread over the masters (SHARDNUMSUB per node).
+    let broker = RedisBroker::connect(config, Arc::new(Recorder::default())).await.unwrap();
+    for i in 0..30 {
+        broker.subscribe(&topic(&format!("spread-{i}"))).await.unwrap();
+    }
+    let mut serving = 0;
+    for port in &cluster.ports {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let channels: Vec<String> =
+            redis::cmd("PUBSUB").arg("SHARDCHANNELS").query_async(&mut connection).await.unwrap();
+        if !channels.is_empty() {
+            serving += 1;
+        }
+    }
+    assert!(serving >= 3, "sharded channels live on {serving} nodes");
 }
 
 #[tokio::test]

@@ -32,6 +32,10 @@ pub struct RedisSection {
     /// Several independent Redis instances instead of `url`: channels are spread over
     /// them by consistent hashing. Every edge must list the same URLs in the same order.
     pub shards: Vec<String>,
+    /// `shards` (or `url`) are nodes of one Redis Cluster: sharded pub/sub
+    /// (`SPUBLISH`/`SSUBSCRIBE`) and keys spread by slot, instead of independent
+    /// instances.
+    pub cluster: bool,
     /// Prefix of every Redis key and channel, so several clusters can share a Redis.
     pub prefix: String,
     /// Seconds an edge's presence lease lasts without renewal: the members and counts
@@ -52,6 +56,7 @@ impl Default for RedisSection {
         Self {
             url: "redis://127.0.0.1:6379/".into(),
             shards: Vec::new(),
+            cluster: false,
             prefix: "herald".into(),
             lease_secs: 15,
         }

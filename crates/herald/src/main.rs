@@ -104,8 +104,11 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     };
     let (apps, demo) = config.apps_or_demo();
     let hub = Arc::new(Hub::new(node_id));
-    let redis =
-        RedisConfig { prefix: config.redis.prefix.clone(), ..RedisConfig::sharded(config.redis.urls()) };
+    let redis = RedisConfig {
+        prefix: config.redis.prefix.clone(),
+        cluster: config.redis.cluster,
+        ..RedisConfig::sharded(config.redis.urls())
+    };
     let mut redis_presence = None;
     let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) = match role {
         Role::Dev => {

@@ -10,7 +10,10 @@ use std::{
 };
 
 use herald_core::auth;
-use herald_testkit::{Client, app, http_request, now, redis::RedisServer};
+use herald_testkit::{
+    Client, app, http_request, now,
+    redis::{RedisCluster, RedisServer},
+};
 use serde_json::json;
 
 const HERALD: &str = env!("CARGO_BIN_EXE_herald");
@@ -36,10 +39,23 @@ impl Edge {
         Self::start_with("HERALD_REDIS__SHARDS", format!("[{}]", urls.join(",")))
     }
 
+    /// An edge over a Redis Cluster (`[redis] cluster = true`).
+    fn start_on_cluster(cluster: &RedisCluster) -> Self {
+        let urls: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+        Self::start_with_env(&[
+            ("HERALD_REDIS__SHARDS", format!("[{}]", urls.join(","))),
+            ("HERALD_REDIS__CLUSTER", "true".into()),
+        ])
+    }
+
     fn start_with(variable: &str, value: String) -> Self {
+        Self::start_with_env(&[(variable, value)])
+    }
+
+    fn start_with_env(variables: &[(&str, String)]) -> Self {
         let mut child = Command::new(HERALD)
             .args(["edge", "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
-            .env(variable, value)
+            .envs(variables.iter().map(|(k, v)| (*k, v.as_str())))
             .env("HERALD_REDIS__LEASE_SECS", "1")
             .env(
                 "HERALD_APPS",
@@ -127,15 +143,7 @@ async fn a_killed_edges_members_leave_everywhere_within_its_lease() {
     let app = app("app");
     let mut alice = Client::connect(doomed.ws, &app.key).await;
     let mut bob = Client::connect(b.ws, &app.key).await;
-    alice.subscribe_presence(&app, "presence-room", "alice").await;
-    let joined = bob.subscribe_presence(&app, "presence-room", "bob").await;
-    assert!(joined["data"].to_string().contains("alice"), "{joined}");
-
-    // kill -9: no goodbye from that edge; its lease (1 s here) runs out.
-    doomed.child.kill().unwrap();
-    doomed.child.wait().unwrap();
-    let removed = bob.recv_event("pusher_internal:member_removed").await;
-    assert!(removed["data"].to_string().contains("alice"), "{removed}");
+    kill_with_a_member(&mut doomed, &mut alice, &mut bob, "presence-room").await;
 
     // Alice's client reconnects to the surviving edge and carries on.
     let mut alice = Client::connect(b.ws, &app.key).await;
@@ -178,25 +186,33 @@ async fn an_idempotency_key_holds_across_edges() {
 async fn edges_over_three_redis_shards_behave_as_one_server() {
     let instances = [RedisServer::start(), RedisServer::start(), RedisServer::start()];
     let (a, b) = (Edge::start_sharded(&instances), Edge::start_sharded(&instances));
-    let app = app("app");
-    let mut on_a = Client::connect(a.ws, &app.key).await;
-    let mut on_b = Client::connect(b.ws, &app.key).await;
-    let channels: Vec<String> = (0..12).map(|i| format!("sharded-{i}")).collect();
+    let (_, mut on_b) = deliver_everywhere(a.ws, b.ws, "sharded").await;
+    let mut alice = Client::connect(a.ws, &app("app").key).await;
+    alice.subscribe_presence(&app("app"), "presence-sharded", "alice").await;
+    let joined = on_b.subscribe_presence(&app("app"), "presence-sharded", "bob").await;
+    assert!(joined["data"].to_string().contains("alice"), "{joined}");
+}
+
+/// Clients on both edges subscribe to 12 channels; a publication to each through
+/// edge `a` reaches both, in order. Returns the two clients.
+async fn deliver_everywhere(a: SocketAddr, b: SocketAddr, prefix: &str) -> (Client, Client) {
+    let key = app("app").key;
+    let mut on_a = Client::connect(a, &key).await;
+    let mut on_b = Client::connect(b, &key).await;
+    let channels: Vec<String> = (0..12).map(|i| format!("{prefix}-{i}")).collect();
     for channel in &channels {
         on_a.subscribe(channel).await;
         on_b.subscribe(channel).await;
     }
     for channel in &channels {
-        trigger(a.ws, channel, "tick", channel).await;
+        trigger(a, channel, "tick", channel).await;
     }
     for client in [&mut on_a, &mut on_b] {
         for channel in &channels {
             assert_eq!(client.recv_event("tick").await["data"], channel.as_str());
         }
     }
-    on_a.subscribe_presence(&app, "presence-sharded", "alice").await;
-    let joined = on_b.subscribe_presence(&app, "presence-sharded", "bob").await;
-    assert!(joined["data"].to_string().contains("alice"), "{joined}");
+    (on_a, on_b)
 }
 
 #[tokio::test]
@@ -232,4 +248,26 @@ async fn edges_ride_out_a_redis_restart_under_traffic() {
     // The client never noticed: same connection, and the gap is in the metrics.
     let metrics = http_request(a.health, "GET", "/metrics", Vec::new()).await.1.to_string();
     assert!(metrics.contains("herald_backbone_reconnects_total"), "{metrics}");
+}
+
+#[tokio::test]
+async fn edges_over_a_redis_cluster_behave_as_one_server() {
+    let cluster = RedisCluster::start();
+    let (mut doomed, b) = (Edge::start_on_cluster(&cluster), Edge::start_on_cluster(&cluster));
+    let (mut on_doomed, mut on_b) = deliver_everywhere(doomed.ws, b.ws, "cluster").await;
+    kill_with_a_member(&mut doomed, &mut on_doomed, &mut on_b, "presence-cluster").await;
+}
+
+/// Alice (on `doomed`) and Bob (on another edge) join a presence channel; `doomed`
+/// is killed with -9 (no goodbye): once its lease (1 s here) runs out, Bob gets
+/// `member_removed` for Alice.
+async fn kill_with_a_member(doomed: &mut Edge, alice: &mut Client, bob: &mut Client, channel: &str) {
+    let app = app("app");
+    alice.subscribe_presence(&app, channel, "alice").await;
+    let joined = bob.subscribe_presence(&app, channel, "bob").await;
+    assert!(joined["data"].to_string().contains("alice"), "{joined}");
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let removed = bob.recv_event("pusher_internal:member_removed").await;
+    assert!(removed["data"].to_string().contains("alice"), "{removed}");
 }

@@ -1,0 +1,122 @@
+//! The broker over a Redis Cluster: sharded pub/sub. A topic's channel lives on the
+//! node owning its slot; `SPUBLISH` goes there and `SSUBSCRIBE` listens there, so
+//! pub/sub traffic scales with the cluster instead of reaching every node. The
+//! client (RESP3 pushes) resubscribes by itself after disconnections and slot moves.
+
+use std::{collections::HashMap, sync::Arc};
+
+use herald_backbone::{Message, MessageHandler, Result, Topic};
+use parking_lot::Mutex;
+use redis::{PushKind, Value, cluster::ClusterClientBuilder, cluster_async::ClusterConnection};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::{RedisConfig, unavailable, wire};
+
+/// Most messages handed to the handler at once.
+const MAX_BATCH: usize = 256;
+
+pub(crate) struct ClusterBroker {
+    connection: ClusterConnection,
+    prefix: String,
+    /// The topics this node wants, by Redis channel name.
+    wanted: Arc<Mutex<HashMap<String, Topic>>>,
+    receiver: JoinHandle<()>,
+}
+
+impl ClusterBroker {
+    pub(crate) async fn connect(config: &RedisConfig, handler: Arc<dyn MessageHandler>) -> Result<Self> {
+        let (pushes, received) = mpsc::unbounded_channel();
+        let client = ClusterClientBuilder::new(config.urls.clone())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .build()
+            .map_err(unavailable)?;
+        let connection = client.get_async_connection().await.map_err(unavailable)?;
+        let wanted = Arc::new(Mutex::new(HashMap::new()));
+        let receiver = tokio::spawn(receive(received, wanted.clone(), handler));
+        Ok(Self { connection, prefix: config.prefix.clone(), wanted, receiver })
+    }
+
+    pub(crate) fn channel(&self, topic: &Topic) -> String {
+        format!("{}:{}:{}:{}", self.prefix, topic.app_id.len(), topic.app_id, topic.name)
+    }
+
+    /// Publishes in order. Each topic's channel has its own slot, so messages go one
+    /// `SPUBLISH` at a time (a run to one topic as one pipeline).
+    pub(crate) async fn publish_batch(&self, messages: Vec<(Topic, Message)>) -> Result<()> {
+        let mut at = 0;
+        while at < messages.len() {
+            let topic = &messages[at].0;
+            let run = messages[at..].iter().take_while(|(t, _)| t == topic).count();
+            let mut pipe = redis::pipe();
+            for (topic, message) in &messages[at..at + run] {
+                pipe.cmd("SPUBLISH")
+                    .arg(self.channel(topic))
+                    .arg(wire::encode(&topic.app_id, message))
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut self.connection.clone()).await.map_err(unavailable)?;
+            at += run;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn subscribe(&self, topic: &Topic) -> Result<()> {
+        let channel = self.channel(topic);
+        self.wanted.lock().insert(channel.clone(), topic.clone());
+        let result = self.connection.clone().ssubscribe(&channel).await.map_err(unavailable);
+        if result.is_err() {
+            self.wanted.lock().remove(&channel);
+        }
+        result
+    }
+
+    pub(crate) async fn unsubscribe(&self, topic: &Topic) -> Result<()> {
+        let channel = self.channel(topic);
+        self.connection.clone().sunsubscribe(&channel).await.map_err(unavailable)?;
+        self.wanted.lock().remove(&channel);
+        Ok(())
+    }
+}
+
+impl Drop for ClusterBroker {
+    fn drop(&mut self) {
+        self.receiver.abort();
+    }
+}
+
+/// Hands sharded messages to the handler, everything already received in one batch.
+async fn receive(
+    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+    wanted: Arc<Mutex<HashMap<String, Topic>>>,
+    handler: Arc<dyn MessageHandler>,
+) {
+    let mut batch = Vec::new();
+    while let Some(push) = pushes.recv().await {
+        batch.push(push);
+        while batch.len() < MAX_BATCH {
+            match pushes.try_recv() {
+                Ok(push) => batch.push(push),
+                Err(_) => break,
+            }
+        }
+        let messages: Vec<(Topic, Message)> = {
+            let wanted = wanted.lock();
+            batch
+                .drain(..)
+                .filter(|push| push.kind == PushKind::SMessage)
+                .filter_map(|push| {
+                    let [Value::BulkString(channel), Value::BulkString(payload), ..] = push.data.as_slice()
+                    else {
+                        return None;
+                    };
+                    let topic = wanted.get(std::str::from_utf8(channel).ok()?)?.clone();
+                    Some((topic, wire::decode(payload)?))
+                })
+                .collect()
+        };
+        if !messages.is_empty() {
+            handler.handle_batch(messages);
+        }
+    }
+}
