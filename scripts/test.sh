@@ -23,3 +23,8 @@ cargo nextest run --locked --workspace --all-targets
 echo "== compatibility suite (pusher-js, pusher server SDK, grpcio, grpcurl)"
 cargo build --locked -p herald
 HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/ loadtest/node/
+# The three-edge suite again over three Redis shards and over a Redis Cluster.
+for mode in sharded cluster; do
+  echo "== cluster compatibility suite over Redis: ${mode}"
+  COMPAT_REDIS_MODE="${mode}" HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/cluster.test.mjs
+done

@@ -16,9 +16,12 @@
 // checks both), so whatever was published before the sentinel has arrived.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 import {
   APP,
@@ -37,6 +40,10 @@ import {
 } from './harness.mjs';
 
 const REDIS_SERVER = process.env.REDIS_SERVER ?? 'redis-server';
+// The backbone the edges share: `single` (one redis-server), `sharded` (three
+// independent ones, `[redis] shards`) or `cluster` (a six-node Redis Cluster,
+// `[redis] cluster = true`, sharded pub/sub). scripts/test.sh runs all three.
+const MODE = process.env.COMPAT_REDIS_MODE ?? 'single';
 const EDGES = 3;
 // Presence lease of every edge: a killed edge's members are removed within
 // about 4/3 of it.
@@ -66,9 +73,10 @@ function ping(port) {
 }
 
 /** Starts a throwaway redis-server (no persistence) on a fresh loopback port. */
-async function startRedis() {
+async function startRedis(extraArgs = () => []) {
   const port = await freePort();
-  const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extraArgs(port)];
+  const proc = spawn(REDIS_SERVER, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -105,23 +113,78 @@ async function startRedis() {
   return redis;
 }
 
+/** Sends one inline command to Redis on `port` and resolves with the raw reply. */
+function redisCommand(port, command) {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    let reply = '';
+    socket.setTimeout(1_000, () => socket.destroy(new Error(`no answer to ${command}`)));
+    socket.on('error', reject);
+    socket.on('connect', () => socket.write(`${command}\r\n`));
+    socket.on('data', (chunk) => {
+      reply += chunk;
+      if (reply.endsWith('\r\n') && (reply[0] !== '$' || reply.split('\r\n').length > 2)) {
+        socket.end();
+        resolve(reply);
+      }
+    });
+  });
+}
+
+/** The Redis servers of `MODE` and the `[redis]` lines that point the edges at them. */
+async function startBackbone() {
+  if (MODE === 'single') {
+    const server = await startRedis();
+    return { servers: [server], section: `url = "${server.url}"` };
+  }
+  if (MODE === 'sharded') {
+    const servers = await Promise.all([startRedis(), startRedis(), startRedis()]);
+    return { servers, section: `shards = [${servers.map((s) => `"${s.url}"`).join(', ')}]` };
+  }
+  if (MODE !== 'cluster') throw new Error(`COMPAT_REDIS_MODE must be single, sharded or cluster, not ${MODE}`);
+  const dir = await mkdtemp(join(tmpdir(), 'herald-compat-cluster-'));
+  const servers = await Promise.all(
+    Array.from({ length: 6 }, () =>
+      startRedis((port) => ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${port}.conf`)]),
+    ),
+  );
+  const created = spawnSync(
+    'redis-cli',
+    ['--cluster', 'create', ...servers.map((s) => `127.0.0.1:${s.port}`), '--cluster-replicas', '1', '--cluster-yes'],
+    { encoding: 'utf8', timeout: 30_000 },
+  );
+  if (created.status !== 0) throw new Error(`redis-cli --cluster create failed: ${created.stdout}${created.stderr}`);
+  for (const server of servers) {
+    await waitFor(async () => (await redisCommand(server.port, 'CLUSTER INFO')).includes('cluster_state:ok'), {
+      timeoutMs: 20_000,
+      intervalMs: 50,
+      what: `Redis Cluster node ${server.port} to report cluster_state:ok`,
+    });
+  }
+  return {
+    servers,
+    section: `shards = [${servers.map((s) => `"${s.url}"`).join(', ')}]\ncluster = true`,
+    dir,
+  };
+}
+
 // ---------------------------------------------------------------------------
 // The cluster
 // ---------------------------------------------------------------------------
 
-let redis = null;
+let backbone = null;
 let auth = null;
 const heralds = [];
 /** One CompatEnv per edge: `edges[0]` is edge 1, and so on. */
 const edges = [];
 
 before(async () => {
-  redis = await startRedis();
+  backbone = await startBackbone();
   const masterKeyBase64 = randomBytes(32).toString('base64');
   auth = await startAuthServer(APP, masterKeyBase64);
   const redisSection = `
 [redis]
-url = "${redis.url}"
+${backbone.section}
 prefix = "compat-${randomBytes(4).toString('hex')}"
 lease_secs = ${LEASE_SECS}
 `;
@@ -140,7 +203,8 @@ after(async () => {
   for (const edge of edges) edge.disconnectAll();
   await auth?.close();
   await Promise.allSettled(heralds.map((herald) => herald.stop()));
-  await redis?.stop();
+  await Promise.allSettled((backbone?.servers ?? []).map((server) => server.stop()));
+  if (backbone?.dir) await rm(backbone.dir, { recursive: true, force: true });
 });
 
 // ---------------------------------------------------------------------------
