@@ -59,7 +59,7 @@ pub(crate) fn run(
                 // idle connection's task to its size.
                 Box::pin(session.end()).await;
             }
-            Err(refused) => Box::pin(finish(refused)).await,
+            Err(ending) => Box::pin(finish(ending)).await,
         }
     }
 }
@@ -69,11 +69,11 @@ pub(crate) fn run(
 pub(crate) async fn refuse(node: Arc<Node>, outbox: Arc<Outbox>, handshake: Vec<u8>, close: Close) {
     outbox.push(Bytes::from(handshake));
     outbox.close(close);
-    finish(Refused { outbox, node }).await;
+    finish(Ending { outbox, node }).await;
 }
 
-/// A connection that is only to be closed.
-struct Refused {
+/// A connection being closed: what `finish` needs of it.
+struct Ending {
     outbox: Arc<Outbox>,
     node: Arc<Node>,
 }
@@ -82,8 +82,8 @@ struct Refused {
 /// ends the connection: shuts the write side and reads (and discards) whatever the
 /// client still sends until it closes its side, briefly — dropping a socket with
 /// unread input resets the connection, which can destroy the close frame.
-async fn finish(connection: Refused) {
-    let Refused { outbox, node } = connection;
+async fn finish(connection: Ending) {
+    let Ending { outbox, node } = connection;
     let config = &node.config.connection;
     let socket = outbox.socket();
     let deadline = Instant::now() + config.write_timeout();
@@ -207,14 +207,14 @@ impl Session {
         app: Arc<App>,
         outbox: Arc<Outbox>,
         handshake: Vec<u8>,
-    ) -> Result<Self, Refused> {
+    ) -> Result<Self, Ending> {
         if !node.acquire_connection(&app.id, app.limits.max_connections) {
             outbox.push(Bytes::from(handshake));
             outbox.close(Close::error(
                 ErrorCode::OverConnectionQuota,
                 "over connection quota: the app has reached its connection limit",
             ));
-            return Err(Refused { outbox, node });
+            return Err(Ending { outbox, node });
         }
         let socket = node.next_socket_id();
         node.sessions.shard(&socket.conn).insert(socket.conn, outbox.clone());
@@ -245,7 +245,7 @@ impl Session {
     async fn end(mut self) {
         self.cleanup().await;
         let node = self.node.clone();
-        finish(Refused { outbox: self.outbox.clone(), node: node.clone() }).await;
+        finish(Ending { outbox: self.outbox.clone(), node: node.clone() }).await;
         node.sessions.shard(&self.socket.conn).remove(&self.socket.conn);
         node.release_connection(&self.app.id);
         metrics::gauge!(Metric::Connections.name()).decrement(1);

@@ -525,3 +525,53 @@ async fn a_client_that_never_finishes_its_handshake_is_dropped() {
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the half-open handshake was kept past the timeout");
 }
+
+/// Sends `request` on a fresh connection and returns everything the server answers
+/// until it closes the connection (or 5 s pass).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_bad_first_request_gets_a_clear_http_error() {
+    let config = EdgeConfig {
+        connection: ConnectionConfig { max_request_head_bytes: 1024, ..Default::default() },
+        ..config()
+    };
+    let server = Server::start(vec![app("app")], config).await;
+    let upgrade =
+        "GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+
+    // A head over `max_request_head_bytes`: 431, and the connection is closed.
+    let huge = format!("{upgrade}X-Filler: {}\r\n\r\n", "a".repeat(2000));
+    let answer = raw_exchange(server.addr, huge.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // A WebSocket version other than 13: 426 naming the one spoken.
+    let old =
+        format!("{upgrade}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n");
+    let answer = raw_exchange(server.addr, old.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
+    assert!(answer.contains("Sec-WebSocket-Version: 13"), "{answer}");
+
+    // No key: 400. Garbage: 400.
+    let answer =
+        raw_exchange(server.addr, format!("{upgrade}Sec-WebSocket-Version: 13\r\n\r\n").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let answer = raw_exchange(server.addr, b"\x00\x01 nonsense\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // An upgrade after another request on the same connection: 400 from the HTTP side.
+    let second = format!(
+        "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n{upgrade}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw_exchange(server.addr, second.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("first request on its connection"), "{answer}");
+}

@@ -99,27 +99,18 @@ impl Hub {
         self.topics.shard(topic).get(topic).map(|s| s.list.clone())
     }
 
-    /// Writes already-encoded frames (in order) to every local subscriber of `topic`
-    /// except `exclude`: straight into each socket that has nothing queued, in one
-    /// `write` per socket however many frames. Returns the number of subscribers they
-    /// were handed to.
-    pub fn fan_out(&self, topic: &Topic, frames: &[Bytes], exclude: Option<ConnId>) -> usize {
-        let Some(subscribers) = self.snapshot(topic) else {
-            return 0;
-        };
-        let mut tally = Tally::default();
-        for (conn, outbox) in subscribers.iter() {
-            if Some(*conn) != exclude {
-                tally.count(outbox.push_all(frames), frames.len());
-            }
-        }
-        tally.record()
+    /// Writes an already-encoded frame to every local subscriber of `topic` except
+    /// `exclude`: straight into each socket that has nothing queued, one `write`
+    /// each. Returns the number of subscribers it was handed to.
+    pub fn fan_out(&self, topic: &Topic, frame: &Bytes, exclude: Option<ConnId>) -> usize {
+        self.fan_out_counted(topic, frame, 1, exclude)
     }
 
-    /// [`Hub::fan_out`] of `bytes` holding `frames` whole frames.
-    fn fan_out_counted(&self, topic: &Topic, bytes: &Bytes, frames: usize, exclude: Option<ConnId>) {
+    /// [`Hub::fan_out`] of `bytes` holding `frames` whole frames (a burst: still one
+    /// `write` per subscriber).
+    fn fan_out_counted(&self, topic: &Topic, bytes: &Bytes, frames: usize, exclude: Option<ConnId>) -> usize {
         let Some(subscribers) = self.snapshot(topic) else {
-            return;
+            return 0;
         };
         let mut tally = Tally::default();
         for (conn, outbox) in subscribers.iter() {
@@ -127,7 +118,7 @@ impl Hub {
                 tally.count(outbox.push(bytes.clone()), frames);
             }
         }
-        tally.record();
+        tally.record()
     }
 
     /// Fans several messages out in order. Consecutive publications to one topic
@@ -153,14 +144,10 @@ impl Hub {
                 frames.push(self.encode(next).0);
                 messages.next();
             }
-            if frames.len() > 1 {
-                // One buffer for the whole run, shared by every subscriber: one plain
-                // `write` each, as cheap as a single frame's.
-                let run = frames.concat();
-                self.fan_out_counted(&topic, &Bytes::from(run), frames.len(), exclude);
-            } else {
-                self.fan_out(&topic, &frames, exclude);
-            }
+            // One buffer for the whole run, shared by every subscriber: one `write`
+            // each, as cheap as a single frame's.
+            let run = if frames.len() == 1 { frames[0].clone() } else { Bytes::from(frames.concat()) };
+            self.fan_out_counted(&topic, &run, frames.len(), exclude);
             frames.clear();
         }
     }
@@ -221,7 +208,7 @@ impl MessageHandler for Hub {
         match message {
             Message::Publication(publication) => {
                 let (frame, exclude) = self.encode(&publication);
-                self.fan_out(topic, std::slice::from_ref(&frame), exclude);
+                self.fan_out(topic, &frame, exclude);
             }
             Message::TerminateUser { .. } => {
                 if let Some(subscribers) = self.snapshot(topic) {

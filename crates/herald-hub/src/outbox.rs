@@ -117,6 +117,15 @@ struct State {
 }
 
 impl State {
+    /// The socket failed: nothing more can be sent.
+    fn mark_broken(&mut self) {
+        self.broken = true;
+        self.closing.get_or_insert(1006);
+        self.frames.clear();
+        self.bytes = 0;
+        self.offset = 0;
+    }
+
     fn queue(&mut self, frame: Bytes) {
         if self.frames.is_empty() {
             self.stalled_since = Some(Instant::now());
@@ -158,38 +167,22 @@ impl Outbox {
         &self.socket
     }
 
-    /// Sends a frame: written at once if nothing waits ahead of it, queued otherwise.
+    /// Sends a frame (or several, concatenated: a burst then costs one system call):
+    /// written at once if nothing waits ahead of it, queued otherwise.
     pub fn push(&self, frame: Bytes) -> Push {
-        self.push_all(std::slice::from_ref(&frame))
-    }
-
-    /// Sends several frames, in order: when nothing waits ahead of them, in one
-    /// (vectored) write, so a burst costs one system call; what the socket does not
-    /// take is queued.
-    pub fn push_all(&self, frames: &[Bytes]) -> Push {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return Push::Closed;
         }
         if !state.frames.is_empty() {
             // The session was woken when the queue filled and is waiting to drain it.
-            for frame in frames {
-                if let Push::Overflow = self.queue_bounded(&mut state, frame.clone()) {
-                    self.begin_close(state, &over_capacity());
-                    return Push::Overflow;
-                }
+            if let Push::Overflow = self.queue_bounded(&mut state, frame) {
+                self.begin_close(state, &over_capacity());
+                return Push::Overflow;
             }
             return Push::Queued;
         }
-        let written = match frames {
-            [frame] => self.socket.try_write(frame),
-            _ => {
-                let slices: Vec<IoSlice<'_>> =
-                    frames.iter().take(MAX_IOVECS).map(|f| IoSlice::new(f)).collect();
-                self.socket.try_write_vectored(&slices)
-            }
-        };
-        let mut written = match written {
+        let written = match self.socket.try_write(&frame) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {
@@ -197,21 +190,12 @@ impl Outbox {
                 return Push::Closed;
             }
         };
-        // Queue what the socket did not take, the first of it whole with its written
-        // part marked, so that an overflow knows a frame is half on the wire.
-        for frame in frames {
-            if written >= frame.len() {
-                written -= frame.len();
-                continue;
-            }
-            state.queue(frame.clone());
-            if written > 0 {
-                state.offset = written;
-                state.bytes -= written;
-                written = 0;
-            }
-        }
-        if !state.frames.is_empty() {
+        if written < frame.len() {
+            // Queued whole, with its written part marked, so that an overflow knows a
+            // frame is half on the wire and keeps its rest.
+            state.queue(frame);
+            state.offset = written;
+            state.bytes -= written;
             notify(state);
         }
         Push::Queued
@@ -273,10 +257,7 @@ impl Outbox {
 
     /// The socket failed: nothing more can be sent.
     fn fail(&self, mut state: MutexGuard<'_, State>) {
-        state.broken = true;
-        state.closing.get_or_insert(1006);
-        state.frames.clear();
-        state.bytes = 0;
+        state.mark_broken();
         notify(state);
     }
 
@@ -352,13 +333,13 @@ impl Outbox {
             }
             let written = match self.socket.try_write_vectored(&slices[..count]) {
                 Ok(0) => {
-                    self.mark_broken(state);
+                    state.mark_broken();
                     return;
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
-                    self.mark_broken(state);
+                    state.mark_broken();
                     return;
                 }
             };
@@ -384,14 +365,6 @@ impl Outbox {
                 state.frames = VecDeque::new();
             }
         }
-    }
-
-    fn mark_broken(&self, state: &mut State) {
-        state.broken = true;
-        state.closing.get_or_insert(1006);
-        state.frames.clear();
-        state.bytes = 0;
-        state.offset = 0;
     }
 }
 
@@ -428,13 +401,13 @@ pub(crate) mod tests {
         let (outbox, mut client) = pair(100).await;
         outbox.queue_without_writing(Bytes::from_static(b"a"));
         assert_eq!(outbox.push(Bytes::from_static(b"b")), Push::Queued);
-        assert_eq!(outbox.push_all(&[Bytes::from_static(b"c"), Bytes::from_static(b"d")]), Push::Queued);
+        assert_eq!(outbox.push(Bytes::from_static(b"cd")), Push::Queued);
         assert_eq!(outbox.queued_bytes(), 4, "nothing jumps the queue");
         assert!(outbox.status().pending);
         outbox.write_pending();
         assert_eq!(outbox.queued_bytes(), 0);
         assert_eq!(read_exactly(&mut client, 4).await, b"abcd");
-        assert_eq!(outbox.push_all(&[Bytes::from_static(b"e"), Bytes::from_static(b"f")]), Push::Queued);
+        assert_eq!(outbox.push(Bytes::from_static(b"ef")), Push::Queued);
         assert_eq!(outbox.queued_bytes(), 0, "a burst is written at once");
         assert_eq!(read_exactly(&mut client, 2).await, b"ef");
     }

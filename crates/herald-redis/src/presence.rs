@@ -160,6 +160,27 @@ impl RedisPresence {
         redis::cmd("SADD").arg(self.node_records(node)).arg(record).run_on::<()>(connection).await
     }
 
+    /// Runs JOIN or LEAVE (same keys and arguments) for `socket`; returns the
+    /// channel's subscription count.
+    async fn subscription(
+        &self,
+        script: &Script,
+        app_id: &str,
+        channel: &ChannelName,
+        socket: SocketId,
+    ) -> Result<u64> {
+        let (index, entries) = self.script_keys(app_id, channel.as_str(), socket.node);
+        script
+            .key(self.key(app_id, channel.as_str(), "subs"))
+            .key(index)
+            .key(entries)
+            .arg(socket.to_string())
+            .arg(channel.as_str())
+            .arg(entry(Entry::Subscription, app_id, channel, socket))
+            .run(self.on(app_id, channel.as_str()))
+            .await
+    }
+
     /// Redis Cluster only: the per-channel record keys of a node.
     fn node_records(&self, node: u32) -> String {
         format!("{}:node:{node}:records", self.prefix)
@@ -350,29 +371,11 @@ fn now_ms() -> u64 {
 impl PresenceManager for RedisPresence {
     async fn join(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
         self.register(app_id, channel.as_str(), socket.node).await?;
-        let (index, entries) = self.script_keys(app_id, channel.as_str(), socket.node);
-        self.join
-            .key(self.key(app_id, channel.as_str(), "subs"))
-            .key(index)
-            .key(entries)
-            .arg(socket.to_string())
-            .arg(channel.as_str())
-            .arg(entry(Entry::Subscription, app_id, channel, socket))
-            .run(self.on(app_id, channel.as_str()))
-            .await
+        self.subscription(&self.join, app_id, channel, socket).await
     }
 
     async fn leave(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
-        let (index, entries) = self.script_keys(app_id, channel.as_str(), socket.node);
-        self.leave
-            .key(self.key(app_id, channel.as_str(), "subs"))
-            .key(index)
-            .key(entries)
-            .arg(socket.to_string())
-            .arg(channel.as_str())
-            .arg(entry(Entry::Subscription, app_id, channel, socket))
-            .run(self.on(app_id, channel.as_str()))
-            .await
+        self.subscription(&self.leave, app_id, channel, socket).await
     }
 
     async fn add_member(

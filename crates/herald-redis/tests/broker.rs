@@ -223,7 +223,7 @@ async fn every_redis_connection_recovers_from_a_restart() {
 }
 
 #[tokio::test]
-async fn a_burst_reaches_the_handler_in_batches_in_order() {
+async fn a_burst_of_500_arrives_whole_and_in_order() {
     let redis = RedisServer::start();
     let recorder = Arc::new(Recorder::default());
     let receiver =
