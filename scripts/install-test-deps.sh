@@ -47,6 +47,27 @@ else
   apt_install redis-server
 fi
 
+# The Kafka event log's tests start their own tansu brokers (a Kafka-protocol broker)
+# on free ports. A prebuilt binary next to the repository saves an ~11-minute build;
+# without the dynostore feature tansu has no storage engine and refuses to start.
+REPO_ROOT="$(pwd)"
+TANSU_VERSION=0.6.0
+if command -v tansu >/dev/null 2>&1; then
+  log "$(tansu --version) present"
+elif [ -f "${REPO_ROOT}/../shared/bin/tansu" ]; then
+  if [ -w /usr/local/bin ]; then
+    log "installing tansu from ../shared/bin to /usr/local/bin"
+    install -m 755 "${REPO_ROOT}/../shared/bin/tansu" /usr/local/bin/tansu
+  else
+    cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+    log "installing tansu from ../shared/bin to ${cargo_bin}"
+    install -D -m 755 "${REPO_ROOT}/../shared/bin/tansu" "${cargo_bin}/tansu"
+  fi
+else
+  log "building tansu ${TANSU_VERSION} (takes a while)"
+  cargo install tansu --locked --version "${TANSU_VERSION}" --features dynostore,libsql
+fi
+
 # Debian's own Python refuses system-wide pip installs unless told otherwise; a
 # pyenv or venv Python ignores this.
 export PIP_BREAK_SYSTEM_PACKAGES=1

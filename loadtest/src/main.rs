@@ -9,6 +9,7 @@
 //! | `churn` | `fanout` while connections open, subscribe and drop at `--churn` per second |
 //! | `publish` | gRPC publishes per second (unary or stream) |
 //! | `null-server` | the fan-out floor the servers are compared against: a Pusher-speaking server that only `write()`s |
+//! | `webhooks` | the webhook dispatcher on one core: deliveries per second to a keep-alive sink, append→2xx latency |
 
 mod connect;
 mod fanout;
@@ -17,6 +18,7 @@ mod plot;
 mod publish;
 mod pusher;
 mod server_stats;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,8 @@ enum Scenario {
     Publish(publish::PublishArgs),
     /// Serve as the null server: the floor of fan-out cost (one thread).
     NullServer(null_server::NullServerArgs),
+    /// Deliver webhooks with the dispatcher on one core; report rate and latency.
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +58,7 @@ fn main() -> anyhow::Result<()> {
                     Scenario::Churn(args) if args.churn > 0.0 => fanout::run(args).await,
                     Scenario::Churn(_) => anyhow::bail!("churn needs --churn RATE (connections per second)"),
                     Scenario::Publish(args) => publish::run(args).await,
+                    Scenario::Webhooks(args) => webhooks::run(args).await,
                     Scenario::NullServer(_) => anyhow::bail!("the null server runs on its own runtime"),
                 }
             })?

@@ -23,6 +23,7 @@ async fn every_scenario_runs_and_counts_what_it_did() {
         listener,
         server.node.clone(),
         GrpcConfig::default(),
+        None,
         Duration::from_secs(1),
         stop.clone().cancelled_owned(),
     ));

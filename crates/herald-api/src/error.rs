@@ -18,6 +18,8 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -31,6 +33,7 @@ impl Error {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::NotFound(_) => Code::NotFound,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
@@ -48,6 +51,7 @@ impl From<PublishError> for Error {
             PublishError::Invalid(m) => Self::InvalidArgument(m),
             PublishError::TooLarge(m) => Self::ResourceExhausted(m),
             PublishError::Backbone(e) => e.into(),
+            PublishError::EventLog(e) => Self::Unavailable(e.to_string()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Herald's gRPC API: the `herald.v1.Publisher` service (publishing, channel state,
-//! terminate) on the same publish path as the Pusher HTTP API, with bearer-token
+//! terminate) on the same publish path as the Pusher HTTP API, and
+//! `herald.v1.WebhookAdmin` (webhook endpoints, attempts, dead-letter replay), with bearer-token
 //! authentication per app, idempotency keys, standard gRPC health and server
 //! reflection. Served by hyper (HTTP/2) directly: the edge's HTTP stack, no second one.
 
@@ -9,12 +10,14 @@ mod error;
 mod idempotency;
 mod server;
 mod service;
+mod webhooks;
 
 use serde::Deserialize;
 
 pub use error::Error;
 pub use server::serve;
 pub use service::PublisherService;
+pub use webhooks::{WebhookAdminConfig, WebhookAdminService};
 
 /// Settings of the gRPC listener (`[grpc]` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -4,7 +4,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use herald_edge::{Node, accept};
-use herald_proto::v1::publisher_server::PublisherServer;
+use herald_proto::v1::{publisher_server::PublisherServer, webhook_admin_server::WebhookAdminServer};
 use hyper::{body::Incoming, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -12,7 +12,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{body::Body, codegen::Service, server::NamedService};
 use tonic_health::server::HealthReporter;
 
-use crate::{GrpcConfig, PublisherService};
+use crate::{GrpcConfig, PublisherService, WebhookAdminService};
 
 /// Serves gRPC on `listener` until `shutdown` resolves; then reports NOT_SERVING,
 /// sends GOAWAY to every connection and waits (at most `grace`) for in-flight calls.
@@ -20,13 +20,19 @@ pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     config: GrpcConfig,
+    webhooks: Option<WebhookAdminService>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    let webhooks =
+        webhooks.map(|w| WebhookAdminServer::new(w).max_decoding_message_size(config.max_message_bytes));
     let publisher = PublisherServer::new(PublisherService::new(node, &config))
         .max_decoding_message_size(config.max_message_bytes);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<PublisherServer<PublisherService>>().await;
+    if webhooks.is_some() {
+        health_reporter.set_serving::<WebhookAdminServer<WebhookAdminService>>().await;
+    }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(herald_proto::v1::FILE_DESCRIPTOR_SET)
@@ -50,12 +56,22 @@ pub async fn serve(
             stream = accept(&listener, "grpc") => stream,
         };
         let _ = stream.set_nodelay(true);
-        let (publisher, health, reflection_v1, reflection_v1alpha) =
-            (publisher.clone(), health.clone(), reflection_v1.clone(), reflection_v1alpha.clone());
+        let (publisher, webhooks, health, reflection_v1, reflection_v1alpha) = (
+            publisher.clone(),
+            webhooks.clone(),
+            health.clone(),
+            reflection_v1.clone(),
+            reflection_v1alpha.clone(),
+        );
         let route = service_fn(move |request: http::Request<Incoming>| {
             let path = request.uri().path();
             let response = if path.starts_with(&prefix::<PublisherServer<PublisherService>>()) {
                 Routed::Call(publisher.clone().call(request))
+            } else if let Some(webhooks) = webhooks
+                .as_ref()
+                .filter(|_| path.starts_with(&prefix::<WebhookAdminServer<WebhookAdminService>>()))
+            {
+                Routed::Call(webhooks.clone().call(request))
             } else if path.starts_with("/grpc.health.v1.Health/") {
                 Routed::Call(health.clone().call(request))
             } else if path.starts_with("/grpc.reflection.v1.ServerReflection/") {
@@ -111,6 +127,7 @@ pub async fn serve(
 
 async fn set_not_serving(reporter: &HealthReporter) {
     reporter.set_not_serving::<PublisherServer<PublisherService>>().await;
+    reporter.set_not_serving::<WebhookAdminServer<WebhookAdminService>>().await;
     reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 }
 

@@ -47,6 +47,7 @@ impl Grpc {
             listener,
             server.node.clone(),
             config,
+            None,
             Duration::from_secs(2),
             stop.clone().cancelled_owned(),
         ));

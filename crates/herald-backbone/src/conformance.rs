@@ -200,4 +200,160 @@ pub async fn presence_scenarios<P: PresenceManager>(p: &P) {
     let listed: Vec<_> =
         p.channels("a1", "").await.unwrap().into_iter().map(|(c, _)| c.to_string()).collect();
     assert_eq!(listed, ["news"]);
+
+    lifecycle_scenarios(p).await;
+}
+
+/// [`PresenceManager::announce`]: occupied/vacated and member added/removed alternate,
+/// and a quick reconnect announces nothing.
+async fn lifecycle_scenarios<P: PresenceManager>(p: &P) {
+    use crate::Lifecycle::{MemberAdded, MemberRemoved, Occupied, Vacated};
+    let lobby = ChannelName::new("presence-lobby").unwrap();
+    assert!(!p.announce("a1", &lobby, Vacated).await.unwrap(), "never occupied: nothing to vacate");
+    p.join("a1", &lobby, sid(20)).await.unwrap();
+    assert!(p.announce("a1", &lobby, Occupied).await.unwrap());
+    p.join("a1", &lobby, sid(21)).await.unwrap();
+    assert!(!p.announce("a1", &lobby, Occupied).await.unwrap(), "announced once");
+    p.add_member("a1", &lobby, sid(20), member("dave"), 10).await.unwrap();
+    assert!(p.announce("a1", &lobby, MemberAdded("dave")).await.unwrap());
+    assert!(!p.announce("a1", &lobby, MemberAdded("dave")).await.unwrap());
+
+    // Dave's connection drops and comes back (as another socket) before the debounce:
+    // the removal check finds him present and nothing is announced.
+    p.remove_member("a1", &lobby, sid(20)).await.unwrap();
+    p.leave("a1", &lobby, sid(20)).await.unwrap();
+    p.join("a1", &lobby, sid(22)).await.unwrap();
+    p.add_member("a1", &lobby, sid(22), member("dave"), 10).await.unwrap();
+    assert!(!p.announce("a1", &lobby, MemberAdded("dave")).await.unwrap(), "reconnect: no member_added");
+    assert!(!p.announce("a1", &lobby, MemberRemoved("dave")).await.unwrap(), "still present");
+
+    // Now everyone leaves for good.
+    p.remove_member("a1", &lobby, sid(22)).await.unwrap();
+    for conn in [21, 22] {
+        p.leave("a1", &lobby, sid(conn)).await.unwrap();
+    }
+    assert!(p.announce("a1", &lobby, MemberRemoved("dave")).await.unwrap());
+    assert!(!p.announce("a1", &lobby, MemberRemoved("dave")).await.unwrap(), "announced once");
+    assert!(p.announce("a1", &lobby, Vacated).await.unwrap());
+    assert!(!p.announce("a1", &lobby, Vacated).await.unwrap(), "announced once");
+    p.join("a1", &lobby, sid(23)).await.unwrap();
+    assert!(!p.announce("a1", &lobby, Vacated).await.unwrap(), "occupied again: not vacated");
+    assert!(p.announce("a1", &lobby, Occupied).await.unwrap(), "occupied again after a vacate");
+    p.leave("a1", &lobby, sid(23)).await.unwrap();
+    assert!(p.announce("a1", &lobby, Vacated).await.unwrap());
+    let listed: Vec<_> =
+        p.channels("a1", "presence-lobby").await.unwrap().into_iter().map(|(c, _)| c.to_string()).collect();
+    assert!(listed.is_empty(), "{listed:?}");
+}
+
+/// Reads from `consumer` until `n` records arrived; panics after 20 s (a Kafka group
+/// join takes a few seconds).
+pub async fn poll_n(consumer: &mut dyn crate::LogConsumer, n: usize) -> Vec<crate::LogRecord> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.poll(n - out.len())).await {
+            Ok(records) => out.extend(records.unwrap()),
+            Err(_) => panic!("timed out waiting for {n} records, have {}", out.len()),
+        }
+    }
+    out
+}
+
+/// Asserts that `consumer` has nothing more to read for `quiet`.
+pub async fn assert_nothing_more(consumer: &mut dyn crate::LogConsumer, quiet: Duration) {
+    if let Ok(records) = tokio::time::timeout(quiet, consumer.poll(100)).await {
+        panic!("expected no more records, got {:?}", records.map(|r| r.len()));
+    }
+}
+
+fn append(key: &str, value: String) -> crate::Append {
+    crate::Append { key: bytes::Bytes::copy_from_slice(key.as_bytes()), value: value.into() }
+}
+
+fn position_after(record: &crate::LogRecord) -> crate::Position {
+    crate::Position {
+        topic: record.topic.clone(),
+        partition: record.partition,
+        next_offset: record.offset + 1,
+    }
+}
+
+/// The [`crate::EventLog`] contract. `topic_prefix` keeps runs on a shared broker apart.
+pub async fn event_log_scenarios(log: &dyn crate::EventLog, topic_prefix: &str) {
+    let topic = format!("{topic_prefix}events");
+    log.ensure_topics(&[&topic], 3).await.unwrap();
+    // Creating again leaves the topic (and its records) alone.
+    log.ensure_topics(&[&topic], 3).await.unwrap();
+
+    // A second group, joined before anything is committed (the memory log drops
+    // what every group has committed).
+    let mut other = log.consume("group-b", &topic).await.unwrap();
+
+    // Ordered per key, whatever the partitioning.
+    let mut records = Vec::new();
+    for i in 0..30 {
+        records.push(append(&format!("app/channel-{}", i % 3), format!("{}:{i}", i % 3)));
+    }
+    log.append(&topic, records).await.unwrap();
+    let mut consumer = log.consume("group-a", &topic).await.unwrap();
+    let read = poll_n(consumer.as_mut(), 30).await;
+    for key in 0..3 {
+        let values: Vec<String> = read
+            .iter()
+            .filter(|r| r.key == format!("app/channel-{key}").as_bytes())
+            .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+            .collect();
+        let expected: Vec<String> = (0..30).filter(|i| i % 3 == key).map(|i| format!("{key}:{i}")).collect();
+        assert_eq!(values, expected, "records of one key come in append order");
+        let partitions: std::collections::HashSet<i32> = read
+            .iter()
+            .filter(|r| r.key == format!("app/channel-{key}").as_bytes())
+            .map(|r| r.partition)
+            .collect();
+        assert_eq!(partitions.len(), 1, "one key, one partition");
+    }
+
+    // Commit the first half of every partition; a new member of the group starts
+    // there, so what was not committed is read again and nothing is skipped.
+    let mut committed = Vec::new();
+    let mut uncommitted = std::collections::HashSet::new();
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<&crate::LogRecord>> = Default::default();
+    for r in &read {
+        by_partition.entry(r.partition).or_default().push(r);
+    }
+    for records in by_partition.values() {
+        let half = records.len() / 2;
+        if half > 0 {
+            committed.push(position_after(records[half - 1]));
+        }
+        for r in &records[half..] {
+            uncommitted.insert(r.value.clone());
+        }
+    }
+    consumer.commit(&committed).await.unwrap();
+    drop(consumer);
+    let mut again = log.consume("group-a", &topic).await.unwrap();
+    let reread = poll_n(again.as_mut(), uncommitted.len()).await;
+    let reread: std::collections::HashSet<_> = reread.into_iter().map(|r| r.value).collect();
+    assert_eq!(reread, uncommitted, "a new member resumes at the committed positions");
+    let last: Vec<crate::Position> =
+        by_partition.values().map(|rs| position_after(rs[rs.len() - 1])).collect();
+    again.commit(&last).await.unwrap();
+
+    // Another group reads everything, independently.
+    assert_eq!(poll_n(other.as_mut(), 30).await.len(), 30);
+
+    // Records appended while a member waits wake it up.
+    let waiting = tokio::spawn(async move {
+        let records = poll_n(again.as_mut(), 1).await;
+        (again, records)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    log.append(&topic, vec![append("app/late", "late".into())]).await.unwrap();
+    let (mut again, late) = waiting.await.unwrap();
+    assert_eq!(late[0].value, "late".as_bytes());
+    again.commit(&[position_after(&late[0])]).await.unwrap();
+    assert_nothing_more(again.as_mut(), Duration::from_millis(500)).await;
 }

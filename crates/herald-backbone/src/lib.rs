@@ -1,7 +1,8 @@
 //! The backbone that ties Herald's stateless edge nodes into one cluster: the
 //! [`Broker`] (fan-out of publications between nodes) and the [`PresenceManager`]
 //! (cluster-wide channel occupancy and presence members), with in-memory
-//! implementations for `herald dev` and tests. Redis implementations live in
+//! implementations for `herald dev` and tests; and the [`EventLog`], the durable
+//! record of every channel event that the webhook dispatcher consumes. Redis implementations live in
 //! `herald-redis`; every implementation must pass [`conformance`].
 
 use std::sync::Arc;
@@ -11,9 +12,13 @@ use herald_core::{ChannelName, Publication, SocketId};
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
+mod event_log;
 pub mod memory;
+mod memory_log;
 
+pub use event_log::{Append, EventLog, LogConsumer, LogRecord, Position};
 pub use memory::{MemoryBackbone, MemoryBroker, MemoryPresence};
+pub use memory_log::{DEFAULT_MAX_RECORDS, MemoryEventLog};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -161,6 +166,19 @@ pub enum MemberChange {
     Unchanged,
 }
 
+/// A channel lifecycle change to announce (as a webhook event) once, cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle<'a> {
+    /// The channel got a subscriber.
+    Occupied,
+    /// The channel may have lost its last subscriber.
+    Vacated,
+    /// The user joined the presence channel.
+    MemberAdded(&'a str),
+    /// The user may have left the presence channel.
+    MemberRemoved(&'a str),
+}
+
 /// Cluster-wide channel occupancy and presence membership.
 ///
 /// Contract, for every implementation:
@@ -199,4 +217,15 @@ pub trait PresenceManager: Send + Sync + 'static {
     async fn channel(&self, app_id: &str, channel: &ChannelName) -> Result<ChannelStats>;
     /// Every occupied channel of an app whose name starts with `prefix`.
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<(ChannelName, ChannelStats)>>;
+
+    /// Decides, atomically and once cluster-wide, whether a lifecycle event is due,
+    /// so webhooks see `occupied`/`vacated` (and `member_added`/`member_removed`)
+    /// strictly alternate per channel (per user) however nodes race:
+    /// - `Occupied` / `MemberAdded(user)`: true if it was not announced yet (and now
+    ///   is). Callers ask when a join made the channel (the user) present.
+    /// - `Vacated` / `MemberRemoved(user)`: true if it was announced and the channel
+    ///   has no subscriber (the user no connection) right now; the announcement is
+    ///   then withdrawn. Callers ask a debounce period after the last leave, so a
+    ///   quick reconnect, on any node, announces nothing at all.
+    async fn announce(&self, app_id: &str, channel: &ChannelName, change: Lifecycle<'_>) -> Result<bool>;
 }

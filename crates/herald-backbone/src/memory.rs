@@ -14,8 +14,8 @@ use herald_core::{ChannelName, SocketId, sharded::Sharded};
 use parking_lot::Mutex;
 
 use crate::{
-    Broker, ChannelStats, Error, Member, MemberChange, Message, MessageHandler, PresenceManager, Result,
-    Topic,
+    Broker, ChannelStats, Error, Lifecycle, Member, MemberChange, Message, MessageHandler, PresenceManager,
+    Result, Topic,
 };
 
 /// The shared state of an in-process cluster. Each node gets its own [`MemoryBroker`];
@@ -146,6 +146,9 @@ struct ChannelState {
     /// user id -> (member as its first connection announced it, its connections)
     members: HashMap<Arc<str>, (Member, HashSet<SocketId>)>,
     socket_user: HashMap<SocketId, Arc<str>>,
+    /// Lifecycle announcements made (see [`PresenceManager::announce`]).
+    announced_occupied: bool,
+    announced_members: HashSet<Arc<str>>,
 }
 
 impl ChannelState {
@@ -154,7 +157,10 @@ impl ChannelState {
     }
 
     fn is_empty(&self) -> bool {
-        self.sockets.is_empty() && self.members.is_empty()
+        self.sockets.is_empty()
+            && self.members.is_empty()
+            && !self.announced_occupied
+            && self.announced_members.is_empty()
     }
 }
 
@@ -270,6 +276,23 @@ impl PresenceManager for MemoryPresence {
         });
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    async fn announce(&self, app_id: &str, channel: &ChannelName, change: Lifecycle<'_>) -> Result<bool> {
+        Ok(self.with_channel(app_id, channel, |c| match change {
+            Lifecycle::Occupied => !std::mem::replace(&mut c.announced_occupied, true),
+            Lifecycle::Vacated => {
+                let due = c.announced_occupied && c.sockets.is_empty();
+                if due {
+                    c.announced_occupied = false;
+                }
+                due
+            }
+            Lifecycle::MemberAdded(user) => c.announced_members.insert(Arc::from(user)),
+            Lifecycle::MemberRemoved(user) => {
+                !c.members.contains_key(user) && c.announced_members.remove(user)
+            }
+        }))
     }
 }
 

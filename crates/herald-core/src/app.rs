@@ -51,6 +51,12 @@ pub struct AppLimits {
     pub max_presence_user_info_bytes: usize,
     /// `client-*` events one connection may send per second (Pusher: 10). Over it: 4301.
     pub client_events_per_second: u32,
+    /// Webhook deliveries per second to all of the app's endpoints together, across
+    /// every dispatcher replica; 0 means unlimited. Deliveries over it wait (in a retry
+    /// tier when the wait is long) without using up a retry attempt.
+    pub webhooks_per_second: u32,
+    /// How many webhook deliveries may go at once after a quiet period (the GCRA burst).
+    pub webhooks_burst: u32,
 }
 
 impl Default for AppLimits {
@@ -65,6 +71,8 @@ impl Default for AppLimits {
             max_presence_members: 100,
             max_presence_user_info_bytes: 1024,
             client_events_per_second: 10,
+            webhooks_per_second: 1_000,
+            webhooks_burst: 100,
         }
     }
 }
@@ -116,6 +124,10 @@ impl Apps {
             }
             if app.limits.max_event_data_bytes == 0 {
                 errors.push(format!("{at}.max_event_data_bytes: must be at least 1"));
+            }
+            if app.limits.webhooks_per_second > 0 && app.limits.webhooks_burst == 0 {
+                errors
+                    .push(format!("{at}.webhooks_burst: must be at least 1 when webhooks_per_second is set"));
             }
             if app.limits.max_channels_per_event == 0 {
                 errors.push(format!("{at}.max_channels_per_event: must be at least 1"));

@@ -27,6 +27,11 @@ impl PublicationData {
     pub fn as_json(&self) -> &str {
         &self.0
     }
+
+    /// The data as clients read it: a JSON string's text, any other value's JSON.
+    pub fn to_text(&self) -> String {
+        serde_json::from_str::<String>(&self.0).unwrap_or_else(|_| self.0.to_string())
+    }
 }
 
 impl fmt::Debug for PublicationData {

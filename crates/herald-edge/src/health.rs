@@ -13,10 +13,24 @@ use tokio::net::TcpListener;
 
 use crate::{accept::accept, node::Node};
 
-/// Serves health and metrics until `shutdown` resolves.
+/// Whether a process is ready for traffic (`/readyz`).
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Serves health and metrics of an edge node until `shutdown` resolves.
 pub async fn serve_health(
     listener: TcpListener,
     node: Arc<Node>,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_health_of(listener, Arc::new(move || node.is_ready()), metrics, shutdown).await;
+}
+
+/// Serves health and metrics of any role (the dispatcher has no node) until
+/// `shutdown` resolves.
+pub async fn serve_health_of(
+    listener: TcpListener,
+    ready: Readiness,
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -26,11 +40,11 @@ pub async fn serve_health(
             _ = &mut shutdown => return,
             stream = accept(&listener, "health") => stream,
         };
-        let node = node.clone();
+        let ready = ready.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = respond(&node, &metrics, &request);
+                let response = respond(ready(), &metrics, &request);
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
@@ -38,10 +52,10 @@ pub async fn serve_health(
     }
 }
 
-fn respond(node: &Node, metrics: &PrometheusHandle, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(ready: bool, metrics: &PrometheusHandle, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body, content_type) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
-        "/readyz" if node.is_ready() => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
+        "/readyz" if ready => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
         "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_string(), "text/plain"),
         "/metrics" => (StatusCode::OK, metrics.render(), "text/plain; version=0.0.4"),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string(), "text/plain"),

@@ -159,6 +159,7 @@ impl From<PublishError> for ApiError {
             PublishError::Invalid(m) => Self::bad_request(m),
             PublishError::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, m),
             PublishError::Backbone(e) => e.into(),
+            PublishError::EventLog(e) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
 }

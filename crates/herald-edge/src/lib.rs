@@ -13,9 +13,11 @@
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |
 //! | `node` | state shared by all of the above |
 //! | `publish` | the one publish path of the HTTP and gRPC APIs: validation and publication |
+//! | `events` | channel events (publications, client events, lifecycle) into the event log |
 
 mod accept;
 mod config;
+pub mod events;
 mod health;
 mod http_api;
 mod liveness;
@@ -27,7 +29,8 @@ pub mod websocket;
 
 pub use accept::{accept, bind};
 pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig};
-pub use health::serve_health;
+pub use events::{EventsConfig, RecordError};
+pub use health::{Readiness, serve_health, serve_health_of};
 pub use node::Node;
 pub use publish::{EventRequest, PublishError, ValidEvent, validate_event};
 pub use server::serve;

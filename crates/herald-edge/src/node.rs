@@ -10,12 +10,15 @@ use std::{
     time::Duration,
 };
 
-use herald_backbone::{Broker, IdempotencyStore, Message, PresenceManager, Topic};
+use herald_backbone::{Broker, EventLog, IdempotencyStore, Message, PresenceManager, Topic};
 use herald_core::{Apps, Publication, SocketId, sharded::Sharded};
 use herald_hub::{ConnId, Hub, Outbox};
 use parking_lot::Mutex;
 
-use crate::EdgeConfig;
+use crate::{
+    EdgeConfig,
+    events::{EventsConfig, Recorder},
+};
 
 /// The shared state of one edge node. Cheap to share (`Arc<Node>`).
 pub struct Node {
@@ -34,6 +37,8 @@ pub struct Node {
     interest: Interest,
     /// Idempotency keys shared by the cluster, if the backbone has them.
     idempotency: OnceLock<Arc<dyn IdempotencyStore>>,
+    /// Where channel events are recorded for webhooks, if anywhere.
+    pub(crate) recorder: OnceLock<Arc<Recorder>>,
 }
 
 /// The broker topics this node is subscribed to, kept equal to the topics with local
@@ -68,6 +73,7 @@ impl Node {
             sessions: Sharded::new(64),
             ready: AtomicBool::new(true),
             idempotency: OnceLock::new(),
+            recorder: OnceLock::new(),
             interest: Interest {
                 hasher: RandomState::new(),
                 stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -93,6 +99,24 @@ impl Node {
     /// Shares idempotency keys with the cluster through `store` (set once, at start).
     pub fn share_idempotency_keys(&self, store: Arc<dyn IdempotencyStore>) {
         let _ = self.idempotency.set(store);
+    }
+
+    /// Records every channel event in `log` (set once, at start; the topic must exist).
+    pub fn record_events_to(&self, log: Arc<dyn EventLog>, config: EventsConfig) {
+        let _ = self.recorder.set(Recorder::start(log, config));
+    }
+
+    /// A crashed node's connection was reaped: records what that changed, as a leave
+    /// on this node would have (`member` left; `None`: the channel lost its last
+    /// subscriber).
+    pub fn record_reaped(
+        self: &Arc<Self>,
+        app_id: &str,
+        channel: &herald_core::ChannelName,
+        member: Option<&str>,
+    ) {
+        let count = if member.is_none() { Some(0) } else { None };
+        self.record_left(app_id, channel, count, member);
     }
 
     /// The cluster's idempotency keys, if they are shared.

@@ -21,6 +21,10 @@ pub enum PublishError {
     /// The backbone could not take it; nothing was published (HTTP 503, gRPC UNAVAILABLE).
     #[error(transparent)]
     Backbone(#[from] herald_backbone::Error),
+    /// The event log could not take it (HTTP 503, gRPC UNAVAILABLE). Subscribers may
+    /// have received it; webhooks will not see it. Retry (with an idempotency key).
+    #[error(transparent)]
+    EventLog(#[from] crate::events::RecordError),
 }
 
 /// An event as a backend describes it, before validation.
@@ -127,13 +131,33 @@ impl Node {
                 })
             })
             .collect();
-        if messages.len() == 1
-            && let Some((topic, message)) = messages.pop()
-        {
-            self.broker.publish(&topic, message).await?;
-        } else {
-            self.broker.publish_batch(messages).await?;
-        }
+        let records = self.recorder().map(|recorder| {
+            let events = messages.iter().filter_map(|(_, message)| match message {
+                Message::Publication(p) => Some(publication_event(p)),
+                Message::TerminateUser { .. } => None,
+            });
+            (recorder.clone(), events.collect::<Vec<_>>())
+        });
+        let fan_out = async {
+            if messages.len() == 1
+                && let Some((topic, message)) = messages.pop()
+            {
+                self.broker.publish(&topic, message).await
+            } else {
+                self.broker.publish_batch(messages).await
+            }
+        };
+        // Fan-out and the durable append run side by side: the publish takes as long
+        // as the slower of the two, not their sum.
+        let record = async {
+            match records {
+                Some((recorder, events)) => recorder.record_publications(events).await,
+                None => Ok(()),
+            }
+        };
+        let (fanned_out, recorded) = tokio::join!(fan_out, record);
+        fanned_out?;
+        recorded?;
         Ok(())
     }
 
@@ -165,6 +189,19 @@ impl Node {
         self.broker.publish(&topic, Message::TerminateUser { user_id: Arc::from(user_id) }).await?;
         Ok(())
     }
+}
+
+/// A publication as the event log records it.
+fn publication_event(publication: &Publication) -> herald_proto::v1::ChannelEvent {
+    let mut event = crate::events::channel_event(
+        &publication.app_id,
+        publication.channel.as_str(),
+        herald_proto::v1::ChannelEventType::Publication,
+    );
+    event.event = publication.event.to_string();
+    event.data = publication.data.to_text();
+    event.socket_id = publication.exclude.map(|s| s.to_string()).unwrap_or_default();
+    event
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use herald_core::{
     App, ChannelKind, ChannelName, ErrorCode, Publication, PublicationData, SocketId, auth, protocol,
 };
 use herald_hub::{Close, Outbox, frame};
+use herald_proto::v1::ChannelEventType;
 use herald_telemetry::Metric;
 use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
@@ -495,10 +496,14 @@ impl Session {
             return self.subscription_error(channel.as_str(), "ServiceUnavailable", &e.to_string(), 503);
         }
         let presence = &self.node.presence;
-        if let Err(e) = presence.join(&self.app.id, &channel, self.socket).await {
-            self.node.unsubscribe(&topic, self.socket.conn);
-            return self.subscription_error(channel.as_str(), "ServiceUnavailable", &e.to_string(), 503);
-        }
+        let count = match presence.join(&self.app.id, &channel, self.socket).await {
+            Ok(count) => count,
+            Err(e) => {
+                self.node.unsubscribe(&topic, self.socket.conn);
+                return self.subscription_error(channel.as_str(), "ServiceUnavailable", &e.to_string(), 503);
+            }
+        };
+        let mut new_member = false;
         let presence_user = match member {
             None => None,
             Some(member) => {
@@ -506,6 +511,7 @@ impl Session {
                 let max = self.app.limits.max_presence_members;
                 match presence.add_member(&self.app.id, &channel, self.socket, member, max).await {
                     Ok(MemberChange::Changed(member)) => {
+                        new_member = true;
                         let data = protocol::member_added_data(&member.user_id, &member.user_info);
                         self.publish_internal(
                             &channel,
@@ -533,8 +539,10 @@ impl Session {
         };
         // Grown one at a time: most connections subscribe to one or two channels.
         self.channels.reserve_exact(1);
+        let joined_user = presence_user.clone().filter(|_| new_member);
         self.channels.push((channel.clone(), Subscription { presence_user }));
         self.acknowledge(&channel).await;
+        self.node.record_joined(&self.app.id, &channel, count, joined_user.as_deref()).await;
     }
 
     /// `pusher_internal:subscription_succeeded`, with the member set on presence channels.
@@ -590,19 +598,26 @@ impl Session {
         let topic = Topic::channel(&Arc::from(self.app.id.as_str()), channel);
         self.node.unsubscribe(&topic, self.socket.conn);
         let presence = &self.node.presence;
-        if let Err(e) = presence.leave(&self.app.id, channel, self.socket).await {
-            tracing::warn!(error = %e, "presence leave failed");
-        }
+        let count = match presence.leave(&self.app.id, channel, self.socket).await {
+            Ok(count) => Some(count),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence leave failed");
+                None
+            }
+        };
+        let mut removed = None;
         if subscription.presence_user.is_some() {
             match presence.remove_member(&self.app.id, channel, self.socket).await {
                 Ok(MemberChange::Changed(member)) => {
                     let data = protocol::member_removed_data(&member.user_id);
                     self.publish_internal(channel, "pusher_internal:member_removed", data, None).await;
+                    removed = Some(member.user_id);
                 }
                 Ok(MemberChange::Unchanged) => {}
                 Err(e) => tracing::warn!(error = %e, "presence member removal failed"),
             }
         }
+        self.node.record_left(&self.app.id, channel, count, removed.as_deref());
     }
 
     async fn publish_internal(
@@ -691,8 +706,24 @@ impl Session {
             user_id: presence_user,
             exclude: Some(self.socket),
         };
-        match self.node.publish(publication).await {
-            Ok(()) => metrics::counter!(Metric::ClientEvents.name()).increment(1),
+        match self.node.publish(publication.clone()).await {
+            Ok(()) => {
+                metrics::counter!(Metric::ClientEvents.name()).increment(1);
+                self.node.record(|| {
+                    let mut event = crate::events::channel_event(
+                        &self.app.id,
+                        publication.channel.as_str(),
+                        ChannelEventType::ClientEvent,
+                    );
+                    event.event = publication.event.to_string();
+                    // Webhooks carry data as a string, as clients receive it: a JSON
+                    // string as its text, anything else as its JSON.
+                    event.data = serde_json::from_str::<String>(data).unwrap_or_else(|_| data.to_owned());
+                    event.socket_id = self.socket_id.clone();
+                    event.user_id = publication.user_id.as_deref().unwrap_or_default().to_owned();
+                    event
+                });
+            }
             Err(e) => self.error(None, &format!("client event not delivered: {e}")),
         }
     }

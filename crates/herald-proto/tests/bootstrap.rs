@@ -24,7 +24,12 @@ fn generated_code_matches_the_protos() {
         .emit_rerun_if_changed(false)
         .out_dir(&out)
         .file_descriptor_set_path(out.join("herald_v1_descriptor.bin"))
-        .compile_with_config(config, &[proto_root.join("herald/v1/publisher.proto")], &[proto_root])
+        .compile_with_config(
+            config,
+            &["publisher.proto", "events.proto", "webhooks.proto"]
+                .map(|f| proto_root.join("herald/v1").join(f)),
+            &[proto_root],
+        )
         .unwrap();
 
     let checked_in = crate_dir.join("src/gen");

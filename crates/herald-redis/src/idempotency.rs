@@ -15,15 +15,7 @@ pub struct RedisIdempotency {
 
 impl RedisIdempotency {
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
-        let mut connections = Vec::with_capacity(config.urls.len());
-        if config.cluster {
-            connections.push(Connection::open_cluster(&config.urls).await?);
-        } else {
-            for url in &config.urls {
-                connections.push(Connection::open(url).await?);
-            }
-        }
-        Ok(Self { connections: Shards::new(connections)?, prefix: config.prefix.clone() })
+        Ok(Self { connections: Shards::open(config).await?, prefix: config.prefix.clone() })
     }
 
     fn key(&self, app_id: &str, key: &str) -> String {

@@ -15,11 +15,13 @@ mod broker;
 mod cluster;
 mod idempotency;
 mod presence;
+mod webhooks;
 mod wire;
 
 pub use broker::{RedisBroker, RedisConfig};
 pub use idempotency::RedisIdempotency;
 pub use presence::{OnReaped, Reaped, RedisPresence};
+pub use webhooks::{RedisRateLimiter, RedisWebhookStore};
 
 use herald_backbone::{Error, Result};
 use redis::{
@@ -37,6 +39,21 @@ pub(crate) struct Shards<T> {
 
 /// Points per instance on the ring: enough for an even spread.
 const POINTS_PER_SHARD: usize = 160;
+
+impl Shards<Connection> {
+    /// A command connection to each instance of `config` (one to a Redis Cluster).
+    pub(crate) async fn open(config: &RedisConfig) -> Result<Self> {
+        let mut connections = Vec::with_capacity(config.urls.len());
+        if config.cluster {
+            connections.push(Connection::open_cluster(&config.urls).await?);
+        } else {
+            for url in &config.urls {
+                connections.push(Connection::open(url).await?);
+            }
+        }
+        Shards::new(connections)
+    }
+}
 
 impl<T> Shards<T> {
     pub(crate) fn new(items: Vec<T>) -> Result<Self> {

@@ -3,7 +3,8 @@
 //! Per channel (keys share one hash tag, so a channel's keys live together):
 //! `…:subs` the set of subscribed socket ids, `…:sockets` socket → user of presence
 //! connections, `…:counts` user → number of its connections, `…:members` user →
-//! `user_info`. Per app, `…:channels` indexes the occupied channels. Every change is
+//! `user_info`, `…:announced` the lifecycle webhook events announced (`#` occupied,
+//! `u:<user>` member). Per app, `…:channels` indexes the occupied channels. Every change is
 //! one Lua script, so concurrent nodes never see a half-made change and
 //! `member_added`/`member_removed` are decided once per user, cluster-wide.
 //!
@@ -21,7 +22,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use herald_backbone::{ChannelStats, Error, Member, MemberChange, PresenceManager, Result};
+use herald_backbone::{ChannelStats, Error, Lifecycle, Member, MemberChange, PresenceManager, Result};
 use herald_core::{ChannelName, SocketId};
 use redis::Script;
 use tokio::task::JoinHandle;
@@ -78,6 +79,23 @@ redis.call('HDEL', KEYS[3], user)
 return {user, info or 'null'}
 ";
 
+/// KEYS: announced, subs, counts. ARGV: field (`#` for occupancy, `u:<user>`), user.
+/// Returns 1 if the presence was not announced yet (and now is).
+const ANNOUNCE_PRESENT: &str = r"
+return redis.call('HSETNX', KEYS[1], ARGV[1], 1)
+";
+
+/// KEYS and ARGV as ANNOUNCE_PRESENT. Returns 1 if the presence was announced and is
+/// gone now (no subscriber; the user has no connection); the announcement is withdrawn.
+const ANNOUNCE_ABSENT: &str = r"
+if ARGV[2] == '' then
+  if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+elseif redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
+  return 0
+end
+return redis.call('HDEL', KEYS[1], ARGV[1])
+";
+
 /// Presence and occupancy of a cluster, in one Redis.
 pub struct RedisPresence {
     /// A channel's keys live on the instance its name hashes to; the first instance
@@ -91,26 +109,22 @@ pub struct RedisPresence {
     leave: Script,
     add_member: Script,
     remove_member: Script,
+    announce_present: Script,
+    announce_absent: Script,
 }
 
 impl RedisPresence {
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
         Ok(Self {
-            connections: if config.cluster {
-                Shards::new(vec![Connection::open_cluster(&config.urls).await?])?
-            } else {
-                let mut connections = Vec::with_capacity(config.urls.len());
-                for url in &config.urls {
-                    connections.push(Connection::open(url).await?);
-                }
-                Shards::new(connections)?
-            },
+            connections: Shards::open(config).await?,
             cluster: config.cluster,
             prefix: Arc::from(config.prefix.as_str()),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
             add_member: Script::new(ADD_MEMBER),
             remove_member: Script::new(REMOVE_MEMBER),
+            announce_present: Script::new(ANNOUNCE_PRESENT),
+            announce_absent: Script::new(ANNOUNCE_ABSENT),
         })
     }
 
@@ -256,15 +270,17 @@ fn parse_entry(text: &str) -> Option<(Entry, String, ChannelName, SocketId)> {
     Some((kind, app_id, ChannelName::new(&channel).ok()?, socket.parse().ok()?))
 }
 
-/// A presence member removed because its node's lease expired.
+/// What a reap changed in one channel because its node's lease expired.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reaped {
     pub app_id: String,
     pub channel: ChannelName,
-    pub member: Member,
+    /// A presence member that left (publish `member_removed`); `None`: the channel
+    /// lost its last subscriber (it may be vacated).
+    pub member: Option<Member>,
 }
 
-/// Called for each member a reap removes (publish `member_removed` from it).
+/// Called for each change a reap makes.
 pub type OnReaped = Arc<dyn Fn(Reaped) + Send + Sync>;
 
 impl RedisPresence {
@@ -333,11 +349,13 @@ impl RedisPresence {
                         if let MemberChange::Changed(member) =
                             self.remove_member(&app_id, &channel, socket).await?
                         {
-                            reaped.push(Reaped { app_id, channel, member });
+                            reaped.push(Reaped { app_id, channel, member: Some(member) });
                         }
                     }
                     Entry::Subscription => {
-                        self.leave(&app_id, &channel, socket).await?;
+                        if self.leave(&app_id, &channel, socket).await? == 0 {
+                            reaped.push(Reaped { app_id, channel, member: None });
+                        }
                     }
                 }
             }
@@ -466,5 +484,27 @@ impl PresenceManager for RedisPresence {
         channels.sort();
         let stats = self.stats(app_id, &channels).await?;
         Ok(channels.into_iter().zip(stats).filter(|(_, s)| s.subscription_count > 0).collect())
+    }
+
+    async fn announce(&self, app_id: &str, channel: &ChannelName, change: Lifecycle<'_>) -> Result<bool> {
+        let (field, script) = match change {
+            Lifecycle::Occupied => ("#".to_owned(), &self.announce_present),
+            Lifecycle::MemberAdded(user) => (format!("u:{user}"), &self.announce_present),
+            Lifecycle::Vacated => ("#".to_owned(), &self.announce_absent),
+            Lifecycle::MemberRemoved(user) => (format!("u:{user}"), &self.announce_absent),
+        };
+        let user = match change {
+            Lifecycle::MemberAdded(user) | Lifecycle::MemberRemoved(user) => user,
+            _ => "",
+        };
+        let due: u32 = script
+            .key(self.key(app_id, channel.as_str(), "announced"))
+            .key(self.key(app_id, channel.as_str(), "subs"))
+            .key(self.key(app_id, channel.as_str(), "counts"))
+            .arg(field)
+            .arg(user)
+            .run(self.on(app_id, channel.as_str()))
+            .await?;
+        Ok(due == 1)
     }
 }

@@ -79,10 +79,22 @@ async fn a_crashed_nodes_members_and_counts_go_when_its_lease_expires() {
     // Node 1 crashes (its lease is no longer renewed): node 2 reaps it.
     lease_a.abort();
     let gone = tokio::time::timeout(Duration::from_secs(5), reaped.recv()).await.unwrap().unwrap();
-    assert_eq!((gone.app_id.as_str(), gone.member.user_id.as_ref()), ("app", "alice"));
+    assert_eq!((gone.app_id.as_str(), gone.member.map(|m| m.user_id)), ("app", Some("alice".into())));
+    assert!(reaped.try_recv().is_err(), "bob is still there: the channel is not emptied");
     let stats = b.channel("app", &room).await.unwrap();
     assert_eq!((stats.subscription_count, stats.user_count), (1, 1));
     assert_eq!(b.members("app", &room).await.unwrap(), [member("bob")]);
+
+    // A crashed node with the last subscriber of a channel: reported as emptied.
+    let news = ChannelName::new("news").unwrap();
+    let on_c = SocketId { node: 3, conn: 1 };
+    let c = Arc::new(RedisPresence::connect(&config(&redis)).await.unwrap());
+    let lease_c = c.keep_lease(3, ttl, Arc::new(|_| {}));
+    c.join("app", &news, on_c).await.unwrap();
+    tokio::time::sleep(ttl / 2).await;
+    lease_c.abort();
+    let emptied = tokio::time::timeout(Duration::from_secs(5), reaped.recv()).await.unwrap().unwrap();
+    assert_eq!((emptied.channel, emptied.member), (news, None));
 }
 
 #[tokio::test]

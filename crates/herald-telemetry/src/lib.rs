@@ -32,10 +32,25 @@ pub enum Metric {
     /// Counter: backbone (Redis) connections re-established, label `connection`
     /// (`subscriber` or `command`).
     BackboneReconnects,
+    /// Counter: channel events appended to the event log.
+    EventsAppended,
+    /// Counter: channel events not appended, label `reason` (`queue_full`,
+    /// `unavailable`).
+    EventsDropped,
+    /// Counter: webhook delivery attempts, label `outcome` (`success`, `failure`,
+    /// `gone`, `refused`).
+    WebhookAttempts,
+    /// Counter: webhook deliveries handed to a retry tier, label `reason` (`failure`,
+    /// `throttled`, `busy`).
+    WebhookRetries,
+    /// Counter: webhook deliveries dead-lettered.
+    WebhookDeadLetters,
+    /// Histogram: seconds from an event's append to its webhook's 2xx.
+    WebhookLatency,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 17] = [
         Metric::Connections,
         Metric::ConnectionsAccepted,
         Metric::ConnectionsClosed,
@@ -47,6 +62,12 @@ impl Metric {
         Metric::LocalChannels,
         Metric::BackboneDown,
         Metric::BackboneReconnects,
+        Metric::EventsAppended,
+        Metric::EventsDropped,
+        Metric::WebhookAttempts,
+        Metric::WebhookRetries,
+        Metric::WebhookDeadLetters,
+        Metric::WebhookLatency,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -62,6 +83,12 @@ impl Metric {
             Metric::LocalChannels => "herald_local_channels",
             Metric::BackboneDown => "herald_backbone_down",
             Metric::BackboneReconnects => "herald_backbone_reconnects_total",
+            Metric::EventsAppended => "herald_events_appended_total",
+            Metric::EventsDropped => "herald_events_dropped_total",
+            Metric::WebhookAttempts => "herald_webhook_attempts_total",
+            Metric::WebhookRetries => "herald_webhook_retries_total",
+            Metric::WebhookDeadLetters => "herald_webhook_dead_letters_total",
+            Metric::WebhookLatency => "herald_webhook_latency_seconds",
         }
     }
 
@@ -78,6 +105,12 @@ impl Metric {
             Metric::LocalChannels => "Channels with at least one subscriber on this node.",
             Metric::BackboneDown => "Backbone subscriber connections down (publications missed meanwhile).",
             Metric::BackboneReconnects => "Backbone connections re-established, by connection kind.",
+            Metric::EventsAppended => "Channel events appended to the event log.",
+            Metric::EventsDropped => "Channel events that could not be appended to the event log, by reason.",
+            Metric::WebhookAttempts => "Webhook delivery attempts, by outcome.",
+            Metric::WebhookRetries => "Webhook deliveries handed to a retry tier, by reason.",
+            Metric::WebhookDeadLetters => "Webhook deliveries dead-lettered after exhausting their retries.",
+            Metric::WebhookLatency => "Seconds from an event's append to its webhook's 2xx response.",
         }
     }
 }
@@ -94,6 +127,7 @@ pub fn install_prometheus() -> PrometheusHandle {
                 Metric::Connections | Metric::LocalChannels | Metric::BackboneDown => {
                     metrics::describe_gauge!(metric.name(), metric.help())
                 }
+                Metric::WebhookLatency => metrics::describe_histogram!(metric.name(), metric.help()),
                 _ => metrics::describe_counter!(metric.name(), metric.help()),
             }
         }

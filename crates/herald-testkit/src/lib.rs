@@ -5,7 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod receiver;
 pub mod redis;
+pub mod tansu;
 
 use std::{
     future::Future,

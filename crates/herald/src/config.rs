@@ -6,7 +6,16 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use herald_api::GrpcConfig;
 use herald_core::{App, AppLimits, Apps};
-use herald_edge::{ConnectionConfig, EdgeConfig, HttpApiConfig};
+use herald_dispatcher::{
+    DispatcherConfig,
+    client::ClientConfig,
+    endpoint::{Endpoint, Format},
+    filter::EventType,
+    schedule::{RetryAfterBounds, RetrySchedule},
+    ssrf::AddressPolicy,
+};
+use herald_edge::{ConnectionConfig, EdgeConfig, EventsConfig, HttpApiConfig};
+use herald_kafka::KafkaConfig;
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -20,6 +29,11 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub log: LogConfig,
     pub redis: RedisSection,
+    pub events: EventsConfig,
+    /// The Kafka event log; absent: an edge records no events (no webhooks).
+    pub kafka: Option<KafkaConfig>,
+    pub dispatcher: DispatcherSection,
+    pub webhooks: Vec<WebhookSection>,
     pub apps: Vec<App>,
 }
 
@@ -60,6 +74,185 @@ impl Default for RedisSection {
             prefix: "herald".into(),
             lease_secs: 15,
         }
+    }
+}
+
+/// The webhook dispatcher (`herald dispatcher`, and inside `herald dev`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherSection {
+    /// Kafka consumer group every dispatcher replica joins.
+    pub group: String,
+    /// Prefix of the dispatcher's topics (`<prefix>.retry.<n>`, `.parked`, `.dead`).
+    pub topic_prefix: String,
+    /// Partitions of those topics when the dispatcher creates them.
+    pub partitions: i32,
+    /// Delays between attempts (`5s`, `5m`, `2h`, `250ms`); one more attempt than delays.
+    pub retry_schedule: Vec<String>,
+    /// Each delay varies by up to this fraction either way.
+    pub retry_jitter: f64,
+    /// `Retry-After` (429, 503) is honoured within these bounds, in seconds.
+    pub retry_after_min_secs: u64,
+    pub retry_after_max_secs: u64,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Response body bytes read at most.
+    pub max_response_bytes: usize,
+    /// Requests in flight per endpoint, unless the endpoint sets its own.
+    pub endpoint_concurrency: u32,
+    /// Deliveries waiting per endpoint; more wait in the parked topic.
+    pub endpoint_queue: usize,
+    /// Records read and not finished, per topic.
+    pub max_in_flight: usize,
+    /// A rate-limit wait longer than this parks the delivery.
+    pub max_throttle_wait_ms: u64,
+    /// Pusher format: most events per request, and the longest a batch gathers.
+    pub pusher_batch_max: usize,
+    pub pusher_batch_window_ms: u64,
+    /// How long an app's endpoint list is cached, in milliseconds.
+    pub endpoint_refresh_ms: u64,
+    /// Addresses (IPs or CIDRs) endpoints may resolve to although they are private,
+    /// loopback or otherwise reserved (SSRF protection refuses those by default).
+    pub allow_addresses: Vec<String>,
+}
+
+impl Default for DispatcherSection {
+    fn default() -> Self {
+        let defaults = DispatcherConfig::default();
+        Self {
+            group: defaults.group,
+            topic_prefix: defaults.topic_prefix,
+            partitions: defaults.partitions,
+            retry_schedule: ["5s", "5m", "30m", "2h", "5h", "10h", "10h"].map(String::from).to_vec(),
+            retry_jitter: 0.2,
+            retry_after_min_secs: 1,
+            retry_after_max_secs: 3600,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 15_000,
+            max_response_bytes: 64 * 1024,
+            endpoint_concurrency: defaults.endpoint_concurrency,
+            endpoint_queue: defaults.endpoint_queue,
+            max_in_flight: defaults.max_in_flight,
+            max_throttle_wait_ms: 1_000,
+            pusher_batch_max: defaults.pusher_batch_max,
+            pusher_batch_window_ms: 250,
+            endpoint_refresh_ms: 1_000,
+            allow_addresses: Vec::new(),
+        }
+    }
+}
+
+impl DispatcherSection {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if let Err(e) = RetrySchedule::from_strings(&self.retry_schedule, self.retry_jitter) {
+            errors.push(format!("dispatcher.retry_schedule: {e}"));
+        }
+        if let Err(e) = AddressPolicy::new(&self.allow_addresses) {
+            errors.push(format!("dispatcher.allow_addresses: {e}"));
+        }
+        if self.retry_after_min_secs > self.retry_after_max_secs {
+            errors.push("dispatcher.retry_after_min_secs: must not exceed retry_after_max_secs".into());
+        }
+        for (name, value) in [
+            ("dispatcher.partitions", self.partitions.max(0) as u64),
+            ("dispatcher.connect_timeout_ms", self.connect_timeout_ms),
+            ("dispatcher.request_timeout_ms", self.request_timeout_ms),
+            ("dispatcher.max_response_bytes", self.max_response_bytes as u64),
+            ("dispatcher.endpoint_concurrency", u64::from(self.endpoint_concurrency)),
+            ("dispatcher.endpoint_queue", self.endpoint_queue as u64),
+            ("dispatcher.max_in_flight", self.max_in_flight as u64),
+            ("dispatcher.pusher_batch_max", self.pusher_batch_max as u64),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if self.group.is_empty() || self.topic_prefix.is_empty() {
+            errors.push("dispatcher.group and dispatcher.topic_prefix: must not be empty".into());
+        }
+    }
+
+    /// The dispatcher's settings (call after validation).
+    pub fn dispatcher(&self, events_topic: &str) -> DispatcherConfig {
+        let defaults = DispatcherConfig::default();
+        DispatcherConfig {
+            group: self.group.clone(),
+            events_topic: events_topic.to_owned(),
+            topic_prefix: self.topic_prefix.clone(),
+            partitions: self.partitions,
+            retry: RetrySchedule::from_strings(&self.retry_schedule, self.retry_jitter).unwrap_or_default(),
+            retry_after: RetryAfterBounds {
+                min: Duration::from_secs(self.retry_after_min_secs),
+                max: Duration::from_secs(self.retry_after_max_secs),
+            },
+            client: ClientConfig {
+                connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+                request_timeout: Duration::from_millis(self.request_timeout_ms),
+                max_response_bytes: self.max_response_bytes,
+                policy: self.policy(),
+                ..ClientConfig::default()
+            },
+            endpoint_concurrency: self.endpoint_concurrency,
+            endpoint_queue: self.endpoint_queue,
+            max_in_flight: self.max_in_flight,
+            max_throttle_wait: Duration::from_millis(self.max_throttle_wait_ms),
+            pusher_batch_max: self.pusher_batch_max,
+            pusher_batch_window: Duration::from_millis(self.pusher_batch_window_ms),
+            endpoint_refresh: Duration::from_millis(self.endpoint_refresh_ms),
+            commit_interval: defaults.commit_interval,
+        }
+    }
+
+    pub fn policy(&self) -> AddressPolicy {
+        AddressPolicy::new(&self.allow_addresses).unwrap_or_default()
+    }
+}
+
+/// A webhook endpoint declared in the config file (`[[webhooks]]`), created or
+/// updated at start-up; the admin API manages the others.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    pub app_id: String,
+    /// A stable id (`ep_` is prepended unless present).
+    pub id: String,
+    pub url: String,
+    /// `standard-webhooks` (default) or `pusher`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// `whsec_…` (Standard Webhooks).
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub channel_patterns: Vec<String>,
+    #[serde(default)]
+    pub rate_per_second: f64,
+    #[serde(default)]
+    pub max_concurrency: u32,
+}
+
+impl WebhookSection {
+    /// The endpoint it declares, or what is wrong with it.
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        let format = match &self.format {
+            None => Format::StandardWebhooks,
+            Some(f) => f.parse()?,
+        };
+        let event_types = self
+            .event_types
+            .iter()
+            .map(|t| t.parse::<EventType>().map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let id = if self.id.starts_with("ep_") { self.id.clone() } else { format!("ep_{}", self.id) };
+        let mut endpoint = Endpoint::new(id, &self.app_id, &self.url, format, &self.secret);
+        endpoint.event_types = event_types;
+        endpoint.channel_patterns = self.channel_patterns.clone();
+        endpoint.rate_per_second = self.rate_per_second;
+        endpoint.max_concurrency = self.max_concurrency;
+        endpoint.validate()?;
+        Ok(endpoint)
     }
 }
 
@@ -190,7 +383,21 @@ impl Config {
         self.connection.validate(&mut errors);
         self.http.validate(&mut errors);
         self.grpc.validate(&mut errors);
-        if let Err(app_errors) = Apps::new(self.apps.clone()) {
+        self.events.validate(&mut errors);
+        self.dispatcher.validate(&mut errors);
+        let apps = Apps::new(self.apps.clone());
+        for (i, webhook) in self.webhooks.iter().enumerate() {
+            if let Err(e) = webhook.endpoint() {
+                errors.push(format!("webhooks[{i}]: {e}"));
+            }
+            if let Ok(apps) = &apps
+                && !apps.is_empty()
+                && apps.by_id(&webhook.app_id).is_none()
+            {
+                errors.push(format!("webhooks[{i}].app_id: no app {:?}", webhook.app_id));
+            }
+        }
+        if let Err(app_errors) = apps {
             errors.extend(app_errors);
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
@@ -237,7 +444,19 @@ fn read_file(path: &Path) -> Result<Table, Vec<String>> {
 /// The top-level keys of the configuration: `HERALD_*` variables that start with
 /// anything else belong to other tools (`HERALD_BIN` in a test harness, say) and are
 /// left alone; inside these sections an unknown key is an error like in the file.
-const SECTIONS: [&str; 7] = ["server", "connection", "http", "grpc", "log", "redis", "apps"];
+const SECTIONS: [&str; 11] = [
+    "server",
+    "connection",
+    "http",
+    "grpc",
+    "log",
+    "redis",
+    "events",
+    "kafka",
+    "dispatcher",
+    "webhooks",
+    "apps",
+];
 
 /// `HERALD_SECTION__KEY=value` sets `section.key` (double underscores separate
 /// levels; names are lowercased). Values are read as TOML (`7000`, `true`,
@@ -396,6 +615,8 @@ mod tests {
         assert_eq!(config.grpc, defaults.grpc);
         assert_eq!(config.server.port, defaults.server.port);
         assert_eq!(config.redis, defaults.redis);
+        assert_eq!(config.events, defaults.events);
+        assert_eq!(config.dispatcher, defaults.dispatcher);
         assert_eq!(config.apps[0].limits, AppLimits::default());
     }
 }

@@ -976,3 +976,1286 @@ pub mod publisher_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ChannelEvent {
+    /// Unique per event ("evt_" and 26 base32 characters); webhook ids derive from it.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub app_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub channel: ::prost::alloc::string::String,
+    /// When the edge accepted it, milliseconds since the Unix epoch.
+    #[prost(int64, tag = "4")]
+    pub time_ms: i64,
+    #[prost(enumeration = "ChannelEventType", tag = "5")]
+    pub r#type: i32,
+    /// The event name (publications and client events).
+    #[prost(string, tag = "6")]
+    pub event: ::prost::alloc::string::String,
+    /// The event data as clients receive it (publications and client events).
+    #[prost(string, tag = "7")]
+    pub data: ::prost::alloc::string::String,
+    /// Client events: the sending connection. Publications: the excluded connection.
+    #[prost(string, tag = "8")]
+    pub socket_id: ::prost::alloc::string::String,
+    /// Client events on presence channels, member events: the user.
+    #[prost(string, tag = "9")]
+    pub user_id: ::prost::alloc::string::String,
+    /// Subscription count events: the new count.
+    #[prost(uint64, tag = "10")]
+    pub subscription_count: u64,
+}
+/// One webhook delivery to one endpoint: what waits in a retry tier and what lands in
+/// the dead-letter topic. The id is the `webhook-id` of every attempt.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Delivery {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub app_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub endpoint_id: ::prost::alloc::string::String,
+    /// Attempts made so far (0: never tried).
+    #[prost(uint32, tag = "4")]
+    pub attempt: u32,
+    /// Not to be tried before this time (milliseconds since the Unix epoch).
+    #[prost(int64, tag = "5")]
+    pub due_ms: i64,
+    /// When the first of its events was appended to the log.
+    #[prost(int64, tag = "6")]
+    pub created_ms: i64,
+    /// One event (Standard Webhooks) or a batch (Pusher format).
+    #[prost(message, repeated, tag = "7")]
+    pub events: ::prost::alloc::vec::Vec<ChannelEvent>,
+    /// Why the last attempt failed.
+    #[prost(string, tag = "8")]
+    pub last_error: ::prost::alloc::string::String,
+    /// When it was dead-lettered.
+    #[prost(int64, tag = "9")]
+    pub failed_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ChannelEventType {
+    Unspecified = 0,
+    /// An event published by a backend (HTTP or gRPC API). Webhook type "channel.event".
+    Publication = 1,
+    /// A client-* event sent by a connection. Webhook type "client.event".
+    ClientEvent = 2,
+    /// The channel got its first subscriber, cluster-wide. "channel.occupied".
+    ChannelOccupied = 3,
+    /// The channel lost its last subscriber and stayed empty for the debounce period
+    /// (about 3 s). "channel.vacated".
+    ChannelVacated = 4,
+    /// A user joined a presence channel (its first connection). "member.added".
+    MemberAdded = 5,
+    /// A user left a presence channel (its last connection) and did not come back within
+    /// the debounce period. "member.removed".
+    MemberRemoved = 6,
+    /// The channel's subscription count changed. "subscription.count".
+    SubscriptionCount = 7,
+}
+impl ChannelEventType {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "CHANNEL_EVENT_TYPE_UNSPECIFIED",
+            Self::Publication => "CHANNEL_EVENT_TYPE_PUBLICATION",
+            Self::ClientEvent => "CHANNEL_EVENT_TYPE_CLIENT_EVENT",
+            Self::ChannelOccupied => "CHANNEL_EVENT_TYPE_CHANNEL_OCCUPIED",
+            Self::ChannelVacated => "CHANNEL_EVENT_TYPE_CHANNEL_VACATED",
+            Self::MemberAdded => "CHANNEL_EVENT_TYPE_MEMBER_ADDED",
+            Self::MemberRemoved => "CHANNEL_EVENT_TYPE_MEMBER_REMOVED",
+            Self::SubscriptionCount => "CHANNEL_EVENT_TYPE_SUBSCRIPTION_COUNT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CHANNEL_EVENT_TYPE_UNSPECIFIED" => Some(Self::Unspecified),
+            "CHANNEL_EVENT_TYPE_PUBLICATION" => Some(Self::Publication),
+            "CHANNEL_EVENT_TYPE_CLIENT_EVENT" => Some(Self::ClientEvent),
+            "CHANNEL_EVENT_TYPE_CHANNEL_OCCUPIED" => Some(Self::ChannelOccupied),
+            "CHANNEL_EVENT_TYPE_CHANNEL_VACATED" => Some(Self::ChannelVacated),
+            "CHANNEL_EVENT_TYPE_MEMBER_ADDED" => Some(Self::MemberAdded),
+            "CHANNEL_EVENT_TYPE_MEMBER_REMOVED" => Some(Self::MemberRemoved),
+            "CHANNEL_EVENT_TYPE_SUBSCRIPTION_COUNT" => Some(Self::SubscriptionCount),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Endpoint {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub app_id: ::prost::alloc::string::String,
+    /// http:// or https:// URL the deliveries are POSTed to.
+    #[prost(string, tag = "3")]
+    pub url: ::prost::alloc::string::String,
+    /// Event types delivered ("channel.event", "client.event", "channel.occupied",
+    /// "channel.vacated", "member.added", "member.removed", "subscription.count");
+    /// empty: all of them.
+    #[prost(string, repeated, tag = "4")]
+    pub event_types: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Channel name globs (`*` matches any run of characters, e.g. "presence-*"); empty:
+    /// every channel.
+    #[prost(string, repeated, tag = "5")]
+    pub channel_patterns: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(enumeration = "WebhookFormat", tag = "6")]
+    pub format: i32,
+    /// The current signing secret (`whsec_` and base64) of Standard Webhooks endpoints.
+    #[prost(string, tag = "7")]
+    pub secret: ::prost::alloc::string::String,
+    #[prost(bool, tag = "8")]
+    pub enabled: bool,
+    /// Why it was disabled, when the dispatcher disabled it (e.g. the endpoint answered 410).
+    #[prost(string, tag = "9")]
+    pub disabled_reason: ::prost::alloc::string::String,
+    /// At most this many deliveries per second to this endpoint (0: only the app's limit).
+    #[prost(double, tag = "10")]
+    pub rate_per_second: f64,
+    /// At most this many requests in flight to this endpoint (0: the dispatcher default).
+    #[prost(uint32, tag = "11")]
+    pub max_concurrency: u32,
+    #[prost(int64, tag = "12")]
+    pub created_ms: i64,
+    #[prost(int64, tag = "13")]
+    pub updated_ms: i64,
+    /// When the previous secret stops being used for signing (0: there is none).
+    #[prost(int64, tag = "14")]
+    pub previous_secret_expires_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CreateEndpointRequest {
+    #[prost(string, tag = "1")]
+    pub app_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub url: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "3")]
+    pub event_types: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "4")]
+    pub channel_patterns: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(enumeration = "WebhookFormat", tag = "5")]
+    pub format: i32,
+    /// A `whsec_` secret to use; empty: one is generated.
+    #[prost(string, tag = "6")]
+    pub secret: ::prost::alloc::string::String,
+    /// Starts disabled when true.
+    #[prost(bool, tag = "7")]
+    pub disabled: bool,
+    #[prost(double, tag = "8")]
+    pub rate_per_second: f64,
+    #[prost(uint32, tag = "9")]
+    pub max_concurrency: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetEndpointRequest {
+    #[prost(string, tag = "1")]
+    pub app_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListEndpointsRequest {
+    #[prost(string, tag = "1")]
+    pub app_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListEndpointsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub endpoints: ::prost::alloc::vec::Vec<Endpoint>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StringList {
+    #[prost(string, repeated, tag = "1")]
+    pub values: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct UpdateEndpointRequest {
+    #[prost(string, tag = "1")]
+    pub app_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, optional, tag = "3")]
+    pub url: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(message, optional, tag = "4")]
+    pub event_types: ::core::option::Option<StringList>,
+    #[prost(message, optional, tag = "5")]
+    pub channel_patterns: ::core::option::Option<StringList>,
+    #[prost(enumeration = "WebhookFormat", optional, tag = "6")]
+    pub format: ::core::option::Option<i32>,
+    /// Enabling clears `disabled_reason`.
+    #[prost(bool, optional, tag = "7")]
+    pub enabled: ::core::option::Option<bool>,
+    #[prost(double, optional, tag = "8")]
+    pub rate_per_second: ::core::option::Option<f64>,
+    #[prost(uint32, optional, tag = "9")]
+    pub max_concurrency: ::core::option::Option<u32>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteEndpointRequest {
+    #[prost(string, tag = "1")]
+    pub app_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteEndpointResponse {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateSecretRequest {
+    #[prost(string, tag = "1")]
+    pub app_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub id: ::prost::alloc::string::String,
+    /// The new `whsec_` secret; empty: one is generated.
+    #[prost(string, tag = "3")]
+    pub secret: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAttemptsRequest {
+    #[prost(string, tag = "1")]
+    pub app_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub endpoint_id: ::prost::alloc::string::String,
+    /// Only the attempts of this delivery (webhook id); empty: all.
+    #[prost(string, tag = "3")]
+    pub webhook_id: ::prost::alloc::string::String,
+    /// At most this many (default and maximum 100).
+    #[prost(uint32, tag = "4")]
+    pub limit: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Attempt {
+    #[prost(string, tag = "1")]
+    pub webhook_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub endpoint_id: ::prost::alloc::string::String,
+    /// 1 for the first attempt.
+    #[prost(uint32, tag = "3")]
+    pub attempt: u32,
+    #[prost(int64, tag = "4")]
+    pub time_ms: i64,
+    /// The HTTP status, 0 when there was no response (connection refused, timeout, refused
+    /// address).
+    #[prost(uint32, tag = "5")]
+    pub status: u32,
+    #[prost(uint32, tag = "6")]
+    pub latency_ms: u32,
+    /// The start of the response body (at most 1 KiB).
+    #[prost(string, tag = "7")]
+    pub response_excerpt: ::prost::alloc::string::String,
+    /// What went wrong, when it did.
+    #[prost(string, tag = "8")]
+    pub error: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAttemptsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub attempts: ::prost::alloc::vec::Vec<Attempt>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListDeadLettersRequest {
+    #[prost(string, tag = "1")]
+    pub app_id: ::prost::alloc::string::String,
+    /// Only those that failed at or after this time (ms since the Unix epoch); 0: all.
+    #[prost(int64, tag = "2")]
+    pub since_ms: i64,
+    #[prost(uint32, tag = "3")]
+    pub limit: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeadLetter {
+    #[prost(string, tag = "1")]
+    pub webhook_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub endpoint_id: ::prost::alloc::string::String,
+    #[prost(int64, tag = "3")]
+    pub failed_ms: i64,
+    #[prost(uint32, tag = "4")]
+    pub attempts: u32,
+    #[prost(string, tag = "5")]
+    pub last_error: ::prost::alloc::string::String,
+    /// The event types it carries.
+    #[prost(string, repeated, tag = "6")]
+    pub event_types: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListDeadLettersResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub dead_letters: ::prost::alloc::vec::Vec<DeadLetter>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplayDeadLettersRequest {
+    #[prost(string, tag = "1")]
+    pub app_id: ::prost::alloc::string::String,
+    #[prost(oneof = "replay_dead_letters_request::Which", tags = "2, 3")]
+    pub which: ::core::option::Option<replay_dead_letters_request::Which>,
+}
+/// Nested message and enum types in `ReplayDeadLettersRequest`.
+pub mod replay_dead_letters_request {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Which {
+        /// One dead letter, by webhook id.
+        #[prost(string, tag = "2")]
+        WebhookId(::prost::alloc::string::String),
+        /// Every dead letter of the app that failed at or after this time.
+        #[prost(int64, tag = "3")]
+        SinceMs(i64),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplayDeadLettersResponse {
+    /// How many were handed back to the dispatcher.
+    #[prost(uint32, tag = "1")]
+    pub replayed: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum WebhookFormat {
+    /// Standard Webhooks (the default).
+    Unspecified = 0,
+    /// Standard Webhooks: one event per request, `{type, timestamp, data}`, signed with
+    /// `webhook-id`, `webhook-timestamp` and `webhook-signature` (v1, HMAC-SHA256).
+    StandardWebhooks = 1,
+    /// Pusher Channels webhooks: `{time_ms, events: \[...\]}` batches, signed with the app's
+    /// secret in `X-Pusher-Signature`, `X-Pusher-Key` set to the app key.
+    Pusher = 2,
+}
+impl WebhookFormat {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "WEBHOOK_FORMAT_UNSPECIFIED",
+            Self::StandardWebhooks => "WEBHOOK_FORMAT_STANDARD_WEBHOOKS",
+            Self::Pusher => "WEBHOOK_FORMAT_PUSHER",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "WEBHOOK_FORMAT_UNSPECIFIED" => Some(Self::Unspecified),
+            "WEBHOOK_FORMAT_STANDARD_WEBHOOKS" => Some(Self::StandardWebhooks),
+            "WEBHOOK_FORMAT_PUSHER" => Some(Self::Pusher),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod webhook_admin_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct WebhookAdminClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> WebhookAdminClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> WebhookAdminClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            WebhookAdminClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        pub async fn create_endpoint(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CreateEndpointRequest>,
+        ) -> std::result::Result<tonic::Response<super::Endpoint>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.WebhookAdmin/CreateEndpoint",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.WebhookAdmin", "CreateEndpoint"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_endpoint(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetEndpointRequest>,
+        ) -> std::result::Result<tonic::Response<super::Endpoint>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.WebhookAdmin/GetEndpoint",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.WebhookAdmin", "GetEndpoint"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_endpoints(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListEndpointsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListEndpointsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.WebhookAdmin/ListEndpoints",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.WebhookAdmin", "ListEndpoints"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Changes the fields that are set; the others keep their values.
+        pub async fn update_endpoint(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UpdateEndpointRequest>,
+        ) -> std::result::Result<tonic::Response<super::Endpoint>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.WebhookAdmin/UpdateEndpoint",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.WebhookAdmin", "UpdateEndpoint"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn delete_endpoint(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeleteEndpointRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteEndpointResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.WebhookAdmin/DeleteEndpoint",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.WebhookAdmin", "DeleteEndpoint"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Replaces the signing secret. The previous one stays valid for 24 hours: until then
+        /// every delivery is signed with both (two signatures in `webhook-signature`).
+        pub async fn rotate_secret(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RotateSecretRequest>,
+        ) -> std::result::Result<tonic::Response<super::Endpoint>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.WebhookAdmin/RotateSecret",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.WebhookAdmin", "RotateSecret"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The most recent delivery attempts of an endpoint, newest first.
+        pub async fn list_attempts(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAttemptsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAttemptsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.WebhookAdmin/ListAttempts",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.WebhookAdmin", "ListAttempts"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Deliveries that exhausted their retries (or whose endpoint answered 410), newest first.
+        pub async fn list_dead_letters(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListDeadLettersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDeadLettersResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.WebhookAdmin/ListDeadLetters",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.WebhookAdmin", "ListDeadLetters"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Delivers dead letters again, with a fresh retry schedule and the same webhook id:
+        /// one (by id), or every one of the app that failed at or after a time.
+        pub async fn replay_dead_letters(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReplayDeadLettersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReplayDeadLettersResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.WebhookAdmin/ReplayDeadLetters",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.WebhookAdmin", "ReplayDeadLetters"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod webhook_admin_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with WebhookAdminServer.
+    #[async_trait]
+    pub trait WebhookAdmin: std::marker::Send + std::marker::Sync + 'static {
+        async fn create_endpoint(
+            &self,
+            request: tonic::Request<super::CreateEndpointRequest>,
+        ) -> std::result::Result<tonic::Response<super::Endpoint>, tonic::Status>;
+        async fn get_endpoint(
+            &self,
+            request: tonic::Request<super::GetEndpointRequest>,
+        ) -> std::result::Result<tonic::Response<super::Endpoint>, tonic::Status>;
+        async fn list_endpoints(
+            &self,
+            request: tonic::Request<super::ListEndpointsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListEndpointsResponse>,
+            tonic::Status,
+        >;
+        /// Changes the fields that are set; the others keep their values.
+        async fn update_endpoint(
+            &self,
+            request: tonic::Request<super::UpdateEndpointRequest>,
+        ) -> std::result::Result<tonic::Response<super::Endpoint>, tonic::Status>;
+        async fn delete_endpoint(
+            &self,
+            request: tonic::Request<super::DeleteEndpointRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteEndpointResponse>,
+            tonic::Status,
+        >;
+        /// Replaces the signing secret. The previous one stays valid for 24 hours: until then
+        /// every delivery is signed with both (two signatures in `webhook-signature`).
+        async fn rotate_secret(
+            &self,
+            request: tonic::Request<super::RotateSecretRequest>,
+        ) -> std::result::Result<tonic::Response<super::Endpoint>, tonic::Status>;
+        /// The most recent delivery attempts of an endpoint, newest first.
+        async fn list_attempts(
+            &self,
+            request: tonic::Request<super::ListAttemptsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAttemptsResponse>,
+            tonic::Status,
+        >;
+        /// Deliveries that exhausted their retries (or whose endpoint answered 410), newest first.
+        async fn list_dead_letters(
+            &self,
+            request: tonic::Request<super::ListDeadLettersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDeadLettersResponse>,
+            tonic::Status,
+        >;
+        /// Delivers dead letters again, with a fresh retry schedule and the same webhook id:
+        /// one (by id), or every one of the app that failed at or after a time.
+        async fn replay_dead_letters(
+            &self,
+            request: tonic::Request<super::ReplayDeadLettersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReplayDeadLettersResponse>,
+            tonic::Status,
+        >;
+    }
+    #[derive(Debug)]
+    pub struct WebhookAdminServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> WebhookAdminServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for WebhookAdminServer<T>
+    where
+        T: WebhookAdmin,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/herald.v1.WebhookAdmin/CreateEndpoint" => {
+                    #[allow(non_camel_case_types)]
+                    struct CreateEndpointSvc<T: WebhookAdmin>(pub Arc<T>);
+                    impl<
+                        T: WebhookAdmin,
+                    > tonic::server::UnaryService<super::CreateEndpointRequest>
+                    for CreateEndpointSvc<T> {
+                        type Response = super::Endpoint;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CreateEndpointRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WebhookAdmin>::create_endpoint(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CreateEndpointSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.WebhookAdmin/GetEndpoint" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetEndpointSvc<T: WebhookAdmin>(pub Arc<T>);
+                    impl<
+                        T: WebhookAdmin,
+                    > tonic::server::UnaryService<super::GetEndpointRequest>
+                    for GetEndpointSvc<T> {
+                        type Response = super::Endpoint;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetEndpointRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WebhookAdmin>::get_endpoint(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetEndpointSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.WebhookAdmin/ListEndpoints" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListEndpointsSvc<T: WebhookAdmin>(pub Arc<T>);
+                    impl<
+                        T: WebhookAdmin,
+                    > tonic::server::UnaryService<super::ListEndpointsRequest>
+                    for ListEndpointsSvc<T> {
+                        type Response = super::ListEndpointsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListEndpointsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WebhookAdmin>::list_endpoints(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListEndpointsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.WebhookAdmin/UpdateEndpoint" => {
+                    #[allow(non_camel_case_types)]
+                    struct UpdateEndpointSvc<T: WebhookAdmin>(pub Arc<T>);
+                    impl<
+                        T: WebhookAdmin,
+                    > tonic::server::UnaryService<super::UpdateEndpointRequest>
+                    for UpdateEndpointSvc<T> {
+                        type Response = super::Endpoint;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UpdateEndpointRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WebhookAdmin>::update_endpoint(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UpdateEndpointSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.WebhookAdmin/DeleteEndpoint" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteEndpointSvc<T: WebhookAdmin>(pub Arc<T>);
+                    impl<
+                        T: WebhookAdmin,
+                    > tonic::server::UnaryService<super::DeleteEndpointRequest>
+                    for DeleteEndpointSvc<T> {
+                        type Response = super::DeleteEndpointResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeleteEndpointRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WebhookAdmin>::delete_endpoint(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteEndpointSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.WebhookAdmin/RotateSecret" => {
+                    #[allow(non_camel_case_types)]
+                    struct RotateSecretSvc<T: WebhookAdmin>(pub Arc<T>);
+                    impl<
+                        T: WebhookAdmin,
+                    > tonic::server::UnaryService<super::RotateSecretRequest>
+                    for RotateSecretSvc<T> {
+                        type Response = super::Endpoint;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RotateSecretRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WebhookAdmin>::rotate_secret(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RotateSecretSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.WebhookAdmin/ListAttempts" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAttemptsSvc<T: WebhookAdmin>(pub Arc<T>);
+                    impl<
+                        T: WebhookAdmin,
+                    > tonic::server::UnaryService<super::ListAttemptsRequest>
+                    for ListAttemptsSvc<T> {
+                        type Response = super::ListAttemptsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAttemptsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WebhookAdmin>::list_attempts(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAttemptsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.WebhookAdmin/ListDeadLetters" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListDeadLettersSvc<T: WebhookAdmin>(pub Arc<T>);
+                    impl<
+                        T: WebhookAdmin,
+                    > tonic::server::UnaryService<super::ListDeadLettersRequest>
+                    for ListDeadLettersSvc<T> {
+                        type Response = super::ListDeadLettersResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListDeadLettersRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WebhookAdmin>::list_dead_letters(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListDeadLettersSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.WebhookAdmin/ReplayDeadLetters" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReplayDeadLettersSvc<T: WebhookAdmin>(pub Arc<T>);
+                    impl<
+                        T: WebhookAdmin,
+                    > tonic::server::UnaryService<super::ReplayDeadLettersRequest>
+                    for ReplayDeadLettersSvc<T> {
+                        type Response = super::ReplayDeadLettersResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReplayDeadLettersRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WebhookAdmin>::replay_dead_letters(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReplayDeadLettersSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for WebhookAdminServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "herald.v1.WebhookAdmin";
+    impl<T> tonic::server::NamedService for WebhookAdminServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

@@ -1,0 +1,350 @@
+//! The dispatcher end to end on the in-memory log and store, delivering to real HTTP
+//! receivers on loopback: formats and signatures, retries, Retry-After, 410, hung
+//! endpoints, dead letters, Pusher batches, rate limits and their fairness, SSRF.
+//! Schedules are scaled down (milliseconds for hours), never slept through.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use herald_backbone::{EventLog, MemoryEventLog};
+use herald_core::{App, AppLimits, Apps};
+use herald_dispatcher::{
+    Dispatcher, DispatcherConfig,
+    endpoint::{Endpoint, Format, new_endpoint_id},
+    limiter::LocalRateLimiter,
+    schedule::{RetryAfterBounds, RetrySchedule},
+    sign::{SigningKey, pusher_signature, verify_standard},
+    ssrf::AddressPolicy,
+    store::{MemoryWebhookStore, WebhookStore},
+};
+use herald_proto::v1::{ChannelEvent, ChannelEventType};
+use herald_testkit::receiver::{Answer, Receiver};
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn app(id: &str, per_second: u32) -> App {
+    App {
+        id: id.into(),
+        key: format!("{id}-key"),
+        secret: format!("{id}-secret"),
+        enabled: true,
+        enable_client_events: true,
+        api_tokens: vec![],
+        limits: AppLimits { webhooks_per_second: per_second, webhooks_burst: 5, ..AppLimits::default() },
+    }
+}
+
+fn endpoint(app_id: &str, url: String, format: Format) -> Endpoint {
+    Endpoint::new(new_endpoint_id(), app_id, &url, format, SECRET)
+}
+
+fn event(app_id: &str, channel: &str, kind: ChannelEventType, n: usize) -> ChannelEvent {
+    ChannelEvent {
+        id: format!("evt_{n:026}"),
+        app_id: app_id.into(),
+        channel: channel.into(),
+        time_ms: now_ms(),
+        r#type: kind as i32,
+        user_id: format!("user-{n}"),
+        ..Default::default()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+struct Harness {
+    log: MemoryEventLog,
+    store: MemoryWebhookStore,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    async fn start(apps: Vec<App>, config: DispatcherConfig) -> Self {
+        let log = MemoryEventLog::new();
+        let store = MemoryWebhookStore::default();
+        let stop = CancellationToken::new();
+        herald_dispatcher::dispatcher::ensure_topics(&log, &config).await.unwrap();
+        let dispatcher = Dispatcher::new(
+            Apps::new(apps).unwrap(),
+            Arc::new(log.clone()),
+            Arc::new(store.clone()),
+            Arc::new(LocalRateLimiter::default()),
+            config,
+        );
+        let run = dispatcher.run(stop.clone(), Duration::from_secs(2));
+        let task = tokio::spawn(async move { run.await.unwrap() });
+        Self { log, store, stop, task }
+    }
+
+    async fn add(&self, endpoint: &Endpoint) {
+        self.store.put_endpoint(endpoint).await.unwrap();
+    }
+
+    async fn append(&self, events: &[ChannelEvent]) {
+        let records = events
+            .iter()
+            .map(|e| herald_backbone::Append {
+                key: format!("{}/{}", e.app_id, e.channel).into(),
+                value: e.encode_to_vec().into(),
+            })
+            .collect();
+        self.log.append("herald.events", records).await.unwrap();
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap();
+    }
+}
+
+/// Fast settings: loopback allowed, a schedule of milliseconds.
+fn config(delays_ms: &[u64]) -> DispatcherConfig {
+    let mut config = DispatcherConfig {
+        retry: RetrySchedule {
+            delays: delays_ms.iter().map(|d| Duration::from_millis(*d)).collect(),
+            jitter: 0.0,
+        },
+        retry_after: RetryAfterBounds { min: Duration::from_millis(100), max: Duration::from_secs(5) },
+        endpoint_refresh: Duration::from_millis(50),
+        commit_interval: Duration::from_millis(50),
+        ..DispatcherConfig::default()
+    };
+    config.client.policy = AddressPolicy::new(&["127.0.0.1".into()]).unwrap();
+    config.client.request_timeout = Duration::from_millis(500);
+    config
+}
+
+const LONG: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn standard_webhooks_are_signed_filtered_and_shaped() {
+    let receiver = Receiver::start().await;
+    let h = Harness::start(vec![app("a", 0)], config(&[100])).await;
+    let mut wanted = endpoint("a", receiver.url("/hook"), Format::StandardWebhooks);
+    wanted.event_types = vec!["member.added".parse().unwrap()];
+    wanted.channel_patterns = vec!["presence-*".into()];
+    h.add(&wanted).await;
+    h.append(&[
+        event("a", "presence-room", ChannelEventType::MemberAdded, 1),
+        event("a", "presence-room", ChannelEventType::ChannelOccupied, 2),
+        event("a", "private-x", ChannelEventType::MemberAdded, 3),
+        event("other-app", "presence-room", ChannelEventType::MemberAdded, 4),
+    ])
+    .await;
+    let got = receiver.wait_for(1, LONG).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 1, "only the matching event is delivered");
+    let request = &got[0];
+    assert_eq!(request.path, "/hook");
+    let id = request.header("webhook-id");
+    let timestamp: i64 = request.header("webhook-timestamp").parse().unwrap();
+    assert!((timestamp - now_ms() / 1000).abs() < 30);
+    let key = SigningKey::from_secret(SECRET).unwrap();
+    assert!(verify_standard(&key, id, timestamp, &request.body, request.header("webhook-signature")));
+    let body = request.json();
+    assert_eq!(body["type"], "member.added");
+    assert_eq!(body["data"]["channel"], "presence-room");
+    assert_eq!(body["data"]["user_id"], "user-1");
+    assert_eq!(body["data"]["app_id"], "a");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn failures_retry_on_the_schedule_with_the_same_id_then_dead_letter() {
+    let receiver = Receiver::start().await;
+    receiver.answer_all(Answer::Status(500));
+    let h = Harness::start(vec![app("a", 0)], config(&[100, 300])).await;
+    let ep = endpoint("a", receiver.url("/"), Format::StandardWebhooks);
+    h.add(&ep).await;
+    h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 1)]).await;
+    let got = receiver.wait_for(3, LONG).await;
+    let ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "one id on every attempt: {ids:?}");
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(gaps[0] >= Duration::from_millis(90), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(280), "{gaps:?}");
+    // Exhausted: a dead letter, no fourth attempt.
+    let deadline = Instant::now() + LONG;
+    let dead = loop {
+        let dead = h.store.dead_letters("a", 0, 10).await.unwrap();
+        if !dead.is_empty() || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].webhook_id.as_str(), dead[0].attempts), (ids[0], 3));
+    assert_eq!(dead[0].last_error, "HTTP 500");
+    let attempts = h.store.attempts("a", &ep.id, None, 10).await.unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| (a.attempt, a.status)).collect::<Vec<_>>(),
+        [(3, 500), (2, 500), (1, 500)]
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(receiver.received().len(), 3);
+    // The dead-letter topic has it too.
+    let mut dlq = h.log.consume("test", "herald.webhooks.dead").await.unwrap();
+    let records = herald_backbone::conformance::poll_n(dlq.as_mut(), 1).await;
+    let delivery = herald_proto::v1::Delivery::decode(records[0].value.as_ref()).unwrap();
+    assert_eq!((delivery.id.as_str(), delivery.attempt), (ids[0], 3));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_a_success_ends_it() {
+    let receiver = Receiver::start().await;
+    receiver.script([Answer::RetryAfter(429, 1), Answer::Status(503)]);
+    let h = Harness::start(vec![app("a", 0)], config(&[50, 50, 50])).await;
+    h.add(&endpoint("a", receiver.url("/"), Format::StandardWebhooks)).await;
+    h.append(&[event("a", "c", ChannelEventType::ChannelVacated, 1)]).await;
+    let got = receiver.wait_for(3, LONG).await;
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(950), "Retry-After: 1 waited {gap:?}");
+    assert!(got[2].at - got[1].at < Duration::from_millis(900), "503 without Retry-After: the schedule");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 3, "delivered: no more attempts");
+    assert!(h.store.dead_letters("a", 0, 10).await.unwrap().is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_and_dead_letters() {
+    let receiver = Receiver::start().await;
+    receiver.answer_all(Answer::Status(410));
+    let h = Harness::start(vec![app("a", 0)], config(&[50])).await;
+    let ep = endpoint("a", receiver.url("/"), Format::StandardWebhooks);
+    h.add(&ep).await;
+    h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 1)]).await;
+    receiver.wait_for(1, LONG).await;
+    let deadline = Instant::now() + LONG;
+    while h.store.dead_letters("a", 0, 10).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = h.store.get_endpoint("a", &ep.id).await.unwrap().unwrap();
+    assert!(!stored.enabled);
+    assert!(stored.disabled_reason.contains("410"), "{}", stored.disabled_reason);
+    // A disabled endpoint receives nothing more.
+    h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 2)]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_hung_endpoint_times_out_and_is_retried_without_delaying_others() {
+    let hung = Receiver::start().await;
+    hung.answer_all(Answer::Hang);
+    let healthy = Receiver::start().await;
+    let h = Harness::start(vec![app("a", 0), app("b", 0)], config(&[100])).await;
+    h.add(&endpoint("a", hung.url("/"), Format::StandardWebhooks)).await;
+    h.add(&endpoint("b", healthy.url("/"), Format::StandardWebhooks)).await;
+    let mut events: Vec<ChannelEvent> =
+        (0..20).map(|n| event("a", "c", ChannelEventType::ChannelOccupied, n)).collect();
+    events.extend((100..110).map(|n| event("b", "c", ChannelEventType::ChannelOccupied, n)));
+    let started = Instant::now();
+    h.append(&events).await;
+    healthy.wait_for(10, LONG).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "b waited for a's hung endpoint: {:?}",
+        started.elapsed()
+    );
+    // The hung endpoint's first attempts time out (500 ms) and are tried again.
+    let got = hung.wait_for(2 * 16, LONG).await;
+    assert!(got.len() >= 32);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn pusher_format_batches_and_signs_with_the_app_secret() {
+    let receiver = Receiver::start().await;
+    let h = Harness::start(vec![app("a", 0)], config(&[100])).await;
+    h.add(&endpoint("a", receiver.url("/pusher"), Format::Pusher)).await;
+    let mut events: Vec<ChannelEvent> =
+        (0..5).map(|n| event("a", &format!("presence-{n}"), ChannelEventType::MemberRemoved, n)).collect();
+    // Publications have no Pusher form.
+    events.push(event("a", "x", ChannelEventType::Publication, 9));
+    h.append(&events).await;
+    let got = receiver.wait_for(1, LONG).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(receiver.received().len(), 1, "one batch");
+    let request = &got[0];
+    assert_eq!(request.header("x-pusher-key"), "a-key");
+    assert_eq!(request.header("x-pusher-signature"), pusher_signature("a-secret", &request.body));
+    let body = request.json();
+    assert!(body["time_ms"].as_i64().unwrap() > 0);
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 5);
+    assert_eq!(
+        events[0],
+        serde_json::json!({ "name": "member_removed", "channel": "presence-0", "user_id": "user-0" })
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_at_its_limit_does_not_delay_another() {
+    let slow_lane = Receiver::start().await;
+    let fast_lane = Receiver::start().await;
+    let mut cfg = config(&[100]);
+    cfg.max_throttle_wait = Duration::from_millis(300);
+    let h = Harness::start(vec![app("limited", 20), app("free", 0)], cfg).await;
+    h.add(&endpoint("limited", slow_lane.url("/"), Format::StandardWebhooks)).await;
+    h.add(&endpoint("free", fast_lane.url("/"), Format::StandardWebhooks)).await;
+    let limited: Vec<ChannelEvent> =
+        (0..60).map(|n| event("limited", "c", ChannelEventType::ChannelOccupied, n)).collect();
+    h.append(&limited).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let free: Vec<ChannelEvent> =
+        (0..20).map(|n| event("free", "c", ChannelEventType::ChannelOccupied, n)).collect();
+    h.append(&free).await;
+    fast_lane.wait_for(20, LONG).await;
+    let free_latency = started.elapsed();
+    assert!(free_latency < Duration::from_millis(300), "the free tenant waited {free_latency:?}");
+    // The limited one gets its 60 at 20/s (burst 5): about 2.75 s, never faster.
+    let got = slow_lane.wait_for(60, LONG).await;
+    let span = got[59].at - got[0].at;
+    assert!(span >= Duration::from_millis(2_500), "60 deliveries at 20/s took only {span:?}");
+    let ids: std::collections::HashSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 60, "throttling never duplicated or dropped one");
+    assert!(h.store.dead_letters("limited", 0, 10).await.unwrap().is_empty(), "throttling used no attempt");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_unless_allowed() {
+    let receiver = Receiver::start().await;
+    let mut cfg = config(&[]);
+    cfg.client.policy = AddressPolicy::default();
+    let h = Harness::start(vec![app("a", 0)], cfg).await;
+    let ep = endpoint("a", receiver.url("/"), Format::StandardWebhooks);
+    h.add(&ep).await;
+    h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 1)]).await;
+    let deadline = Instant::now() + LONG;
+    let dead = loop {
+        let dead = h.store.dead_letters("a", 0, 10).await.unwrap();
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        dead[0].last_error.contains("127.0.0.1") && dead[0].last_error.contains("loopback"),
+        "{}",
+        dead[0].last_error
+    );
+    assert!(receiver.received().is_empty());
+    h.stop().await;
+}

@@ -1,0 +1,157 @@
+//! One member of a consumer group: reads what librdkafka fetched for the partitions
+//! the group gave it, commits exactly the positions it is told.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_backbone::{Error, LogConsumer, LogRecord, Position, Result};
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::KafkaResult,
+    message::BorrowedMessage,
+};
+use tokio::sync::oneshot;
+
+use crate::{KafkaConfig, unavailable};
+
+/// Longest wait for the group coordinator to store a commit. While there is no
+/// coordinator librdkafka holds a commit back for up to `session.timeout.ms` (45 s
+/// by default) hoping one turns up, and a commit sent just as the broker died waits
+/// for its answer up to `socket.timeout.ms` (60 s). The caller gets an error after
+/// this instead; the commit thread carries on until librdkafka gives up.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type CommitRequest = (TopicPartitionList, oneshot::Sender<KafkaResult<()>>);
+
+pub(crate) struct KafkaConsumer {
+    /// The only strong handle but while a commit runs; taken only by `drop`.
+    consumer: Option<Arc<StreamConsumer>>,
+    topic: Arc<str>,
+    /// Commits for the commit thread, which stops when this is dropped.
+    commits: std::sync::mpsc::Sender<CommitRequest>,
+}
+
+impl KafkaConsumer {
+    pub(crate) fn subscribe(config: &KafkaConfig, group: &str, topic: &str) -> Result<Self> {
+        let consumer: StreamConsumer =
+            config.consumer(group).create().map_err(|e| unavailable("creating a consumer", e))?;
+        consumer.subscribe(&[topic]).map_err(|e| unavailable(&format!("subscribing to {topic}"), e))?;
+        let consumer = Arc::new(consumer);
+        let commits = spawn_committer(Arc::downgrade(&consumer))?;
+        Ok(Self { consumer: Some(consumer), topic: Arc::from(topic), commits })
+    }
+
+    fn consumer(&self) -> Result<&Arc<StreamConsumer>> {
+        self.consumer.as_ref().ok_or_else(|| Error::Unavailable("kafka: the consumer is closed".into()))
+    }
+
+    fn record(&self, message: &BorrowedMessage<'_>) -> LogRecord {
+        let topic =
+            if message.topic() == &*self.topic { self.topic.clone() } else { Arc::from(message.topic()) };
+        LogRecord {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(Bytes::copy_from_slice).unwrap_or_default(),
+            value: message.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+            timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+        }
+    }
+}
+
+/// A synchronous commit returns once the coordinator has stored the positions (or
+/// refused them), which is what the contract asks, but blocks its thread meanwhile.
+/// An asynchronous one would not help: its result comes through the consumer's
+/// callback, served only while `poll` runs, and the caller waits in `commit` instead.
+///
+/// So each member has a thread of its own for commits. Not the runtime's blocking
+/// pool: a commit stuck during an outage would hold up the runtime's shutdown. And
+/// one thread, not one per commit: commits are stored in the order they were made,
+/// even when the caller gave up waiting for an earlier one.
+///
+/// The thread holds the consumer only while it commits, so the member's `drop`
+/// normally releases the last handle (and closes the consumer) itself.
+fn spawn_committer(consumer: Weak<StreamConsumer>) -> Result<std::sync::mpsc::Sender<CommitRequest>> {
+    let (commits, requests) = std::sync::mpsc::channel::<CommitRequest>();
+    std::thread::Builder::new()
+        .name("herald-kafka-commit".into())
+        .spawn(move || {
+            for (offsets, reply) in requests {
+                let Some(consumer) = consumer.upgrade() else { break };
+                let _ = reply.send(consumer.commit(&offsets, CommitMode::Sync));
+            }
+        })
+        .map_err(|e| Error::Unavailable(format!("kafka: cannot start a commit thread: {e}")))?;
+    Ok(commits)
+}
+
+#[async_trait]
+impl LogConsumer for KafkaConsumer {
+    async fn poll(&mut self, max: usize) -> Result<Vec<LogRecord>> {
+        // `recv` waits without holding a thread: librdkafka wakes the task when its
+        // queue of fetched records stops being empty. It is cancellation safe, so
+        // dropping `poll` loses nothing.
+        let consumer = self.consumer()?;
+        let first = consumer.recv().await.map_err(|e| unavailable(&format!("reading {}", self.topic), e))?;
+        let mut records = vec![self.record(&first)];
+        drop(first);
+        // Then whatever librdkafka already fetched, without waiting for more: a zero
+        // timeout still polls `recv` once, and a ready record comes back at once.
+        while records.len() < max {
+            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                Ok(Ok(message)) => records.push(self.record(&message)),
+                // An error after records (a broker connection lost, say) is reported
+                // again by librdkafka if it persists; the records go out first.
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        Ok(records)
+    }
+
+    async fn commit(&mut self, positions: &[Position]) -> Result<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::with_capacity(positions.len());
+        for position in positions {
+            offsets
+                .add_partition_offset(
+                    &position.topic,
+                    position.partition,
+                    Offset::Offset(position.next_offset),
+                )
+                .map_err(|e| unavailable("committing", e))?;
+        }
+        let (reply, committed) = oneshot::channel();
+        self.commits
+            .send((offsets, reply))
+            .map_err(|_| Error::Unavailable("kafka: the commit thread has stopped".into()))?;
+        match tokio::time::timeout(COMMIT_TIMEOUT, committed).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(unavailable("committing", e)),
+            Ok(Err(_)) => Err(Error::Unavailable("kafka: the commit thread has stopped".into())),
+            Err(_) => Err(Error::Unavailable(format!("kafka: commit not stored within {COMMIT_TIMEOUT:?}"))),
+        }
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        // Dropping the last handle closes the consumer: it leaves the group (so the
+        // partitions move to the other members at once, not after the session
+        // timeout) and waits for the brokers to acknowledge, blocking its thread.
+        // Keep that off the async workers when there is a runtime (which then waits
+        // for it on shutdown, so the member leaves cleanly). If a commit is still
+        // running, its thread closes the consumer when that commit ends.
+        let Some(consumer) = self.consumer.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(consumer))),
+            Err(_) => drop(consumer),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Herald's [`EventLog`] over Kafka, or any broker that speaks its protocol (tansu in
+//! the tests): [`KafkaEventLog`]. The only crate that builds librdkafka (through
+//! `rdkafka`, from source, so the client is recent enough for current brokers).
+//!
+//! | module | what |
+//! |---|---|
+//! | `config` | [`KafkaConfig`]: brokers, client id, replication factor, extra librdkafka properties |
+//! | `log` | [`KafkaEventLog`]: the idempotent producer, topic creation |
+//! | `consumer` | one member of a consumer group, committing only what it is told to |
+//!
+//! Guarantees, which are the [`EventLog`] contract:
+//! - **Durable on return.** The producer is idempotent (`enable.idempotence=true`)
+//!   with `acks=all`: `append` returns `Ok` only when every record's delivery report
+//!   says the in-sync replicas have it. librdkafka retries sends by itself until
+//!   `message.timeout.ms` (30 s unless configured); past it, or on any error that
+//!   cannot be retried, `append` fails with [`Error::Unavailable`] naming the cause.
+//!   Idempotence means librdkafka's own retries never duplicate or reorder a record;
+//!   a caller retrying a failed `append` may still store a record twice.
+//! - **Ordered per key.** A key's records go to one partition (librdkafka's
+//!   `murmur2_random` partitioner: the Java client's choice, and an empty key is
+//!   hashed like any other), and idempotence keeps them in order through retries.
+//! - **At least once, nothing skipped.** Consumers never commit by themselves
+//!   (`enable.auto.commit=false`, `enable.auto.offset.store=false`): the group's
+//!   position moves only through [`LogConsumer::commit`], so whatever was not
+//!   committed is read again by the next owner of its partition, and a partition
+//!   with no committed position is read from the beginning
+//!   (`auto.offset.reset=earliest`).
+//! - Topics are never created implicitly (`allow.auto.create.topics=false`), only by
+//!   [`EventLog::ensure_topics`].
+//!
+//! Nothing waits forever on a dead cluster: an append fails after
+//! `message.timeout.ms`, a commit after 10 s, and `poll` reports the outage as an
+//! error. librdkafka reconnects by itself; after a failed append the producer is
+//! replaced once nothing is in flight (see `KafkaEventLog::recover`), so a broker
+//! that lost the producer's state cannot refuse it for good.
+//!
+//! Every implementation here passes `herald_backbone::conformance` against a real
+//! tansu broker (see `tests/`, which also records tansu 0.6's quirks).
+//!
+//! [`EventLog`]: herald_backbone::EventLog
+//! [`EventLog::ensure_topics`]: herald_backbone::EventLog::ensure_topics
+//! [`Error::Unavailable`]: herald_backbone::Error::Unavailable
+//! [`LogConsumer::commit`]: herald_backbone::LogConsumer::commit
+
+mod config;
+mod consumer;
+mod log;
+
+pub use config::KafkaConfig;
+pub use log::KafkaEventLog;
+
+use herald_backbone::Error;
+use rdkafka::error::KafkaError;
+
+fn unavailable(what: &str, e: KafkaError) -> Error {
+    Error::Unavailable(format!("kafka: {what}: {e}"))
+}

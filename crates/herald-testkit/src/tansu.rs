@@ -1,0 +1,122 @@
+//! A real Kafka-protocol broker for a test: [tansu](https://github.com/tansu-io/tansu)
+//! on a free port, killed on drop. Fails loudly when tansu is not installed
+//! (`scripts/install-test-deps.sh` installs it); `HERALD_TANSU` names another binary.
+//!
+//! tansu does not create topics implicitly: create them through the admin API.
+//! Its output goes to `herald-tansu-PORT.log` in the temp directory, quoted when it
+//! fails to start and kept when the test fails.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The in-memory storage engine: everything is lost when the broker stops.
+pub const MEMORY_STORAGE: &str = "memory://tansu/";
+
+pub struct Tansu {
+    child: Option<Child>,
+    pub port: u16,
+    storage: String,
+}
+
+impl Tansu {
+    /// A broker on a free port, storing in memory.
+    pub fn start() -> Self {
+        Self::start_with_storage(MEMORY_STORAGE)
+    }
+
+    /// A broker on a free port with the storage engine `storage` (`sqlite:///ABSOLUTE/PATH`
+    /// keeps topics, records and committed offsets across a [`Tansu::restart`]).
+    ///
+    /// tansu opens a sqlite file relative to its working directory, whatever the
+    /// URL says (`sqlite:///tmp/t.db` is `$PWD/tmp/t.db`); it runs in `/` here, so
+    /// an absolute path means what it says.
+    pub fn start_with_storage(storage: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port, storage)
+    }
+
+    /// A broker on `port` with the storage engine `storage`.
+    pub fn start_on(port: u16, storage: &str) -> Self {
+        let mut tansu = Self { child: None, port, storage: storage.to_owned() };
+        tansu.spawn();
+        tansu
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "tansu is already running on port {}", self.port);
+        let binary = binary();
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let log_path = self.log_path();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let child = Command::new(&binary)
+            .current_dir("/")
+            .arg("broker")
+            .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
+            .args(["--storage-engine", &self.storage])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}", binary.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let output = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("tansu exited with {status} before listening on port {}:\n{}", self.port, output());
+            }
+            assert!(Instant::now() < deadline, "tansu did not start on port {}:\n{}", self.port, output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where tansu's output goes.
+    pub fn log_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("herald-tansu-{}.log", self.port))
+    }
+
+    /// `host:port`, as librdkafka's `bootstrap.servers` wants it.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (SIGKILL: no chance to flush anything).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and storage (after [`Tansu::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(self.log_path());
+        }
+    }
+}
+
+/// `HERALD_TANSU`, else `tansu` on `PATH`.
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("HERALD_TANSU") {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("tansu"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!("tansu is required on PATH or in HERALD_TANSU (scripts/install-test-deps.sh installs it)")
+        })
+}
