@@ -458,12 +458,13 @@ export async function startAuthServer(app, encryptionMasterKeyBase64) {
 /**
  * Registers `before`/`after` hooks that give the calling test file its own
  * Herald, auth server and encryption master key, and returns the environment.
+ * `config(ports)`, if given, returns Herald's config file (default `heraldConfig`).
  * `setup(env)`, if given, runs once Herald is ready (a separate top-level
  * `before` would not be ordered after this one). Clients created through the
  * environment are disconnected in `after`, so node can exit.
  */
-export function useHerald({ setup } = {}) {
-  const env = new CompatEnv();
+export function useHerald({ setup, config } = {}) {
+  const env = new CompatEnv({ config });
   before(async () => {
     await env.start();
     await setup?.(env);
@@ -479,8 +480,13 @@ export class CompatEnv {
   sockets = new Set();
   masterKeyBase64 = randomBytes(32).toString('base64');
 
+  /** `config`: the config file's text for given ports (default `heraldConfig`). */
+  constructor({ config } = {}) {
+    this.config = config;
+  }
+
   async start() {
-    this.herald = await startHerald();
+    this.herald = await startHerald(this.config ? { config: this.config } : {});
     this.auth = await startAuthServer(APP, this.masterKeyBase64);
   }
 

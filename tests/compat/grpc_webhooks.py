@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Calls Herald's webhook administration API (herald.v1.WebhookAdmin) with unmodified
+grpcio, stubs generated at run time from proto/herald/v1/webhooks.proto.
+
+    grpc_webhooks.py --target 127.0.0.1:50051 --token TOKEN METHOD 'REQUEST_JSON'
+
+METHOD is an RPC of the service (CreateEndpoint, RotateSecret, ListAttempts, ...);
+REQUEST_JSON its request in protobuf's JSON mapping (field names as in the .proto).
+Output is one JSON object: the response, or {"code": "INVALID_ARGUMENT", "message":
+"..."} when the server answers with an error status (exit status 1).
+"""
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROTO_FILE = "herald/v1/webhooks.proto"
+
+
+def generate_stubs(proto_root, out_dir):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"--proto_path={proto_root}",
+            f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            PROTO_FILE,
+        ],
+        check=True,
+    )
+    sys.path.insert(0, str(out_dir))
+    return (
+        importlib.import_module("herald.v1.webhooks_pb2"),
+        importlib.import_module("herald.v1.webhooks_pb2_grpc"),
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--proto-root", default=str(REPO_ROOT / "proto"))
+    parser.add_argument("method")
+    parser.add_argument("request", help="the request message as JSON")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="herald-grpc-stubs-") as stubs_dir:
+        pb, pb_grpc = generate_stubs(args.proto_root, stubs_dir)
+        method = pb.DESCRIPTOR.services_by_name["WebhookAdmin"].methods_by_name[args.method]
+        request_type = getattr(pb, method.input_type.name)
+        request = json_format.ParseDict(json.loads(args.request), request_type())
+        metadata = [("authorization", f"Bearer {args.token}")]
+        with grpc.insecure_channel(args.target) as channel:
+            stub = pb_grpc.WebhookAdminStub(channel)
+            try:
+                response = getattr(stub, args.method)(request, metadata=metadata, timeout=args.timeout)
+            except grpc.RpcError as error:
+                print(json.dumps({"code": error.code().name, "message": error.details()}))
+                return 1
+    print(
+        json.dumps(
+            json_format.MessageToDict(
+                response,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+                unquote_int64_if_possible=True,
+            )
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
