@@ -4,7 +4,9 @@
 #   2. formatting and lints,
 #   3. Rust unit and integration tests (cargo nextest),
 #   4. the compatibility suite: unmodified pusher-js and the official pusher server
-#      SDK against a real `herald dev` process.
+#      SDK against a real `herald dev` process and `herald edge` clusters, webhooks
+#      checked by the official Standard Webhooks library and the pusher SDK, in dev
+#      and over tansu + Redis with a separate `herald dispatcher`.
 # Any missing tool or service fails the run loudly; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -28,3 +30,7 @@ for mode in sharded cluster; do
   echo "== cluster compatibility suite over Redis: ${mode}"
   COMPAT_REDIS_MODE="${mode}" HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/cluster.test.mjs
 done
+# The webhook verifiers again over a real tansu and redis-server: an edge recording
+# to Kafka and a separate dispatcher.
+echo "== webhooks over Kafka (tansu) and Redis"
+COMPAT_WEBHOOKS_MODE=cluster HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/webhooks.test.mjs

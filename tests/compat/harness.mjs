@@ -458,13 +458,14 @@ export async function startAuthServer(app, encryptionMasterKeyBase64) {
 /**
  * Registers `before`/`after` hooks that give the calling test file its own
  * Herald, auth server and encryption master key, and returns the environment.
- * `config(ports)`, if given, returns Herald's config file (default `heraldConfig`).
+ * `config(ports)`, if given, returns Herald's config file (default `heraldConfig`);
+ * `command` is the role to run (default `dev`).
  * `setup(env)`, if given, runs once Herald is ready (a separate top-level
  * `before` would not be ordered after this one). Clients created through the
  * environment are disconnected in `after`, so node can exit.
  */
-export function useHerald({ setup, config } = {}) {
-  const env = new CompatEnv({ config });
+export function useHerald({ setup, config, command } = {}) {
+  const env = new CompatEnv({ config, command });
   before(async () => {
     await env.start();
     await setup?.(env);
@@ -481,12 +482,13 @@ export class CompatEnv {
   masterKeyBase64 = randomBytes(32).toString('base64');
 
   /** `config`: the config file's text for given ports (default `heraldConfig`). */
-  constructor({ config } = {}) {
+  constructor({ config, command = 'dev' } = {}) {
     this.config = config;
+    this.command = command;
   }
 
   async start() {
-    this.herald = await startHerald(this.config ? { config: this.config } : {});
+    this.herald = await startHerald({ command: this.command, ...(this.config ? { config: this.config } : {}) });
     this.auth = await startAuthServer(APP, this.masterKeyBase64);
   }
 

@@ -1,9 +1,19 @@
 // Webhooks checked by verifiers nobody here wrote: the official Standard Webhooks
 // library (`standardwebhooks` on npm) and the pusher server SDK's webhook
-// validation. Events come from pusher-js clients and the pusher SDK's `trigger`
-// against a real `herald dev`, whose in-process dispatcher delivers to the HTTP
-// receivers below (declared as [[webhooks]] in its config).
-import { test } from 'node:test';
+// validation. Events come from pusher-js clients and the pusher SDK's `trigger`;
+// the dispatcher delivers them to the HTTP receivers below (declared as
+// [[webhooks]] in the config).
+//
+// COMPAT_WEBHOOKS_MODE picks what runs: `dev` (default: one `herald dev`, in-memory
+// log, dispatcher in-process) or `cluster` (a real redis-server and tansu started
+// here, a `herald edge` recording to Kafka and a separate `herald dispatcher`).
+// REDIS_SERVER and TANSU override the binaries.
+import { after, test } from 'node:test';
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -11,10 +21,82 @@ import { createServer } from 'node:http';
 import PusherServer from 'pusher';
 import { Webhook } from 'standardwebhooks';
 
-import { APP, heraldConfig, roundTrip, subscribe, useHerald, waitFor } from './harness.mjs';
+import { APP, freePort, heraldConfig, roundTrip, startHerald, subscribe, useHerald, waitFor } from './harness.mjs';
 
 const SECRET = `whsec_${randomBytes(32).toString('base64')}`;
 const DEBOUNCE_MS = 500;
+const MODE = process.env.COMPAT_WEBHOOKS_MODE ?? 'dev';
+if (!['dev', 'cluster'].includes(MODE)) throw new Error(`COMPAT_WEBHOOKS_MODE must be dev or cluster, not ${MODE}`);
+
+/** Starts `command args` and waits until `port` accepts connections. */
+async function startService(name, command, args, port, options = {}) {
+  const proc = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+  let output = '';
+  for (const stream of [proc.stdout, proc.stderr]) stream.on('data', (chunk) => (output = (output + chunk).slice(-8_000)));
+  let exited = null;
+  proc.on('error', (error) => (exited = error));
+  proc.on('close', (code) => (exited ??= new Error(`exited with ${code}`)));
+  const accepts = () =>
+    new Promise((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port }, () => resolve(socket.end() && true));
+      socket.on('error', () => resolve(false));
+    });
+  try {
+    await waitFor(async () => {
+      if (exited) throw exited;
+      return accepts();
+    }, { timeoutMs: 20_000, intervalMs: 50, what: `${name} on port ${port}` });
+  } catch (err) {
+    proc.kill('SIGKILL');
+    err.message += `\n--- ${name} output ---\n${output}`;
+    throw err;
+  }
+  return {
+    stop: () =>
+      new Promise((resolve) => {
+        if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+        proc.on('close', resolve);
+        proc.kill('SIGKILL');
+      }),
+  };
+}
+
+/** In cluster mode: redis-server and tansu, and the config lines that use them. */
+async function startBackbone() {
+  const redisPort = await freePort();
+  const redis = await startService('redis-server', process.env.REDIS_SERVER ?? 'redis-server', [
+    '--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+  ], redisPort);
+  const kafkaPort = await freePort();
+  const dir = await mkdtemp(join(tmpdir(), 'herald-compat-tansu-'));
+  const listener = `tcp://127.0.0.1:${kafkaPort}`;
+  // sqlite storage: tansu 0.6's memory engine cannot resume a group mid-batch.
+  const tansu = await startService('tansu', process.env.TANSU ?? 'tansu', [
+    'broker', '--listener-url', listener, '--advertised-listener-url', listener,
+    '--storage-engine', `sqlite://${join(dir, 'tansu.db')}`,
+  ], kafkaPort, { cwd: '/' });
+  return {
+    config: `
+[redis]
+url = "redis://127.0.0.1:${redisPort}/"
+
+[kafka]
+brokers = "127.0.0.1:${kafkaPort}"
+`,
+    async stop() {
+      await tansu.stop();
+      await redis.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+const backbone = MODE === 'cluster' ? await startBackbone() : null;
+let dispatcher = null;
+after(async () => {
+  await dispatcher?.stop();
+  await backbone?.stop();
+});
 
 /** An HTTP receiver that records every request's headers and raw body, answers 200. */
 async function startReceiver() {
@@ -34,13 +116,15 @@ async function startReceiver() {
 const standard = await startReceiver();
 const pusherFormat = await startReceiver();
 
-const env = useHerald({
-  config: (ports) => `${heraldConfig(ports)}
+const config = (ports) => `${heraldConfig(ports)}${backbone?.config ?? ''}
 [events]
 debounce_ms = ${DEBOUNCE_MS}
+partitions = 2
 
 [dispatcher]
 retry_schedule = ["200ms", "400ms"]
+partitions = 2
+allow_addresses = ["127.0.0.1"]
 
 [[webhooks]]
 app_id = "${APP.id}"
@@ -54,7 +138,14 @@ id = "pusher"
 url = "${pusherFormat.url}/pusher"
 format = "pusher"
 channel_patterns = ["presence-*", "private-*"]
-`,
+`;
+
+const env = useHerald({
+  config,
+  command: MODE === 'cluster' ? 'edge' : 'dev',
+  async setup() {
+    if (MODE === 'cluster') dispatcher = await startHerald({ command: 'dispatcher', config });
+  },
 });
 
 const verifier = new Webhook(SECRET);
