@@ -90,7 +90,8 @@ impl EventsConfig {
 pub struct RecordError(pub String);
 
 struct Pending {
-    append: Append,
+    /// `None`: a marker, acknowledged once everything before it is appended.
+    append: Option<Append>,
     ack: Option<oneshot::Sender<Result<(), RecordError>>>,
 }
 
@@ -122,7 +123,7 @@ impl Recorder {
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
             let (ack, acked) = oneshot::channel();
-            let pending = Pending { append: encode(&event), ack: Some(ack) };
+            let pending = Pending { append: Some(encode(&event)), ack: Some(ack) };
             self.queue.send(pending).await.map_err(|_| RecordError("the appender stopped".into()))?;
             acks.push(acked);
         }
@@ -135,7 +136,7 @@ impl Recorder {
     /// Hands `event` to the appender without waiting; dropped (and counted) when the
     /// queue is full.
     pub fn record(&self, event: ChannelEvent) {
-        if self.queue.try_send(Pending { append: encode(&event), ack: None }).is_err() {
+        if self.queue.try_send(Pending { append: Some(encode(&event)), ack: None }).is_err() {
             metrics::counter!(Metric::EventsDropped.name(), "reason" => "queue_full").increment(1);
             tracing::warn!(channel = %event.channel, "event log queue full: event dropped");
         }
@@ -157,8 +158,12 @@ async fn append_loop(
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while queue.recv_many(&mut batch, max_batch).await > 0 {
-        let records: Vec<Append> = batch.iter().map(|p| p.append.clone()).collect();
+        let records: Vec<Append> = batch.iter().filter_map(|p| p.append.clone()).collect();
         let count = records.len() as u64;
+        if records.is_empty() {
+            batch.drain(..).filter_map(|p| p.ack).for_each(|ack| drop(ack.send(Ok(()))));
+            continue;
+        }
         // Events nobody waits for get a few tries before they are given up; a waiting
         // publisher gets the error at once and decides itself.
         let mut delay = Duration::from_millis(100);
@@ -283,8 +288,12 @@ impl Node {
         let user = removed_user.map(str::to_owned);
         let vacated = count == Some(0);
         let debounce = recorder.config.debounce();
-        tokio::spawn(async move {
-            tokio::time::sleep(debounce).await;
+        let now = self.lifecycle_now.clone();
+        self.lifecycle.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(debounce) => {}
+                _ = now.cancelled() => {}
+            }
             if let Some(user) = &user {
                 node.announce(&app_id, &channel, Lifecycle::MemberRemoved(user)).await;
             }
@@ -292,6 +301,26 @@ impl Node {
                 node.announce(&app_id, &channel, Lifecycle::Vacated).await;
             }
         });
+    }
+
+    /// At shutdown: decides every debounced announcement now, and waits (at most
+    /// `within`) until they and everything queued before are in the event log.
+    pub async fn flush_events(&self, within: Duration) {
+        let Some(recorder) = self.recorder() else { return };
+        self.lifecycle_now.cancel();
+        self.lifecycle.close();
+        let flushed = async {
+            self.lifecycle.wait().await;
+            // A marker behind everything queued: acknowledged once they are appended.
+            let (ack, acked) = oneshot::channel();
+            let marker = Pending { append: None, ack: Some(ack) };
+            if recorder.queue.send(marker).await.is_ok() {
+                let _ = acked.await;
+            }
+        };
+        if tokio::time::timeout(within, flushed).await.is_err() {
+            tracing::warn!("lifecycle events still unrecorded at shutdown");
+        }
     }
 
     /// Records the lifecycle event `change` if the cluster decides it is due.

@@ -39,6 +39,10 @@ pub struct Node {
     idempotency: OnceLock<Arc<dyn IdempotencyStore>>,
     /// Where channel events are recorded for webhooks, if anywhere.
     pub(crate) recorder: OnceLock<Arc<Recorder>>,
+    /// Debounced lifecycle announcements waiting for their time, and the signal to
+    /// decide them at once (shutdown).
+    pub(crate) lifecycle: tokio_util::task::TaskTracker,
+    pub(crate) lifecycle_now: tokio_util::sync::CancellationToken,
 }
 
 /// The broker topics this node is subscribed to, kept equal to the topics with local
@@ -74,6 +78,8 @@ impl Node {
             ready: AtomicBool::new(true),
             idempotency: OnceLock::new(),
             recorder: OnceLock::new(),
+            lifecycle: tokio_util::task::TaskTracker::new(),
+            lifecycle_now: tokio_util::sync::CancellationToken::new(),
             interest: Interest {
                 hasher: RandomState::new(),
                 stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),

@@ -93,6 +93,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     for acceptor in acceptors {
         acceptor.await;
     }
+    // Channels emptied by the shutdown are announced now rather than after the
+    // debounce (this process will not be there), and the event log gets them.
+    node.flush_events(Duration::from_secs(5)).await;
 }
 
 /// What the acceptors share.
