@@ -56,7 +56,46 @@ fn check_config_reports_every_error_and_exits_64() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64), "env overrides are validated too");
 
-    for path in [bad, typo] {
+    // Webhook settings are validated with the rest.
+    let webhooks = temp_config(
+        "webhooks",
+        r#"
+        [dispatcher]
+        retry_schedule = ["5s", "soon"]
+        allow_addresses = ["10.0.0.0/33"]
+        [[webhooks]]
+        app_id = "nobody"
+        id = "hook"
+        url = "ftp://example.com/"
+        secret = "not-a-secret"
+        [[apps]]
+        id = "a"
+        key = "k"
+        secret = "s"
+        "#,
+    );
+    let output = Command::new(HERALD).args(["check-config", "--config"]).arg(&webhooks).output().unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in
+        ["dispatcher.retry_schedule", "dispatcher.allow_addresses", "webhooks[0]: url", "webhooks[0].app_id"]
+    {
+        assert!(stderr.contains(expected), "{expected} missing from: {stderr}");
+    }
+    let output = Command::new(HERALD)
+        .args(["check-config"])
+        .env("HERALD_APPS", r#"[{id = "a", key = "k", secret = "s", limits = {webhooks_per_second = 10, webhooks_burst = 0}}]"#)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("webhooks_burst"));
+
+    // The dispatcher cannot run without the event log.
+    let output = Command::new(HERALD).args(["dispatcher"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("[kafka]"));
+
+    for path in [bad, typo, webhooks] {
         let _ = std::fs::remove_file(path);
     }
 }
