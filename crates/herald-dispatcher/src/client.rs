@@ -1,8 +1,9 @@
-//! The HTTP client of webhook deliveries: HTTP/1.1 with keep-alive, addresses
+//! The HTTP client of webhook deliveries: HTTP/1.1 with keep-alive, over TLS for
+//! `https://` endpoints (rustls, Mozilla's roots plus any configured CAs), addresses
 //! checked at resolution time (SSRF: a name that resolves to a private address is
-//! refused even when it did not at endpoint creation), a connect timeout and a total
-//! timeout, no redirects (a 3xx is an answer like any other), and response bodies
-//! read only up to a cap.
+//! refused even when it did not at endpoint creation), a connect timeout (TCP and TLS
+//! handshakes) and a total timeout, no redirects (a 3xx is an answer like any other),
+//! and response bodies read only up to a cap.
 
 use std::{
     collections::HashMap,
@@ -16,6 +17,9 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
 
 use crate::{
     endpoint::Target,
@@ -34,6 +38,8 @@ pub struct ClientConfig {
     /// Idle keep-alive connections kept per endpoint host.
     pub max_idle_per_host: usize,
     pub policy: AddressPolicy,
+    /// Certificate authorities trusted besides Mozilla's (a private CA, say).
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl Default for ClientConfig {
@@ -44,8 +50,22 @@ impl Default for ClientConfig {
             max_response_bytes: 64 * 1024,
             max_idle_per_host: 32,
             policy: AddressPolicy::default(),
+            extra_roots: Vec::new(),
         }
     }
+}
+
+/// Reads the CA certificates of a PEM file (`[dispatcher] ca_file`).
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certificates)
 }
 
 /// How much of a response body an attempt record keeps.
@@ -71,8 +91,8 @@ pub enum SendError {
     Timeout(Duration),
     #[error("http: {0}")]
     Http(String),
-    #[error("https endpoints are not supported by this build (use http://, or terminate TLS in a proxy)")]
-    TlsUnsupported,
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl SendError {
@@ -82,16 +102,29 @@ impl SendError {
     }
 }
 
-type Key = (String, u16);
+/// Pooled connections are per scheme, host and port.
+type Key = (bool, String, u16);
 
 pub struct Client {
     config: ClientConfig,
+    tls: TlsConnector,
     idle: Mutex<HashMap<Key, Vec<SendRequest<Full<Bytes>>>>>,
 }
 
 impl Client {
     pub fn new(config: ClientConfig) -> Self {
-        Self { config, idle: Mutex::new(HashMap::new()) }
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        for root in &config.extra_roots {
+            if let Err(e) = roots.add(root.clone()) {
+                tracing::warn!(error = %e, "an extra CA certificate was refused");
+            }
+        }
+        // ring is the process's provider unless another was installed first (then
+        // that one serves as well).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self { config, tls: TlsConnector::from(std::sync::Arc::new(tls)), idle: Mutex::new(HashMap::new()) }
     }
 
     pub fn policy(&self) -> &AddressPolicy {
@@ -118,10 +151,7 @@ impl Client {
         headers: Vec<(&'static str, String)>,
         body: Bytes,
     ) -> Result<Response, SendError> {
-        if target.https {
-            return Err(SendError::TlsUnsupported);
-        }
-        let key = (target.host.clone(), target.port);
+        let key = (target.https, target.host.clone(), target.port);
         let mut sender = match self.idle_sender(&key) {
             Some(sender) => sender,
             None => self.connect(target).await?,
@@ -197,18 +227,35 @@ impl Client {
             }
             Err(SendError::Connect(last.unwrap_or_else(|| "no address".into())))
         };
-        let stream = match tokio::time::timeout(timeout, connect).await {
-            Ok(stream) => stream?,
-            Err(_) => return Err(SendError::Timeout(started.elapsed())),
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            http1::handshake(TokioIo::new(stream)).await.map_err(|e| SendError::Http(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "webhook connection ended");
+        let handshakes = async {
+            let stream = connect.await?;
+            let _ = stream.set_nodelay(true);
+            if !target.https {
+                return http1_handshake(stream).await;
             }
-        });
-        Ok(sender)
+            let name = ServerName::try_from(target.host.clone())
+                .map_err(|e| SendError::Tls(format!("{:?}: {e}", target.host)))?;
+            let stream = self.tls.connect(name, stream).await.map_err(|e| SendError::Tls(e.to_string()))?;
+            http1_handshake(stream).await
+        };
+        match tokio::time::timeout(timeout, handshakes).await {
+            Ok(sender) => sender,
+            Err(_) => Err(SendError::Timeout(started.elapsed())),
+        }
     }
+}
+
+/// Starts HTTP/1.1 on `io`; its connection task runs until the connection closes.
+async fn http1_handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, SendError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) =
+        http1::handshake(TokioIo::new(io)).await.map_err(|e| SendError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "webhook connection ended");
+        }
+    });
+    Ok(sender)
 }

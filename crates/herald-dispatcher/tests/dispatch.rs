@@ -100,6 +100,19 @@ impl Harness {
         self.log.append("herald.events", records).await.unwrap();
     }
 
+    /// The app's dead letters, once there is one (panics after [`LONG`]).
+    async fn dead_letters(&self, app_id: &str) -> Vec<herald_dispatcher::store::DeadLetter> {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let dead = self.store.dead_letters(app_id, 0, 10).await.unwrap();
+            if !dead.is_empty() {
+                return dead;
+            }
+            assert!(Instant::now() < deadline, "no dead letter for {app_id}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn stop(self) {
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap();
@@ -173,14 +186,7 @@ async fn failures_retry_on_the_schedule_with_the_same_id_then_dead_letter() {
     assert!(gaps[0] >= Duration::from_millis(90), "{gaps:?}");
     assert!(gaps[1] >= Duration::from_millis(280), "{gaps:?}");
     // Exhausted: a dead letter, no fourth attempt.
-    let deadline = Instant::now() + LONG;
-    let dead = loop {
-        let dead = h.store.dead_letters("a", 0, 10).await.unwrap();
-        if !dead.is_empty() || Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let dead = h.dead_letters("a").await;
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].webhook_id.as_str(), dead[0].attempts), (ids[0], 3));
     assert_eq!(dead[0].last_error, "HTTP 500");
@@ -225,11 +231,7 @@ async fn gone_disables_the_endpoint_and_dead_letters() {
     h.add(&ep).await;
     h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 1)]).await;
     receiver.wait_for(1, LONG).await;
-    let deadline = Instant::now() + LONG;
-    while h.store.dead_letters("a", 0, 10).await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    h.dead_letters("a").await;
     let stored = h.store.get_endpoint("a", &ep.id).await.unwrap().unwrap();
     assert!(!stored.enabled);
     assert!(stored.disabled_reason.contains("410"), "{}", stored.disabled_reason);
@@ -331,20 +333,78 @@ async fn private_addresses_are_refused_unless_allowed() {
     let ep = endpoint("a", receiver.url("/"), Format::StandardWebhooks);
     h.add(&ep).await;
     h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 1)]).await;
-    let deadline = Instant::now() + LONG;
-    let dead = loop {
-        let dead = h.store.dead_letters("a", 0, 10).await.unwrap();
-        if !dead.is_empty() {
-            break dead;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let dead = h.dead_letters("a").await;
     assert!(
         dead[0].last_error.contains("127.0.0.1") && dead[0].last_error.contains("loopback"),
         "{}",
         dead[0].last_error
     );
     assert!(receiver.received().is_empty());
+    h.stop().await;
+}
+
+/// An HTTPS receiver with a fresh self-signed certificate for 127.0.0.1: answers 204
+/// and counts requests. Returns its URL, the certificate, and the count.
+async fn https_receiver()
+-> (String, rustls::pki_types::CertificateDer<'static>, Arc<std::sync::atomic::AtomicUsize>) {
+    use hyper::{server::conn::http1, service::service_fn};
+    use hyper_util::rt::TokioIo;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    let certificate = params.self_signed(&key).unwrap();
+    let der = certificate.der().clone();
+    let private = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], private)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/secure", listener.local_addr().unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else { return };
+                let service = service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                    *response.status_mut() = http::StatusCode::NO_CONTENT;
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (url, der, count)
+}
+
+#[tokio::test]
+async fn https_endpoints_are_delivered_to_over_verified_tls() {
+    let (url, certificate, count) = https_receiver().await;
+    // Trusting the receiver's CA: delivered.
+    let mut trusting = config(&[]);
+    trusting.client.extra_roots = vec![certificate];
+    let h = Harness::start(vec![app("a", 0)], trusting).await;
+    h.add(&endpoint("a", url.clone(), Format::StandardWebhooks)).await;
+    h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 1)]).await;
+    let deadline = Instant::now() + LONG;
+    while count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "nothing arrived over TLS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.stop().await;
+
+    // Not trusting it: the certificate is refused, the delivery dead-lettered.
+    let h = Harness::start(vec![app("a", 0)], config(&[])).await;
+    h.add(&endpoint("a", url, Format::StandardWebhooks)).await;
+    h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 2)]).await;
+    let dead = h.dead_letters("a").await;
+    assert!(dead[0].last_error.starts_with("tls:"), "{}", dead[0].last_error);
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
     h.stop().await;
 }

@@ -114,6 +114,9 @@ pub struct DispatcherSection {
     /// Addresses (IPs or CIDRs) endpoints may resolve to although they are private,
     /// loopback or otherwise reserved (SSRF protection refuses those by default).
     pub allow_addresses: Vec<String>,
+    /// A PEM file of CA certificates trusted for `https://` endpoints besides
+    /// Mozilla's (a private CA); empty: none.
+    pub ca_file: String,
 }
 
 impl Default for DispatcherSection {
@@ -138,6 +141,7 @@ impl Default for DispatcherSection {
             pusher_batch_window_ms: 250,
             endpoint_refresh_ms: 1_000,
             allow_addresses: Vec::new(),
+            ca_file: String::new(),
         }
     }
 }
@@ -149,6 +153,9 @@ impl DispatcherSection {
         }
         if let Err(e) = AddressPolicy::new(&self.allow_addresses) {
             errors.push(format!("dispatcher.allow_addresses: {e}"));
+        }
+        if let Err(e) = self.extra_roots() {
+            errors.push(format!("dispatcher.ca_file: {e}"));
         }
         if self.retry_after_min_secs > self.retry_after_max_secs {
             errors.push("dispatcher.retry_after_min_secs: must not exceed retry_after_max_secs".into());
@@ -190,6 +197,7 @@ impl DispatcherSection {
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
                 max_response_bytes: self.max_response_bytes,
                 policy: self.policy(),
+                extra_roots: self.extra_roots().unwrap_or_default(),
                 ..ClientConfig::default()
             },
             endpoint_concurrency: self.endpoint_concurrency,
@@ -201,6 +209,13 @@ impl DispatcherSection {
             endpoint_refresh: Duration::from_millis(self.endpoint_refresh_ms),
             commit_interval: defaults.commit_interval,
         }
+    }
+
+    fn extra_roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+        if self.ca_file.is_empty() {
+            return Ok(Vec::new());
+        }
+        herald_dispatcher::client::read_ca_file(Path::new(&self.ca_file))
     }
 
     pub fn policy(&self) -> AddressPolicy {
