@@ -626,13 +626,28 @@ impl Dispatcher {
     /// An endpoint's worker: takes its jobs in order, waits for the rate limits and a
     /// concurrency slot, and starts each attempt.
     async fn work(self: Arc<Self>, app_id: String, endpoint_id: String, mut jobs: mpsc::Receiver<Job>) {
-        let concurrency = match self.endpoint(&app_id, &endpoint_id).await {
-            Some(e) if e.max_concurrency > 0 => e.max_concurrency,
-            _ => self.config.endpoint_concurrency,
+        let cap = |endpoint: Option<&Endpoint>| match endpoint {
+            Some(e) if e.max_concurrency > 0 => e.max_concurrency as usize,
+            _ => (self.config.endpoint_concurrency as usize).max(1),
         };
-        let slots = Arc::new(Semaphore::new(concurrency.max(1) as usize));
+        let mut concurrency = cap(self.endpoint(&app_id, &endpoint_id).await.as_deref());
+        let slots = Arc::new(Semaphore::new(concurrency));
         'jobs: while let Some(job) = jobs.recv().await {
             let endpoint = self.endpoint(&app_id, &endpoint_id).await;
+            // An updated cap applies from the next delivery (a lower one as the
+            // requests in flight finish).
+            let wanted = cap(endpoint.as_deref());
+            if wanted > concurrency {
+                slots.add_permits(wanted - concurrency);
+            } else if wanted < concurrency {
+                let mut shed = concurrency - wanted;
+                while shed > 0 {
+                    let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                    permit.forget();
+                    shed -= 1;
+                }
+            }
+            concurrency = wanted;
             loop {
                 match self.throttle(&app_id, endpoint.as_deref()).await {
                     None => break,

@@ -408,3 +408,31 @@ async fn https_endpoints_are_delivered_to_over_verified_tls() {
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn an_endpoints_concurrency_cap_holds_and_follows_updates() {
+    let receiver = Receiver::start().await;
+    receiver.delay(Duration::from_millis(300));
+    let h = Harness::start(vec![app("a", 0)], config(&[100])).await;
+    let mut ep = endpoint("a", receiver.url("/"), Format::StandardWebhooks);
+    ep.max_concurrency = 2;
+    h.add(&ep).await;
+    h.append(&(0..6).map(|n| event("a", "c", ChannelEventType::ChannelOccupied, n)).collect::<Vec<_>>())
+        .await;
+    let got = receiver.wait_for(6, LONG).await;
+    // Two at a time, each answered after 300 ms: three rounds.
+    for round in 1..3 {
+        let gap = got[2 * round].at - got[2 * (round - 1)].at;
+        assert!(gap >= Duration::from_millis(280), "round {round} started after {gap:?}");
+    }
+
+    ep.max_concurrency = 6;
+    h.add(&ep).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the endpoint cache: 50 ms
+    h.append(&(10..16).map(|n| event("a", "c", ChannelEventType::ChannelOccupied, n)).collect::<Vec<_>>())
+        .await;
+    let got = receiver.wait_for(12, LONG).await;
+    let spread = got[11].at - got[6].at;
+    assert!(spread < Duration::from_millis(250), "six at once after raising the cap, spread {spread:?}");
+    h.stop().await;
+}
