@@ -1,27 +1,32 @@
-//! Herald's backbone over Redis, so that stateless edge nodes behave as one server.
+//! Herald's backbone and webhook state over Redis, so that stateless edge nodes and dispatcher
+//! replicas behave as one server.
 //!
 //! | module | what |
 //! |---|---|
 //! | `broker` | [`RedisBroker`]: interest-based fan-out over Redis pub/sub, pipelined publishing, reconnect and resubscribe |
 //! | `cluster` | the broker over a Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) |
 //! | `idempotency` | [`RedisIdempotency`]: idempotency keys shared by every node |
+//! | `limiter` | [`RedisRateLimiter`]: webhook rate limits (GCRA) shared by every dispatcher replica |
 //! | `presence` | [`RedisPresence`]: occupancy and presence members, cluster-wide, one Lua script per change |
+//! | `webhooks` | [`RedisWebhookStore`]: webhook endpoints, attempts and dead letters |
 //! | `wire` | how a [`herald_backbone::Message`] travels through Redis |
 //!
-//! Every implementation here passes [`herald_backbone::conformance`] against a real
-//! `redis-server` (see `tests/`).
+//! Every implementation here passes its conformance suite (`herald_backbone::conformance`,
+//! `herald_dispatcher::store::conformance`) against a real `redis-server` (see `tests/`).
 
 mod broker;
 mod cluster;
 mod idempotency;
+mod limiter;
 mod presence;
 mod webhooks;
 mod wire;
 
 pub use broker::{RedisBroker, RedisConfig};
 pub use idempotency::RedisIdempotency;
+pub use limiter::RedisRateLimiter;
 pub use presence::{OnReaped, Reaped, RedisPresence};
-pub use webhooks::{RedisRateLimiter, RedisWebhookStore};
+pub use webhooks::RedisWebhookStore;
 
 use herald_backbone::{Error, Result};
 use redis::{
