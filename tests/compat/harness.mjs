@@ -8,7 +8,7 @@
 //
 // Run from the repository root, after `cargo build`:
 //   scripts/install-node-deps.sh && scripts/install-python-deps.sh && node --test tests/compat/
-// (the Python packages are for grpc.test.mjs: grpcio, grpcurl).
+// (the Python packages are for grpc.test.mjs and webhook-admin.test.mjs: grpcio, grpcurl).
 // HERALD_BIN overrides the binary (default target/debug/herald);
 // COMPAT_KEEP_LOGS=1 keeps each Herald's config and log in the temp dir.
 //

@@ -134,7 +134,7 @@ impl KafkaConfig {
         self.client(&[])
     }
 
-    pub(crate) fn consumer(&self, group: &str) -> ClientConfig {
+    pub(crate) fn consumer(&self, group: &str, topic: &str) -> ClientConfig {
         let mut config = self.client(&[
             ("auto.offset.reset", "earliest"),
             // A dispatcher that crashed holds its partitions until its session times
@@ -151,6 +151,12 @@ impl KafkaConfig {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
+        // Static membership: a process restarted with the same `group.instance.id`
+        // takes its old members' places at once instead of waiting for them to time
+        // out. One process has a consumer per topic, so each gets its own id.
+        if let Some(instance) = self.properties.get("group.instance.id") {
+            config.set("group.instance.id", format!("{instance}.{topic}"));
+        }
         config
     }
 }
@@ -169,7 +175,7 @@ mod tests {
         assert_eq!(producer.get("acks"), Some("all"));
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         assert_eq!(config.message_timeout(), Some(Duration::from_secs(30)));
-        let consumer = config.consumer("g");
+        let consumer = config.consumer("g", "t");
         assert_eq!(consumer.get("group.id"), Some("g"));
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
         assert_eq!(consumer.get("auto.offset.reset"), Some("earliest"));

@@ -39,7 +39,7 @@ pub(crate) struct KafkaConsumer {
 impl KafkaConsumer {
     pub(crate) fn subscribe(config: &KafkaConfig, group: &str, topic: &str) -> Result<Self> {
         let consumer: StreamConsumer =
-            config.consumer(group).create().map_err(|e| unavailable("creating a consumer", e))?;
+            config.consumer(group, topic).create().map_err(|e| unavailable("creating a consumer", e))?;
         consumer.subscribe(&[topic]).map_err(|e| unavailable(&format!("subscribing to {topic}"), e))?;
         let consumer = Arc::new(consumer);
         let commits = spawn_committer(Arc::downgrade(&consumer))?;

@@ -35,8 +35,8 @@ struct Herald {
 /// The environment of every process of one test's cluster.
 struct Cluster {
     env: Vec<(String, String)>,
-    _redis: RedisServer,
-    _tansu: Tansu,
+    _redis: Option<RedisServer>,
+    _tansu: Option<Tansu>,
 }
 
 impl Cluster {
@@ -83,7 +83,7 @@ impl Cluster {
             ),
         ];
         let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        Self { env, _redis: redis, _tansu: tansu }
+        Self { env, _redis: Some(redis), _tansu: Some(tansu) }
     }
 
     fn spawn(&self, role: &str, ready: &str) -> Herald {
@@ -114,6 +114,15 @@ impl Cluster {
 
     fn dispatcher(&self) -> Herald {
         self.spawn("dispatcher", "herald dispatcher started")
+    }
+
+    /// A dispatcher with a stable group membership (`group.instance.id`), as a
+    /// Kubernetes StatefulSet pod would have: restarted after a crash, it takes its
+    /// old place in the consumer group at once.
+    fn dispatcher_as(&self, instance: &str) -> Herald {
+        let mut env = self.env.clone();
+        env.push(("HERALD_KAFKA__PROPERTIES".into(), format!(r#"{{"group.instance.id" = "{instance}"}}"#)));
+        Cluster { env, _redis: None, _tansu: None }.spawn("dispatcher", "herald dispatcher started")
     }
 }
 
@@ -287,7 +296,7 @@ async fn a_killed_dispatcher_loses_nothing() {
     receiver.delay(Duration::from_millis(10));
     let cluster = Cluster::start(&[("app", &receiver)], 0);
     let edge = cluster.edge();
-    let mut dispatcher = cluster.dispatcher();
+    let mut dispatcher = cluster.dispatcher_as("dispatcher-0");
     const EVENTS: usize = 300;
     for i in 0..EVENTS {
         trigger(edge.ws(), "app", &format!("ch-{}", i % 16), "e", &i.to_string()).await;
@@ -296,7 +305,7 @@ async fn a_killed_dispatcher_loses_nothing() {
             dispatcher.kill();
         }
         if i == 2 * EVENTS / 3 {
-            dispatcher = cluster.dispatcher();
+            dispatcher = cluster.dispatcher_as("dispatcher-0");
         }
     }
     let got = wait_until(&receiver, "every publication", |r| {

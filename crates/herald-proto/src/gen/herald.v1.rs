@@ -1564,7 +1564,8 @@ pub mod webhook_admin_client {
             self.inner.unary(req, path, codec).await
         }
         /// Replaces the signing secret. The previous one stays valid for 24 hours: until then
-        /// every delivery is signed with both (two signatures in `webhook-signature`).
+        /// every delivery is signed with both (two signatures in `webhook-signature`; within
+        /// the first second or so, possibly with the previous one alone, see above).
         pub async fn rotate_secret(
             &mut self,
             request: impl tonic::IntoRequest<super::RotateSecretRequest>,
@@ -1705,7 +1706,8 @@ pub mod webhook_admin_server {
             tonic::Status,
         >;
         /// Replaces the signing secret. The previous one stays valid for 24 hours: until then
-        /// every delivery is signed with both (two signatures in `webhook-signature`).
+        /// every delivery is signed with both (two signatures in `webhook-signature`; within
+        /// the first second or so, possibly with the previous one alone, see above).
         async fn rotate_secret(
             &self,
             request: tonic::Request<super::RotateSecretRequest>,
