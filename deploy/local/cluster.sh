@@ -395,8 +395,13 @@ start_heralds() {
       launch "$name" env "${HERALD_ENV[@]}" "$HERALD_BIN" edge --config "$CLUSTER_CONFIG" --host "$HOST" \
         --port "${EDGES[$i]}" --metrics-port "${METRICS[$i]}" --grpc-port "${GRPCS[$i]}"
     else
-      launch "$name" env "${HERALD_ENV[@]}" "$HERALD_BIN" dispatcher --config "$CLUSTER_CONFIG" --host "$HOST" \
-        --metrics-port "${DISPATCHERS[$i]}"
+      # A stable group membership per dispatcher (unless the caller sets Kafka
+      # properties): restarted after a crash, it takes its partitions back at once.
+      local -a membership=()
+      [[ -n ${HERALD_KAFKA__PROPERTIES:-} ]] ||
+        membership=("HERALD_KAFKA__PROPERTIES={\"group.instance.id\" = \"$name\"}")
+      launch "$name" env "${HERALD_ENV[@]}" "${membership[@]+"${membership[@]}"}" "$HERALD_BIN" dispatcher \
+        --config "$CLUSTER_CONFIG" --host "$HOST" --metrics-port "${DISPATCHERS[$i]}"
     fi
     starting+=("$name")
   done

@@ -112,7 +112,8 @@ impl KafkaConfig {
         for (key, value) in defaults {
             config.set(*key, *value);
         }
-        for (key, value) in &self.properties {
+        // `group.instance.id` is per consumer (see `consumer`), and only for consumers.
+        for (key, value) in self.properties.iter().filter(|(key, _)| *key != "group.instance.id") {
             config.set(key, value);
         }
         config
