@@ -39,7 +39,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    client::{Client, ClientConfig, SendError},
+    client::{Client, ClientConfig},
     endpoint::{Endpoint, Format, validate_url},
     filter::Filter,
     format,
@@ -264,6 +264,9 @@ pub struct Dispatcher {
     tasks: TaskTracker,
 }
 
+/// How long a consumer waits after a failed read of the log before reading again.
+const POLL_RETRY: Duration = Duration::from_secs(1);
+
 /// Attempt records that may wait for the store; more are dropped (and logged).
 const ATTEMPTS_QUEUED: usize = 65_536;
 
@@ -389,7 +392,16 @@ impl Dispatcher {
             }
             let records = tokio::select! {
                 polled = tokio::time::timeout(wait, consumer.poll(free.min(512))) => match polled {
-                    Ok(records) => records?,
+                    Ok(Ok(records)) => records,
+                    // The log is unreachable (brokers down): what is in flight goes
+                    // on; reading resumes when it is back.
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "could not read the event log; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(POLL_RETRY) => continue,
+                            _ = shutdown.cancelled() => break,
+                        }
+                    }
                     Err(_) => continue,
                 },
                 _ = shutdown.cancelled() => break,
@@ -780,7 +792,7 @@ impl Dispatcher {
                     .map(|d| self.config.retry_after.clamp(d));
                 self.retry(job, record.error, retry_after).await;
             }
-            Err(e) => self.retry(job, describe(&e), None).await,
+            Err(e) => self.retry(job, e.to_string(), None).await,
         }
     }
 
@@ -869,10 +881,6 @@ async fn write_attempts(store: Arc<dyn WebhookStore>, mut records: mpsc::Receive
             tracing::warn!(error = %e, "could not record a delivery attempt");
         }
     }
-}
-
-fn describe(error: &SendError) -> String {
-    error.to_string()
 }
 
 #[cfg(test)]

@@ -29,15 +29,8 @@ use tokio_util::sync::CancellationToken;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn app(id: &str, per_second: u32) -> App {
-    App {
-        id: id.into(),
-        key: format!("{id}-key"),
-        secret: format!("{id}-secret"),
-        enabled: true,
-        enable_client_events: true,
-        api_tokens: vec![],
-        limits: AppLimits { webhooks_per_second: per_second, webhooks_burst: 5, ..AppLimits::default() },
-    }
+    let limits = AppLimits { webhooks_per_second: per_second, webhooks_burst: 5, ..AppLimits::default() };
+    App { limits, ..herald_testkit::app(id) }
 }
 
 fn endpoint(app_id: &str, url: String, format: Format) -> Endpoint {
@@ -69,13 +62,22 @@ struct Harness {
 
 impl Harness {
     async fn start(apps: Vec<App>, config: DispatcherConfig) -> Self {
+        Self::start_reading(apps, config, |log| Arc::new(log)).await
+    }
+
+    /// Like `start`, with the dispatcher reading the log through `wrap`.
+    async fn start_reading(
+        apps: Vec<App>,
+        config: DispatcherConfig,
+        wrap: impl FnOnce(MemoryEventLog) -> Arc<dyn EventLog>,
+    ) -> Self {
         let log = MemoryEventLog::new();
         let store = MemoryWebhookStore::default();
         let stop = CancellationToken::new();
         herald_dispatcher::dispatcher::ensure_topics(&log, &config).await.unwrap();
         let dispatcher = Dispatcher::new(
             Apps::new(apps).unwrap(),
-            Arc::new(log.clone()),
+            wrap(log.clone()),
             Arc::new(store.clone()),
             Arc::new(LocalRateLimiter::default()),
             config,
@@ -434,5 +436,69 @@ async fn an_endpoints_concurrency_cap_holds_and_follows_updates() {
     let got = receiver.wait_for(12, LONG).await;
     let spread = got[11].at - got[6].at;
     assert!(spread < Duration::from_millis(250), "six at once after raising the cap, spread {spread:?}");
+    h.stop().await;
+}
+
+/// The events log of the harness, whose reads of the events topic fail `failures`
+/// times first (brokers down).
+struct FlakyLog {
+    inner: MemoryEventLog,
+    failures: usize,
+}
+
+struct FlakyConsumer {
+    inner: Box<dyn herald_backbone::LogConsumer>,
+    failures: usize,
+}
+
+#[async_trait::async_trait]
+impl EventLog for FlakyLog {
+    async fn append(
+        &self,
+        topic: &str,
+        records: Vec<herald_backbone::Append>,
+    ) -> herald_backbone::Result<()> {
+        self.inner.append(topic, records).await
+    }
+
+    async fn ensure_topics(&self, topics: &[&str], partitions: i32) -> herald_backbone::Result<()> {
+        self.inner.ensure_topics(topics, partitions).await
+    }
+
+    async fn consume(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> herald_backbone::Result<Box<dyn herald_backbone::LogConsumer>> {
+        let failures = if topic == "herald.events" { self.failures } else { 0 };
+        Ok(Box::new(FlakyConsumer { inner: self.inner.consume(group, topic).await?, failures }))
+    }
+}
+
+#[async_trait::async_trait]
+impl herald_backbone::LogConsumer for FlakyConsumer {
+    async fn poll(&mut self, max: usize) -> herald_backbone::Result<Vec<herald_backbone::LogRecord>> {
+        if self.failures > 0 {
+            self.failures -= 1;
+            return Err(herald_backbone::Error::Unavailable("all brokers down".into()));
+        }
+        self.inner.poll(max).await
+    }
+
+    async fn commit(&mut self, positions: &[herald_backbone::Position]) -> herald_backbone::Result<()> {
+        self.inner.commit(positions).await
+    }
+}
+
+#[tokio::test]
+async fn reading_resumes_after_the_log_was_unreachable() {
+    let receiver = Receiver::start().await;
+    let h = Harness::start_reading(vec![app("a", 0)], config(&[100]), |inner| {
+        Arc::new(FlakyLog { inner, failures: 2 })
+    })
+    .await;
+    h.add(&endpoint("a", receiver.url("/"), Format::StandardWebhooks)).await;
+    h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 1)]).await;
+    receiver.wait_for(1, LONG).await;
     h.stop().await;
 }
