@@ -25,48 +25,16 @@ the call is expected to fail with that status: 0 if it does, 1 otherwise.
 """
 
 import argparse
-import importlib
 import json
-import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from grpc_stubs import REPO_ROOT, generate_stubs, to_json
+
 PROTO_FILE = "herald/v1/publisher.proto"
-
-
-def generate_stubs(proto_root, out_dir):
-    """Runs protoc on the schema and imports the generated modules from out_dir."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"--proto_path={proto_root}",
-            f"--python_out={out_dir}",
-            f"--grpc_python_out={out_dir}",
-            PROTO_FILE,
-        ],
-        check=True,
-    )
-    sys.path.insert(0, str(out_dir))
-    return (
-        importlib.import_module("herald.v1.publisher_pb2"),
-        importlib.import_module("herald.v1.publisher_pb2_grpc"),
-    )
-
-
-def to_json(message):
-    return json_format.MessageToDict(
-        message,
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-        unquote_int64_if_possible=True,
-    )
 
 
 def event_from_args(pb, args):
@@ -158,7 +126,7 @@ def main():
     args = parse_args()
     metadata = [("authorization", f"Bearer {args.token}")] if args.token is not None else []
     with tempfile.TemporaryDirectory(prefix="herald-grpc-stubs-") as stubs_dir:
-        pb, pb_grpc = generate_stubs(args.proto_root, stubs_dir)
+        pb, pb_grpc = generate_stubs(args.proto_root, stubs_dir, PROTO_FILE)
         with grpc.insecure_channel(args.target) as channel:
             try:
                 result = call(pb, pb_grpc.PublisherStub(channel), args, metadata)

@@ -17,38 +17,16 @@ error (unknown method, request not matching the message).
 """
 
 import argparse
-import importlib
 import json
-import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from grpc_stubs import REPO_ROOT, generate_stubs, to_json
+
 PROTO_FILE = "herald/v1/webhooks.proto"
-
-
-def generate_stubs(proto_root, out_dir):
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"--proto_path={proto_root}",
-            f"--python_out={out_dir}",
-            f"--grpc_python_out={out_dir}",
-            PROTO_FILE,
-        ],
-        check=True,
-    )
-    sys.path.insert(0, str(out_dir))
-    return (
-        importlib.import_module("herald.v1.webhooks_pb2"),
-        importlib.import_module("herald.v1.webhooks_pb2_grpc"),
-    )
 
 
 def main():
@@ -62,7 +40,7 @@ def main():
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="herald-grpc-stubs-") as stubs_dir:
-        pb, pb_grpc = generate_stubs(args.proto_root, stubs_dir)
+        pb, pb_grpc = generate_stubs(args.proto_root, stubs_dir, PROTO_FILE)
         methods = pb.DESCRIPTOR.services_by_name["WebhookAdmin"].methods_by_name
         if args.method not in methods:
             print(f"unknown method {args.method!r}; WebhookAdmin has {', '.join(methods)}", file=sys.stderr)
@@ -82,16 +60,7 @@ def main():
             except grpc.RpcError as error:
                 print(json.dumps({"code": error.code().name, "message": error.details()}))
                 return 1
-    print(
-        json.dumps(
-            json_format.MessageToDict(
-                response,
-                preserving_proto_field_name=True,
-                always_print_fields_with_no_presence=True,
-                unquote_int64_if_possible=True,
-            )
-        )
-    )
+    print(json.dumps(to_json(response)))
     return 0
 
 

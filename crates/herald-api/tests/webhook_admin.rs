@@ -176,3 +176,24 @@ async fn dead_letters_since_a_time_are_replayed_with_a_fresh_schedule() {
         .unwrap_err();
     assert_eq!(none.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn an_app_has_at_most_its_endpoint_limit() {
+    let (admin, _, _) = service().await;
+    let create = |n: usize| {
+        request(
+            pb::CreateEndpointRequest {
+                app_id: "app".into(),
+                url: format!("http://127.0.0.1:9/hook-{n}"),
+                ..Default::default()
+            },
+            TOKEN,
+        )
+    };
+    for n in 0..herald_dispatcher::endpoint::MAX_ENDPOINTS_PER_APP {
+        admin.create_endpoint(create(n)).await.unwrap();
+    }
+    let refused = admin.create_endpoint(create(999)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("50 endpoints"), "{}", refused.message());
+}

@@ -253,7 +253,6 @@ impl LogConsumer for MemoryConsumer {
 
     async fn commit(&mut self, positions: &[Position]) -> Result<()> {
         let mut state = self.topic.state.lock();
-        let max_records = usize::MAX;
         let mut touched = Vec::new();
         if let Some(group) = state.groups.get_mut(&self.group) {
             for position in positions {
@@ -265,8 +264,9 @@ impl LogConsumer for MemoryConsumer {
                 touched.push(position.partition as usize);
             }
         }
+        // The cap was applied when appending; what the commit frees is dropped here.
         for p in touched {
-            state.trim(p, max_records);
+            state.trim(p, usize::MAX);
         }
         Ok(())
     }

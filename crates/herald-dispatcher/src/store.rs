@@ -229,12 +229,13 @@ pub mod conformance {
         endpoint
     }
 
-    fn attempt(endpoint_id: &str, webhook_id: &str, n: u32) -> AttemptRecord {
+    /// Attempt `n` of a delivery, made at `time_ms`.
+    pub fn attempt(endpoint_id: &str, webhook_id: &str, n: u32, time_ms: i64) -> AttemptRecord {
         AttemptRecord {
             webhook_id: webhook_id.into(),
             endpoint_id: endpoint_id.into(),
             attempt: n,
-            time_ms: i64::from(n),
+            time_ms,
             status: 500,
             latency_ms: 3,
             response_excerpt: "oops".into(),
@@ -242,7 +243,7 @@ pub mod conformance {
         }
     }
 
-    fn dead(webhook_id: &str, failed_ms: i64) -> DeadLetter {
+    pub fn dead(webhook_id: &str, failed_ms: i64) -> DeadLetter {
         DeadLetter {
             webhook_id: webhook_id.into(),
             endpoint_id: "ep".into(),
@@ -276,9 +277,9 @@ pub mod conformance {
         assert!(store.list_endpoints("nobody").await.unwrap().is_empty());
 
         for n in 1..=3 {
-            store.record_attempt("app-1", &attempt(&a.id, "msg_1", n)).await.unwrap();
+            store.record_attempt("app-1", &attempt(&a.id, "msg_1", n, i64::from(n))).await.unwrap();
         }
-        store.record_attempt("app-1", &attempt(&a.id, "msg_2", 1)).await.unwrap();
+        store.record_attempt("app-1", &attempt(&a.id, "msg_2", 1, 1)).await.unwrap();
         let all = store.attempts("app-1", &a.id, None, 100).await.unwrap();
         assert_eq!(all.len(), 4);
         assert_eq!(all[0].webhook_id, "msg_2", "newest first");

@@ -110,10 +110,6 @@ impl Recorder {
         Arc::new(Self { queue, config })
     }
 
-    pub fn config(&self) -> &EventsConfig {
-        &self.config
-    }
-
     /// Appends `events`, waiting until they are durable when `durable_publish` is on.
     pub async fn record_publications(&self, events: Vec<ChannelEvent>) -> Result<(), RecordError> {
         if !self.config.durable_publish {

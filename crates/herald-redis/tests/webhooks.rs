@@ -12,7 +12,8 @@ use herald_dispatcher::{
     gcra::Rate,
     limiter::{Leases, RateLimiter},
     store::{
-        ATTEMPTS_KEPT, AttemptRecord, DEAD_LETTERS_KEPT, DeadLetter, RETENTION_MS, WebhookStore, conformance,
+        ATTEMPTS_KEPT, DEAD_LETTERS_KEPT, RETENTION_MS, WebhookStore,
+        conformance::{self, attempt, dead},
     },
 };
 use herald_redis::{RedisConfig, RedisRateLimiter, RedisWebhookStore};
@@ -25,31 +26,6 @@ fn config(instances: &[&RedisServer]) -> RedisConfig {
 
 fn cluster_config(cluster: &RedisCluster) -> RedisConfig {
     RedisConfig { cluster: true, ..RedisConfig::sharded(cluster.urls()) }
-}
-
-fn attempt(endpoint_id: &str, webhook_id: &str, time_ms: i64) -> AttemptRecord {
-    AttemptRecord {
-        webhook_id: webhook_id.into(),
-        endpoint_id: endpoint_id.into(),
-        attempt: 1,
-        time_ms,
-        status: 204,
-        latency_ms: 1,
-        response_excerpt: String::new(),
-        error: String::new(),
-    }
-}
-
-fn dead(webhook_id: &str, failed_ms: i64) -> DeadLetter {
-    DeadLetter {
-        webhook_id: webhook_id.into(),
-        endpoint_id: "ep".into(),
-        failed_ms,
-        attempts: 8,
-        last_error: "HTTP 500".into(),
-        event_types: vec!["channel.vacated".into()],
-        delivery: vec![0, 1, 2],
-    }
 }
 
 #[tokio::test]
@@ -106,7 +82,7 @@ async fn attempts_keep_the_newest_and_drop_those_past_retention() {
     // One by one, since their order is what's tested (about 1k local round trips).
     let recorded = ATTEMPTS_KEPT + 20;
     for n in 0..recorded {
-        store.record_attempt("app", &attempt("ep", &format!("msg_{n}"), n as i64)).await.unwrap();
+        store.record_attempt("app", &attempt("ep", &format!("msg_{n}"), 1, n as i64)).await.unwrap();
     }
     let kept = store.attempts("app", "ep", None, usize::MAX).await.unwrap();
     let expected: Vec<String> = (20..recorded).rev().map(|n| format!("msg_{n}")).collect();
@@ -114,13 +90,13 @@ async fn attempts_keep_the_newest_and_drop_those_past_retention() {
     assert_eq!(store.attempts("app", "ep", None, 3).await.unwrap().len(), 3);
     assert!(store.attempts("app", "ep", None, 0).await.unwrap().is_empty());
     let one = store.attempts("app", "ep", Some("msg_500"), usize::MAX).await.unwrap();
-    assert_eq!(one, [attempt("ep", "msg_500", 500)]);
+    assert_eq!(one, [attempt("ep", "msg_500", 1, 500)]);
     assert!(store.attempts("app", "ep", Some("msg_5"), 10).await.unwrap().is_empty(), "trimmed");
 
     // Older than the retention compared with the newest: dropped as the newer arrive.
-    store.record_attempt("app", &attempt("old", "msg_a", 1_000)).await.unwrap();
-    store.record_attempt("app", &attempt("old", "msg_b", 2_000)).await.unwrap();
-    store.record_attempt("app", &attempt("old", "msg_c", 1_500 + RETENTION_MS)).await.unwrap();
+    store.record_attempt("app", &attempt("old", "msg_a", 1, 1_000)).await.unwrap();
+    store.record_attempt("app", &attempt("old", "msg_b", 1, 2_000)).await.unwrap();
+    store.record_attempt("app", &attempt("old", "msg_c", 1, 1_500 + RETENTION_MS)).await.unwrap();
     let kept = store.attempts("app", "old", None, 10).await.unwrap();
     assert_eq!(kept.iter().map(|a| a.webhook_id.as_str()).collect::<Vec<_>>(), ["msg_c", "msg_b"]);
 }
