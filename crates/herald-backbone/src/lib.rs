@@ -13,10 +13,12 @@ use herald_core::{ChannelName, Publication, SocketId};
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 mod event_log;
+mod lease;
 pub mod memory;
 mod memory_log;
 
 pub use event_log::{Append, EventLog, LogConsumer, LogRecord, Position};
+pub use lease::{Gap, Held, LeaseHolder, Reaped};
 pub use memory::{MemoryBackbone, MemoryBroker, MemoryPresence};
 pub use memory_log::{DEFAULT_MAX_RECORDS, MemoryEventLog};
 

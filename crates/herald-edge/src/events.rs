@@ -320,7 +320,7 @@ impl Node {
     }
 
     /// Records the lifecycle event `change` if the cluster decides it is due.
-    async fn announce(&self, app_id: &str, channel: &ChannelName, change: Lifecycle<'_>) {
+    pub(crate) async fn announce(&self, app_id: &str, channel: &ChannelName, change: Lifecycle<'_>) {
         let Some(recorder) = self.recorder() else { return };
         match self.presence.announce(app_id, channel, change).await {
             Ok(false) => {}

@@ -12,6 +12,7 @@
 //! | `http_api` | `/apps/{id}/events`, `batch_events`, `channels`, `users` |
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |
 //! | `node` | state shared by all of the above |
+//! | `share` | the node's share of cluster presence, and its re-assertion after any gap |
 //! | `publish` | the one publish path of the HTTP and gRPC APIs: validation and publication |
 //! | `events` | channel events (publications, client events, lifecycle) into the event log |
 
@@ -25,6 +26,7 @@ mod node;
 mod publish;
 mod server;
 mod session;
+mod share;
 pub mod websocket;
 
 pub use accept::{accept, bind};

@@ -28,6 +28,8 @@ pub struct Node {
     pub(crate) hub: Arc<Hub>,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) presence: Arc<dyn PresenceManager>,
+    /// This node's connections in channels: the truth the backbone's copy is rebuilt from.
+    pub(crate) share: crate::share::Share,
     next_conn: AtomicU64,
     /// Open connections per app id on this node (for `max_connections`).
     app_connections: HashMap<String, AtomicU64>,
@@ -72,6 +74,7 @@ impl Node {
             hub,
             broker,
             presence,
+            share: crate::share::Share::new(),
             next_conn: AtomicU64::new(1),
             app_connections,
             sessions: Sharded::new(64),

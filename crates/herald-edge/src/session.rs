@@ -14,7 +14,7 @@ use std::{future::Future, ops::ControlFlow, sync::Arc, task::Poll, time::Duratio
 
 use bytes::Bytes;
 use fastwebsockets::OpCode;
-use herald_backbone::{Member, MemberChange, Topic};
+use herald_backbone::{Member, Topic};
 use herald_core::{
     App, ChannelKind, ChannelName, ErrorCode, Publication, PublicationData, SocketId, auth, protocol,
 };
@@ -495,48 +495,26 @@ impl Session {
         if let Err(e) = self.node.subscribe(&topic, self.socket.conn, self.outbox.clone()).await {
             return self.subscription_error(channel.as_str(), "ServiceUnavailable", &e.to_string(), 503);
         }
-        let presence = &self.node.presence;
-        let count = match presence.join(&self.app.id, &channel, self.socket).await {
-            Ok(count) => count,
+        let app_id = Arc::from(self.app.id.as_str());
+        let max = self.app.limits.max_presence_members;
+        let presence_user = member.as_ref().map(|m| m.user_id.clone());
+        let joined = match self.node.join_presence(&app_id, &channel, self.socket, member, max).await {
+            Ok(joined) => joined,
             Err(e) => {
                 self.node.unsubscribe(&topic, self.socket.conn);
-                return self.subscription_error(channel.as_str(), "ServiceUnavailable", &e.to_string(), 503);
+                let (kind, status) = match &e {
+                    herald_backbone::Error::PresenceFull { .. } => ("LimitReached", 403),
+                    _ => ("ServiceUnavailable", 503),
+                };
+                return self.subscription_error(channel.as_str(), kind, &e.to_string(), status);
             }
         };
-        let mut new_member = false;
-        let presence_user = match member {
-            None => None,
-            Some(member) => {
-                let user_id = member.user_id.clone();
-                let max = self.app.limits.max_presence_members;
-                match presence.add_member(&self.app.id, &channel, self.socket, member, max).await {
-                    Ok(MemberChange::Changed(member)) => {
-                        new_member = true;
-                        let data = protocol::member_added_data(&member.user_id, &member.user_info);
-                        self.publish_internal(
-                            &channel,
-                            "pusher_internal:member_added",
-                            data,
-                            Some(self.socket),
-                        )
-                        .await;
-                    }
-                    Ok(MemberChange::Unchanged) => {}
-                    Err(e) => {
-                        self.node.unsubscribe(&topic, self.socket.conn);
-                        let _ = presence.leave(&self.app.id, &channel, self.socket).await;
-                        let status = if e.is_retryable() { 503 } else { 403 };
-                        return self.subscription_error(
-                            channel.as_str(),
-                            "LimitReached",
-                            &e.to_string(),
-                            status,
-                        );
-                    }
-                }
-                Some(user_id)
-            }
-        };
+        let count = joined.count;
+        let new_member = joined.added.is_some();
+        if let Some(member) = &joined.added {
+            let data = protocol::member_added_data(&member.user_id, &member.user_info);
+            self.publish_internal(&channel, "pusher_internal:member_added", data, Some(self.socket)).await;
+        }
         // Grown one at a time: most connections subscribe to one or two channels.
         self.channels.reserve_exact(1);
         let joined_user = presence_user.clone().filter(|_| new_member);
@@ -597,25 +575,13 @@ impl Session {
     async fn leave(&self, channel: &ChannelName, subscription: Subscription) {
         let topic = Topic::channel(&Arc::from(self.app.id.as_str()), channel);
         self.node.unsubscribe(&topic, self.socket.conn);
-        let presence = &self.node.presence;
-        let count = match presence.leave(&self.app.id, channel, self.socket).await {
-            Ok(count) => Some(count),
-            Err(e) => {
-                tracing::warn!(error = %e, "presence leave failed");
-                None
-            }
-        };
-        let mut removed = None;
-        if subscription.presence_user.is_some() {
-            match presence.remove_member(&self.app.id, channel, self.socket).await {
-                Ok(MemberChange::Changed(member)) => {
-                    let data = protocol::member_removed_data(&member.user_id);
-                    self.publish_internal(channel, "pusher_internal:member_removed", data, None).await;
-                    removed = Some(member.user_id);
-                }
-                Ok(MemberChange::Unchanged) => {}
-                Err(e) => tracing::warn!(error = %e, "presence member removal failed"),
-            }
+        let app_id = Arc::from(self.app.id.as_str());
+        let member = subscription.presence_user.is_some();
+        let (count, removed) = self.node.leave_presence(&app_id, channel, self.socket, member).await;
+        let removed = removed.map(|member| member.user_id);
+        if let Some(user_id) = &removed {
+            let data = protocol::member_removed_data(user_id);
+            self.publish_internal(channel, "pusher_internal:member_removed", data, None).await;
         }
         self.node.record_left(&self.app.id, channel, count, removed.as_deref());
     }

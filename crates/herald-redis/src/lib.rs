@@ -25,7 +25,7 @@ mod wire;
 pub use broker::{RedisBroker, RedisConfig};
 pub use idempotency::RedisIdempotency;
 pub use limiter::RedisRateLimiter;
-pub use presence::{OnReaped, Reaped, RedisPresence};
+pub use presence::RedisPresence;
 pub use webhooks::RedisWebhookStore;
 
 use herald_backbone::{Error, Result};

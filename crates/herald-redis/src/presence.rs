@@ -13,7 +13,12 @@
 //! and reaps expired ones: the first node to claim a dead node's lease undoes all of
 //! its subscriptions and presence connections, and reports the members that left,
 //! so `member_removed` reaches the other nodes' clients. A crashed node's members and
-//! counts are gone within about one lease.
+//! counts are gone within about two leases (one to expire, and the reaper's own view
+//! must have been sound for one).
+//!
+//! **Each node is the source of truth for its own connections**: what Redis holds is a
+//! copy. A node never reaps others on evidence that its own view was interrupted, and
+//! after any gap it re-asserts its whole share ([`RedisPresence::keep_lease`]).
 //!
 //! **Shards**: with several Redis instances, a channel's keys (and the app index
 //! entry and node entries that go with them) live on the instance its name hashes
@@ -22,10 +27,17 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use herald_backbone::{ChannelStats, Error, Lifecycle, Member, MemberChange, PresenceManager, Result};
+use herald_backbone::{
+    ChannelStats, Error, Gap, Held, LeaseHolder, Lifecycle, Member, MemberChange, PresenceManager, Reaped,
+    Result,
+};
 use herald_core::{ChannelName, SocketId};
+use herald_telemetry::Metric;
 use redis::Script;
-use tokio::task::JoinHandle;
+use tokio::{
+    task::{JoinHandle, JoinSet},
+    time::Instant,
+};
 
 use crate::{Connection, RedisConfig, RunCommand, RunScript, Shards};
 
@@ -96,6 +108,32 @@ end
 return redis.call('HDEL', KEYS[1], ARGV[1])
 ";
 
+/// KEYS: leases. ARGV: node, expiry, now. Renews the lease; returns {had, reaping}:
+/// whether the lease was there, and whether a reap of this node is in progress (a
+/// marker past its time is a reaper that died: dropped).
+const RENEW: &str = r"
+local had = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local marker = 'reaping:' .. ARGV[1]
+local reaping = redis.call('ZSCORE', KEYS[1], marker)
+if reaping and tonumber(reaping) < tonumber(ARGV[3]) then
+  redis.call('ZREM', KEYS[1], marker)
+  reaping = false
+end
+return {had and 1 or 0, reaping and 1 or 0}
+";
+
+/// KEYS: leases. ARGV: lease (`<node>`, or `reaping:<node>` of a dead reaper), now,
+/// node, marker expiry. Returns 1 if the lease was still expired and is now claimed:
+/// replaced by a `reaping:<node>` marker until the reap is done.
+const CLAIM: &str = r"
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[4], 'reaping:' .. ARGV[3])
+return 1
+";
+
 /// Presence and occupancy of a cluster, in one Redis.
 pub struct RedisPresence {
     /// A channel's keys live on the instance its name hashes to; the first instance
@@ -111,6 +149,8 @@ pub struct RedisPresence {
     remove_member: Script,
     announce_present: Script,
     announce_absent: Script,
+    renew: Script,
+    claim: Script,
 }
 
 impl RedisPresence {
@@ -125,6 +165,8 @@ impl RedisPresence {
             remove_member: Script::new(REMOVE_MEMBER),
             announce_present: Script::new(ANNOUNCE_PRESENT),
             announce_absent: Script::new(ANNOUNCE_ABSENT),
+            renew: Script::new(RENEW),
+            claim: Script::new(CLAIM),
         })
     }
 
@@ -270,44 +312,153 @@ fn parse_entry(text: &str) -> Option<(Entry, String, ChannelName, SocketId)> {
     Some((kind, app_id, ChannelName::new(&channel).ok()?, socket.parse().ok()?))
 }
 
-/// What a reap changed in one channel because its node's lease expired.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reaped {
-    pub app_id: String,
-    pub channel: ChannelName,
-    /// A presence member that left (publish `member_removed`); `None`: the channel
-    /// lost its last subscriber (it may be vacated).
-    pub member: Option<Member>,
-}
-
-/// Called for each change a reap makes.
-pub type OnReaped = Arc<dyn Fn(Reaped) + Send + Sync>;
-
 impl RedisPresence {
-    /// Keeps `node`'s lease alive (refreshed every third of `ttl`) and reaps the
-    /// nodes whose lease expired, until the returned task is aborted. Abort it and
-    /// call [`RedisPresence::release_lease`] on a graceful shutdown.
-    pub fn keep_lease(self: &Arc<Self>, node: u32, ttl: Duration, on_reaped: OnReaped) -> JoinHandle<()> {
+    /// Keeps `node`'s lease alive (renewed every third of `ttl`), keeps the node's share
+    /// right after any gap in its view of Redis, and reaps the nodes whose lease
+    /// expired, until the returned task is aborted. Abort it and call
+    /// [`RedisPresence::release_lease`] on a graceful shutdown.
+    ///
+    /// The rules that keep live nodes from removing each other:
+    /// - **A node reaps only while its own view is sound**: after one lease of renewals
+    ///   that all succeeded on time. A stall or partition of Redis interrupts every
+    ///   node's renewals alike, so when it ends each node first renews its own lease
+    ///   (within a third of a lease) before any of them may judge another's.
+    /// - **Claims are atomic** and leave a `reaping:<node>` marker while the reaper
+    ///   removes the connections, so a reaped node that comes back waits for the reap
+    ///   to finish before it re-asserts its share.
+    /// - **After any gap a node re-asserts its whole share** (subscriptions, presence
+    ///   members, lifecycle announcements, its lease): after failed or late renewals or
+    ///   writes, when its lease was found gone (it was reaped), and when an instance
+    ///   lost its data (found by a per-instance marker, `…:instance`, that only a
+    ///   restart without data or a flush removes).
+    pub fn keep_lease(
+        self: &Arc<Self>,
+        node: u32,
+        ttl: Duration,
+        holder: Arc<dyn LeaseHolder>,
+    ) -> JoinHandle<()> {
         let presence = self.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(ttl / 3);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                if let Err(e) = presence.renew(node, ttl).await {
-                    tracing::warn!(error = %e, node, "could not renew the presence lease");
-                }
-                match presence.reap(node).await {
-                    Ok(reaped) => reaped.into_iter().for_each(|r| on_reaped(r)),
-                    Err(e) => tracing::warn!(error = %e, "could not reap expired nodes"),
-                }
-            }
-        })
+        tokio::spawn(async move { presence.lease_loop(node, ttl, holder).await })
     }
 
-    async fn renew(&self, node: u32, ttl: Duration) -> Result<()> {
-        let expires = now_ms() + ttl.as_millis() as u64;
-        redis::cmd("ZADD").arg(self.nodes()).arg(expires).arg(node).run_on(self.coordinator()).await
+    async fn lease_loop(&self, node: u32, ttl: Duration, holder: Arc<dyn LeaseHolder>) {
+        let mut ticks = tokio::time::interval(ttl / 3);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease = LeaseState::new(self.instance_count());
+        // The re-assertion in progress: on its own task, so a large share never delays
+        // the renewals (aborted with the lease task).
+        let mut rebuild: JoinSet<(Gap, Result<()>)> = JoinSet::new();
+        loop {
+            ticks.tick().await;
+            while let Some(done) = rebuild.try_join_next() {
+                match done {
+                    Ok((gap, Ok(()))) => {
+                        tracing::info!(node, gap = gap.as_str(), "presence share re-asserted")
+                    }
+                    Ok((gap, Err(e))) => {
+                        tracing::warn!(error = %e, node, "could not re-assert the presence share; retrying");
+                        lease.gap(gap);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, node, "the presence re-assertion failed; retrying");
+                        lease.gap(Gap::Lost);
+                    }
+                }
+            }
+            let renewal = match self.renew(node, ttl).await {
+                Ok(renewal) => renewal,
+                Err(e) => {
+                    tracing::warn!(error = %e, node, "could not renew the presence lease");
+                    lease.interrupted();
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            lease.renewed(now, ttl, renewal.had);
+            match self.check_instances(node, &mut lease.instances).await {
+                Ok(false) => {}
+                Ok(true) => lease.gap(Gap::Lost),
+                Err(e) => {
+                    tracing::warn!(error = %e, node, "could not check the Redis instances");
+                    lease.interrupted();
+                    continue;
+                }
+            }
+            if holder.take_dirty() {
+                lease.gap(Gap::Interrupted);
+            }
+            if let Some(gap) = lease.pending
+                && !renewal.reaping
+                && rebuild.is_empty()
+            {
+                match self.held(node).await {
+                    Ok(held) => {
+                        lease.pending = None;
+                        metrics::counter!(Metric::PresenceReasserts.name(), "gap" => gap.as_str())
+                            .increment(1);
+                        tracing::info!(
+                            node,
+                            gap = gap.as_str(),
+                            entries = held.len(),
+                            "re-asserting the presence share"
+                        );
+                        let holder = holder.clone();
+                        rebuild.spawn(async move { (gap, holder.reassert(held, gap).await) });
+                    }
+                    Err(e) => tracing::warn!(error = %e, node, "could not read the presence share"),
+                }
+            }
+            if !lease.may_reap(now, ttl) {
+                continue;
+            }
+            match self.reap(node, ttl).await {
+                Ok(reaped) => reaped.into_iter().for_each(|r| holder.reaped(r)),
+                Err(e) => tracing::warn!(error = %e, "could not reap expired nodes"),
+            }
+        }
+    }
+
+    /// Renews `node`'s lease; says whether it was still there (not reaped, not lost)
+    /// and whether another node is reaping it right now.
+    async fn renew(&self, node: u32, ttl: Duration) -> Result<Renewal> {
+        let now = now_ms();
+        let (had, reaping): (u8, u8) = self
+            .renew
+            .key(self.nodes())
+            .arg(node)
+            .arg(now + ttl.as_millis() as u64)
+            .arg(now)
+            .run(self.coordinator())
+            .await?;
+        Ok(Renewal { had: had == 1, reaping: reaping == 1 })
+    }
+
+    fn instance_count(&self) -> usize {
+        self.connections.items.len()
+    }
+
+    /// Whether an instance lost its data since the last check: each instance keeps a
+    /// marker that only a restart without data (or a flush) removes. The first check
+    /// learns the markers.
+    async fn check_instances(&self, node: u32, known: &mut [Option<String>]) -> Result<bool> {
+        let mut lost = false;
+        for (connection, known) in self.connections.items.iter().zip(known.iter_mut()) {
+            let fresh = format!("{node}-{:016x}", fastrand::u64(..));
+            let previous: Option<String> = redis::cmd("SET")
+                .arg(format!("{}:instance", self.prefix))
+                .arg(&fresh)
+                .arg("NX")
+                .arg("GET")
+                .run_on(connection)
+                .await?;
+            let now = previous.unwrap_or(fresh);
+            if known.as_ref().is_some_and(|k| *k != now) {
+                tracing::warn!(node, "a Redis instance lost its data: rebuilding this node's share");
+                lost = true;
+            }
+            *known = Some(now);
+        }
+        Ok(lost)
     }
 
     /// Gives the lease up (after a graceful shutdown has removed the node's
@@ -316,57 +467,85 @@ impl RedisPresence {
         redis::cmd("ZREM").arg(self.nodes()).arg(node).run_on(self.coordinator()).await
     }
 
-    /// Claims every expired lease but `own` and undoes that node's connections.
-    /// Returns the members that left.
-    pub async fn reap(&self, own: u32) -> Result<Vec<Reaped>> {
-        let expired: Vec<u32> = redis::cmd("ZRANGEBYSCORE")
+    /// Claims every expired lease but `own` (or a reap that its reaper abandoned) and
+    /// undoes that node's connections. Returns what changed. Callers must only reap
+    /// while their own view of Redis is sound (see [`RedisPresence::keep_lease`]).
+    pub async fn reap(&self, own: u32, ttl: Duration) -> Result<Vec<Reaped>> {
+        let now = now_ms();
+        let expired: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(self.nodes())
             .arg("-inf")
-            .arg(now_ms())
+            .arg(now)
             .run_on(self.coordinator())
             .await?;
         let mut reaped = Vec::new();
-        for node in expired.into_iter().filter(|n| *n != own) {
-            // Whoever removes the lease reaps it; the others skip it.
-            let claimed: u32 =
-                redis::cmd("ZREM").arg(self.nodes()).arg(node).run_on(self.coordinator()).await?;
+        for lease in expired {
+            let Ok(node) = lease.strip_prefix(REAPING).unwrap_or(&lease).parse::<u32>() else {
+                continue;
+            };
+            if node == own {
+                continue;
+            }
+            // Whoever claims the lease reaps it; the others skip it. The marker it
+            // leaves outlives a reap; if the reaper dies, it expires and is claimed again.
+            let claimed: u32 = self
+                .claim
+                .key(self.nodes())
+                .arg(&lease)
+                .arg(now)
+                .arg(node)
+                .arg(now + 4 * ttl.as_millis() as u64)
+                .run(self.coordinator())
+                .await?;
             if claimed == 0 {
                 continue;
             }
-            let records = self.records_of(node).await?;
-            let mut entries: Vec<String> = Vec::new();
-            for (connection, record) in &records {
-                let here: Vec<String> = redis::cmd("SMEMBERS").arg(record).run_on(connection).await?;
-                entries.extend(here);
-            }
-            tracing::warn!(node, connections = entries.len(), "node lease expired: removing its connections");
+            let held = self.held(node).await?;
+            tracing::warn!(node, connections = held.len(), "node lease expired: removing its connections");
             // Members first, while their subscriptions still count.
-            let mut parsed: Vec<_> = entries.iter().filter_map(|e| parse_entry(e)).collect();
-            parsed.sort_by_key(|(kind, ..)| *kind != Entry::Member);
-            for (kind, app_id, channel, socket) in parsed {
-                match kind {
-                    Entry::Member => {
-                        if let MemberChange::Changed(member) =
-                            self.remove_member(&app_id, &channel, socket).await?
-                        {
-                            reaped.push(Reaped { app_id, channel, member: Some(member) });
-                        }
+            let mut held = held;
+            held.sort_by_key(|h| !h.member);
+            for Held { app_id, channel, socket, member } in held {
+                if member {
+                    if let MemberChange::Changed(member) =
+                        self.remove_member(&app_id, &channel, socket).await?
+                    {
+                        reaped.push(Reaped { app_id, channel, member: Some(member) });
                     }
-                    Entry::Subscription => {
-                        if self.leave(&app_id, &channel, socket).await? == 0 {
-                            reaped.push(Reaped { app_id, channel, member: None });
-                        }
-                    }
+                } else if self.leave(&app_id, &channel, socket).await? == 0 {
+                    reaped.push(Reaped { app_id, channel, member: None });
                 }
             }
-            for (connection, record) in &records {
+            for (connection, record) in &self.records_of(node).await? {
                 redis::cmd("DEL").arg(record).run_on::<()>(connection).await?;
             }
             if self.cluster {
                 redis::cmd("DEL").arg(self.node_records(node)).run_on::<()>(self.coordinator()).await?;
             }
+            redis::cmd("ZREM")
+                .arg(self.nodes())
+                .arg(format!("{REAPING}{node}"))
+                .run_on::<()>(self.coordinator())
+                .await?;
         }
         Ok(reaped)
+    }
+
+    /// What Redis holds for `node`: its subscriptions and presence connections.
+    pub async fn held(&self, node: u32) -> Result<Vec<Held>> {
+        let mut held = Vec::new();
+        for (connection, record) in &self.records_of(node).await? {
+            let entries: Vec<String> = redis::cmd("SMEMBERS").arg(record).run_on(connection).await?;
+            held.extend(entries.iter().filter_map(|e| parse_entry(e)).map(
+                |(kind, app_id, channel, socket)| Held {
+                    app_id,
+                    channel,
+                    socket,
+                    member: kind == Entry::Member,
+                },
+            ));
+        }
+        Ok(held)
     }
 
     /// Where a node's records are: one set per instance, or (Redis Cluster) the
@@ -378,6 +557,64 @@ impl RedisPresence {
         let keys: Vec<String> =
             redis::cmd("SMEMBERS").arg(self.node_records(node)).run_on(self.coordinator()).await?;
         Ok(keys.into_iter().map(|k| (self.coordinator(), k)).collect())
+    }
+}
+
+/// The prefix of a reap-in-progress marker in the leases' sorted set.
+const REAPING: &str = "reaping:";
+
+/// What a renewal found.
+struct Renewal {
+    /// The lease was there: not reaped, not lost.
+    had: bool,
+    /// Another node is removing this node's connections right now.
+    reaping: bool,
+}
+
+/// What the lease task knows of its own view of Redis.
+struct LeaseState {
+    last_renewed: Option<Instant>,
+    /// Since when every renewal succeeded on time; `None` right after a gap.
+    healthy_since: Option<Instant>,
+    /// A gap whose re-assertion is still due.
+    pending: Option<Gap>,
+    /// The data marker of each instance, as last seen.
+    instances: Vec<Option<String>>,
+}
+
+impl LeaseState {
+    fn new(instances: usize) -> Self {
+        Self { last_renewed: None, healthy_since: None, pending: None, instances: vec![None; instances] }
+    }
+
+    fn gap(&mut self, gap: Gap) {
+        self.pending = Some(self.pending.map_or(gap, |g| g.max(gap)));
+    }
+
+    /// A renewal or check failed: the view is not sound until a lease of good ones.
+    fn interrupted(&mut self) {
+        self.healthy_since = None;
+        self.gap(Gap::Interrupted);
+    }
+
+    fn renewed(&mut self, now: Instant, ttl: Duration, had: bool) {
+        // Renewals a lease apart: Redis stalled (or this process did), and leases may
+        // have run out meanwhile, this node's among them.
+        if self.last_renewed.is_some_and(|last| now.duration_since(last) > ttl) {
+            self.interrupted();
+        }
+        self.last_renewed = Some(now);
+        self.healthy_since.get_or_insert(now);
+        // Gone: reaped (or, at start, never there; re-asserting an empty share is free).
+        if !had {
+            self.gap(Gap::Expired);
+        }
+    }
+
+    /// Whether this node may judge others' leases: its own view has been sound (every
+    /// renewal on time) for a whole lease.
+    fn may_reap(&self, now: Instant, ttl: Duration) -> bool {
+        self.healthy_since.is_some_and(|since| now.duration_since(since) >= ttl)
     }
 }
 

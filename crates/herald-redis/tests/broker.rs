@@ -53,51 +53,6 @@ async fn presence_is_shared_by_every_node_of_the_cluster() {
 }
 
 #[tokio::test]
-async fn a_crashed_nodes_members_and_counts_go_when_its_lease_expires() {
-    use herald_backbone::{Member, PresenceManager};
-    use herald_core::SocketId;
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Arc::new(RedisPresence::connect(&config(&redis)).await.unwrap()),
-        Arc::new(RedisPresence::connect(&config(&redis)).await.unwrap()),
-    );
-    let ttl = Duration::from_millis(600);
-    let (reaped_tx, mut reaped) = tokio::sync::mpsc::unbounded_channel();
-    let lease_a = a.keep_lease(1, ttl, Arc::new(|_| {}));
-    let _lease_b = b.keep_lease(2, ttl, Arc::new(move |r| drop(reaped_tx.send(r))));
-    let room = ChannelName::new("presence-room").unwrap();
-    let member = |user: &str| Member { user_id: user.into(), user_info: serde_json::json!({ "name": user }) };
-    let (on_a, on_b) = (SocketId { node: 1, conn: 7 }, SocketId { node: 2, conn: 7 });
-    a.join("app", &room, on_a).await.unwrap();
-    a.add_member("app", &room, on_a, member("alice"), 10).await.unwrap();
-    b.join("app", &room, on_b).await.unwrap();
-    b.add_member("app", &room, on_b, member("bob"), 10).await.unwrap();
-    // Both alive for several leases: nothing is reaped.
-    tokio::time::sleep(ttl * 3).await;
-    assert!(reaped.try_recv().is_err(), "live nodes are never reaped");
-
-    // Node 1 crashes (its lease is no longer renewed): node 2 reaps it.
-    lease_a.abort();
-    let gone = tokio::time::timeout(Duration::from_secs(5), reaped.recv()).await.unwrap().unwrap();
-    assert_eq!((gone.app_id.as_str(), gone.member.map(|m| m.user_id)), ("app", Some("alice".into())));
-    assert!(reaped.try_recv().is_err(), "bob is still there: the channel is not emptied");
-    let stats = b.channel("app", &room).await.unwrap();
-    assert_eq!((stats.subscription_count, stats.user_count), (1, 1));
-    assert_eq!(b.members("app", &room).await.unwrap(), [member("bob")]);
-
-    // A crashed node with the last subscriber of a channel: reported as emptied.
-    let news = ChannelName::new("news").unwrap();
-    let on_c = SocketId { node: 3, conn: 1 };
-    let c = Arc::new(RedisPresence::connect(&config(&redis)).await.unwrap());
-    let lease_c = c.keep_lease(3, ttl, Arc::new(|_| {}));
-    c.join("app", &news, on_c).await.unwrap();
-    tokio::time::sleep(ttl / 2).await;
-    lease_c.abort();
-    let emptied = tokio::time::timeout(Duration::from_secs(5), reaped.recv()).await.unwrap().unwrap();
-    assert_eq!((emptied.channel, emptied.member), (news, None));
-}
-
-#[tokio::test]
 async fn an_idempotency_key_is_claimed_once_by_the_whole_cluster() {
     use herald_backbone::{Claim, IdempotencyStore};
     let redis = RedisServer::start();

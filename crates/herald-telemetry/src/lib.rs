@@ -47,10 +47,13 @@ pub enum Metric {
     WebhookDeadLetters,
     /// Histogram: seconds from an event's append to its webhook's 2xx.
     WebhookLatency,
+    /// Counter: times this node re-asserted its presence share after a gap, label
+    /// `gap` (`interrupted`, `expired`, `lost`).
+    PresenceReasserts,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 17] = [
+    pub const ALL: [Metric; 18] = [
         Metric::Connections,
         Metric::ConnectionsAccepted,
         Metric::ConnectionsClosed,
@@ -68,6 +71,7 @@ impl Metric {
         Metric::WebhookRetries,
         Metric::WebhookDeadLetters,
         Metric::WebhookLatency,
+        Metric::PresenceReasserts,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -89,6 +93,7 @@ impl Metric {
             Metric::WebhookRetries => "herald_webhook_retries_total",
             Metric::WebhookDeadLetters => "herald_webhook_dead_letters_total",
             Metric::WebhookLatency => "herald_webhook_latency_seconds",
+            Metric::PresenceReasserts => "herald_presence_reasserts_total",
         }
     }
 
@@ -111,6 +116,9 @@ impl Metric {
             Metric::WebhookRetries => "Webhook deliveries handed to a retry tier, by reason.",
             Metric::WebhookDeadLetters => "Webhook deliveries dead-lettered after exhausting their retries.",
             Metric::WebhookLatency => "Seconds from an event's append to its webhook's 2xx response.",
+            Metric::PresenceReasserts => {
+                "Times this node re-asserted its presence share in the backbone after a gap, by kind of gap."
+            }
         }
     }
 }

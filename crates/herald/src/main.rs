@@ -17,8 +17,7 @@ use herald_edge::Node;
 use herald_hub::Hub;
 use herald_kafka::KafkaEventLog;
 use herald_redis::{
-    OnReaped, Reaped, RedisBroker, RedisConfig, RedisIdempotency, RedisPresence, RedisRateLimiter,
-    RedisWebhookStore,
+    RedisBroker, RedisConfig, RedisIdempotency, RedisPresence, RedisRateLimiter, RedisWebhookStore,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -332,22 +331,10 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         node.record_events_to(w.log.clone(), config.events.clone());
         w.admin(&config, &apps, policy)
     });
-    // The lease that removes a crashed edge's presence members, announced by whichever
-    // edge reaps it.
+    // The lease that removes a crashed edge's presence members (announced by whichever
+    // edge reaps it) and keeps this edge's share of presence right after any gap.
     let lease = redis_presence.as_ref().map(|presence| {
-        let node = node.clone();
-        let on_reaped: OnReaped = Arc::new(move |reaped: Reaped| {
-            let node = node.clone();
-            let user_id = reaped.member.map(|m| m.user_id);
-            node.record_reaped(&reaped.app_id, &reaped.channel, user_id.as_deref());
-            let Some(user_id) = user_id else { return };
-            tokio::spawn(async move {
-                if let Err(e) = node.publish_member_removed(&reaped.app_id, &reaped.channel, &user_id).await {
-                    tracing::warn!(error = %e, "could not announce a reaped presence member");
-                }
-            });
-        });
-        presence.keep_lease(node_id, Duration::from_secs(config.redis.lease_secs), on_reaped)
+        presence.keep_lease(node_id, Duration::from_secs(config.redis.lease_secs), node.lease_holder())
     });
 
     let ws_addr = listener.local_addr()?;

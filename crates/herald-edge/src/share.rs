@@ -1,0 +1,342 @@
+//! The node's share of the cluster's presence: which of its connections are in which
+//! channels (and as which member). The node is the source of truth for it; the
+//! backbone ([`herald_backbone::PresenceManager`]) holds a copy that the node
+//! re-asserts whenever that copy may be wrong ([`LeaseHolder::reassert`]): after a
+//! stall, a partition, a Redis restart with or without its data, a write that failed,
+//! or after another node took this one for crashed and reaped it.
+//!
+//! Every change of a connection's share and every re-assertion of it holds that
+//! connection's stripe of an async lock, so a re-assertion never races a join or a
+//! leave of the same connection: it never brings back a connection that just left,
+//! nor removes one that just joined.
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use async_trait::async_trait;
+use herald_backbone::{Gap, Held, LeaseHolder, Lifecycle, Member, MemberChange, Reaped, Result};
+use herald_core::{ChannelName, Publication, PublicationData, SocketId, protocol, sharded::Sharded};
+use herald_hub::ConnId;
+
+use crate::node::Node;
+
+/// One channel a connection is in.
+struct Entry {
+    app_id: Arc<str>,
+    channel: ChannelName,
+    /// The member it joined as (presence channels).
+    member: Option<Member>,
+}
+
+pub(crate) struct Share {
+    /// Connection → its channels. Only connections with at least one channel.
+    entries: Sharded<ConnId, Vec<Entry>>,
+    hasher: RandomState,
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    /// A write to the backbone failed: its copy may be wrong until re-asserted.
+    dirty: AtomicBool,
+}
+
+impl Share {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: Sharded::new(64),
+            hasher: RandomState::new(),
+            stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    async fn lock(&self, conn: ConnId) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = self.hasher.hash_one(conn) as usize % self.stripes.len();
+        self.stripes[stripe].lock().await
+    }
+
+    fn insert(&self, conn: ConnId, entry: Entry) {
+        let mut shard = self.entries.shard(&conn);
+        let entries = shard.entry(conn).or_default();
+        entries.reserve_exact(1);
+        entries.push(entry);
+    }
+
+    fn remove(&self, conn: ConnId, app_id: &str, channel: &ChannelName) {
+        let mut shard = self.entries.shard(&conn);
+        if let Some(entries) = shard.get_mut(&conn) {
+            entries.retain(|e| !(&*e.app_id == app_id && e.channel == *channel));
+            if entries.is_empty() {
+                shard.remove(&conn);
+            }
+        }
+    }
+
+    fn contains(&self, conn: ConnId, app_id: &str, channel: &ChannelName) -> bool {
+        self.entries
+            .shard(&conn)
+            .get(&conn)
+            .is_some_and(|entries| entries.iter().any(|e| &*e.app_id == app_id && e.channel == *channel))
+    }
+
+    /// A connection's channels as they are now.
+    fn of(&self, conn: ConnId) -> Vec<(Arc<str>, ChannelName, Option<Member>)> {
+        self.entries.shard(&conn).get(&conn).map_or_else(Vec::new, |entries| {
+            entries.iter().map(|e| (e.app_id.clone(), e.channel.clone(), e.member.clone())).collect()
+        })
+    }
+
+    fn connections(&self) -> Vec<ConnId> {
+        let mut conns = Vec::new();
+        self.entries.for_each_shard(|shard| conns.extend(shard.keys().copied()));
+        conns
+    }
+
+    fn failed(&self, what: &str, e: &herald_backbone::Error) {
+        tracing::warn!(error = %e, "presence {what} failed: re-asserting this node's share later");
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What a join did in the backbone.
+pub(crate) struct Joined {
+    /// The channel's subscription count after it.
+    pub(crate) count: u64,
+    /// The user is new to the presence channel (announce `member_added`).
+    pub(crate) added: Option<Member>,
+}
+
+impl Node {
+    /// Adds `socket` to `channel` (as `member`, in a presence channel) in the node's
+    /// share and the backbone. On error nothing of it stays.
+    pub(crate) async fn join_presence(
+        &self,
+        app_id: &Arc<str>,
+        channel: &ChannelName,
+        socket: SocketId,
+        member: Option<Member>,
+        max_members: usize,
+    ) -> Result<Joined> {
+        let _serialized = self.share.lock(socket.conn).await;
+        let entry = Entry { app_id: app_id.clone(), channel: channel.clone(), member: member.clone() };
+        self.share.insert(socket.conn, entry);
+        let count = match self.presence.join(app_id, channel, socket).await {
+            Ok(count) => count,
+            Err(e) => {
+                self.share.remove(socket.conn, app_id, channel);
+                // The join may have happened before the error: undo it here too.
+                self.share.dirty.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let Some(member) = member else {
+            return Ok(Joined { count, added: None });
+        };
+        match self.presence.add_member(app_id, channel, socket, member, max_members).await {
+            Ok(MemberChange::Changed(member)) => Ok(Joined { count, added: Some(member) }),
+            Ok(MemberChange::Unchanged) => Ok(Joined { count, added: None }),
+            Err(e) => {
+                self.share.remove(socket.conn, app_id, channel);
+                if let Err(e) = self.presence.leave(app_id, channel, socket).await {
+                    self.share.failed("leave", &e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes `socket` from `channel` in the node's share and the backbone. Returns
+    /// the channel's remaining subscription count and the member that left (its user's
+    /// last connection), where the backbone could tell; what it could not do is done
+    /// by the next re-assertion.
+    pub(crate) async fn leave_presence(
+        &self,
+        app_id: &Arc<str>,
+        channel: &ChannelName,
+        socket: SocketId,
+        member: bool,
+    ) -> (Option<u64>, Option<Member>) {
+        let _serialized = self.share.lock(socket.conn).await;
+        self.share.remove(socket.conn, app_id, channel);
+        let count = match self.presence.leave(app_id, channel, socket).await {
+            Ok(count) => Some(count),
+            Err(e) => {
+                self.share.failed("leave", &e);
+                None
+            }
+        };
+        let mut removed = None;
+        if member {
+            match self.presence.remove_member(app_id, channel, socket).await {
+                Ok(MemberChange::Changed(member)) => removed = Some(member),
+                Ok(MemberChange::Unchanged) => {}
+                Err(e) => self.share.failed("member removal", &e),
+            }
+        }
+        (count, removed)
+    }
+
+    /// A lease holder for this node: how the backbone's lease keeper reports reaped
+    /// nodes and asks for re-assertions.
+    pub fn lease_holder(self: &Arc<Self>) -> Arc<dyn LeaseHolder> {
+        Arc::new(Holder { node: self.clone() })
+    }
+
+    async fn reassert(self: &Arc<Self>, held: Vec<Held>, gap: Gap) -> Result<()> {
+        let mut removed = 0usize;
+        // What the backbone holds for this node that the node no longer has: leaves
+        // whose write failed. They really left: tell their channels.
+        for stale in held {
+            if stale.socket.node != self.id {
+                continue;
+            }
+            let _serialized = self.share.lock(stale.socket.conn).await;
+            if self.share.contains(stale.socket.conn, &stale.app_id, &stale.channel) {
+                continue;
+            }
+            removed += 1;
+            if stale.member {
+                if let MemberChange::Changed(member) =
+                    self.presence.remove_member(&stale.app_id, &stale.channel, stale.socket).await?
+                {
+                    if let Err(e) =
+                        self.publish_member_removed(&stale.app_id, &stale.channel, &member.user_id).await
+                    {
+                        tracing::warn!(error = %e, "could not announce a member that left");
+                    }
+                    self.record_left(&stale.app_id, &stale.channel, None, Some(&member.user_id));
+                }
+            } else if self.presence.leave(&stale.app_id, &stale.channel, stale.socket).await? == 0 {
+                self.record_left(&stale.app_id, &stale.channel, Some(0), None);
+            }
+        }
+        // Everything the node has, added back where it is missing.
+        let (mut entries, mut members_added) = (0usize, 0usize);
+        for conn in self.share.connections() {
+            let socket = SocketId { node: self.id, conn };
+            let _serialized = self.share.lock(conn).await;
+            for (app_id, channel, member) in self.share.of(conn) {
+                entries += 1;
+                let count = self.presence.join(&app_id, &channel, socket).await?;
+                let mut added = None;
+                if let Some(member) = member {
+                    // Re-admitted whatever the limit: the member was admitted before.
+                    if let MemberChange::Changed(member) =
+                        self.presence.add_member(&app_id, &channel, socket, member, usize::MAX).await?
+                    {
+                        members_added += 1;
+                        // The backbone had lost the member: the channel's other clients
+                        // may have been told it left (a reap), or joined without seeing
+                        // it (after a restart). Either way they converge on this.
+                        let data = protocol::member_added_data(&member.user_id, &member.user_info);
+                        self.tell(&app_id, &channel, "pusher_internal:member_added", &data, Some(socket))
+                            .await;
+                        added = Some(member);
+                    }
+                }
+                self.reannounce(&app_id, &channel, count, added.as_ref(), gap).await;
+            }
+        }
+        tracing::info!(
+            node = self.id,
+            gap = gap.as_str(),
+            entries,
+            removed,
+            members_added,
+            "presence share re-asserted"
+        );
+        Ok(())
+    }
+
+    /// The lifecycle announcements of a re-asserted entry. After a reap, the cluster
+    /// may have announced the channel vacated (the member removed): announce it again
+    /// if so, as any join would. After Redis lost its data nothing was announced, so
+    /// the announcements are restored without a new event.
+    async fn reannounce(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        count: u64,
+        added: Option<&Member>,
+        gap: Gap,
+    ) {
+        if self.recorder().is_none() {
+            return;
+        }
+        match gap {
+            Gap::Lost => {
+                for change in
+                    [Lifecycle::Occupied].into_iter().chain(added.map(|m| Lifecycle::MemberAdded(&m.user_id)))
+                {
+                    if let Err(e) = self.presence.announce(app_id, channel, change).await {
+                        tracing::warn!(error = %e, "could not restore a lifecycle announcement");
+                    }
+                }
+            }
+            Gap::Interrupted | Gap::Expired => {
+                if count == 1 {
+                    self.announce(app_id, channel, Lifecycle::Occupied).await;
+                }
+                if let Some(member) = added {
+                    self.announce(app_id, channel, Lifecycle::MemberAdded(&member.user_id)).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes a presence event to a channel's subscribers on every node.
+    async fn tell(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        event: &str,
+        data: &str,
+        exclude: Option<SocketId>,
+    ) {
+        let publication = Publication {
+            app_id: Arc::from(app_id),
+            channel: channel.clone(),
+            event: Arc::from(event),
+            data: PublicationData::from_string(data),
+            user_id: None,
+            exclude,
+        };
+        if let Err(e) = self.publish(publication).await {
+            tracing::warn!(error = %e, event, "could not publish a presence event");
+        }
+    }
+}
+
+/// [`Node`] as a [`LeaseHolder`].
+struct Holder {
+    node: Arc<Node>,
+}
+
+#[async_trait]
+impl LeaseHolder for Holder {
+    fn reaped(&self, reaped: Reaped) {
+        let node = self.node.clone();
+        let user_id = reaped.member.map(|m| m.user_id);
+        node.record_reaped(&reaped.app_id, &reaped.channel, user_id.as_deref());
+        let Some(user_id) = user_id else { return };
+        self.node.lifecycle.spawn(async move {
+            if let Err(e) = node.publish_member_removed(&reaped.app_id, &reaped.channel, &user_id).await {
+                tracing::warn!(error = %e, "could not announce a reaped presence member");
+            }
+        });
+    }
+
+    fn take_dirty(&self) -> bool {
+        self.node.share.dirty.swap(false, Ordering::Relaxed)
+    }
+
+    async fn reassert(&self, held: Vec<Held>, gap: Gap) -> Result<()> {
+        let result = self.node.reassert(held, gap).await;
+        if result.is_err() {
+            self.node.share.dirty.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
