@@ -306,6 +306,11 @@ async fn respond(mut stream: TcpStream, status: &str, headers: &[&str], error: &
 
 /// Serves HTTP requests (the Pusher HTTP API) on a connection until it closes, or
 /// until shutdown, when in-flight requests finish first.
+///
+/// Nothing waits on a client without a bound: hyper's header read timeout runs from
+/// the moment the connection is idle, so it closes a keep-alive connection that sends
+/// nothing as well as one whose next head never ends, and [`http_api`] bounds the
+/// reading of each body.
 async fn serve_http(node: Arc<Node>, io: Prefixed, stop: CancellationToken) {
     let handshake_timeout = Duration::from_secs(node.config.connection.handshake_timeout_secs);
     let service = service_fn(move |request| route(node.clone(), request));
