@@ -20,7 +20,8 @@ pub struct ConnectionConfig {
     /// Bytes that may wait in one connection's outbound queue. A subscriber that falls
     /// further behind is disconnected with 4100, so it cannot slow others down.
     pub outbound_queue_bytes: usize,
-    /// Seconds data may wait for a client that stopped reading before it is dropped.
+    /// Seconds data may wait for a client that stopped reading before it is dropped
+    /// (WebSocket clients and HTTP API connections alike).
     pub write_timeout_secs: u64,
     /// Seconds a client may take to send a request head: the WebSocket upgrade or an
     /// HTTP API request. Also how long an HTTP API connection may stay idle between

@@ -400,3 +400,23 @@ async fn an_idle_keep_alive_connection_is_closed() {
         .expect("a request head that never ends was kept open")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_responses_is_dropped() {
+    let connection = ConnectionConfig { write_timeout_secs: 1, ..Default::default() };
+    let server = Server::start(vec![app("app")], EdgeConfig { connection, ..config() }).await;
+    let path = format!("/apps/{}/channels", server.app().id);
+    let query = signed_query(server.app(), "GET", &path, b"", now());
+    let requests = format!("GET {path}?{query} HTTP/1.1\r\nhost: x\r\n\r\n").repeat(100);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    // Pipelined requests, and not one response read: the answers fill the socket
+    // buffers, the server's writes wait, and it must give up on the connection
+    // (which then refuses these writes) rather than hold it.
+    let refused =
+        tokio::time::timeout(GIVE_UP, async { while stream.write_all(requests.as_bytes()).await.is_ok() {} })
+            .await;
+    assert!(refused.is_ok(), "a client that reads nothing was kept");
+    still_serves(&server).await;
+}
