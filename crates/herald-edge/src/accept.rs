@@ -1,8 +1,13 @@
 //! Listening and accepting: listeners that edge threads can share, and accepting
 //! without spinning on errors.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
+use parking_lot::Mutex;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -29,17 +34,134 @@ pub(crate) fn reuse_port_listener(addr: SocketAddr) -> io::Result<std::net::TcpL
     Ok(socket.into())
 }
 
+/// Pause after a failed accept before the next try.
+const RETRY_AFTER: Duration = Duration::from_millis(50);
+
+/// Least time between two log lines about failed accepts on one listener. Out of file
+/// descriptors, accept fails at every retry (20 times a second); one line with a
+/// count per interval says the same.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The failure logs of the listeners, by name. Process-wide on purpose: running out of
+/// file descriptors is a condition of the process, so the edge threads' listeners
+/// (all named "edge") share one count and one rate instead of each logging.
+static FAILURE_LOGS: Mutex<Vec<(&'static str, FailureLog)>> = Mutex::new(Vec::new());
+
 /// The next accepted connection. Accept errors (out of file descriptors, typically)
-/// are logged and retried after a short pause instead of spinning. Cancel-safe, so
-/// it can race a shutdown signal in `select!`.
+/// are retried after a short pause instead of spinning, and logged at most once per
+/// [`FAILURE_LOG_INTERVAL`] per listener, with how many accepts failed since the last
+/// line. Cancel-safe, so it can race a shutdown signal in `select!`.
 pub async fn accept(listener: &TcpListener, what: &'static str) -> TcpStream {
+    let mut failed = false;
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => return stream,
+            Ok((stream, _)) => {
+                // Only a call that saw failures looks at the shared log: accepting
+                // stays lock-free while all is well.
+                if failed && let Some(failures) = with_log(what, |log| log.accepted(Instant::now())) {
+                    tracing::info!(listener = what, failures, "accepting again after failed accepts");
+                }
+                return stream;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, listener = what, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                failed = true;
+                if let Some(failures) = with_log(what, |log| log.failed(Instant::now())) {
+                    tracing::warn!(error = %e, listener = what, failures, "accept failed");
+                }
+                tokio::time::sleep(RETRY_AFTER).await;
             }
         }
+    }
+}
+
+fn with_log<T>(what: &'static str, f: impl FnOnce(&mut FailureLog) -> T) -> T {
+    let mut logs = FAILURE_LOGS.lock();
+    let index = match logs.iter().position(|(name, _)| *name == what) {
+        Some(index) => index,
+        None => {
+            logs.push((what, FailureLog::new(FAILURE_LOG_INTERVAL)));
+            logs.len() - 1
+        }
+    };
+    f(&mut logs[index].1)
+}
+
+/// Counts failures and decides when they are worth a log line: the first at once,
+/// then at most one line per `interval`, each saying how many failed since the last.
+/// Time is passed in, so it is tested without a clock. What failed in the last
+/// interval before the failures stop is reported with the next failure or recovery
+/// after the interval, if any.
+#[derive(Debug)]
+struct FailureLog {
+    interval: Duration,
+    /// When the last line was logged.
+    last_line: Option<Instant>,
+    /// Failures since that line.
+    unreported: u64,
+}
+
+impl FailureLog {
+    fn new(interval: Duration) -> Self {
+        Self { interval, last_line: None, unreported: 0 }
+    }
+
+    /// A failure at `now`: the number of failures to log now, if a line is due.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.unreported += 1;
+        self.due(now)
+    }
+
+    /// A success after failures, at `now`: the failures still unreported, if a line
+    /// is due.
+    fn accepted(&mut self, now: Instant) -> Option<u64> {
+        self.due(now)
+    }
+
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        let quiet = self.last_line.is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
+        if self.unreported == 0 || !quiet {
+            return None;
+        }
+        self.last_line = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_logged_once_per_interval_with_a_count() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut log = FailureLog::new(Duration::from_secs(10));
+        assert_eq!(log.failed(at(0)), Some(1), "the first failure is logged at once");
+        // 20 failures a second for 30 s: one line per 10 s, counting every failure.
+        let mut lines = Vec::new();
+        for tick in 1..=600 {
+            if let Some(count) = log.failed(at(tick * 50)) {
+                lines.push((tick * 50, count));
+            }
+        }
+        assert_eq!(lines, vec![(10_000, 200), (20_000, 200), (30_000, 200)]);
+    }
+
+    #[test]
+    fn recovery_reports_what_is_left_when_a_line_is_due() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut log = FailureLog::new(Duration::from_secs(10));
+        assert_eq!(log.accepted(at(0)), None, "nothing failed");
+        assert_eq!(log.failed(at(0)), Some(1));
+        assert_eq!(log.failed(at(1)), None);
+        assert_eq!(log.failed(at(2)), None);
+        // Accepting again within the interval stays quiet: successes between
+        // failures at the fd limit must not make every failure a line.
+        assert_eq!(log.accepted(at(3)), None);
+        assert_eq!(log.failed(at(4)), None);
+        assert_eq!(log.accepted(at(12)), Some(3), "the failures since the last line");
+        assert_eq!(log.accepted(at(30)), None, "already reported");
+        assert_eq!(log.failed(at(31)), Some(1), "a new episode is logged at once");
     }
 }

@@ -20,9 +20,12 @@ pub struct ConnectionConfig {
     /// Bytes that may wait in one connection's outbound queue. A subscriber that falls
     /// further behind is disconnected with 4100, so it cannot slow others down.
     pub outbound_queue_bytes: usize,
-    /// Seconds data may wait for a client that stopped reading before it is dropped.
+    /// Seconds data may wait for a client that stopped reading before it is dropped
+    /// (WebSocket clients and HTTP API connections alike).
     pub write_timeout_secs: u64,
-    /// Seconds a client may take to complete the HTTP upgrade request.
+    /// Seconds a client may take to send a request head: the WebSocket upgrade or an
+    /// HTTP API request. Also how long an HTTP API connection may stay idle between
+    /// requests before it is closed.
     pub handshake_timeout_secs: u64,
     /// Largest head (request line and headers) of a connection's first HTTP request,
     /// in bytes. Larger: 431.
@@ -86,18 +89,28 @@ pub struct HttpApiConfig {
     pub max_body_bytes: usize,
     /// How far `auth_timestamp` may be from the server's clock, in seconds (Pusher: 600).
     pub timestamp_tolerance_secs: u64,
+    /// Seconds a client may take to send a request body once its head has arrived.
+    /// Slower: 408, and the connection is closed.
+    pub body_timeout_secs: u64,
 }
 
 impl Default for HttpApiConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 256 * 1024, timestamp_tolerance_secs: 600 }
+        Self { max_body_bytes: 256 * 1024, timestamp_tolerance_secs: 600, body_timeout_secs: 10 }
     }
 }
 
 impl HttpApiConfig {
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
+    }
+
     pub fn validate(&self, errors: &mut Vec<String>) {
         if self.max_body_bytes < 1024 {
             errors.push("http.max_body_bytes: must be at least 1024".into());
+        }
+        if self.body_timeout_secs == 0 {
+            errors.push("http.body_timeout_secs: must be at least 1".into());
         }
     }
 }

@@ -11,11 +11,12 @@ use herald_core::{App, ChannelKind, ChannelName, auth};
 use herald_telemetry::Metric;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
+    config::HttpApiConfig,
     node::Node,
     publish::{EventRequest, PublishError, ValidEvent, validate_event},
 };
@@ -25,15 +26,22 @@ use crate::{
 struct ApiError {
     status: StatusCode,
     message: String,
+    /// Close the connection after the answer: the request body was not read to its
+    /// end, so nothing more can be read from the connection.
+    close: bool,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self { status, message: message.into(), close: false }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn closing(self) -> Self {
+        Self { close: true, ..self }
     }
 }
 
@@ -61,7 +69,15 @@ pub(crate) async fn handle(node: Arc<Node>, request: Request<Incoming>) -> Respo
     metrics::counter!(Metric::HttpApiRequests.name(), "outcome" => outcome).increment(1);
     match result {
         Ok(body) => json_response(StatusCode::OK, &body),
-        Err(e) => json_response(e.status, &json!({ "error": e.message })),
+        Err(e) => {
+            let mut response = json_response(e.status, &json!({ "error": e.message }));
+            if e.close {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            response
+        }
     }
 }
 
@@ -74,63 +90,122 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Full<B
     response
 }
 
+/// The endpoints, told apart from the method and path alone.
+enum Endpoint<'a> {
+    Trigger,
+    Batch,
+    Channels,
+    Channel(&'a str),
+    Users(&'a str),
+    Terminate(&'a str),
+}
+
+impl<'a> Endpoint<'a> {
+    /// `rest` is the path after `/apps/{app_id}/`.
+    fn route(method: &Method, rest: &[&'a str], path: &str) -> ApiResult<Self> {
+        match (method, rest) {
+            (&Method::POST, ["events"]) => Ok(Self::Trigger),
+            (&Method::POST, ["batch_events"]) => Ok(Self::Batch),
+            (&Method::GET, ["channels"]) => Ok(Self::Channels),
+            (&Method::GET, ["channels", channel]) => Ok(Self::Channel(channel)),
+            (&Method::GET, ["channels", channel, "users"]) => Ok(Self::Users(channel)),
+            (&Method::POST, ["users", user_id, "terminate_connections"]) => Ok(Self::Terminate(user_id)),
+            (_, ["events" | "batch_events" | "channels" | "users", ..]) => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            )),
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no API endpoint at {path}"))),
+        }
+    }
+}
+
+/// Everything that can be checked from the head is checked before the body is read,
+/// so a client cannot make the server wait for a body it will refuse anyway: the
+/// declared length, the app, the credentials (the signature covers `body_md5`, a
+/// query parameter, so only the body's digest itself waits for the body), the app
+/// being enabled and the endpoint. The body then has `http.body_timeout_secs` to
+/// arrive.
 async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
     let (parts, body) = request.into_parts();
+    let config = &node.config.http;
+    // Anything refused before the body was read closes the connection: the unread
+    // body is still on its way, and hyper would otherwise have to drain it.
+    let has_body = !body.is_end_stream();
+    let unread = |e: ApiError| if has_body { e.closing() } else { e };
+    if body.size_hint().lower() > config.max_body_bytes as u64 {
+        return Err(too_large(config));
+    }
+
     let path = parts.uri.path().to_string();
     let query: Vec<(String, String)> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let ["apps", app_id, rest @ ..] = segments.as_slice() else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not found"));
+        return Err(unread(ApiError::new(StatusCode::NOT_FOUND, "not found")));
     };
     let app = node
         .apps
         .by_id(app_id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id:?}")))?
+        .ok_or_else(|| unread(ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id:?}"))))?
         .clone();
 
-    let limit = node.config.http.max_body_bytes;
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {limit} bytes"),
-            ));
-        }
-        Err(e) => return Err(ApiError::bad_request(format!("could not read the body: {e}"))),
-    };
-
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    auth::verify_api_request(
-        &app,
-        parts.method.as_str(),
-        &path,
-        &query,
-        &body,
-        now,
-        node.config.http.timestamp_tolerance_secs,
-    )
-    .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let verify = |body: &[u8]| {
+        auth::verify_api_request(
+            &app,
+            parts.method.as_str(),
+            &path,
+            &query,
+            body,
+            now,
+            config.timestamp_tolerance_secs,
+        )
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))
+    };
+    // Without a body, verification checks everything but `body_md5`.
+    verify(&[]).map_err(unread)?;
     if !app.enabled {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "app is disabled"));
+        return Err(unread(ApiError::new(StatusCode::FORBIDDEN, "app is disabled")));
+    }
+    let endpoint = Endpoint::route(&parts.method, rest, &path).map_err(unread)?;
+
+    let body = read_body(body, config).await?;
+    if !body.is_empty() {
+        verify(&body)?;
     }
 
     let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    match (&parts.method, rest) {
-        (&Method::POST, ["events"]) => trigger(node, &app, &body).await,
-        (&Method::POST, ["batch_events"]) => batch(node, &app, &body).await,
-        (&Method::GET, ["channels"]) => channels(node, &app, param("filter_by_prefix"), param("info")).await,
-        (&Method::GET, ["channels", channel]) => channel_info(node, &app, channel, param("info")).await,
-        (&Method::GET, ["channels", channel, "users"]) => users(node, &app, channel).await,
-        (&Method::POST, ["users", user_id, "terminate_connections"]) => terminate(node, &app, user_id).await,
-        (_, ["events" | "batch_events" | "channels" | "users", ..]) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{} is not allowed on {path}", parts.method),
-        )),
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no API endpoint at {path}"))),
+    match endpoint {
+        Endpoint::Trigger => trigger(node, &app, &body).await,
+        Endpoint::Batch => batch(node, &app, &body).await,
+        Endpoint::Channels => channels(node, &app, param("filter_by_prefix"), param("info")).await,
+        Endpoint::Channel(channel) => channel_info(node, &app, channel, param("info")).await,
+        Endpoint::Users(channel) => users(node, &app, channel).await,
+        Endpoint::Terminate(user_id) => terminate(node, &app, user_id).await,
     }
+}
+
+/// Reads a body of at most `http.max_body_bytes` within `http.body_timeout_secs`.
+/// A failure closes the connection, as the rest of the body was not read.
+async fn read_body(body: Incoming, config: &HttpApiConfig) -> ApiResult<Bytes> {
+    let read = Limited::new(body, config.max_body_bytes).collect();
+    match tokio::time::timeout(config.body_timeout(), read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(config)),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!("could not read the body: {e}")).closing()),
+        Err(_) => {
+            let timeout = config.body_timeout_secs;
+            let message = format!("request body not received within {timeout} s");
+            Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, message).closing())
+        }
+    }
+}
+
+fn too_large(config: &HttpApiConfig) -> ApiError {
+    let limit = config.max_body_bytes;
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {limit} bytes"))
+        .closing()
 }
 
 /// An event as the Pusher HTTP API takes it.

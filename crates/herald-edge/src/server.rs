@@ -23,7 +23,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::oneshot,
-    time::Instant,
+    time::{Instant, Sleep},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -238,7 +238,9 @@ async fn first_request(node: &Arc<Node>, mut stream: TcpStream, stop: Cancellati
         }
     };
     if !head.websocket {
-        serve_http(node.clone(), Prefixed { prefix: buf, read: 0, stream }, stop).await;
+        let io =
+            Prefixed { prefix: buf, read: 0, stream, write_timeout: config.write_timeout(), stalled: None };
+        serve_http(node.clone(), io, stop).await;
         return None;
     }
     let Some(key) = head.key.as_deref() else {
@@ -306,6 +308,11 @@ async fn respond(mut stream: TcpStream, status: &str, headers: &[&str], error: &
 
 /// Serves HTTP requests (the Pusher HTTP API) on a connection until it closes, or
 /// until shutdown, when in-flight requests finish first.
+///
+/// Nothing waits on a client without a bound: hyper's header read timeout runs from
+/// the moment the connection is idle, so it closes a keep-alive connection that sends
+/// nothing as well as one whose next head never ends, and [`http_api`] bounds the
+/// reading of each body.
 async fn serve_http(node: Arc<Node>, io: Prefixed, stop: CancellationToken) {
     let handshake_timeout = Duration::from_secs(node.config.connection.handshake_timeout_secs);
     let service = service_fn(move |request| route(node.clone(), request));
@@ -326,11 +333,40 @@ async fn serve_http(node: Arc<Node>, io: Prefixed, stop: CancellationToken) {
     }
 }
 
-/// A socket whose first bytes were already read: they are read again first.
+/// An HTTP connection's socket, whose first bytes were already read: they are read
+/// again first. Writes fail once they have waited `write_timeout` for a client that
+/// stopped reading, so hyper drops the connection instead of holding it forever.
 struct Prefixed {
     prefix: Vec<u8>,
     read: usize,
     stream: TcpStream,
+    write_timeout: Duration,
+    /// Runs while writes wait for the client; reset by any progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Prefixed {
+    /// Polls a write, and fails it once writing has made no progress for
+    /// `write_timeout`.
+    fn poll_timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if let Poll::Ready(result) = write(Pin::new(&mut self.stream), cx) {
+            self.stalled = None;
+            return Poll::Ready(result);
+        }
+        let timeout = self.write_timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("client read nothing for {} s", timeout.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -355,7 +391,7 @@ impl AsyncRead for Prefixed {
 
 impl AsyncWrite for Prefixed {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        self.poll_timed(cx, |stream, cx| stream.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -363,7 +399,7 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        self.poll_timed(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -371,11 +407,11 @@ impl AsyncWrite for Prefixed {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        self.poll_timed(cx, |stream, cx| stream.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        self.poll_timed(cx, |stream, cx| stream.poll_shutdown(cx))
     }
 }
 

@@ -3,10 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use herald_core::auth;
-use herald_edge::{EdgeConfig, HttpApiConfig};
+use std::{net::SocketAddr, time::Duration};
+
+use herald_core::{App, auth};
+use herald_edge::{ConnectionConfig, EdgeConfig, HttpApiConfig};
 use herald_testkit::*;
 use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 fn events_path(server: &Server) -> String {
     format!("/apps/{}/events", server.app().id)
@@ -191,4 +197,226 @@ async fn bodies_over_the_limit_are_413() {
     let body = json!({ "name": "e", "channels": ["c"], "data": "x".repeat(4096) });
     let (status, reply) = server.api("POST", &events_path(&server), &[], Some(body)).await;
     assert_eq!(status.as_u16(), 413, "{reply}");
+}
+
+/// How long a test waits for the server to answer and close before it fails rather
+/// than hangs. Not a bound on the server: every limit under test is much shorter.
+const GIVE_UP: Duration = Duration::from_secs(20);
+
+/// The signed query of a request whose body is `body` (sent or not), as `app` signs it.
+fn signed_query(app: &App, method: &str, path: &str, body: &[u8], timestamp: u64) -> String {
+    let signed = auth::sign_api_request(app, method, path, vec![], body, timestamp);
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(signed).finish()
+}
+
+/// Opens a connection and sends a request head declaring `headers`, then `sent` (all,
+/// part or none of the body).
+async fn send_head(addr: SocketAddr, method: &str, target: &str, headers: &str, sent: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{headers}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    stream
+}
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    /// Header lines, lowercased.
+    headers: Vec<String>,
+    body: Value,
+}
+
+fn parse_response(bytes: &[u8]) -> RawResponse {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response head in {text:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap();
+    let headers = lines.map(str::to_ascii_lowercase).collect();
+    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.into()));
+    RawResponse { status, headers, body }
+}
+
+/// Reads until the server closes the connection; returns the one response it sent.
+/// A reset counts as a close: a server that closes with request bytes still unread
+/// resets the connection, after the response.
+async fn response_then_close(mut stream: TcpStream) -> RawResponse {
+    let mut bytes = Vec::new();
+    let read_all = async {
+        let mut buf = [0; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("reading the response: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(GIVE_UP, read_all)
+        .await
+        .expect("the server neither answered nor closed the connection");
+    parse_response(&bytes)
+}
+
+/// A server whose body timeout is far longer than [`GIVE_UP`]: an answer that comes
+/// in time did not wait for the body.
+async fn patient_server() -> Server {
+    let http = HttpApiConfig { body_timeout_secs: 3600, ..Default::default() };
+    Server::start(vec![app("app")], EdgeConfig { http, ..config() }).await
+}
+
+/// The server still publishes to a subscriber over a fresh connection.
+async fn still_serves(server: &Server) {
+    let mut client = server.connect().await;
+    client.subscribe("after").await;
+    let (status, reply) = server.trigger(&["after"], "fresh", "ok").await;
+    assert_eq!(status.as_u16(), 200, "{reply}");
+    assert_eq!(client.recv_event("fresh").await["data"], "ok");
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_answered_408_and_the_connection_closed() {
+    let http = HttpApiConfig { body_timeout_secs: 1, ..Default::default() };
+    let server = Server::start(vec![app("app")], EdgeConfig { http, ..config() }).await;
+    let path = events_path(&server);
+    let body = vec![b' '; 100_000];
+    let query = signed_query(server.app(), "POST", &path, &body, now());
+    for target in [format!("{path}?{query}"), path.clone()] {
+        let stream = send_head(server.addr, "POST", &target, "content-length: 100000\r\n", &body[..10]).await;
+        let response = response_then_close(stream).await;
+        if target == path {
+            // Unsigned: refused without waiting for the body at all.
+            assert_eq!(response.status, 401, "{response:?}");
+            continue;
+        }
+        assert_eq!(response.status, 408, "{response:?}");
+        assert!(response.body["error"].as_str().unwrap().contains("body"), "{response:?}");
+        assert!(response.headers.iter().any(|h| h == "connection: close"), "{response:?}");
+    }
+    still_serves(&server).await;
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_413_before_any_body() {
+    let server = patient_server().await;
+    let path = events_path(&server);
+    let query = signed_query(server.app(), "POST", &path, b"{}", now());
+    let stream =
+        send_head(server.addr, "POST", &format!("{path}?{query}"), "content-length: 1000000000000\r\n", b"")
+            .await;
+    let response = response_then_close(stream).await;
+    assert_eq!(response.status, 413, "{response:?}");
+    assert!(response.body["error"].as_str().unwrap().contains("262144"), "{response:?}");
+    still_serves(&server).await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_413() {
+    let http = HttpApiConfig { max_body_bytes: 2048, ..Default::default() };
+    let server = Server::start(vec![app("app")], EdgeConfig { http, ..config() }).await;
+    let path = events_path(&server);
+    let query = signed_query(server.app(), "POST", &path, b"{}", now());
+    let chunk = format!("{:x}\r\n{}\r\n", 1024, "x".repeat(1024));
+    let stream = send_head(
+        server.addr,
+        "POST",
+        &format!("{path}?{query}"),
+        "transfer-encoding: chunked\r\n",
+        chunk.repeat(3).as_bytes(),
+    )
+    .await;
+    let response = response_then_close(stream).await;
+    assert_eq!(response.status, 413, "{response:?}");
+    still_serves(&server).await;
+}
+
+#[tokio::test]
+async fn requests_that_fail_their_checks_are_answered_without_the_body() {
+    let mut off = app("off");
+    off.enabled = false;
+    let http = HttpApiConfig { body_timeout_secs: 3600, ..Default::default() };
+    let server = Server::start(vec![app("app"), off.clone()], EdgeConfig { http, ..config() }).await;
+    let app = server.app().clone();
+    let path = events_path(&server);
+    // The body each request declares and never sends.
+    let body = br#"{"name":"e","channels":["c"],"data":"d"}"#;
+    let mut wrong_secret = app.clone();
+    wrong_secret.secret = "wrong".into();
+    let mut wrong_key = app.clone();
+    wrong_key.key = "nobody-key".into();
+    let nowhere = format!("/apps/{}/nowhere", app.id);
+    let cases = [
+        ("bad signature", "POST", path.clone(), signed_query(&wrong_secret, "POST", &path, body, now()), 401),
+        ("unknown key", "POST", path.clone(), signed_query(&wrong_key, "POST", &path, body, now()), 401),
+        ("stale timestamp", "POST", path.clone(), signed_query(&app, "POST", &path, body, now() - 700), 401),
+        ("unsigned", "POST", path.clone(), String::new(), 401),
+        ("unknown app", "POST", "/apps/missing/events".into(), String::new(), 404),
+        (
+            "disabled app",
+            "POST",
+            "/apps/off/events".into(),
+            signed_query(&off, "POST", "/apps/off/events", body, now()),
+            403,
+        ),
+        ("no such endpoint", "POST", nowhere.clone(), signed_query(&app, "POST", &nowhere, body, now()), 404),
+        ("wrong method", "PUT", path.clone(), signed_query(&app, "PUT", &path, body, now()), 405),
+        ("not the API", "POST", "/elsewhere".into(), String::new(), 404),
+    ];
+    for (what, method, path, query, status) in cases {
+        let headers = format!("content-length: {}\r\n", body.len());
+        let stream = send_head(server.addr, method, &format!("{path}?{query}"), &headers, b"").await;
+        let response = response_then_close(stream).await;
+        assert_eq!(response.status, status, "{what}: {response:?}");
+        assert!(response.body["error"].is_string(), "{what}: {response:?}");
+    }
+    still_serves(&server).await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let connection = ConnectionConfig { handshake_timeout_secs: 1, ..Default::default() };
+    let server = Server::start(vec![app("app")], EdgeConfig { connection, ..config() }).await;
+    let path = format!("/apps/{}/channels", server.app().id);
+    let query = signed_query(server.app(), "GET", &path, b"", now());
+    let stream = send_head(server.addr, "GET", &format!("{path}?{query}"), "", b"").await;
+    // One answered request, then nothing: the connection is closed after the timeout.
+    let response = response_then_close(stream).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body, json!({ "channels": {} }));
+
+    // The same for a connection that starts a second request and never ends its head.
+    let mut stream = send_head(server.addr, "GET", &format!("{path}?{query}"), "", b"").await;
+    let mut first = vec![0; 1024];
+    let n = tokio::time::timeout(GIVE_UP, stream.read(&mut first)).await.unwrap().unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&first[..n]));
+    stream.write_all(b"GET /apps/app/channels HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(GIVE_UP, stream.read_to_end(&mut rest))
+        .await
+        .expect("a request head that never ends was kept open")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_responses_is_dropped() {
+    let connection = ConnectionConfig { write_timeout_secs: 1, ..Default::default() };
+    let server = Server::start(vec![app("app")], EdgeConfig { connection, ..config() }).await;
+    let path = format!("/apps/{}/channels", server.app().id);
+    let query = signed_query(server.app(), "GET", &path, b"", now());
+    let requests = format!("GET {path}?{query} HTTP/1.1\r\nhost: x\r\n\r\n").repeat(100);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    // Pipelined requests, and not one response read: the answers fill the socket
+    // buffers, the server's writes wait, and it must give up on the connection
+    // (which then refuses these writes) rather than hold it.
+    let refused =
+        tokio::time::timeout(GIVE_UP, async { while stream.write_all(requests.as_bytes()).await.is_ok() {} })
+            .await;
+    assert!(refused.is_ok(), "a client that reads nothing was kept");
+    still_serves(&server).await;
 }
