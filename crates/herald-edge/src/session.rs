@@ -13,7 +13,6 @@
 use std::{future::Future, ops::ControlFlow, sync::Arc, task::Poll, time::Duration};
 
 use bytes::Bytes;
-use fastwebsockets::OpCode;
 use herald_backbone::{Member, MemberChange, Topic};
 use herald_core::{
     App, ChannelKind, ChannelName, ErrorCode, Publication, PublicationData, SocketId, auth, protocol,
@@ -27,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::{
     node::Node,
-    websocket::{FrameError, parse_frame},
+    websocket::{self, Message, MessageAssembler, Read, Violation},
 };
 
 /// How long a closing connection waits for the client's half of the close handshake
@@ -137,8 +136,8 @@ struct Session {
     /// Set by a successful `pusher:signin`.
     user_id: Option<Arc<str>>,
     client_events: TokenBucket,
-    /// A fragmented message so far.
-    fragments: Option<Box<Fragments>>,
+    /// Puts the client's frames together into messages.
+    assembler: MessageAssembler,
 }
 
 struct Subscription {
@@ -193,13 +192,6 @@ enum Wake {
     Readable(bool),
 }
 
-/// Where a message continues after a fragment: the kind of the first frame, and the
-/// bytes so far (bounded by `max_message_bytes`).
-struct Fragments {
-    opcode: OpCode,
-    bytes: Vec<u8>,
-}
-
 impl Session {
     /// Registers the connection and sends the `101` with `pusher:connection_established`
     /// in one write; or, over the app's connection quota, refuses it.
@@ -231,7 +223,7 @@ impl Session {
             outbox,
             channels: Vec::new(),
             user_id: None,
-            fragments: None,
+            assembler: MessageAssembler::new(),
         };
         let mut first = handshake;
         let activity_timeout = session.node.config.connection.activity_timeout_secs;
@@ -309,8 +301,8 @@ impl Session {
         }
     }
 
-    /// Handles every complete frame in `input` and keeps the unfinished rest there.
-    /// Breaks when the connection is closing.
+    /// Handles every complete message and control frame in `input` and keeps the
+    /// unfinished rest there. Breaks when the connection is closing.
     async fn on_input(&mut self, input: &mut Vec<u8>) -> ControlFlow<()> {
         let max_message = self.node.config.connection.max_message_bytes;
         let mut used = 0;
@@ -318,22 +310,21 @@ impl Session {
             if self.outbox.is_closing() {
                 break ControlFlow::Break(());
             }
-            let (frame, len) = match parse_frame(&mut input[used..], max_message) {
-                Ok(Some(parsed)) => parsed,
-                Ok(None) => break ControlFlow::Continue(()),
-                Err(FrameError::TooLarge) => {
-                    self.close_too_large(max_message);
-                    break ControlFlow::Break(());
+            let message = match self.assembler.read(&mut input[used..], max_message) {
+                Ok(Read { message: Some(message), used: taken }) => {
+                    used += taken;
+                    message
                 }
-                Err(FrameError::Protocol(why)) => {
-                    tracing::debug!(socket_id = %self.socket_id, why, "protocol error");
-                    self.outbox.close(Close::plain(1002, why));
+                Ok(Read { message: None, used: taken }) => {
+                    used += taken;
+                    break ControlFlow::Continue(());
+                }
+                Err(violation) => {
+                    self.close_violation(violation, max_message);
                     break ControlFlow::Break(());
                 }
             };
-            let payload = used + frame.payload.start..used + frame.payload.end;
-            used += len;
-            if self.on_frame(frame.fin, frame.opcode, &input[payload]).await.is_break() {
+            if self.on_message(message).await.is_break() {
                 break ControlFlow::Break(());
             }
         };
@@ -341,62 +332,35 @@ impl Session {
         flow
     }
 
-    async fn on_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> ControlFlow<()> {
-        let max_message = self.node.config.connection.max_message_bytes;
-        match opcode {
-            OpCode::Text | OpCode::Binary if !fin => {
-                self.fragments = Some(Box::new(Fragments { opcode, bytes: payload.to_vec() }));
-            }
-            OpCode::Continuation => {
-                let Some(partial) = self.fragments.as_mut() else {
-                    self.outbox.close(Close::plain(1002, "unexpected continuation frame"));
-                    return ControlFlow::Break(());
-                };
-                if partial.bytes.len() + payload.len() > max_message {
-                    self.close_too_large(max_message);
-                    return ControlFlow::Break(());
-                }
-                partial.bytes.extend_from_slice(payload);
-                if fin && let Some(whole) = self.fragments.take() {
-                    self.on_data_message(whole.opcode, &whole.bytes).await;
-                }
-            }
-            OpCode::Text | OpCode::Binary => self.on_data_message(opcode, payload).await,
-            OpCode::Close => {
-                let code = match payload.get(..2) {
-                    Some(code) => u16::from_be_bytes([code[0], code[1]]),
-                    None => 1000,
-                };
-                // Echo the client's code, as RFC 6455 asks, unless it is one that
-                // must not appear on the wire.
-                let code = if (1000..=4999).contains(&code) && !matches!(code, 1004..=1006 | 1015) {
-                    code
-                } else {
-                    1000
-                };
-                self.outbox.close(Close::plain(code, ""));
-                return ControlFlow::Break(());
-            }
-            OpCode::Ping => {
+    async fn on_message(&mut self, message: Message<'_>) -> ControlFlow<()> {
+        match message {
+            Message::Text(text) => self.on_data_message(&text).await,
+            Message::Binary(_) => self.error(None, "binary frames are not supported: send JSON text frames"),
+            Message::Ping(payload) => {
                 self.outbox.push(frame::pong(payload));
             }
-            OpCode::Pong => {}
+            Message::Pong(_) => {}
+            Message::Close { code, .. } => {
+                self.outbox.close(Close::plain(websocket::close_reply(code), ""));
+                return ControlFlow::Break(());
+            }
         }
         ControlFlow::Continue(())
     }
 
-    fn close_too_large(&self, max_message: usize) {
-        self.outbox.close(Close::plain(1009, format!("message too large: the limit is {max_message} bytes")));
+    /// Closes a connection whose input broke RFC 6455 (1002, 1007) or the size limit (1009).
+    fn close_violation(&self, violation: Violation, max_message: usize) {
+        tracing::debug!(socket_id = %self.socket_id, why = violation.reason(), "websocket violation");
+        let close = match violation {
+            Violation::TooLarge => {
+                Close::plain(1009, format!("message too large: the limit is {max_message} bytes"))
+            }
+            _ => Close::plain(violation.code(), violation.reason()),
+        };
+        self.outbox.close(close);
     }
 
-    async fn on_data_message(&mut self, opcode: OpCode, bytes: &[u8]) {
-        if opcode == OpCode::Binary {
-            return self.error(None, "binary frames are not supported: send JSON text frames");
-        }
-        let Ok(text) = std::str::from_utf8(bytes) else {
-            self.outbox.close(Close::plain(1007, "invalid UTF-8"));
-            return;
-        };
+    async fn on_data_message(&mut self, text: &str) {
         let message: Incoming<'_> = match serde_json::from_str(text) {
             Ok(message) => message,
             Err(e) => return self.error(None, &format!("invalid message: {e}")),
