@@ -99,7 +99,7 @@ async fn finish(connection: Ending) {
     }
     let status = outbox.status();
     let code = status.closing.unwrap_or(1006);
-    metrics::counter!(Metric::ConnectionsClosed.name(), "code" => code.to_string()).increment(1);
+    metrics::counter!(Metric::ConnectionsClosed.name(), "code" => close_code_label(code)).increment(1);
     if status.broken || status.pending {
         return;
     }
@@ -124,6 +124,40 @@ async fn finish(connection: Ending) {
     .await;
 }
 
+/// The `code` label of `herald_connections_closed_total`. A client picks the code of
+/// a close it starts (the server echoes it), from about 4,000 valid ones: the label
+/// is bucketed so that clients cannot create series at will. Herald's own Pusher
+/// codes keep their number; the rest of Pusher's ranges are named by range.
+fn close_code_label(code: u16) -> &'static str {
+    match code {
+        1000 | 1001 => "normal",
+        1002 | 1003 => "protocol_error",
+        1006 => "abnormal",
+        1007 => "invalid_payload",
+        1009 => "message_too_large",
+        1013 => "try_again_later",
+        4001 => "4001",
+        4003 => "4003",
+        4004 => "4004",
+        4005 => "4005",
+        4006 => "4006",
+        4007 => "4007",
+        4008 => "4008",
+        4009 => "4009",
+        4100 => "4100",
+        4200 => "4200",
+        4201 => "4201",
+        4202 => "4202",
+        4301 => "4301",
+        // The rest of each range (a test keeps these in step with `ErrorCode`).
+        4000 | 4002 | 4010..=4099 => "4000-4099",
+        4101..=4199 => "4100-4199",
+        4203..=4299 => "4200-4299",
+        4300 | 4302..=4399 => "4300-4399",
+        _ => "other",
+    }
+}
+
 struct Session {
     node: Arc<Node>,
     app: Arc<App>,
@@ -138,6 +172,16 @@ struct Session {
     client_events: TokenBucket,
     /// Puts the client's frames together into messages.
     assembler: MessageAssembler,
+    /// Bytes of unfinished input this session has counted in the node's budget.
+    held_input: usize,
+}
+
+impl Drop for Session {
+    /// Gives back what the session counted in the node's input budget, however it
+    /// ended (it gives it back earlier when it starts closing).
+    fn drop(&mut self) {
+        self.node.input_budget.resize(self.held_input, 0);
+    }
 }
 
 struct Subscription {
@@ -224,6 +268,7 @@ impl Session {
             channels: Vec::new(),
             user_id: None,
             assembler: MessageAssembler::new(),
+            held_input: 0,
         };
         let mut first = handshake;
         let activity_timeout = session.node.config.connection.activity_timeout_secs;
@@ -305,6 +350,18 @@ impl Session {
     /// unfinished rest there. Breaks when the connection is closing.
     async fn on_input(&mut self, input: &mut Vec<u8>) -> ControlFlow<()> {
         let max_message = self.node.config.connection.max_message_bytes;
+        // What arrived counts against the node's budget before it is looked at: the
+        // bytes moved into the assembler below come out of `input`, so the count
+        // only falls while they are handled.
+        if !self.hold_input(input.len() + self.assembler.buffered()) {
+            // 1013 (try again later) rather than 1008 (policy violation): the client
+            // broke no rule, its message is within the limit; the node is short of
+            // room for now, and a client may well succeed on reconnecting.
+            let reason = "try again later: the server holds too much unfinished input";
+            self.outbox.close(Close::plain(1013, reason));
+            self.hold_input(0);
+            return ControlFlow::Break(());
+        }
         let mut used = 0;
         let flow = loop {
             if self.outbox.is_closing() {
@@ -329,7 +386,20 @@ impl Session {
             }
         };
         input.drain(..used);
+        // A closing session reads no more: what it held is given back now.
+        let held = if flow.is_break() { 0 } else { input.len() + self.assembler.buffered() };
+        self.hold_input(held);
         flow
+    }
+
+    /// Counts `bytes` of unfinished input as this session's share of the node's
+    /// budget; false (and nothing changes) when that would pass the budget.
+    fn hold_input(&mut self, bytes: usize) -> bool {
+        let held = self.node.input_budget.resize(self.held_input, bytes);
+        if held {
+            self.held_input = bytes;
+        }
+        held
     }
 
     async fn on_message(&mut self, message: Message<'_>) -> ControlFlow<()> {
@@ -801,6 +871,21 @@ mod tests {
         let future = run(node, app, outbox, Vec::new(), Vec::new());
         let size = std::mem::size_of_val(&future);
         assert!(size <= 512, "the session future grew to {size} bytes");
+    }
+
+    #[test]
+    fn close_code_labels_are_a_bounded_set() {
+        let labels: std::collections::HashSet<&str> = (0..=u16::MAX).map(close_code_label).collect();
+        assert!(labels.len() <= 32, "{labels:?}");
+        assert_eq!(close_code_label(1000), "normal");
+        assert_eq!(close_code_label(1006), "abnormal");
+        assert_eq!(close_code_label(4150), "4100-4199");
+        assert_eq!(close_code_label(3000), "other");
+        for code in 4000..4400 {
+            // Every Pusher code Herald sends keeps its number, and only those.
+            let named = close_code_label(code) == code.to_string();
+            assert_eq!(named, ErrorCode::from_code(code).is_some(), "{code}");
+        }
     }
 
     #[test]

@@ -712,16 +712,15 @@ mod tests {
 
         /// A message, where to cut it into fragments, and the control frames (if any)
         /// to send after each fragment but the last.
-        fn fragmented() -> impl Strategy<Value = (Owned, Vec<Index>, Vec<Option<Owned>>)> {
+        type Fragmented = (Owned, Vec<Index>, Vec<Option<Owned>>);
+
+        fn fragmented() -> impl Strategy<Value = Fragmented> {
             (data_message(), vec(any::<Index>(), 0..4), vec(option::of(control_frame()), 4))
         }
 
         /// The frames of `messages`, each fragmented as it says, masked with `masks`;
         /// and what a reader must produce from them.
-        fn encode(
-            messages: &[(Owned, Vec<Index>, Vec<Option<Owned>>)],
-            masks: &[[u8; 4]],
-        ) -> (Vec<u8>, Vec<Owned>) {
+        fn encode(messages: &[Fragmented], masks: &[[u8; 4]]) -> (Vec<u8>, Vec<Owned>) {
             let mut masks = masks.iter().cycle();
             let mut mask = || *masks.next().unwrap_or(&[0; 4]);
             let mut bytes = Vec::new();

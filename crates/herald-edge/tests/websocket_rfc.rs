@@ -318,3 +318,60 @@ async fn a_key_that_is_not_16_bytes_of_base64_is_refused_with_400() {
     }
     still_serves(&server).await;
 }
+/// A connection with `len` bytes of an unfinished frame sent, `first_part` of them so far.
+async fn holding(addr: SocketAddr, len: usize, first_part: usize) -> (Raw, Vec<u8>) {
+    let mut message = PUSHER_PING.to_vec();
+    // JSON allows trailing whitespace: a `pusher:ping` of any size.
+    message.resize(len, b' ');
+    let frame = masked(FIN | TEXT, &message);
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&frame[..first_part]).await;
+    (raw, frame[first_part..].to_vec())
+}
+
+#[tokio::test]
+async fn unfinished_input_is_bounded_node_wide() {
+    let config = EdgeConfig {
+        connection: ConnectionConfig {
+            max_pending_input_bytes: 10_000,
+            max_message_bytes: 8_000,
+            ..Default::default()
+        },
+        ..config()
+    };
+    let server = Server::start(vec![app("app")], config).await;
+    let node = server.node.clone();
+
+    // The first connection holds 6,000 bytes of a frame: within the budget.
+    let (mut first, first_rest) = holding(server.addr, 8000, 6000).await;
+    eventually("the first connection's bytes counted", || node.pending_input_bytes() >= 6000).await;
+
+    // A second one would take the node past it: closed with 1013 (try again later).
+    let (mut second, _) = holding(server.addr, 8000, 6000).await;
+    assert_eq!(second.end().await.0, End::Close(Some(1013)));
+    eventually("the second connection's bytes released", || node.pending_input_bytes() < 8000).await;
+
+    // The first one is untouched and finishes its message.
+    first.send(&first_rest).await;
+    assert!(first.text().await.contains("pusher:pong"));
+    eventually("the finished message released", || node.pending_input_bytes() == 0).await;
+
+    // The budget is free again: a new connection may hold as much.
+    let (mut third, third_rest) = holding(server.addr, 8000, 6000).await;
+    eventually("the third connection's bytes counted", || node.pending_input_bytes() >= 6000).await;
+    // An open fragmented message counts too: a fourth one's 5,000 are too many now.
+    let mut fourth = Raw::connect(server.addr).await;
+    let mut fragment = PUSHER_PING.to_vec();
+    fragment.resize(5000, b' ');
+    fourth.send(&masked(TEXT, &fragment)).await;
+    assert_eq!(fourth.end().await.0, End::Close(Some(1013)));
+    third.send(&third_rest).await;
+    assert!(third.text().await.contains("pusher:pong"));
+
+    // Closing a connection mid-frame releases what it held.
+    let (fifth, _) = holding(server.addr, 8000, 6000).await;
+    eventually("the fifth connection's bytes counted", || node.pending_input_bytes() >= 6000).await;
+    drop(fifth);
+    eventually("a closed connection's bytes released", || node.pending_input_bytes() == 0).await;
+    still_serves(&server).await;
+}
