@@ -74,3 +74,6 @@ export PIP_BREAK_SYSTEM_PACKAGES=1
 
 scripts/install-node-deps.sh
 scripts/install-python-deps.sh
+# The Autobahn testsuite (scripts/autobahn.sh) in a Python 2.7 virtualenv; fails
+# loudly when the machine has no Python 2.7.
+scripts/install-autobahn.sh

@@ -3,7 +3,9 @@
 #   1. install what the tests need (idempotent),
 #   2. formatting and lints,
 #   3. Rust unit and integration tests (cargo nextest),
-#   4. the compatibility suite: unmodified pusher-js and the official pusher server
+#   4. RFC 6455 conformance: the Autobahn testsuite's fuzzing client against an echo
+#      harness on the edge's own frame code (scripts/autobahn.sh),
+#   5. the compatibility suite: unmodified pusher-js and the official pusher server
 #      SDK against a real `herald dev` process and `herald edge` clusters, webhooks
 #      checked by the official Standard Webhooks library and the pusher SDK, in dev
 #      and over tansu + Redis with a separate `herald dispatcher`.
@@ -21,6 +23,9 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 
 echo "== cargo nextest"
 cargo nextest run --locked --workspace --all-targets
+
+echo "== Autobahn testsuite (RFC 6455) against the edge's frame reader and outbox"
+scripts/autobahn.sh
 
 echo "== compatibility suite (pusher-js, pusher server SDK, grpcio, grpcurl)"
 cargo build --locked -p herald

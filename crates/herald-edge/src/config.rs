@@ -17,6 +17,11 @@ pub struct ConnectionConfig {
     pub pong_timeout_secs: u64,
     /// Largest WebSocket message a client may send, in bytes. Larger: closed with 1009.
     pub max_message_bytes: usize,
+    /// Bytes of unfinished client input (frames and fragmented messages not yet
+    /// complete) all connections of the node may hold together. A connection whose
+    /// input would take the node past it is closed with 1013 (try again later).
+    /// At least `max_message_bytes`.
+    pub max_pending_input_bytes: usize,
     /// Bytes that may wait in one connection's outbound queue. A subscriber that falls
     /// further behind is disconnected with 4100, so it cannot slow others down.
     pub outbound_queue_bytes: usize,
@@ -38,6 +43,7 @@ impl Default for ConnectionConfig {
             activity_timeout_secs: 120,
             pong_timeout_secs: 30,
             max_message_bytes: 64 * 1024,
+            max_pending_input_bytes: 64 * 1024 * 1024,
             outbound_queue_bytes: 1024 * 1024,
             write_timeout_secs: 10,
             handshake_timeout_secs: 10,
@@ -74,6 +80,11 @@ impl ConnectionConfig {
         }
         if self.max_request_head_bytes < 1024 {
             errors.push("connection.max_request_head_bytes: must be at least 1024".into());
+        }
+        if self.max_pending_input_bytes < self.max_message_bytes {
+            errors.push(
+                "connection.max_pending_input_bytes: must be at least connection.max_message_bytes".into(),
+            );
         }
         if self.outbound_queue_bytes < 16 * 1024 {
             errors.push("connection.outbound_queue_bytes: must be at least 16384".into());

@@ -8,6 +8,7 @@
 //! | `server` | accept loop, routing of a connection's first request, graceful shutdown |
 //! | `websocket` | the opening handshake and client frames, parsed without held buffers |
 //! | `session` | one connection's task: protocol state machine, reads, close |
+//! | `input_budget` | the node-wide bound on unfinished client input (partial frames and messages) |
 //! | `liveness` | one sweep per node: pings, pong and write timeouts of every connection |
 //! | `http_api` | `/apps/{id}/events`, `batch_events`, `channels`, `users` |
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |
@@ -21,6 +22,7 @@ mod config;
 pub mod events;
 mod health;
 mod http_api;
+mod input_budget;
 mod liveness;
 mod node;
 mod publish;

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use crate::{
     EdgeConfig,
     events::{EventsConfig, Recorder},
+    input_budget::InputBudget,
 };
 
 /// The shared state of one edge node. Cheap to share (`Arc<Node>`).
@@ -45,6 +46,8 @@ pub struct Node {
     /// decide them at once (shutdown).
     pub(crate) lifecycle: tokio_util::task::TaskTracker,
     pub(crate) lifecycle_now: tokio_util::sync::CancellationToken,
+    /// Unfinished client input held by this node's sessions, and its bound.
+    pub(crate) input_budget: InputBudget,
 }
 
 /// The broker topics this node is subscribed to, kept equal to the topics with local
@@ -67,6 +70,7 @@ impl Node {
         presence: Arc<dyn PresenceManager>,
     ) -> Arc<Self> {
         let app_connections = apps.iter().map(|a| (a.id.clone(), AtomicU64::new(0))).collect();
+        let input_budget = InputBudget::new(config.connection.max_pending_input_bytes);
         Arc::new(Self {
             id,
             apps,
@@ -83,6 +87,7 @@ impl Node {
             recorder: OnceLock::new(),
             lifecycle: tokio_util::task::TaskTracker::new(),
             lifecycle_now: tokio_util::sync::CancellationToken::new(),
+            input_budget,
             interest: Interest {
                 hasher: RandomState::new(),
                 stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -136,6 +141,12 @@ impl Node {
     /// Cluster-wide channel occupancy and presence members.
     pub fn presence(&self) -> &Arc<dyn PresenceManager> {
         &self.presence
+    }
+
+    /// Bytes of unfinished client input (partial frames and messages) this node holds,
+    /// bounded by `connection.max_pending_input_bytes`.
+    pub fn pending_input_bytes(&self) -> usize {
+        self.input_budget.held()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -247,6 +247,11 @@ async fn first_request(node: &Arc<Node>, mut stream: TcpStream, stop: Cancellati
         respond(stream, "400 Bad Request", &[], "invalid WebSocket upgrade: no Sec-WebSocket-Key").await;
         return None;
     };
+    if !websocket::is_valid_key(key) {
+        let error = "invalid WebSocket upgrade: Sec-WebSocket-Key must be 16 bytes in base64";
+        respond(stream, "400 Bad Request", &[], error).await;
+        return None;
+    }
     if head.version.as_deref() != Some("13") {
         let headers = ["Sec-WebSocket-Version: 13"];
         respond(

@@ -13,7 +13,6 @@
 use std::{future::Future, ops::ControlFlow, sync::Arc, task::Poll, time::Duration};
 
 use bytes::Bytes;
-use fastwebsockets::OpCode;
 use herald_backbone::{Member, Topic};
 use herald_core::{
     App, ChannelKind, ChannelName, ErrorCode, Publication, PublicationData, SocketId, auth, protocol,
@@ -27,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::{
     node::Node,
-    websocket::{FrameError, parse_frame},
+    websocket::{self, Message, MessageAssembler, Read, Violation},
 };
 
 /// How long a closing connection waits for the client's half of the close handshake
@@ -100,7 +99,7 @@ async fn finish(connection: Ending) {
     }
     let status = outbox.status();
     let code = status.closing.unwrap_or(1006);
-    metrics::counter!(Metric::ConnectionsClosed.name(), "code" => code.to_string()).increment(1);
+    metrics::counter!(Metric::ConnectionsClosed.name(), "code" => close_code_label(code)).increment(1);
     if status.broken || status.pending {
         return;
     }
@@ -125,6 +124,40 @@ async fn finish(connection: Ending) {
     .await;
 }
 
+/// The `code` label of `herald_connections_closed_total`. A client picks the code of
+/// a close it starts (the server echoes it), from about 4,000 valid ones: the label
+/// is bucketed so that clients cannot create series at will. Herald's own Pusher
+/// codes keep their number; the rest of Pusher's ranges are named by range.
+fn close_code_label(code: u16) -> &'static str {
+    match code {
+        1000 | 1001 => "normal",
+        1002 | 1003 => "protocol_error",
+        1006 => "abnormal",
+        1007 => "invalid_payload",
+        1009 => "message_too_large",
+        1013 => "try_again_later",
+        4001 => "4001",
+        4003 => "4003",
+        4004 => "4004",
+        4005 => "4005",
+        4006 => "4006",
+        4007 => "4007",
+        4008 => "4008",
+        4009 => "4009",
+        4100 => "4100",
+        4200 => "4200",
+        4201 => "4201",
+        4202 => "4202",
+        4301 => "4301",
+        // The rest of each range (a test keeps these in step with `ErrorCode`).
+        4000 | 4002 | 4010..=4099 => "4000-4099",
+        4101..=4199 => "4100-4199",
+        4203..=4299 => "4200-4299",
+        4300 | 4302..=4399 => "4300-4399",
+        _ => "other",
+    }
+}
+
 struct Session {
     node: Arc<Node>,
     app: Arc<App>,
@@ -137,8 +170,18 @@ struct Session {
     /// Set by a successful `pusher:signin`.
     user_id: Option<Arc<str>>,
     client_events: TokenBucket,
-    /// A fragmented message so far.
-    fragments: Option<Box<Fragments>>,
+    /// Puts the client's frames together into messages.
+    assembler: MessageAssembler,
+    /// Bytes of unfinished input this session has counted in the node's budget.
+    held_input: usize,
+}
+
+impl Drop for Session {
+    /// Gives back what the session counted in the node's input budget, however it
+    /// ended (it gives it back earlier when it starts closing).
+    fn drop(&mut self) {
+        self.node.input_budget.resize(self.held_input, 0);
+    }
 }
 
 struct Subscription {
@@ -193,13 +236,6 @@ enum Wake {
     Readable(bool),
 }
 
-/// Where a message continues after a fragment: the kind of the first frame, and the
-/// bytes so far (bounded by `max_message_bytes`).
-struct Fragments {
-    opcode: OpCode,
-    bytes: Vec<u8>,
-}
-
 impl Session {
     /// Registers the connection and sends the `101` with `pusher:connection_established`
     /// in one write; or, over the app's connection quota, refuses it.
@@ -231,7 +267,8 @@ impl Session {
             outbox,
             channels: Vec::new(),
             user_id: None,
-            fragments: None,
+            assembler: MessageAssembler::new(),
+            held_input: 0,
         };
         let mut first = handshake;
         let activity_timeout = session.node.config.connection.activity_timeout_secs;
@@ -309,94 +346,91 @@ impl Session {
         }
     }
 
-    /// Handles every complete frame in `input` and keeps the unfinished rest there.
-    /// Breaks when the connection is closing.
+    /// Handles every complete message and control frame in `input` and keeps the
+    /// unfinished rest there. Breaks when the connection is closing.
     async fn on_input(&mut self, input: &mut Vec<u8>) -> ControlFlow<()> {
         let max_message = self.node.config.connection.max_message_bytes;
+        // What arrived counts against the node's budget before it is looked at: the
+        // bytes moved into the assembler below come out of `input`, so the count
+        // only falls while they are handled.
+        if !self.hold_input(input.len() + self.assembler.buffered()) {
+            // 1013 (try again later) rather than 1008 (policy violation): the client
+            // broke no rule, its message is within the limit; the node is short of
+            // room for now, and a client may well succeed on reconnecting.
+            let reason = "try again later: the server holds too much unfinished input";
+            self.outbox.close(Close::plain(1013, reason));
+            self.hold_input(0);
+            return ControlFlow::Break(());
+        }
         let mut used = 0;
         let flow = loop {
             if self.outbox.is_closing() {
                 break ControlFlow::Break(());
             }
-            let (frame, len) = match parse_frame(&mut input[used..], max_message) {
-                Ok(Some(parsed)) => parsed,
-                Ok(None) => break ControlFlow::Continue(()),
-                Err(FrameError::TooLarge) => {
-                    self.close_too_large(max_message);
-                    break ControlFlow::Break(());
+            let message = match self.assembler.read(&mut input[used..], max_message) {
+                Ok(Read { message: Some(message), used: taken }) => {
+                    used += taken;
+                    message
                 }
-                Err(FrameError::Protocol(why)) => {
-                    tracing::debug!(socket_id = %self.socket_id, why, "protocol error");
-                    self.outbox.close(Close::plain(1002, why));
+                Ok(Read { message: None, used: taken }) => {
+                    used += taken;
+                    break ControlFlow::Continue(());
+                }
+                Err(violation) => {
+                    self.close_violation(violation, max_message);
                     break ControlFlow::Break(());
                 }
             };
-            let payload = used + frame.payload.start..used + frame.payload.end;
-            used += len;
-            if self.on_frame(frame.fin, frame.opcode, &input[payload]).await.is_break() {
+            if self.on_message(message).await.is_break() {
                 break ControlFlow::Break(());
             }
         };
         input.drain(..used);
+        // A closing session reads no more: what it held is given back now.
+        let held = if flow.is_break() { 0 } else { input.len() + self.assembler.buffered() };
+        self.hold_input(held);
         flow
     }
 
-    async fn on_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> ControlFlow<()> {
-        let max_message = self.node.config.connection.max_message_bytes;
-        match opcode {
-            OpCode::Text | OpCode::Binary if !fin => {
-                self.fragments = Some(Box::new(Fragments { opcode, bytes: payload.to_vec() }));
-            }
-            OpCode::Continuation => {
-                let Some(partial) = self.fragments.as_mut() else {
-                    self.outbox.close(Close::plain(1002, "unexpected continuation frame"));
-                    return ControlFlow::Break(());
-                };
-                if partial.bytes.len() + payload.len() > max_message {
-                    self.close_too_large(max_message);
-                    return ControlFlow::Break(());
-                }
-                partial.bytes.extend_from_slice(payload);
-                if fin && let Some(whole) = self.fragments.take() {
-                    self.on_data_message(whole.opcode, &whole.bytes).await;
-                }
-            }
-            OpCode::Text | OpCode::Binary => self.on_data_message(opcode, payload).await,
-            OpCode::Close => {
-                let code = match payload.get(..2) {
-                    Some(code) => u16::from_be_bytes([code[0], code[1]]),
-                    None => 1000,
-                };
-                // Echo the client's code, as RFC 6455 asks, unless it is one that
-                // must not appear on the wire.
-                let code = if (1000..=4999).contains(&code) && !matches!(code, 1004..=1006 | 1015) {
-                    code
-                } else {
-                    1000
-                };
-                self.outbox.close(Close::plain(code, ""));
-                return ControlFlow::Break(());
-            }
-            OpCode::Ping => {
+    /// Counts `bytes` of unfinished input as this session's share of the node's
+    /// budget; false (and nothing changes) when that would pass the budget.
+    fn hold_input(&mut self, bytes: usize) -> bool {
+        let held = self.node.input_budget.resize(self.held_input, bytes);
+        if held {
+            self.held_input = bytes;
+        }
+        held
+    }
+
+    async fn on_message(&mut self, message: Message<'_>) -> ControlFlow<()> {
+        match message {
+            Message::Text(text) => self.on_data_message(&text).await,
+            Message::Binary(_) => self.error(None, "binary frames are not supported: send JSON text frames"),
+            Message::Ping(payload) => {
                 self.outbox.push(frame::pong(payload));
             }
-            OpCode::Pong => {}
+            Message::Pong(_) => {}
+            Message::Close { code, .. } => {
+                self.outbox.close(Close::plain(websocket::close_reply(code), ""));
+                return ControlFlow::Break(());
+            }
         }
         ControlFlow::Continue(())
     }
 
-    fn close_too_large(&self, max_message: usize) {
-        self.outbox.close(Close::plain(1009, format!("message too large: the limit is {max_message} bytes")));
+    /// Closes a connection whose input broke RFC 6455 (1002, 1007) or the size limit (1009).
+    fn close_violation(&self, violation: Violation, max_message: usize) {
+        tracing::debug!(socket_id = %self.socket_id, why = violation.reason(), "websocket violation");
+        let close = match violation {
+            Violation::TooLarge => {
+                Close::plain(1009, format!("message too large: the limit is {max_message} bytes"))
+            }
+            _ => Close::plain(violation.code(), violation.reason()),
+        };
+        self.outbox.close(close);
     }
 
-    async fn on_data_message(&mut self, opcode: OpCode, bytes: &[u8]) {
-        if opcode == OpCode::Binary {
-            return self.error(None, "binary frames are not supported: send JSON text frames");
-        }
-        let Ok(text) = std::str::from_utf8(bytes) else {
-            self.outbox.close(Close::plain(1007, "invalid UTF-8"));
-            return;
-        };
+    async fn on_data_message(&mut self, text: &str) {
         let message: Incoming<'_> = match serde_json::from_str(text) {
             Ok(message) => message,
             Err(e) => return self.error(None, &format!("invalid message: {e}")),
@@ -803,6 +837,21 @@ mod tests {
         let future = run(node, app, outbox, Vec::new(), Vec::new());
         let size = std::mem::size_of_val(&future);
         assert!(size <= 512, "the session future grew to {size} bytes");
+    }
+
+    #[test]
+    fn close_code_labels_are_a_bounded_set() {
+        let labels: std::collections::HashSet<&str> = (0..=u16::MAX).map(close_code_label).collect();
+        assert!(labels.len() <= 32, "{labels:?}");
+        assert_eq!(close_code_label(1000), "normal");
+        assert_eq!(close_code_label(1006), "abnormal");
+        assert_eq!(close_code_label(4150), "4100-4199");
+        assert_eq!(close_code_label(3000), "other");
+        for code in 4000..4400 {
+            // Every Pusher code Herald sends keeps its number, and only those.
+            let named = close_code_label(code) == code.to_string();
+            assert_eq!(named, ErrorCode::from_code(code).is_some(), "{code}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 const FIN_TEXT: u8 = 0x81;
+const FIN_BINARY: u8 = 0x82;
 const FIN_CLOSE: u8 = 0x88;
 const FIN_PONG: u8 = 0x8A;
 
@@ -10,6 +11,15 @@ const FIN_PONG: u8 = 0x8A;
 pub fn text(payload: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(payload.len() + 10);
     put_header(&mut buf, FIN_TEXT, payload.len());
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// A complete binary frame carrying `payload` (Herald's Pusher sessions send none;
+/// the Autobahn echo harness echoes binary messages with it).
+pub fn binary(payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(payload.len() + 10);
+    put_header(&mut buf, FIN_BINARY, payload.len());
     buf.put_slice(payload);
     buf.freeze()
 }
@@ -63,6 +73,7 @@ mod tests {
         let big = text(&vec![b'a'; 70_000]);
         assert_eq!(&big[..2], &[0x81, 127]);
         assert_eq!(u64::from_be_bytes(big[2..10].try_into().unwrap()), 70_000);
+        assert_eq!(&binary(&[0, 255])[..], b"\x82\x02\x00\xff");
     }
 
     #[test]

@@ -12,7 +12,14 @@ pub enum Metric {
     Connections,
     /// Counter: WebSocket connections accepted since start.
     ConnectionsAccepted,
-    /// Counter: connections closed by the server, label `code` (Pusher close code).
+    /// Counter: WebSocket connections closed, label `code`: the close code bucketed
+    /// into a bounded set, since clients choose the code of closes they start:
+    /// `normal` (1000, 1001), `protocol_error` (1002, 1003), `abnormal` (1006: no
+    /// close frame, the connection dropped), `invalid_payload` (1007),
+    /// `message_too_large` (1009), `try_again_later` (1013: the node's unfinished
+    /// input budget), Herald's Pusher codes by number (`4001` … `4009`, `4100`,
+    /// `4200`, `4201`, `4202`, `4301`), other codes of Pusher's ranges by range
+    /// (`4000-4099`, `4100-4199`, `4200-4299`, `4300-4399`), and `other`.
     ConnectionsClosed,
     /// Counter: publications received from the broker and fanned out on this node.
     Publications,
@@ -101,7 +108,10 @@ impl Metric {
         match self {
             Metric::Connections => "Open WebSocket connections on this node.",
             Metric::ConnectionsAccepted => "WebSocket connections accepted since start.",
-            Metric::ConnectionsClosed => "Connections closed by the server, by Pusher close code.",
+            Metric::ConnectionsClosed => {
+                "WebSocket connections closed, by close code (bucketed: normal, protocol_error, abnormal, \
+                 invalid_payload, message_too_large, try_again_later, Herald's 4xxx codes, 4xxx ranges, other)."
+            }
             Metric::Publications => "Publications fanned out on this node.",
             Metric::Deliveries => "Frames queued to local subscribers.",
             Metric::SlowConsumers => "Subscribers disconnected because their outbound queue overflowed.",
