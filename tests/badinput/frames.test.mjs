@@ -110,7 +110,7 @@ test('a close frame whose reason is not UTF-8 closes with 1007', async () => {
 });
 
 test('a valid close code is echoed, an empty close answered with 1000', async () => {
-  for (const code of [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999]) {
+  for (const code of [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999]) {
     const payload = closePayload(code, 'bye ✓');
     await assertClosedWith(encodeFrame({ opcode: OP.close, payload }), code, `valid close ${code}`);
   }

@@ -88,7 +88,7 @@ test('a disabled app is refused with 403', async () => {
 
 test('an unknown route is answered 404', async () => {
   assertJsonError(await send(signedRequest('GET', '/no-such-endpoint')), 404);
-  assertJsonError(await send(signedRequest('POST', '/events/extra', { body: eventBody() })), 404);
+  assertJsonError(await send(signedRequest('POST', '/no-such-endpoint', { body: eventBody() })), 404);
   assertJsonError(await send(httpRequest('GET', '/no/such/path')), 404, /not found/);
   assertJsonError(await send(httpRequest('GET', '/')), 404, /not found/);
 });

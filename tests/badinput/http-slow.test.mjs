@@ -24,7 +24,7 @@ import {
 const BODY_TIMEOUT_SECS = 1;
 const HANDSHAKE_TIMEOUT_SECS = 1;
 // Generous: a timeout of a second, on a loaded machine.
-const CLOSE_DEADLINE_MS = (BODY_TIMEOUT_SECS + HANDSHAKE_TIMEOUT_SECS + 15) * 1000;
+const CLOSE_DEADLINE_MS = (BODY_TIMEOUT_SECS + HANDSHAKE_TIMEOUT_SECS + 8) * 1000;
 const STALLED_CONNECTIONS = 200;
 
 const env = useHerald({

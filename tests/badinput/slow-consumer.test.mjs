@@ -45,7 +45,7 @@ const env = useHerald({
 let cleanup = [];
 after(() => cleanup.forEach((f) => f()));
 
-test('a subscriber that stops reading is closed with 4100; the others get every publication; memory stays bounded', { timeout: 120_000 }, async () => {
+test('a subscriber that stops reading is closed with 4100; the others get every publication; memory stays bounded', { timeout: 120_000 }, async (t) => {
   const pid = await pidListeningOn(env.herald.port);
   const rssBefore = await rssBytes(pid);
   const channelName = `flood-${randomBytes(4).toString('hex')}`;
@@ -97,6 +97,7 @@ test('a subscriber that stops reading is closed with 4100; the others get every 
   const got = slow.messages.filter((m) => m.event === 'flood').length;
   assert.ok(got < seq, `the slow client got ${got} of ${seq}: it was cut off`);
 
+  t.diagnostic(`${seq} events of ${EVENT_BYTES} bytes; the slow client got ${got} before 4100; RSS ${rssBefore} -> peak ${rssPeak} bytes`);
   assert.ok(
     rssPeak - rssBefore < RSS_GROWTH_BOUND,
     `RSS grew from ${rssBefore} to ${rssPeak} bytes during a flood of ${seq} events of ${EVENT_BYTES} bytes`,
