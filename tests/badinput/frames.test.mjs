@@ -9,11 +9,13 @@ import {
   OP,
   WsClient,
   assertPusherError,
+  closeCodeLabels,
   closePayload,
   configWith,
   encodeFrame,
   stillServes,
   useHerald,
+  waitFor,
 } from './lib.mjs';
 
 const MAX_MESSAGE_BYTES = 4096;
@@ -195,4 +197,33 @@ test('a frame sent one byte at a time is assembled', async () => {
   for (const byte of bytes) await client.send(Buffer.from([byte]));
   await client.nextMessage((m) => m.event === 'pusher:pong', { what: 'the pong to a trickled frame' });
   client.destroy();
+});
+
+// Issue 11, defect 5: the close code a client sends was the `code` label of
+// herald_connections_closed_total, so clients chose how many series there are.
+// 250 distinct client codes later, the label must still take a few values.
+test('close codes chosen by clients do not become metric series', async () => {
+  const codes = [
+    ...Array.from({ length: 100 }, (_, i) => 3000 + i),
+    ...Array.from({ length: 90 }, (_, i) => 4010 + i),
+    ...Array.from({ length: 60 }, (_, i) => 4400 + i),
+  ];
+  for (let at = 0; at < codes.length; at += 25) {
+    await Promise.all(
+      codes.slice(at, at + 25).map(async (code) => {
+        const client = await connect();
+        await client.sendFrame({ opcode: OP.close, payload: closePayload(code) });
+        assert.equal((await client.closed()).code, code, 'a valid close code is echoed');
+      }),
+    );
+  }
+  // Counted once each connection has finished closing; the last one closed above.
+  const labels = await waitFor(
+    async () => {
+      const values = await closeCodeLabels(env);
+      return values.size > 0 && values;
+    },
+    { what: 'herald_connections_closed_total samples' },
+  );
+  assert.ok(labels.size <= 32, `${labels.size} values of the code label: ${[...labels].slice(0, 40).join(', ')}`);
 });

@@ -680,6 +680,24 @@ export async function metricValue(env, name) {
   return sum;
 }
 
+/** The values of the `code` label of herald_connections_closed_total on Herald's metrics port. */
+export async function closeCodeLabels(env) {
+  const res = await fetch(`http://127.0.0.1:${env.herald.metricsPort}/metrics`);
+  const text = await res.text();
+  const values = new Set();
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('herald_connections_closed_total{')) continue;
+    const code = /[{,]code="([^"]*)"/.exec(line)?.[1];
+    if (code !== undefined) values.add(code);
+  }
+  return values;
+}
+
+/** The pid of a Herald: the harness's, or found from its listening port. */
+export async function heraldPid(env) {
+  return env.herald.pid ?? pidListeningOn(env.herald.port);
+}
+
 /**
  * The pid of the process listening on 127.0.0.1:`port`: its listening
  * socket's inode from /proc/net/tcp, then the process holding that inode.

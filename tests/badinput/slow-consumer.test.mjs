@@ -12,7 +12,7 @@ import {
   configWith,
   metricValue,
   nextEvent,
-  pidListeningOn,
+  heraldPid,
   rssBytes,
   stillServes,
   subscribe,
@@ -46,7 +46,7 @@ let cleanup = [];
 after(() => cleanup.forEach((f) => f()));
 
 test('a subscriber that stops reading is closed with 4100; the others get every publication; memory stays bounded', { timeout: 120_000 }, async (t) => {
-  const pid = await pidListeningOn(env.herald.port);
+  const pid = await heraldPid(env);
   const rssBefore = await rssBytes(pid);
   const channelName = `flood-${randomBytes(4).toString('hex')}`;
 
