@@ -101,7 +101,16 @@ test('a wrong method is answered 405', async () => {
 });
 
 test('a body that is not the JSON the endpoint takes is answered 400', async () => {
-  for (const body of ['{', 'not json', '[]', '"text"', '{"name":"e","data":{"a":1},"channels":["c"]}', '{"name":"e","channels":["c"]}', '{"name":"e","data":"{}"}']) {
+  const bodies = [
+    '{',
+    'not json',
+    '[]',
+    '"text"',
+    '{"name":"e","data":{"a":1},"channels":["c"]}',
+    '{"name":"e","channels":["c"]}',
+    '{"name":"e","data":"{}"}',
+  ];
+  for (const body of bodies) {
     assertJsonError(await send(signedRequest('POST', '/events', { body })), 400);
   }
   assertJsonError(await send(signedRequest('POST', '/batch_events', { body: '{"batch":{}}' })), 400);

@@ -98,7 +98,8 @@ test(`${STALLED_CONNECTIONS} stalled bodies are all answered 408 and closed`, as
     }
     const results = await Promise.allSettled(conns.map((conn) => assertTimedOut(conn)));
     const failed = results.filter((r) => r.status === 'rejected');
-    assert.equal(failed.length, 0, `${failed.length} of ${STALLED_CONNECTIONS} not answered and closed; first: ${failed[0]?.reason?.message}`);
+    const first = failed[0]?.reason?.message;
+    assert.equal(failed.length, 0, `${failed.length} of ${STALLED_CONNECTIONS} not answered and closed; first: ${first}`);
   } finally {
     for (const conn of conns) conn.destroy();
   }

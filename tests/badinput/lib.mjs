@@ -275,7 +275,11 @@ export function assertJsonError(response, status, message) {
  * `bodyForMd5` is the body the MD5 is computed over (the real body by default);
  * `timestamp` in seconds; `key`/`secret` default to the compat app's.
  */
-export function signedQuery(method, path, { body = '', bodyForMd5 = body, timestamp, key = APP.key, secret = APP.secret, params = {} } = {}) {
+export function signedQuery(
+  method,
+  path,
+  { body = '', bodyForMd5 = body, timestamp, key = APP.key, secret = APP.secret, params = {} } = {},
+) {
   const query = {
     ...params,
     auth_key: key,

@@ -241,11 +241,13 @@ test('client events over the rate limit are answered with pusher:error 4301 and 
   const channel = 'presence-client-rate';
   const sender = await subscribed(channel, 'sender');
   const receiver = await subscribed(channel, 'receiver');
-  const count = CLIENT_EVENTS_PER_SECOND + 5;
+  // Three seconds' worth at once: some are over the limit even if handling them
+  // takes a while on a loaded machine (the bucket refills as time passes).
+  const count = CLIENT_EVENTS_PER_SECOND * 3;
   const frames = Array.from({ length: count }, (_, i) => JSON.stringify({ event: 'client-burst', channel, data: { i } }));
   const answers = await sender.answersTo(() => Promise.all(frames.map((f) => sender.sendText(f))));
   const errors = answers.filter((m) => m.event === 'pusher:error');
-  assert.ok(errors.length >= 1, `at least one of ${count} events sent at once is over the limit`);
+  assert.ok(errors.length >= 1, `some of ${count} events sent at once are over the limit`);
   for (const error of errors) assertPusherError(error, 4301, /per second/);
   await receiver.roundTrip();
   const delivered = receiver.messages.filter((m) => m.event === 'client-burst');
