@@ -8,7 +8,10 @@
 #   5. the compatibility suite: unmodified pusher-js and the official pusher server
 #      SDK against a real `herald dev` process and `herald edge` clusters, webhooks
 #      checked by the official Standard Webhooks library and the pusher SDK, in dev
-#      and over tansu + Redis with a separate `herald dispatcher`.
+#      and over tansu + Redis with a separate `herald dispatcher`,
+#   5. the bad-input suite: raw handshakes, frames, Pusher messages, HTTP API and
+#      gRPC calls, and a slow consumer against a real `herald dev`, each with its
+#      exact answer and a fresh client served afterwards.
 # Any missing tool or service fails the run loudly; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,6 +33,8 @@ scripts/autobahn.sh
 echo "== compatibility suite (pusher-js, pusher server SDK, grpcio, grpcurl)"
 cargo build --locked -p herald
 HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/ loadtest/node/
+echo "== bad-input suite (handshakes, frames, Pusher messages, HTTP API, gRPC, slow consumers)"
+HERALD_BIN="$PWD/target/debug/herald" node --test tests/badinput/
 # The three-edge suite again over three Redis shards and over a Redis Cluster.
 for mode in sharded cluster; do
   echo "== cluster compatibility suite over Redis: ${mode}"
