@@ -43,6 +43,9 @@ pub struct Node {
     /// decide them at once (shutdown).
     pub(crate) lifecycle: tokio_util::task::TaskTracker,
     pub(crate) lifecycle_now: tokio_util::sync::CancellationToken,
+    /// Lifecycle announcements waiting for the debounce (one entry per channel or
+    /// user, however often it was left).
+    pub(crate) debounced: Arc<crate::debounce::Debouncer>,
 }
 
 /// The broker topics this node is subscribed to, kept equal to the topics with local
@@ -80,6 +83,7 @@ impl Node {
             recorder: OnceLock::new(),
             lifecycle: tokio_util::task::TaskTracker::new(),
             lifecycle_now: tokio_util::sync::CancellationToken::new(),
+            debounced: Arc::default(),
             interest: Interest {
                 hasher: RandomState::new(),
                 stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
