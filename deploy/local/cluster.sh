@@ -149,6 +149,27 @@ now_ms() {
 # True if something accepts connections on 127.0.0.1:PORT.
 port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null; }
 
+# True if the process PID itself holds a socket listening on TCP PORT: an answer on
+# that port from some other process (one that took the port first) does not count.
+listens_on() {
+  local pid=$1 port inode fds
+  port=$(printf '%04X' "$2")
+  fds=$(ls -l "/proc/$pid/fd" 2>/dev/null) || return 1
+  for inode in $(awk -v p=":$port" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10 }' \
+    "/proc/$pid/net/tcp" "/proc/$pid/net/tcp6" 2>/dev/null); do
+    [[ $fds == *"socket:[$inode]"* ]] && return 0
+  done
+  return 1
+}
+
+# True once a herald piece wrote its ready file (--ready-file: every listener bound,
+# written atomically): the pid in it must be the one we started.
+herald_bound() {
+  local file
+  file="$RUN_DIR/$1.ready"
+  [[ -f $file ]] && grep -q "\"pid\":$2[,}]" "$file"
+}
+
 # The HTTP status of GET http://127.0.0.1:PORT/PATH (000 if none).
 http_status() {
   local port=$1 path=$2
@@ -251,11 +272,14 @@ start_redis() {
   launch redis redis-server --port "$REDIS_PORT" --bind "$HOST" --save "" --appendonly no \
     --daemonize no --dir "$RUN_DIR"
   pid=$(<"$(pid_file redis)")
-  await_started redis "answer PING" redis_pong
+  await_started redis "answer PING" redis_ready "$pid"
   echo "redis: started (pid $pid, port $REDIS_PORT)"
 }
 
 stop_redis() { terminate "$REDIS_STOP_TIMEOUT" redis; }
+
+# Our redis-server listens on REDIS_PORT and answers PING.
+redis_ready() { listens_on "$1" "$REDIS_PORT" && redis_pong; }
 
 # await_started NAME WHAT COMMAND...: waits until COMMAND succeeds for the piece NAME
 # just launched. If the piece exits, or does not WHAT within READY_TIMEOUT seconds
@@ -309,7 +333,7 @@ start_tansu() {
   launch tansu env -C / NO_COLOR=1 "$bin" broker --listener-url "tcp://$KAFKA_BROKERS" \
     --advertised-listener-url "tcp://$KAFKA_BROKERS" --storage-engine "sqlite://$dir/tansu.db"
   pid=$(<"$(pid_file tansu)")
-  await_started tansu "accept connections on port $KAFKA_PORT" port_open "$KAFKA_PORT"
+  await_started tansu "listen on port $KAFKA_PORT" listens_on "$pid" "$KAFKA_PORT"
   echo "tansu: started (pid $pid, port $KAFKA_PORT)"
 }
 
@@ -393,7 +417,8 @@ start_heralds() {
     i=$(index_of "$name")
     if [[ $role == edge ]]; then
       launch "$name" env "${HERALD_ENV[@]}" "$HERALD_BIN" edge --config "$CLUSTER_CONFIG" --host "$HOST" \
-        --port "${EDGES[$i]}" --metrics-port "${METRICS[$i]}" --grpc-port "${GRPCS[$i]}"
+        --port "${EDGES[$i]}" --metrics-port "${METRICS[$i]}" --grpc-port "${GRPCS[$i]}" \
+        --ready-file "$RUN_DIR/$name.ready"
     else
       # A stable group membership per dispatcher (unless the caller sets Kafka
       # properties): restarted after a crash, it takes its partitions back at once.
@@ -401,7 +426,8 @@ start_heralds() {
       [[ -n ${HERALD_KAFKA__PROPERTIES:-} ]] ||
         membership=("HERALD_KAFKA__PROPERTIES={\"group.instance.id\" = \"$name\"}")
       launch "$name" env "${HERALD_ENV[@]}" "${membership[@]+"${membership[@]}"}" "$HERALD_BIN" dispatcher \
-        --config "$CLUSTER_CONFIG" --host "$HOST" --metrics-port "${DISPATCHERS[$i]}"
+        --config "$CLUSTER_CONFIG" --host "$HOST" --metrics-port "${DISPATCHERS[$i]}" \
+        --ready-file "$RUN_DIR/$name.ready"
     fi
     starting+=("$name")
   done
@@ -421,7 +447,10 @@ start_heralds() {
         continue
       fi
       port=$(metrics_port_of "$name")
-      status=$(http_status "$port" /readyz)
+      # Only once this very process has bound every port (its ready file) is the
+      # /readyz answer on that port its own.
+      status=000
+      if herald_bound "$name" "$pid"; then status=$(http_status "$port" /readyz); fi
       if [[ $status == 200 ]] && alive "$pid" "$(comm_of "$name")"; then
         echo "$name: ready (pid $pid, $(ports_of "$name"))"
       elif (($(now_ms) >= deadline)); then

@@ -6,7 +6,7 @@
 // endpoint and the encryption master key are shared by the whole cluster.
 //
 // Needs redis-server on PATH (REDIS_SERVER overrides); this file starts its own
-// on a fresh port and stops it in `after`.
+// (on ports it checks they hold, see `startOnPorts`) and stops them in `after`.
 //
 // "Did not arrive" across edges: a ping round trip only flushes what the
 // client's own edge has queued, not what is still in flight through Redis. So
@@ -16,7 +16,7 @@
 // checks both), so whatever was published before the sentinel has arrived.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
@@ -26,7 +26,6 @@ import { join } from 'node:path';
 import {
   APP,
   CompatEnv,
-  freePort,
   heraldConfig,
   nextEvent,
   record,
@@ -34,6 +33,7 @@ import {
   roundTrip,
   startAuthServer,
   startHerald,
+  startOnPorts,
   subscribe,
   userInfo,
   waitFor,
@@ -72,45 +72,24 @@ function ping(port) {
   });
 }
 
-/** Starts a throwaway redis-server (no persistence) on a fresh loopback port. */
-async function startRedis(extraArgs = () => []) {
-  const port = await freePort();
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extraArgs(port)];
-  const proc = spawn(REDIS_SERVER, args, {
-    stdio: ['ignore', 'pipe', 'pipe'],
+/**
+ * Starts a throwaway redis-server (no persistence) on a port of its own (and
+ * `extraPorts` more for `extraArgs(ports)`: a cluster node's bus). redis-server
+ * cannot bind port 0, so `startOnPorts` gives it candidates and checks that it
+ * listens on them itself.
+ */
+async function startRedis(extraArgs = () => [], extraPorts = 0) {
+  const server = await startOnPorts({
+    name: REDIS_SERVER,
+    command: REDIS_SERVER,
+    count: 1 + extraPorts,
+    args: ([port, ...rest]) => [
+      '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extraArgs(port, rest),
+    ],
+    ready: async ([port]) => (await ping(port)) === '+PONG',
   });
-  let output = '';
-  for (const stream of [proc.stdout, proc.stderr]) stream.on('data', (chunk) => (output = (output + chunk).slice(-8_000)));
-  let exitStatus = null;
-  const exited = new Promise((res) => {
-    proc.on('error', (error) => res({ code: null, signal: null, error }));
-    proc.on('close', (code, signal) => res({ code, signal }));
-  });
-  exited.then((status) => (exitStatus = status));
-
-  const redis = {
-    port,
-    url: `redis://127.0.0.1:${port}/`,
-    async stop() {
-      if (exitStatus === null) proc.kill('SIGTERM');
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
-  try {
-    const ready = await waitFor(async () => (exitStatus !== null ? 'exited' : (await ping(port)) === '+PONG' && 'ready'), {
-      timeoutMs: 10_000,
-      intervalMs: 50,
-      what: `${REDIS_SERVER} on port ${port} to answer PING`,
-    });
-    if (ready === 'exited') throw new Error(`redis-server exited during start-up: ${JSON.stringify(exitStatus)}`);
-  } catch (err) {
-    await redis.stop();
-    err.message += `\n--- redis-server output ---\n${output}`;
-    throw err;
-  }
-  return redis;
+  const [port] = server.ports;
+  return { port, url: `redis://127.0.0.1:${port}/`, stop: server.stop };
 }
 
 /** Sends one inline command to Redis on `port` and resolves with the raw reply. */
@@ -144,8 +123,16 @@ async function startBackbone() {
   if (MODE !== 'cluster') throw new Error(`COMPAT_REDIS_MODE must be single, sharded or cluster, not ${MODE}`);
   const dir = await mkdtemp(join(tmpdir(), 'herald-compat-cluster-'));
   const servers = await Promise.all(
+    // The cluster bus gets a port of its own: the default, port + 10000, does not
+    // exist for ports above 55535.
     Array.from({ length: 6 }, () =>
-      startRedis((port) => ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${port}.conf`)]),
+      startRedis(
+        (port, [bus]) => [
+          '--cluster-enabled', 'yes', '--cluster-port', String(bus),
+          '--cluster-config-file', join(dir, `nodes-${port}.conf`),
+        ],
+        1,
+      ),
     ),
   );
   const created = spawnSync(

@@ -22,7 +22,7 @@ import { after, before } from 'node:test';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants, createWriteStream } from 'node:fs';
-import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { access, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createTcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -208,21 +208,119 @@ export async function roundTrip(client, timeoutMs = DEFAULT_TIMEOUT_MS) {
 // Herald process
 // ---------------------------------------------------------------------------
 
-/** Asks the OS for a free loopback port (released immediately, so Herald can bind it). */
-export function freePort() {
-  return new Promise((res, reject) => {
-    const server = createTcpServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => res(port));
-    });
-  });
+// ---------------------------------------------------------------------------
+// Ports
+//
+// Nothing here guesses a free port and hopes: Herald binds port 0 and reports the
+// ports it got (`--ready-file`). Servers that cannot (redis-server --port 0 disables
+// TCP; tansu advertises the port it listens on) are started on candidate ports and
+// checked to listen on them themselves, through /proc, so an answer from another
+// process on that port never passes for theirs; one that could not bind exits, and
+// is started again on other candidates (`startOnPorts`).
+// ---------------------------------------------------------------------------
+
+/** `n` distinct candidate ports: bound together on 127.0.0.1:0, released on return. */
+export async function candidatePorts(n) {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () =>
+      new Promise((res, reject) => {
+        const server = createTcpServer();
+        server.unref();
+        server.on('error', reject);
+        server.listen(0, '127.0.0.1', () => res(server));
+      }),
+    ),
+  );
+  const ports = servers.map((server) => server.address().port);
+  await Promise.all(servers.map((server) => new Promise((res) => server.close(res))));
+  return ports;
 }
 
-// The gRPC listener always gets a port of its own: Herald serves gRPC whenever it
-// runs, and the default port would collide between test files run in parallel.
+/** Whether process `pid` itself holds a TCP socket listening on `port` (Linux /proc). */
+export async function listensOn(pid, port) {
+  const inodes = new Set();
+  for (const table of ['tcp', 'tcp6']) {
+    const text = await readFile(`/proc/${pid}/net/${table}`, 'utf8').catch(() => '');
+    for (const line of text.split('\n').slice(1)) {
+      // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+      const fields = line.trim().split(/\s+/);
+      if (fields.length < 10 || fields[3] !== '0A') continue;
+      if (parseInt(fields[1].split(':').pop(), 16) === port) inodes.add(fields[9]);
+    }
+  }
+  if (inodes.size === 0) return false;
+  const fds = await readdir(`/proc/${pid}/fd`).catch(() => []);
+  for (const fd of fds) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    const inode = /^socket:\[(\d+)\]$/.exec(target)?.[1];
+    if (inode && inodes.has(inode)) return true;
+  }
+  return false;
+}
+
+const START_ATTEMPTS = 8;
+
+/**
+ * Starts `command args(ports)` on `count` candidate ports until the process itself
+ * listens on all of them and `ready(ports)` resolves truthy; a process that exits
+ * first (a port was taken in the meantime) is started again on new candidates, up
+ * to 8 times. Resolves with `{ ports, proc, output(), stop() }`; `stop()` sends
+ * SIGTERM (SIGKILL after 5 s) and resolves once the process is gone. `candidates`
+ * replaces `candidatePorts` (for a test of the retry).
+ */
+export async function startOnPorts({
+  name,
+  command,
+  args,
+  count = 1,
+  options = {},
+  ready = async () => true,
+  candidates = candidatePorts,
+}) {
+  const failures = [];
+  for (let attempt = 0; attempt < START_ATTEMPTS; attempt++) {
+    const ports = await candidates(count);
+    const proc = spawn(command, args(ports), { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+    let output = '';
+    for (const stream of [proc.stdout, proc.stderr]) stream.on('data', (chunk) => (output = (output + chunk).slice(-8_000)));
+    let exitStatus = null;
+    const exited = new Promise((res) => {
+      proc.on('error', (error) => res({ code: null, signal: null, error }));
+      proc.on('close', (code, signal) => res({ code, signal }));
+    });
+    exited.then((status) => (exitStatus = status));
+    const stop = async () => {
+      if (exitStatus === null) proc.kill('SIGTERM');
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(timer);
+    };
+    let started;
+    try {
+      started = await waitFor(
+        async () => {
+          if (exitStatus !== null) return 'exited';
+          for (const port of ports) if (!(await listensOn(proc.pid, port))) return false;
+          return (await ready(ports)) && 'ready';
+        },
+        { timeoutMs: 20_000, intervalMs: 20, what: `${name} to listen on ${ports.join(', ')}` },
+      );
+    } catch (err) {
+      await stop();
+      err.message += `\n--- ${name} output ---\n${output}`;
+      throw err;
+    }
+    if (started === 'ready') return { ports, proc, output: () => output, stop };
+    await exited;
+    if (exitStatus.error) throw new Error(`cannot start ${name} (${command}): ${exitStatus.error.message}`);
+    failures.push(`ports ${ports.join(', ')}: exit ${JSON.stringify(exitStatus)}\n${output}`);
+  }
+  throw new Error(`${name} exited before listening, ${START_ATTEMPTS} times:\n${failures.join('\n')}`);
+}
+
+// Every listener is given a port (0 from `startHerald`: the kernel picks free ones,
+// distinct by construction), the gRPC one too: Herald serves gRPC whenever it runs,
+// and the default port would collide between test files run in parallel.
 // Exported so that a test file can start Herald with this config plus sections
 // of its own (see `startHerald`).
 export function heraldConfig({ port, metricsPort, grpcPort }) {
@@ -261,9 +359,10 @@ function heraldEnv() {
 }
 
 /**
- * Starts `herald <command>` (default `dev`) on fresh ports and waits until
- * /readyz answers 200. `config({ port, metricsPort, grpcPort })` returns the
- * config file's text (default `heraldConfig`). Herald's output goes to a log
+ * Starts `herald <command>` (default `dev`) with every port 0, reads the ports it
+ * bound from its ready file (`--ready-file`, written once every listener is bound)
+ * and waits until /readyz answers 200. `config({ port, metricsPort, grpcPort })`
+ * returns the config file's text (default `heraldConfig`); it is given zeros. Herald's output goes to a log
  * file in a temp dir, which is kept (and its path printed) when
  * COMPAT_KEEP_LOGS=1; a failed start-up reports its tail.
  *
@@ -276,16 +375,14 @@ export async function startHerald({ command = 'dev', config = heraldConfig } = {
     throw new Error(`no executable Herald at ${HERALD_BIN}: build it (cargo build) or set HERALD_BIN`);
   });
   const workDir = await mkdtemp(join(tmpdir(), 'herald-compat-'));
-  const port = await freePort();
-  const metricsPort = await freePort();
-  const grpcPort = await freePort();
   const configPath = join(workDir, 'herald.toml');
   const logPath = join(workDir, 'herald.log');
-  await writeFile(configPath, config({ port, metricsPort, grpcPort }));
+  const readyPath = join(workDir, 'ready.json');
+  await writeFile(configPath, config({ port: 0, metricsPort: 0, grpcPort: 0 }));
 
   const log = createWriteStream(logPath);
   let output = '';
-  const proc = spawn(HERALD_BIN, [command, '--config', configPath], {
+  const proc = spawn(HERALD_BIN, [command, '--config', configPath, '--ready-file', readyPath], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: heraldEnv(),
   });
@@ -322,10 +419,12 @@ export async function startHerald({ command = 'dev', config = heraldConfig } = {
     }
   };
 
+  // Filled from the ready file: `port` (WebSocket + HTTP API) and `grpcPort` stay
+  // undefined for `herald dispatcher`, which has neither.
   const herald = {
-    port,
-    grpcPort,
-    metricsPort,
+    port: undefined,
+    grpcPort: undefined,
+    metricsPort: undefined,
     /** The output Herald has written so far (its last 16,000 characters). */
     output: () => output,
     /**
@@ -354,7 +453,14 @@ export async function startHerald({ command = 'dev', config = heraldConfig } = {
     const ready = await waitFor(
       async () => {
         if (exitStatus !== null) return 'exited';
-        const res = await fetch(`http://127.0.0.1:${metricsPort}/readyz`);
+        if (herald.metricsPort === undefined) {
+          // Written atomically (renamed into place): absent, or whole.
+          const bound = JSON.parse(await readFile(readyPath, 'utf8'));
+          if (bound.pid !== proc.pid) throw new Error(`ready file of pid ${bound.pid}, not ${proc.pid}`);
+          const portOf = (address) => (address === undefined ? undefined : Number(address.split(':').pop()));
+          Object.assign(herald, { port: portOf(bound.ws), grpcPort: portOf(bound.grpc), metricsPort: portOf(bound.metrics) });
+        }
+        const res = await fetch(`http://127.0.0.1:${herald.metricsPort}/readyz`);
         await res.arrayBuffer();
         return res.status === 200 && 'ready';
       },

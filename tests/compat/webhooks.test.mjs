@@ -9,9 +9,7 @@
 // here, a `herald edge` recording to Kafka and a separate `herald dispatcher`).
 // REDIS_SERVER and TANSU override the binaries.
 import { after, test } from 'node:test';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
@@ -21,67 +19,48 @@ import { createServer } from 'node:http';
 import PusherServer from 'pusher';
 import { Webhook } from 'standardwebhooks';
 
-import { APP, freePort, heraldConfig, startHerald, subscribe, useHerald, waitFor } from './harness.mjs';
+import { APP, heraldConfig, startHerald, startOnPorts, subscribe, useHerald, waitFor } from './harness.mjs';
 
 const SECRET = `whsec_${randomBytes(32).toString('base64')}`;
 const DEBOUNCE_MS = 500;
 const MODE = process.env.COMPAT_WEBHOOKS_MODE ?? 'dev';
 if (!['dev', 'cluster'].includes(MODE)) throw new Error(`COMPAT_WEBHOOKS_MODE must be dev or cluster, not ${MODE}`);
 
-/** Starts `command args` and waits until `port` accepts connections. */
-async function startService(name, command, args, port, options = {}) {
-  const proc = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
-  let output = '';
-  for (const stream of [proc.stdout, proc.stderr]) stream.on('data', (chunk) => (output = (output + chunk).slice(-8_000)));
-  let exited = null;
-  proc.on('error', (error) => (exited = error));
-  proc.on('close', (code) => (exited ??= new Error(`exited with ${code}`)));
-  const accepts = () =>
-    new Promise((resolve) => {
-      const socket = connect({ host: '127.0.0.1', port }, () => resolve(socket.end() && true));
-      socket.on('error', () => resolve(false));
-    });
-  try {
-    await waitFor(async () => {
-      if (exited) throw exited;
-      return accepts();
-    }, { timeoutMs: 20_000, intervalMs: 50, what: `${name} on port ${port}` });
-  } catch (err) {
-    proc.kill('SIGKILL');
-    err.message += `\n--- ${name} output ---\n${output}`;
-    throw err;
-  }
+/**
+ * Starts a service that cannot bind port 0 on a port of its own (`startOnPorts`
+ * checks that it listens there itself), and waits until it accepts connections.
+ * `stop()` kills it (SIGKILL).
+ */
+async function startService(name, command, args, options = {}) {
+  const service = await startOnPorts({ name, command, args: ([port]) => args(port), options });
+  const [port] = service.ports;
   return {
-    stop: () =>
-      new Promise((resolve) => {
-        if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
-        proc.on('close', resolve);
-        proc.kill('SIGKILL');
-      }),
+    port,
+    stop: () => {
+      service.proc.kill('SIGKILL');
+      return service.stop();
+    },
   };
 }
 
 /** In cluster mode: redis-server and tansu, and the config lines that use them. */
 async function startBackbone() {
-  const redisPort = await freePort();
-  const redis = await startService('redis-server', process.env.REDIS_SERVER ?? 'redis-server', [
-    '--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-  ], redisPort);
-  const kafkaPort = await freePort();
+  const redis = await startService('redis-server', process.env.REDIS_SERVER ?? 'redis-server', (port) => [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+  ]);
   const dir = await mkdtemp(join(tmpdir(), 'herald-compat-tansu-'));
-  const listener = `tcp://127.0.0.1:${kafkaPort}`;
   // sqlite storage: tansu 0.6's memory engine cannot resume a group mid-batch.
-  const tansu = await startService('tansu', process.env.TANSU ?? 'tansu', [
-    'broker', '--listener-url', listener, '--advertised-listener-url', listener,
+  const tansu = await startService('tansu', process.env.TANSU ?? 'tansu', (port) => [
+    'broker', '--listener-url', `tcp://127.0.0.1:${port}`, '--advertised-listener-url', `tcp://127.0.0.1:${port}`,
     '--storage-engine', `sqlite://${join(dir, 'tansu.db')}`,
-  ], kafkaPort, { cwd: '/' });
+  ], { cwd: '/' });
   return {
     config: `
 [redis]
-url = "redis://127.0.0.1:${redisPort}/"
+url = "redis://127.0.0.1:${redis.port}/"
 
 [kafka]
-brokers = "127.0.0.1:${kafkaPort}"
+brokers = "127.0.0.1:${tansu.port}"
 `,
     async stop() {
       await tansu.stop();

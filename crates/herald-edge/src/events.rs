@@ -24,7 +24,7 @@ use prost::Message as _;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::node::Node;
+use crate::{debounce::Key, node::Node};
 
 /// Settings of the event log as the edge writes it (`[events]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -279,22 +279,50 @@ impl Node {
         if count != Some(0) && removed_user.is_none() {
             return;
         }
+        // One entry per channel (user) waiting, decided by one driver task: see
+        // `debounce`.
+        if self.debounced.needs_driver() {
+            // It holds the node weakly: a node dropped without a shutdown is freed.
+            let (debounced, node) = (self.debounced.clone(), Arc::downgrade(self));
+            let now = self.lifecycle_now.clone();
+            self.lifecycle.spawn(async move {
+                let decide = move |keys| {
+                    if let Some(node) = node.upgrade() {
+                        node.decide_debounced(keys);
+                    }
+                    std::future::ready(())
+                };
+                debounced.drive(now, decide).await;
+            });
+        }
+        let deadline = tokio::time::Instant::now() + recorder.config.debounce();
+        let app_id: Arc<str> = Arc::from(app_id);
+        if let Some(user) = removed_user {
+            let key = Key { app_id: app_id.clone(), channel: channel.clone(), user: Some(Arc::from(user)) };
+            self.debounced.schedule(key, deadline);
+        }
+        if count == Some(0) {
+            self.debounced.schedule(Key { app_id, channel: channel.clone(), user: None }, deadline);
+        }
+        if self.lifecycle_now.is_cancelled() {
+            // Shutting down: the driver has decided everything, or is about to.
+            for keys in self.debounced.take_all() {
+                self.decide_debounced(keys);
+            }
+        }
+    }
+
+    /// Decides one channel's due announcements, in order, in a task of their own (a
+    /// Redis round trip each; channels are decided in parallel).
+    fn decide_debounced(self: &Arc<Self>, keys: Vec<Key>) {
         let node = self.clone();
-        let (app_id, channel) = (app_id.to_owned(), channel.clone());
-        let user = removed_user.map(str::to_owned);
-        let vacated = count == Some(0);
-        let debounce = recorder.config.debounce();
-        let now = self.lifecycle_now.clone();
         self.lifecycle.spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(debounce) => {}
-                _ = now.cancelled() => {}
-            }
-            if let Some(user) = &user {
-                node.announce(&app_id, &channel, Lifecycle::MemberRemoved(user)).await;
-            }
-            if vacated {
-                node.announce(&app_id, &channel, Lifecycle::Vacated).await;
+            for key in keys {
+                let change = match &key.user {
+                    Some(user) => Lifecycle::MemberRemoved(user),
+                    None => Lifecycle::Vacated,
+                };
+                node.announce(&key.app_id, &key.channel, change).await;
             }
         });
     }
@@ -342,7 +370,53 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use herald_backbone::{MemoryBackbone, MemoryEventLog};
+    use herald_core::Apps;
+    use herald_hub::Hub;
+
     use super::*;
+
+    /// A node of the in-memory backbone recording to an in-memory log.
+    async fn recording_node() -> Arc<Node> {
+        let backbone = MemoryBackbone::new();
+        let hub = Arc::new(Hub::new(1));
+        let broker = Arc::new(backbone.broker(hub.clone()));
+        let apps = Apps::new(vec![herald_testkit::app("app")]).unwrap();
+        let node = Node::new(1, apps, crate::EdgeConfig::default(), hub, broker, backbone.presence());
+        let log = Arc::new(MemoryEventLog::new());
+        let config = EventsConfig::default();
+        log.ensure_topics(&[&config.topic], 1).await.unwrap();
+        node.record_events_to(log, config);
+        node
+    }
+
+    /// A client subscribing and unsubscribing in a loop used to leave a task per leave
+    /// waiting out the debounce (a few kilobytes each): memory grew with the rate.
+    #[tokio::test(start_paused = true)]
+    async fn leaves_waiting_for_the_debounce_cost_one_entry_per_channel() {
+        let node = recording_node().await;
+        let busy = ChannelName::new("busy").unwrap();
+        for _ in 0..1_000 {
+            node.record_left("app", &busy, Some(0), None);
+        }
+        assert!(node.lifecycle.len() <= 1, "{} tasks wait for one channel", node.lifecycle.len());
+        assert_eq!(node.debounced.pending(), 1);
+
+        for i in 0..1_000 {
+            let channel = ChannelName::new(&format!("ch-{i}")).unwrap();
+            node.record_left("app", &channel, Some(0), Some("user"));
+        }
+        assert!(node.lifecycle.len() <= 1, "{} tasks wait for 1,000 channels", node.lifecycle.len());
+        assert_eq!(node.debounced.pending(), 2_001, "a vacated channel and a removed member each");
+
+        // Once due, every one is decided and nothing is left behind.
+        tokio::time::sleep(EventsConfig::default().debounce()).await;
+        node.flush_events(Duration::from_secs(5)).await;
+        assert_eq!(node.debounced.pending(), 0);
+        assert_eq!(node.lifecycle.len(), 0);
+    }
 
     #[test]
     fn event_ids_are_unique_and_sort_by_time() {

@@ -16,9 +16,11 @@
 //! | `share` | the node's share of cluster presence, and its re-assertion after any gap |
 //! | `publish` | the one publish path of the HTTP and gRPC APIs: validation and publication |
 //! | `events` | channel events (publications, client events, lifecycle) into the event log |
+//! | `debounce` | lifecycle announcements waiting for the debounce, one entry per channel or user |
 
 mod accept;
 mod config;
+mod debounce;
 pub mod events;
 mod health;
 mod http_api;

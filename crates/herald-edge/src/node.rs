@@ -48,6 +48,9 @@ pub struct Node {
     pub(crate) lifecycle_now: tokio_util::sync::CancellationToken,
     /// Unfinished client input held by this node's sessions, and its bound.
     pub(crate) input_budget: InputBudget,
+    /// Lifecycle announcements waiting for the debounce (one entry per channel or
+    /// user, however often it was left).
+    pub(crate) debounced: Arc<crate::debounce::Debouncer>,
 }
 
 /// The broker topics this node is subscribed to, kept equal to the topics with local
@@ -88,6 +91,7 @@ impl Node {
             lifecycle: tokio_util::task::TaskTracker::new(),
             lifecycle_now: tokio_util::sync::CancellationToken::new(),
             input_budget,
+            debounced: Arc::default(),
             interest: Interest {
                 hasher: RandomState::new(),
                 stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),

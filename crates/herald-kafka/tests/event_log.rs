@@ -106,7 +106,11 @@ async fn kafka_event_log_conforms_on_tansu_memory() {
 
 #[tokio::test]
 async fn connect_fails_when_no_broker_answers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A port bound and never listened on: held by this test, so nothing else can
+    // take it, and every connection to it is refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
     let started = Instant::now();
     let result = KafkaEventLog::connect(KafkaConfig::new(format!("127.0.0.1:{port}"))).await;
     assert!(result.is_err(), "connected to nothing");

@@ -1,6 +1,23 @@
-//! Logs and metrics for every Herald role: one place that names each metric (bounded
-//! labels only: never a channel, user or socket id), installs the Prometheus recorder
-//! and the tracing subscriber.
+//! Logs and metrics for every Herald role: one place that names each metric, installs
+//! the Prometheus recorder and the tracing subscriber.
+//!
+//! # Labels are bounded by construction
+//!
+//! Every label value is one of a fixed set written in Herald's code (a `&'static str`
+//! literal, or a bucket computed from a closed enum), documented on its [`Metric`]
+//! variant. Never a value that a client, a publisher or an app chooses or that grows
+//! with traffic: no channel, event name, user id, socket id, endpoint URL or id, app
+//! id, error message, or a number taken from the wire (a close code a client sent is
+//! bucketed first). Each distinct label set is a time series that the recorder keeps
+//! for the life of the process and every scrape returns, so an unbounded label is
+//! both a memory leak and a way for anyone to flood the monitoring system.
+//!
+//! Apps are not a label either (no metric has one today): the config fixes the set
+//! of apps, but one deployment may serve thousands of tenants, and every metric
+//! would be multiplied by that. Per-app figures belong in the APIs that already
+//! scope by app (channel info, delivery attempts). Were per-app series ever needed,
+//! they would be opt-in, for apps the operator lists in the config, with every other
+//! app counted under one `other` value; never an id taken from a request.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;

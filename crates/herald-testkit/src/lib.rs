@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod ports;
 pub mod receiver;
 pub mod redis;
 pub mod tansu;

@@ -1,33 +1,59 @@
-//! A real `redis-server` for a test, on a free port, stopped on drop. Fails loudly
-//! when Redis is not installed (`scripts/install-test-deps.sh` installs it).
+//! A real `redis-server` for a test, on a port of its own, stopped on drop. Fails
+//! loudly when Redis is not installed (`scripts/install-test-deps.sh` installs it).
+//!
+//! `redis-server --port 0` disables TCP instead of picking a port, so each server is
+//! started on candidate ports and checked to listen on them itself, and started
+//! again on others if it could not bind (see [`crate::ports`]). Its log goes to
+//! `herald-redis-PORT.log` in the temp directory, quoted when it fails to start.
 
 use std::{
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use crate::ports;
 
 pub struct RedisServer {
     child: Child,
     pub port: u16,
 }
 
+/// `redis-server` with the arguments every test server shares: loopback only, no
+/// persistence, its log in [`log_path`].
+fn redis_command(port: u16) -> Command {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--logfile", &log_path(port).display().to_string()])
+        .stdout(Stdio::null());
+    command
+}
+
+fn spawn(mut command: Command) -> Child {
+    command.spawn().expect("redis-server is required (scripts/install-test-deps.sh installs it)")
+}
+
+fn log_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("herald-redis-{port}.log"))
+}
+
+fn log(port: u16) -> String {
+    std::fs::read_to_string(log_path(port)).unwrap_or_default()
+}
+
 impl RedisServer {
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(port)
+        let (child, ports) = ports::spawn_listening("redis-server", 1, |p| spawn(redis_command(p[0])), |p| log(p[0]));
+        Self { child, port: ports[0] }
     }
 
-    /// Starts one on `port` (a restart, after [`RedisServer::stop`]), empty.
+    /// Starts one on `port` (a restart, after [`RedisServer::stop`]), empty. Panics if
+    /// the port was taken in the meantime: a restart must keep its port.
     pub fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is required (scripts/install-test-deps.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
+        let mut child = spawn(redis_command(port));
+        if let Err(e) = ports::wait_listening(&mut child, &[port], Duration::from_secs(10)) {
+            panic!("redis-server could not listen on port {port} again ({e:?}):\n{}", log(port));
         }
         Self { child, port }
     }
@@ -63,6 +89,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(log_path(self.port));
+        }
     }
 }
 
@@ -79,29 +108,26 @@ impl RedisCluster {
         let dir =
             std::env::temp_dir().join(format!("herald-redis-cluster-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).unwrap();
-        let ports: Vec<u16> = (0..6)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
-            .collect();
-        let mut cluster = Self { nodes: Vec::new(), ports: ports.clone(), dir: dir.clone() };
-        for port in &ports {
-            let node_dir = dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).unwrap();
-            let child = Command::new("redis-server")
-                .current_dir(&node_dir)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server is required (scripts/install-test-deps.sh installs it)");
+        let mut cluster = Self { nodes: Vec::new(), ports: Vec::new(), dir: dir.clone() };
+        // Each node listens on two ports: clients, and the cluster bus (by default
+        // port + 10000, which does not exist for ports above 55535: given explicitly).
+        for _ in 0..6 {
+            let node = |ports: &[u16]| {
+                let node_dir = dir.join(ports[0].to_string());
+                std::fs::create_dir_all(&node_dir).unwrap();
+                let mut command = redis_command(ports[0]);
+                command
+                    .current_dir(&node_dir)
+                    .args(["--cluster-enabled", "yes", "--cluster-port", &ports[1].to_string()])
+                    .args(["--cluster-config-file", "nodes.conf"]);
+                spawn(command)
+            };
+            let (child, ports) = ports::spawn_listening("redis-server (cluster node)", 2, node, |p| log(p[0]));
             cluster.nodes.push(child);
+            cluster.ports.push(ports[0]);
         }
+        let ports = cluster.ports.clone();
         let deadline = Instant::now() + Duration::from_secs(10);
-        for port in &ports {
-            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
-                assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
             .arg("--cluster")
@@ -140,6 +166,9 @@ impl Drop for RedisCluster {
         for node in &mut self.nodes {
             let _ = node.kill();
             let _ = node.wait();
+        }
+        if !std::thread::panicking() {
+            self.ports.iter().for_each(|port| drop(std::fs::remove_file(log_path(*port))));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -1,5 +1,7 @@
 //! A real Kafka-protocol broker for a test: [tansu](https://github.com/tansu-io/tansu)
-//! on a free port, killed on drop. Fails loudly when tansu is not installed
+//! on a port of its own, killed on drop. tansu advertises the port it listens on, so
+//! it is given one: started on a candidate port, checked to listen on it itself, and
+//! started again on another if it could not bind (see [`crate::ports`]). Fails loudly when tansu is not installed
 //! (`scripts/install-test-deps.sh` installs it); `HERALD_TANSU` names another binary.
 //!
 //! tansu does not create topics implicitly: create them through the admin API.
@@ -9,8 +11,10 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use crate::ports;
 
 /// The in-memory storage engine: everything is lost when the broker stops.
 pub const MEMORY_STORAGE: &str = "memory://tansu/";
@@ -34,47 +38,37 @@ impl Tansu {
     /// URL says (`sqlite:///tmp/t.db` is `$PWD/tmp/t.db`); it runs in `/` here, so
     /// an absolute path means what it says.
     pub fn start_with_storage(storage: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(port, storage)
+        let (child, ports) = ports::spawn_listening(
+            "tansu",
+            1,
+            |p| spawn(p[0], storage),
+            |p| std::fs::read_to_string(log_path(p[0])).unwrap_or_default(),
+        );
+        Self { child: Some(child), port: ports[0], storage: storage.to_owned() }
     }
 
-    /// A broker on `port` with the storage engine `storage`.
+    /// A broker on `port` with the storage engine `storage`; panics if it cannot
+    /// listen there.
     pub fn start_on(port: u16, storage: &str) -> Self {
         let mut tansu = Self { child: None, port, storage: storage.to_owned() };
-        tansu.spawn();
+        tansu.respawn();
         tansu
     }
 
-    fn spawn(&mut self) {
+    /// Starts tansu again on its port (which a restart must keep).
+    fn respawn(&mut self) {
         assert!(self.child.is_none(), "tansu is already running on port {}", self.port);
-        let binary = binary();
-        let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let log_path = self.log_path();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
-        let child = Command::new(&binary)
-            .current_dir("/")
-            .arg("broker")
-            .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
-            .args(["--storage-engine", &self.storage])
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}", binary.display()));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            let output = || std::fs::read_to_string(&log_path).unwrap_or_default();
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("tansu exited with {status} before listening on port {}:\n{}", self.port, output());
-            }
-            assert!(Instant::now() < deadline, "tansu did not start on port {}:\n{}", self.port, output());
-            std::thread::sleep(Duration::from_millis(20));
+        let mut child = spawn(self.port, &self.storage);
+        if let Err(e) = ports::wait_listening(&mut child, &[self.port], Duration::from_secs(10)) {
+            let output = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            panic!("tansu did not listen on port {} ({e:?}):\n{output}", self.port);
         }
+        self.child = Some(child);
     }
 
     /// Where tansu's output goes.
     pub fn log_path(&self) -> PathBuf {
-        std::env::temp_dir().join(format!("herald-tansu-{}.log", self.port))
+        log_path(self.port)
     }
 
     /// `host:port`, as librdkafka's `bootstrap.servers` wants it.
@@ -93,7 +87,7 @@ impl Tansu {
     /// Starts the broker again on the same port and storage (after [`Tansu::stop`]).
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        self.respawn();
     }
 }
 
@@ -104,6 +98,27 @@ impl Drop for Tansu {
             let _ = std::fs::remove_file(self.log_path());
         }
     }
+}
+
+fn log_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("herald-tansu-{port}.log"))
+}
+
+/// Starts tansu on `port` with the storage engine `storage`, its output appended to
+/// [`log_path`].
+fn spawn(port: u16, storage: &str) -> Child {
+    let binary = binary();
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path(port)).unwrap();
+    Command::new(&binary)
+        .current_dir("/")
+        .arg("broker")
+        .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
+        .args(["--storage-engine", storage])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}", binary.display()))
 }
 
 /// `HERALD_TANSU`, else `tansu` on `PATH`.

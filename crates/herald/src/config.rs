@@ -287,6 +287,10 @@ pub struct ServerConfig {
     /// 0: WebSocket clients and the HTTP API are served on the shared multi-threaded
     /// runtime; N: on N dedicated single-threaded event loops (`SO_REUSEPORT`).
     pub edge_threads: usize,
+    /// Once every listener is bound, write the addresses actually bound (JSON, written
+    /// atomically) to this file; empty: none. With ports 0 the kernel picks free
+    /// ports, and whoever started Herald reads them here (see `ready.rs`).
+    pub ready_file: String,
 }
 
 impl Default for ServerConfig {
@@ -298,6 +302,7 @@ impl Default for ServerConfig {
             node_id: 0,
             shutdown_grace_secs: 10,
             edge_threads: 0,
+            ready_file: String::new(),
         }
     }
 }
@@ -327,6 +332,10 @@ pub struct Flags {
     /// gRPC API port (overrides grpc.port).
     #[arg(long)]
     pub grpc_port: Option<u16>,
+    /// Write the bound addresses to this file once listening (overrides
+    /// server.ready_file).
+    #[arg(long)]
+    pub ready_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -348,6 +357,9 @@ impl Config {
             }
             if let Some(port) = flags.metrics_port {
                 server.insert("metrics_port".into(), Value::Integer(port.into()));
+            }
+            if let Some(path) = &flags.ready_file {
+                server.insert("ready_file".into(), Value::String(path.to_string_lossy().into_owned()));
             }
         }
         if let Some(port) = flags.grpc_port {
@@ -392,6 +404,7 @@ impl Config {
                 errors.push(format!("{name}: {port} is already used by {other}"));
             }
         }
+        errors.extend(crate::ready::validate(&self.server.ready_file));
         if self.server.shutdown_grace_secs == 0 {
             errors.push("server.shutdown_grace_secs: must be at least 1".into());
         }

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod config;
+mod ready;
 
 use config::{Config, Flags};
 
@@ -199,9 +200,11 @@ impl Webhooks {
 async fn run_dispatcher(config: Config) -> anyhow::Result<()> {
     let metrics = herald_telemetry::install_prometheus();
     let host: std::net::IpAddr = config.server.host.parse().context("server.host")?;
+    let ready_file = ready::ReadyFile::prepare(&config.server.ready_file).context("server.ready_file")?;
     let health_listener = TcpListener::bind(SocketAddr::new(host, config.server.metrics_port))
         .await
         .with_context(|| format!("cannot listen on {host}:{}", config.server.metrics_port))?;
+    let health_addr = health_listener.local_addr()?;
     let redis = redis_config(&config);
     let Some(webhooks) = Webhooks::cluster(&config, &redis).await? else {
         anyhow::bail!("herald dispatcher needs [kafka]");
@@ -229,17 +232,17 @@ async fn run_dispatcher(config: Config) -> anyhow::Result<()> {
         metrics,
         health_stop.clone().cancelled_owned(),
     ));
-    tracing::info!(
-        metrics = %SocketAddr::new(host, config.server.metrics_port),
-        group = %config.dispatcher.group,
-        "herald dispatcher started"
-    );
+    tracing::info!(metrics = %health_addr, group = %config.dispatcher.group, "herald dispatcher started");
+    ready_file
+        .write(ready::Addresses { metrics: Some(health_addr), ..ready::Addresses::default() })
+        .context("writing server.ready_file")?;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let run = dispatcher.run(shutdown.clone(), grace);
     let result = run.await;
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
     health_stop.cancel();
     let _ = health.await;
+    ready_file.remove();
     result.context("the dispatcher stopped")?;
     tracing::info!("stopped");
     Ok(())
@@ -259,6 +262,7 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     }
     let metrics = herald_telemetry::install_prometheus();
     let host: std::net::IpAddr = config.server.host.parse().context("server.host")?;
+    let ready_file = ready::ReadyFile::prepare(&config.server.ready_file).context("server.ready_file")?;
     let listener = herald_edge::bind(SocketAddr::new(host, config.server.port))
         .with_context(|| format!("cannot listen on {host}:{}", config.server.port))?;
     let health_listener = TcpListener::bind(SocketAddr::new(host, config.server.metrics_port))
@@ -365,7 +369,11 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         config.edge().shutdown_grace,
         shutdown.clone().cancelled_owned(),
     ));
+    // The listeners queue connections from here on, whatever the tasks are doing.
+    let bound = ready::Addresses { ws: Some(ws_addr), grpc: Some(grpc_addr), metrics: Some(health_addr) };
+    ready_file.write(bound).context("writing server.ready_file")?;
     herald_edge::serve(listener, node, shutdown.cancelled_owned()).await;
+    ready_file.remove();
     let _ = grpc.await;
     if let Some(dispatcher) = dispatcher {
         match dispatcher.await {

@@ -150,3 +150,73 @@ fn dev_serves_a_demo_app_and_stops_cleanly_on_sigterm() {
         assert!(stdout.contains(expected), "{expected} not in the banner: {stdout}");
     }
 }
+
+/// Polls until `path` holds the ready file of `child` (Herald writes it atomically:
+/// whole or absent; a file of another pid is stale), failing if the process exits
+/// first or after `within`.
+fn wait_for_ready_file(child: &mut std::process::Child, path: &std::path::Path, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.contains(&format!("\"pid\":{},", child.id()))
+        {
+            return text;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("herald exited ({status}) before writing {}", path.display());
+        }
+        assert!(Instant::now() < deadline, "no ready file after {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn port_0_everywhere_and_the_ready_file_names_the_ports_bound() {
+    let dir = std::env::temp_dir().join(format!("herald-cli-ready-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ready = dir.join("ready.json");
+    std::fs::write(&ready, r#"{"pid":1,"ws":"127.0.0.1:1"}"#).unwrap();
+    let mut child = Command::new(HERALD)
+        .args(["dev", "--port", "0", "--metrics-port", "0", "--grpc-port", "0", "--ready-file"])
+        .arg(&ready)
+        .env("HERALD_SERVER__SHUTDOWN_GRACE_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The stale file of "an earlier run" is replaced.
+    let text = wait_for_ready_file(&mut child, &ready, Duration::from_secs(20));
+    let bound: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(bound["pid"], child.id(), "{text}");
+    let address = |name: &str| -> std::net::SocketAddr { bound[name].as_str().unwrap().parse().unwrap() };
+    let (ws, grpc, metrics) = (address("ws"), address("grpc"), address("metrics"));
+    assert_eq!(address("http"), ws, "one listener for WebSocket and the HTTP API");
+    let ports = [ws.port(), grpc.port(), metrics.port()];
+    assert!(ports.iter().all(|p| *p != 0), "{ports:?}");
+    assert_eq!(ports.iter().collect::<std::collections::HashSet<_>>().len(), 3, "{ports:?}");
+
+    // Each is the listener it claims to be.
+    assert!(get(&metrics.to_string(), "/readyz").contains("200"));
+    assert!(get(&ws.to_string(), "/nothing-here").contains("404"));
+    let mut h2 = TcpStream::connect(grpc).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    let mut frame = [0u8; 9];
+    h2.read_exact(&mut frame).unwrap();
+    assert_eq!(frame[3], 0x4, "gRPC answers the HTTP/2 preface with SETTINGS");
+
+    // A clean stop removes it: nothing is served at those addresses any more.
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!ready.exists(), "the ready file outlived the process");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_ready_file_in_a_missing_directory_is_a_config_error() {
+    let output = Command::new(HERALD)
+        .args(["check-config", "--ready-file", "/nonexistent-herald-dir/ready.json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("server.ready_file"));
+}
