@@ -618,6 +618,8 @@ mod tests {
             shutdown_grace_secs = 0
             [connection]
             pong_timeout_secs = 0
+            [http]
+            body_timeout_secs = 0
             [[apps]]
             id = "1"
             key = "k"
@@ -629,7 +631,8 @@ mod tests {
             "#,
         );
         let errors = Config::load(&flags, env(&[])).unwrap_err();
-        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert_eq!(errors.len(), 6, "{errors:#?}");
+        assert!(errors.iter().any(|e| e.starts_with("http.body_timeout_secs")), "{errors:#?}");
     }
 
     #[test]
