@@ -6,7 +6,9 @@
 #   4. the compatibility suite: unmodified pusher-js and the official pusher server
 #      SDK against a real `herald dev` process and `herald edge` clusters, webhooks
 #      checked by the official Standard Webhooks library and the pusher SDK, in dev
-#      and over tansu + Redis with a separate `herald dispatcher`.
+#      and over tansu + Redis with a separate `herald dispatcher`,
+#   5. the fault tests: real partitions (nftables), stalls and restarts of Redis,
+#      Kafka and Herald inside network namespaces created for them (needs root).
 # Any missing tool or service fails the run loudly; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,3 +36,8 @@ done
 # to Kafka and a separate dispatcher.
 echo "== webhooks over Kafka (tansu) and Redis"
 COMPAT_WEBHOOKS_MODE=cluster HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/webhooks.test.mjs
+
+# Real partitions, each test file in a network namespace of its own (scripts/faults.sh
+# creates and deletes them; nothing leaves them, the host's firewall is untouched).
+echo "== fault tests (network namespaces)"
+HERALD_BIN="$PWD/target/debug/herald" scripts/faults.sh
