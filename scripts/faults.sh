@@ -6,7 +6,10 @@
 # own output hook (tests/faults/lib.mjs): no packet ever leaves the namespace, and
 # the host's firewall is never touched.
 #
-#   scripts/faults.sh [FILE...]
+#   scripts/faults.sh [NODE-TEST-OPTION...] [FILE...]
+#
+# Options (arguments starting with -) go to `node --test`, e.g.
+# --test-name-pattern=restart to run some tests of a file only.
 #
 # Needs root (ip netns), `ip` and `nft`; missing any of them fails the run (nothing is
 # skipped). HERALD_BIN overrides the binary (default target/debug/herald; build it
@@ -73,9 +76,15 @@ trap cleanup EXIT
 trap 'cleanup; exit 130' INT
 trap 'cleanup; exit 143' TERM
 
-if [ "$#" -gt 0 ]; then
-  files=("$@")
-else
+node_args=()
+files=()
+for arg in "$@"; do
+  case "${arg}" in
+    -*) node_args+=("${arg}") ;;
+    *) files+=("${arg}") ;;
+  esac
+done
+if [ "${#files[@]}" -eq 0 ]; then
   shopt -s nullglob
   files=(tests/faults/*.test.mjs)
   shopt -u nullglob
@@ -93,7 +102,7 @@ for file in "${files[@]}"; do
   echo "== fault tests: ${file} (network namespace ${current_ns})"
   # In the background, so that a TERM to this script reaches the trap at once.
   HERALD_FAULTS_NETNS="${current_ns}" HERALD_BIN="${HERALD_BIN}" REDIS_SERVER="${REDIS_SERVER}" TANSU="${TANSU}" \
-    ip netns exec "${current_ns}" node --test --test-concurrency=1 "${file}" &
+    ip netns exec "${current_ns}" node --test --test-concurrency=1 ${node_args[@]+"${node_args[@]}"} "${file}" &
   runner=$!
   status=0
   wait "${runner}" || status=$?
