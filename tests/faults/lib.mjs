@@ -310,7 +310,7 @@ class Service {
     });
     try {
       // A process that dies during start-up ends the wait at once.
-      const ready = await eventually(async () => (this.exitStatus !== null ? 'exited' : this.isReady()), {
+      const ready = await eventually(async () => (this.exitStatus !== null ? 'exited' : this.isReady(this)), {
         timeoutMs,
         what: `${this.name} to be ready`,
         intervalMs: 50,
@@ -359,7 +359,8 @@ class Service {
 
 /**
  * Starts any other program as a service (output kept, a group id of its own for
- * `cut({ from })`, killed when the file ends) and waits until `ready()` holds.
+ * `cut({ from })`, killed when the file ends) and waits until `ready(service)`
+ * holds (e.g. `(s) => s.output().includes('listening')`).
  */
 export function startProcess(name, command, args, { ready = () => true, env, cwd } = {}) {
   return new Service(name, command, args, { ready, env, cwd }).start();

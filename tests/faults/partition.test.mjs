@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { cut, eventually, heal, redisCommand, sigcont, sigstop, startRedis } from './lib.mjs';
+import { cut, eventually, heal, redisCommand, sigcont, sigstop, startProcess, startRedis } from './lib.mjs';
 
 const PORT = 16379;
 const redis = await startRedis({ port: PORT, bind: ['127.0.0.1', '127.0.0.2'] });
@@ -26,6 +26,29 @@ test('an address cut hangs that path only, and heals', async () => {
   assert.equal(await ping('127.0.0.1'), 'PONG');
   await path.heal();
   await eventually(async () => (await ping('127.0.0.2')) === 'PONG', { what: 'the healed path to answer' });
+});
+
+test('a process cut hangs what that process sends, and nobody else\'s', async () => {
+  // A process of its own that pings redis every 50 ms and prints each answer.
+  const script = `
+    const net = require('node:net');
+    setInterval(() => {
+      const socket = net.connect(${PORT}, '127.0.0.1', () => socket.write('PING\\r\\n'));
+      socket.setTimeout(300, () => { console.log('hung'); socket.destroy(); });
+      socket.on('data', () => { console.log('pong'); socket.destroy(); });
+      socket.on('error', (e) => console.log(e.code));
+    }, 50);`;
+  const pinger = await startProcess('pinger', process.execPath, ['-e', script], {
+    ready: (service) => service.output().includes('pong'),
+  });
+  const path = await cut({ from: pinger, port: PORT });
+  const from = pinger.output().length;
+  await eventually(() => pinger.output().slice(from).includes('hung'), { what: 'the cut process to hang' });
+  assert.equal(await ping('127.0.0.1'), 'PONG', 'another process still gets through');
+  await path.heal();
+  const healed = pinger.output().length;
+  await eventually(() => pinger.output().slice(healed).includes('pong'), { what: 'the healed process to get through' });
+  await pinger.kill();
 });
 
 test('heal() removes every cut', async () => {
