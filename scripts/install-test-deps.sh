@@ -47,6 +47,21 @@ else
   apt_install redis-server
 fi
 
+# The fault tests (scripts/faults.sh) cut paths with nftables rules inside network
+# namespaces they create (iproute2's `ip netns`).
+if command -v nft >/dev/null 2>&1; then
+  log "$(nft --version) present"
+else
+  log "installing nftables"
+  apt_install nftables
+fi
+if command -v ip >/dev/null 2>&1; then
+  log "ip (iproute2) present"
+else
+  log "installing iproute2"
+  apt_install iproute2
+fi
+
 # The Kafka event log's tests start their own tansu brokers (a Kafka-protocol broker)
 # on free ports. A prebuilt binary next to the repository saves an ~11-minute build;
 # without the dynostore feature tansu has no storage engine and refuses to start.

@@ -9,9 +9,11 @@
 #      SDK against a real `herald dev` process and `herald edge` clusters, webhooks
 #      checked by the official Standard Webhooks library and the pusher SDK, in dev
 #      and over tansu + Redis with a separate `herald dispatcher`,
-#   5. the bad-input suite: raw handshakes, frames, Pusher messages, HTTP API and
+#   6. the bad-input suite: raw handshakes, frames, Pusher messages, HTTP API and
 #      gRPC calls, and a slow consumer against a real `herald dev`, each with its
-#      exact answer and a fresh client served afterwards.
+#      exact answer and a fresh client served afterwards,
+#   7. the fault tests: real partitions (nftables), stalls and restarts of Redis,
+#      Kafka and Herald inside network namespaces created for them (needs root).
 # Any missing tool or service fails the run loudly; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -44,3 +46,8 @@ done
 # to Kafka and a separate dispatcher.
 echo "== webhooks over Kafka (tansu) and Redis"
 COMPAT_WEBHOOKS_MODE=cluster HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/webhooks.test.mjs
+
+# Real partitions, each test file in a network namespace of its own (scripts/faults.sh
+# creates and deletes them; nothing leaves them, the host's firewall is untouched).
+echo "== fault tests (network namespaces)"
+HERALD_BIN="$PWD/target/debug/herald" scripts/faults.sh

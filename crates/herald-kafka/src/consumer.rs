@@ -26,6 +26,9 @@ use crate::{KafkaConfig, unavailable};
 /// this instead; the commit thread carries on until librdkafka gives up.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most queued errors one `poll` drains (see there); any more wait for the next poll.
+const MAX_DRAINED_ERRORS: usize = 10_000;
+
 type CommitRequest = (TopicPartitionList, oneshot::Sender<KafkaResult<()>>);
 
 pub(crate) struct KafkaConsumer {
@@ -97,20 +100,40 @@ impl LogConsumer for KafkaConsumer {
         // queue of fetched records stops being empty. It is cancellation safe, so
         // dropping `poll` loses nothing.
         let consumer = self.consumer()?;
-        let first = consumer.recv().await.map_err(|e| unavailable(&format!("reading {}", self.topic), e))?;
-        let mut records = vec![self.record(&first)];
-        drop(first);
-        // Then whatever librdkafka already fetched, without waiting for more: a zero
-        // timeout still polls `recv` once, and a ready record comes back at once.
-        while records.len() < max {
+        let mut records = Vec::new();
+        let mut error = match consumer.recv().await {
+            Ok(first) => {
+                records.push(self.record(&first));
+                None
+            }
+            Err(e) => Some(e),
+        };
+        // Then whatever librdkafka already queued, without waiting for more: a zero
+        // timeout still polls `recv` once, and a ready event comes back at once.
+        //
+        // While the brokers are away librdkafka queues an error for every failed
+        // connection attempt, ahead of the records that come once they are back.
+        // Those errors are drained here, all but the latest: returned one per poll,
+        // they would hold the records back by one caller's retry pause each, longer
+        // than the outage itself lasted.
+        let mut drained = 0;
+        while records.len() < max && drained < MAX_DRAINED_ERRORS {
             match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
                 Ok(Ok(message)) => records.push(self.record(&message)),
                 // An error after records (a broker connection lost, say) is reported
                 // again by librdkafka if it persists; the records go out first.
-                Ok(Err(_)) | Err(_) => break,
+                Ok(Err(_)) if !records.is_empty() => break,
+                Ok(Err(e)) => {
+                    error = Some(e);
+                    drained += 1;
+                }
+                Err(_) => break,
             }
         }
-        Ok(records)
+        match error {
+            Some(e) if records.is_empty() => Err(unavailable(&format!("reading {}", self.topic), e)),
+            _ => Ok(records),
+        }
     }
 
     async fn commit(&mut self, positions: &[Position]) -> Result<()> {

@@ -44,18 +44,25 @@ fn after(record: &LogRecord) -> Position {
 }
 
 /// Reads `consumer` until it has seen every value in `expected`; panics after 30 s.
+/// A read error (a broker connection not up yet, as right after a restart) is
+/// transient, as the dispatcher treats it: read again.
 async fn read_all(consumer: &mut dyn LogConsumer, expected: &BTreeSet<String>) -> Vec<LogRecord> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut read = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut errors = Vec::new();
     while !expected.is_subset(&seen) {
         let left = deadline.saturating_duration_since(Instant::now());
-        let batch = tokio::time::timeout(left, consumer.poll(100))
-            .await
-            .unwrap_or_else(|_| panic!("read {} of {} records", seen.len(), expected.len()))
-            .unwrap();
-        seen.extend(batch.iter().map(value));
-        read.extend(batch);
+        let polled = tokio::time::timeout(left, consumer.poll(100)).await.unwrap_or_else(|_| {
+            panic!("read {} of {} records; read errors: {errors:?}", seen.len(), expected.len())
+        });
+        match polled {
+            Ok(batch) => {
+                seen.extend(batch.iter().map(value));
+                read.extend(batch);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
     }
     read
 }
@@ -190,6 +197,46 @@ async fn reads_and_commits_fail_while_the_broker_is_down() {
     // The consumer reports the outage instead of waiting in silence.
     let polled = tokio::time::timeout(Duration::from_secs(5), consumer.poll(10)).await;
     assert!(matches!(polled, Ok(Err(_))), "{polled:?}");
+}
+
+/// While the broker is away librdkafka queues an error for every failed connection
+/// attempt, ahead of the records that come once it is back. Handed out one per poll,
+/// they hold the records back behind a reader that pauses after each error (the
+/// dispatcher waits a second): it then lags behind for longer than the outage
+/// lasted, and the longer the outage, the longer the lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_queued_during_an_outage_do_not_hold_back_the_records_after_it() {
+    let dir = TempDir::new("stale-errors");
+    let mut tansu = Tansu::start_with_storage(&dir.sqlite());
+    let config = KafkaConfig::new(tansu.brokers()).with_property("session.timeout.ms", "6000");
+    let log = KafkaEventLog::connect(config).await.unwrap();
+    log.ensure_topics(&["stale"], 1).await.unwrap();
+    log.append("stale", records("before-", 1)).await.unwrap();
+    let mut consumer = log.consume("stale-readers", "stale").await.unwrap();
+    read_all(consumer.as_mut(), &["before-0".to_owned()].into()).await;
+
+    // An outage of a few seconds, during which nobody reads.
+    tansu.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tansu.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = log.append("stale", records("after-", 1)).await {
+        assert!(Instant::now() < deadline, "appends did not recover: {e}");
+    }
+
+    // The broker is back and the record is in the log: the reader gets it, after at
+    // most the errors of the reconnection itself, not one poll per queued error.
+    let mut errors = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.poll(100)).await.expect("the record never came") {
+            Ok(batch) if batch.iter().any(|r| value(r) == "after-0") => break,
+            Ok(_) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    println!("{} errors before the record: {errors:?}", errors.len());
+    assert!(errors.len() <= 2, "{} errors came before the record: {errors:?}", errors.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
