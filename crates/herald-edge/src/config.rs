@@ -138,3 +138,22 @@ pub struct EdgeConfig {
     /// reconnect code spread over most of it, so clients do not all reconnect at once.
     pub shutdown_grace: Duration,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_budget_must_hold_at_least_one_message() {
+        let validate = |config: ConnectionConfig| {
+            let mut errors = Vec::new();
+            config.validate(&mut errors);
+            errors
+        };
+        assert!(validate(ConnectionConfig::default()).is_empty());
+        let small = ConnectionConfig { max_pending_input_bytes: 1000, ..Default::default() };
+        let errors = validate(small);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("connection.max_pending_input_bytes"), "{errors:?}");
+    }
+}
