@@ -25,17 +25,19 @@ use herald_hub::ConnId;
 
 use crate::node::Node;
 
-/// One channel a connection is in.
-struct Entry {
+/// One connection's channels. Kept small (it is paid per subscribed connection): the
+/// app once, a channel name (one pointer), and the member boxed (presence only).
+struct Channels {
     app_id: Arc<str>,
-    channel: ChannelName,
-    /// The member it joined as (presence channels).
-    member: Option<Member>,
+    list: Vec<(ChannelName, Option<Box<Member>>)>,
 }
+
+/// A channel to (re-)join, as which member.
+type Joining = (ChannelName, Option<Member>);
 
 pub(crate) struct Share {
     /// Connection → its channels. Only connections with at least one channel.
-    entries: Sharded<ConnId, Vec<Entry>>,
+    entries: Sharded<ConnId, Channels>,
     hasher: RandomState,
     stripes: Box<[tokio::sync::Mutex<()>]>,
     /// A write to the backbone failed: its copy may be wrong until re-asserted.
@@ -57,34 +59,36 @@ impl Share {
         self.stripes[stripe].lock().await
     }
 
-    fn insert(&self, conn: ConnId, entry: Entry) {
+    fn insert(&self, conn: ConnId, app_id: &Arc<str>, channel: &ChannelName, member: Option<Member>) {
         let mut shard = self.entries.shard(&conn);
-        let entries = shard.entry(conn).or_default();
-        entries.reserve_exact(1);
-        entries.push(entry);
+        let channels =
+            shard.entry(conn).or_insert_with(|| Channels { app_id: app_id.clone(), list: Vec::new() });
+        // Grown one at a time: most connections are in one or two channels.
+        channels.list.reserve_exact(1);
+        channels.list.push((channel.clone(), member.map(Box::new)));
     }
 
-    fn remove(&self, conn: ConnId, app_id: &str, channel: &ChannelName) {
+    fn remove(&self, conn: ConnId, channel: &ChannelName) {
         let mut shard = self.entries.shard(&conn);
-        if let Some(entries) = shard.get_mut(&conn) {
-            entries.retain(|e| !(&*e.app_id == app_id && e.channel == *channel));
-            if entries.is_empty() {
+        if let Some(channels) = shard.get_mut(&conn) {
+            channels.list.retain(|(c, _)| c != channel);
+            if channels.list.is_empty() {
                 shard.remove(&conn);
             }
         }
     }
 
     fn contains(&self, conn: ConnId, app_id: &str, channel: &ChannelName) -> bool {
-        self.entries
-            .shard(&conn)
-            .get(&conn)
-            .is_some_and(|entries| entries.iter().any(|e| &*e.app_id == app_id && e.channel == *channel))
+        self.entries.shard(&conn).get(&conn).is_some_and(|channels| {
+            &*channels.app_id == app_id && channels.list.iter().any(|(c, _)| c == channel)
+        })
     }
 
-    /// A connection's channels as they are now.
-    fn of(&self, conn: ConnId) -> Vec<(Arc<str>, ChannelName, Option<Member>)> {
-        self.entries.shard(&conn).get(&conn).map_or_else(Vec::new, |entries| {
-            entries.iter().map(|e| (e.app_id.clone(), e.channel.clone(), e.member.clone())).collect()
+    /// A connection's app and channels as they are now.
+    fn of(&self, conn: ConnId) -> Option<(Arc<str>, Vec<Joining>)> {
+        self.entries.shard(&conn).get(&conn).map(|channels| {
+            let list = channels.list.iter().map(|(c, m)| (c.clone(), m.as_deref().cloned())).collect();
+            (channels.app_id.clone(), list)
         })
     }
 
@@ -120,12 +124,11 @@ impl Node {
         max_members: usize,
     ) -> Result<Joined> {
         let _serialized = self.share.lock(socket.conn).await;
-        let entry = Entry { app_id: app_id.clone(), channel: channel.clone(), member: member.clone() };
-        self.share.insert(socket.conn, entry);
+        self.share.insert(socket.conn, app_id, channel, member.clone());
         let count = match self.presence.join(app_id, channel, socket).await {
             Ok(count) => count,
             Err(e) => {
-                self.share.remove(socket.conn, app_id, channel);
+                self.share.remove(socket.conn, channel);
                 // The join may have happened before the error: undo it here too.
                 self.share.dirty.store(true, Ordering::Relaxed);
                 return Err(e);
@@ -138,7 +141,7 @@ impl Node {
             Ok(MemberChange::Changed(member)) => Ok(Joined { count, added: Some(member) }),
             Ok(MemberChange::Unchanged) => Ok(Joined { count, added: None }),
             Err(e) => {
-                self.share.remove(socket.conn, app_id, channel);
+                self.share.remove(socket.conn, channel);
                 if let Err(e) = self.presence.leave(app_id, channel, socket).await {
                     self.share.failed("leave", &e);
                 }
@@ -159,7 +162,7 @@ impl Node {
         member: bool,
     ) -> (Option<u64>, Option<Member>) {
         let _serialized = self.share.lock(socket.conn).await;
-        self.share.remove(socket.conn, app_id, channel);
+        self.share.remove(socket.conn, channel);
         let count = match self.presence.leave(app_id, channel, socket).await {
             Ok(count) => Some(count),
             Err(e) => {
@@ -217,7 +220,8 @@ impl Node {
         for conn in self.share.connections() {
             let socket = SocketId { node: self.id, conn };
             let _serialized = self.share.lock(conn).await;
-            for (app_id, channel, member) in self.share.of(conn) {
+            let Some((app_id, channels)) = self.share.of(conn) else { continue };
+            for (channel, member) in channels {
                 entries += 1;
                 let count = self.presence.join(&app_id, &channel, socket).await?;
                 let mut added = None;
