@@ -193,7 +193,10 @@ pub enum Lifecycle<'a> {
 ///   (another connection of an existing member is always accepted).
 /// - Reads (`members`, `channel`, `channels`) reflect every completed write.
 /// - Implementations with several nodes hold a per-node lease, so the connections of a
-///   crashed node disappear within a bounded time.
+///   crashed node disappear within a bounded time, and never take a live node for a
+///   crashed one because their own view was interrupted.
+/// - Writes are idempotent (joining, adding a member, leaving twice is as once), so a
+///   node can re-assert its whole share after any gap ([`LeaseHolder`]).
 #[async_trait]
 pub trait PresenceManager: Send + Sync + 'static {
     /// Records that `socket` subscribed to `channel`; returns the new subscription count.
