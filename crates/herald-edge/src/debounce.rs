@@ -108,6 +108,11 @@ impl Debouncer {
                 None => {}
             }
         }
+        herald_core::sharded::shrink_map(&mut state.due);
+        if state.order.len() <= state.order.capacity() / 4 {
+            let keep = state.order.len() * 2;
+            state.order.shrink_to(keep);
+        }
         let next = state.order.peek().map(|Reverse((deadline, _, _))| *deadline);
         (out, next)
     }

@@ -44,7 +44,8 @@ fn listening_inodes(pid: u32, port: u16) -> HashSet<u64> {
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-            let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else {
+            let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9))
+            else {
                 continue;
             };
             let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
@@ -122,7 +123,9 @@ pub fn spawn_listening(
             Err(NotListening::TimedOut) => {
                 panic!("{what} did not listen on {ports:?} within {START_TIMEOUT:?}:\n{}", output(&ports))
             }
-            Err(NotListening::Exited(status)) => failures.push(format!("{ports:?}: {status}: {}", output(&ports))),
+            Err(NotListening::Exited(status)) => {
+                failures.push(format!("{ports:?}: {status}: {}", output(&ports)))
+            }
         }
     }
     panic!("{what} exited before listening, {ATTEMPTS} times:\n{}", failures.join("\n"));

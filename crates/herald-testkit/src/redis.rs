@@ -44,7 +44,8 @@ fn log(port: u16) -> String {
 
 impl RedisServer {
     pub fn start() -> Self {
-        let (child, ports) = ports::spawn_listening("redis-server", 1, |p| spawn(redis_command(p[0])), |p| log(p[0]));
+        let (child, ports) =
+            ports::spawn_listening("redis-server", 1, |p| spawn(redis_command(p[0])), |p| log(p[0]));
         Self { child, port: ports[0] }
     }
 
@@ -104,7 +105,8 @@ impl RedisCluster {
                     .args(["--cluster-config-file", "nodes.conf"]);
                 spawn(command)
             };
-            let (child, ports) = ports::spawn_listening("redis-server (cluster node)", 2, node, |p| log(p[0]));
+            let (child, ports) =
+                ports::spawn_listening("redis-server (cluster node)", 2, node, |p| log(p[0]));
             cluster.nodes.push(child);
             cluster.ports.push(ports[0]);
         }
