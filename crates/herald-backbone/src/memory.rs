@@ -10,7 +10,10 @@ use std::{
 };
 
 use async_trait::async_trait;
-use herald_core::{ChannelName, SocketId, sharded::Sharded};
+use herald_core::{
+    ChannelName, SocketId,
+    sharded::{Sharded, shrink_map},
+};
 use parking_lot::Mutex;
 
 use crate::{
@@ -123,6 +126,7 @@ impl Broker for MemoryBroker {
             nodes.remove(&self.node);
             if nodes.is_empty() {
                 interest.remove(topic);
+                shrink_map(&mut *interest);
             }
         }
         Ok(())

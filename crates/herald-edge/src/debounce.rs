@@ -64,10 +64,13 @@ impl Debouncer {
     }
 
     /// Waits `key` until `deadline`, or moves its deadline there if it already waits.
-    pub fn schedule(&self, key: Key, deadline: Instant) {
+    /// Gives the key back when `max` keys wait already: the caller decides it now.
+    pub fn schedule(&self, key: Key, deadline: Instant, max: usize) -> Result<(), Key> {
         let mut state = self.state.lock();
+        let waiting = state.due.len();
         match state.due.get_mut(&key) {
             Some(due) => *due = (*due).max(deadline),
+            None if waiting >= max => return Err(key),
             None => {
                 state.due.insert(key.clone(), deadline);
                 state.push(key, deadline);
@@ -75,6 +78,7 @@ impl Debouncer {
                 self.changed.notify_one();
             }
         }
+        Ok(())
     }
 
     /// Every waiting key at once, grouped by channel (for a leave scheduled after
@@ -107,6 +111,11 @@ impl Debouncer {
                 }
                 None => {}
             }
+        }
+        herald_core::sharded::shrink_map(&mut state.due);
+        if state.order.len() <= state.order.capacity() / 4 {
+            let keep = state.order.len() * 2;
+            state.order.shrink_to(keep);
         }
         let next = state.order.peek().map(|Reverse((deadline, _, _))| *deadline);
         (out, next)
@@ -180,8 +189,14 @@ mod tests {
         let debouncer = Debouncer::default();
         let start = Instant::now();
         for i in 0..1_000 {
-            debouncer.schedule(key("busy", None), start + Duration::from_secs(3) + Duration::from_millis(i));
+            let deadline = start + Duration::from_secs(3) + Duration::from_millis(i);
+            debouncer.schedule(key("busy", None), deadline, 1).unwrap();
         }
+        assert_eq!(
+            debouncer.schedule(key("other", None), start, 1),
+            Err(key("other", None)),
+            "past the limit a new key is given back"
+        );
         assert_eq!(debouncer.pending(), 1);
         assert_eq!(debouncer.state.lock().order.len(), 1);
         let (due, next) = debouncer.take_due(Some(start + Duration::from_secs(3)));
@@ -196,9 +211,9 @@ mod tests {
     async fn due_keys_come_by_channel_in_the_order_they_were_added() {
         let debouncer = Debouncer::default();
         let at = Instant::now() + Duration::from_secs(1);
-        debouncer.schedule(key("a", Some("u")), at);
-        debouncer.schedule(key("b", None), at);
-        debouncer.schedule(key("a", None), at);
+        for key in [key("a", Some("u")), key("b", None), key("a", None)] {
+            debouncer.schedule(key, at, usize::MAX).unwrap();
+        }
         let (due, _) = debouncer.take_due(Some(at));
         assert_eq!(
             by_channel(due),
@@ -223,8 +238,8 @@ mod tests {
                     .await
             })
         };
-        debouncer.schedule(key("soon", None), Instant::now() + Duration::from_secs(1));
-        debouncer.schedule(key("later", None), Instant::now() + Duration::from_secs(60));
+        debouncer.schedule(key("soon", None), Instant::now() + Duration::from_secs(1), 10).unwrap();
+        debouncer.schedule(key("later", None), Instant::now() + Duration::from_secs(60), 10).unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(*decided.lock(), vec![key("soon", None)]);
         now.cancel();

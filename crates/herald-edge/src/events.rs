@@ -50,6 +50,11 @@ pub struct EventsConfig {
     pub debounce_ms: u64,
     /// Record a `subscription_count` event whenever a channel's count changes.
     pub subscription_count: bool,
+    /// Announcements (a vacated channel, a removed member) that may wait out the
+    /// debounce on this node at once, about 200 bytes each; past it they are decided
+    /// without waiting (a quick reconnect then records both events). Clients choose
+    /// how fast they leave channels: this bounds what that costs.
+    pub max_debounced: usize,
 }
 
 impl Default for EventsConfig {
@@ -62,6 +67,7 @@ impl Default for EventsConfig {
             max_batch: 1_000,
             debounce_ms: 3_000,
             subscription_count: true,
+            max_debounced: 100_000,
         }
     }
 }
@@ -297,12 +303,18 @@ impl Node {
         }
         let deadline = tokio::time::Instant::now() + recorder.config.debounce();
         let app_id: Arc<str> = Arc::from(app_id);
+        let mut keys = Vec::with_capacity(2);
         if let Some(user) = removed_user {
-            let key = Key { app_id: app_id.clone(), channel: channel.clone(), user: Some(Arc::from(user)) };
-            self.debounced.schedule(key, deadline);
+            keys.push(Key { app_id: app_id.clone(), channel: channel.clone(), user: Some(Arc::from(user)) });
         }
         if count == Some(0) {
-            self.debounced.schedule(Key { app_id, channel: channel.clone(), user: None }, deadline);
+            keys.push(Key { app_id, channel: channel.clone(), user: None });
+        }
+        let max = recorder.config.max_debounced;
+        let now: Vec<Key> =
+            keys.into_iter().filter_map(|key| self.debounced.schedule(key, deadline, max).err()).collect();
+        if !now.is_empty() {
+            self.decide_debounced(now);
         }
         if self.lifecycle_now.is_cancelled() {
             // Shutting down: the driver has decided everything, or is about to.
@@ -380,16 +392,29 @@ mod tests {
 
     /// A node of the in-memory backbone recording to an in-memory log.
     async fn recording_node() -> Arc<Node> {
+        recording_node_with(EventsConfig::default()).await
+    }
+
+    async fn recording_node_with(config: EventsConfig) -> Arc<Node> {
         let backbone = MemoryBackbone::new();
         let hub = Arc::new(Hub::new(1));
         let broker = Arc::new(backbone.broker(hub.clone()));
         let apps = Apps::new(vec![herald_testkit::app("app")]).unwrap();
         let node = Node::new(1, apps, crate::EdgeConfig::default(), hub, broker, backbone.presence());
         let log = Arc::new(MemoryEventLog::new());
-        let config = EventsConfig::default();
         log.ensure_topics(&[&config.topic], 1).await.unwrap();
         node.record_events_to(log, config);
         node
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_limit_announcements_are_decided_at_once() {
+        let node = recording_node_with(EventsConfig { max_debounced: 10, ..EventsConfig::default() }).await;
+        for i in 0..100 {
+            let channel = ChannelName::new(&format!("ch-{i}")).unwrap();
+            node.record_left("app", &channel, Some(0), None);
+        }
+        assert_eq!(node.debounced.pending(), 10);
     }
 
     /// A client subscribing and unsubscribing in a loop used to leave a task per leave

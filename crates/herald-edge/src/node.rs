@@ -240,7 +240,9 @@ impl Node {
             self.interest.subscribed.lock().insert(topic.clone());
         } else if !want && have {
             self.broker.unsubscribe(topic).await?;
-            self.interest.subscribed.lock().remove(topic);
+            let mut subscribed = self.interest.subscribed.lock();
+            subscribed.remove(topic);
+            herald_core::sharded::shrink_set(&mut *subscribed);
         }
         Ok(())
     }

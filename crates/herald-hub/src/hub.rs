@@ -4,7 +4,10 @@ use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use herald_backbone::{Message, MessageHandler, Topic};
-use herald_core::{ErrorCode, sharded::Sharded};
+use herald_core::{
+    ErrorCode,
+    sharded::{Sharded, shrink_map, shrink_vec},
+};
 use herald_telemetry::Metric;
 
 use crate::{Close, Outbox, Push, frame};
@@ -43,6 +46,9 @@ impl Subscribers {
         if let Some((moved, _)) = list.get(at) {
             self.index.insert(*moved, at);
         }
+        // A crowd that left gives its memory back.
+        shrink_vec(list);
+        shrink_map(&mut self.index);
         true
     }
 }
