@@ -244,7 +244,11 @@ mod tests {
     }
 
     mod properties {
-        use proptest::{collection::vec, prelude::*, sample::Index};
+        use proptest::{
+            collection::vec,
+            prelude::*,
+            sample::{Index, select},
+        };
 
         use super::*;
 
@@ -302,7 +306,7 @@ mod tests {
             let params = proptest::collection::btree_map("[a-z][a-z0-9_]{0,9}", "[^&=]{0,12}", 0..6)
                 .prop_map(|map| map.into_iter().filter(|(k, _)| !RESERVED.contains(&k.as_str())).collect());
             let method = prop_oneof![
-                proptest::sample::select(vec!["GET", "POST", "PUT", "DELETE"]).prop_map(String::from),
+                select(vec!["GET", "POST", "PUT", "DELETE"]).prop_map(String::from),
                 "[A-Z]{1,8}",
             ];
             let body = prop_oneof![Just(Vec::new()), vec(any::<u8>(), 1..200)];
@@ -355,7 +359,7 @@ mod tests {
         }
 
         fn tamper() -> impl Strategy<Value = Tamper> {
-            proptest::sample::select(vec![
+            select(vec![
                 Tamper::Method,
                 Tamper::Path,
                 Tamper::ParamValue,
@@ -397,8 +401,8 @@ mod tests {
                     }
                     Tamper::Timestamp => {
                         // Still within the window: only the signature can catch it.
-                        let moved =
-                            if request.timestamp <= request.now { request.timestamp + 1 } else { request.timestamp - 1 };
+                        let ts = request.timestamp;
+                        let moved = if ts <= request.now { ts + 1 } else { ts - 1 };
                         *value(&mut query, "auth_timestamp") = moved.to_string();
                     }
                     Tamper::Body if request.body.is_empty() => changed.body = vec![pick.index(256) as u8],
@@ -435,7 +439,7 @@ mod tests {
                 path in ".{0,30}",
                 mut query in vec(
                     (
-                        prop_oneof![proptest::sample::select(RESERVED.to_vec()).prop_map(String::from), ".{0,10}"],
+                        prop_oneof![select(RESERVED.to_vec()).prop_map(String::from), ".{0,10}"],
                         ".{0,40}",
                     ),
                     0..8,

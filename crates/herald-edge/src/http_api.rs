@@ -557,11 +557,13 @@ mod tests {
 
         #[test]
         fn events_within_the_limits_are_accepted(
-            (limits, events) in limits().prop_flat_map(|l| (Just(l.clone()), vec(event(&l), 1..=l.max_batch_events))),
+            (limits, events) in limits()
+                .prop_flat_map(|l| (Just(l.clone()), vec(event(&l), 1..=l.max_batch_events))),
         ) {
             let app = app(limits);
             let body = events[0].json(false).to_string();
-            let (valid, info) = parse_trigger(&app, body.as_bytes()).map_err(|e| TestCaseError::fail(e.message))?;
+            let (valid, info) =
+                parse_trigger(&app, body.as_bytes()).map_err(|e| TestCaseError::fail(e.message))?;
             events[0].check(&valid)?;
             prop_assert!(info.is_empty());
 
@@ -592,7 +594,8 @@ mod tests {
                 }
                 1 => {
                     event.name = "é".repeat(limits.max_event_name_len + over);
-                    (StatusCode::BAD_REQUEST, format!("name: longer than {} characters", limits.max_event_name_len))
+                    let message = format!("name: longer than {} characters", limits.max_event_name_len);
+                    (StatusCode::BAD_REQUEST, message)
                 }
                 2 => {
                     let count = limits.max_channels_per_event + over;

@@ -201,7 +201,9 @@ mod tests {
 
         #[test]
         fn arbitrary_json_never_panics(
-            event in select(vec!["pusher:subscribe", "pusher:unsubscribe", "pusher:signin", "client-x", "other"]),
+            event in select(
+                vec!["pusher:subscribe", "pusher:unsubscribe", "pusher:signin", "client-x", "other"],
+            ),
             data in json_value(),
             as_string in any::<bool>(),
             channel_data in json_value(),
@@ -252,7 +254,8 @@ mod tests {
             let info = user_info.unwrap_or(Value::Null);
             let size = info.to_string().len();
             if size > limit {
-                prop_assert_eq!(parsed.err(), Some(format!("user_info is {size} bytes, the limit is {limit}")));
+                let expected = format!("user_info is {size} bytes, the limit is {limit}");
+                prop_assert_eq!(parsed.err(), Some(expected));
             } else {
                 let member = parsed.unwrap();
                 let expected = match &user_id {

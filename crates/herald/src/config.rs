@@ -816,33 +816,37 @@ mod tests {
             }
         }
 
+        /// An inline TOML table.
+        fn inline(fields: &[(&str, String)]) -> String {
+            let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+
         fn app_toml(app: &App) -> String {
             let l = &app.limits;
+            let limits = inline(&[
+                ("max_connections", l.max_connections.to_string()),
+                ("max_event_data_bytes", l.max_event_data_bytes.to_string()),
+                ("max_event_name_len", l.max_event_name_len.to_string()),
+                ("max_channels_per_event", l.max_channels_per_event.to_string()),
+                ("max_batch_events", l.max_batch_events.to_string()),
+                ("max_channels_per_connection", l.max_channels_per_connection.to_string()),
+                ("max_presence_members", l.max_presence_members.to_string()),
+                ("max_presence_user_info_bytes", l.max_presence_user_info_bytes.to_string()),
+                ("client_events_per_second", l.client_events_per_second.to_string()),
+                ("webhooks_per_second", l.webhooks_per_second.to_string()),
+                ("webhooks_burst", l.webhooks_burst.to_string()),
+            ]);
             let tokens: Vec<String> = app.api_tokens.iter().map(|t| quoted(t)).collect();
-            format!(
-                "{{id = {}, key = {}, secret = {}, enabled = {}, enable_client_events = {}, api_tokens = [{}], \
-                 limits = {{max_connections = {}, max_event_data_bytes = {}, max_event_name_len = {}, \
-                 max_channels_per_event = {}, max_batch_events = {}, max_channels_per_connection = {}, \
-                 max_presence_members = {}, max_presence_user_info_bytes = {}, client_events_per_second = {}, \
-                 webhooks_per_second = {}, webhooks_burst = {}}}}}",
-                quoted(&app.id),
-                quoted(&app.key),
-                quoted(&app.secret),
-                app.enabled,
-                app.enable_client_events,
-                tokens.join(", "),
-                l.max_connections,
-                l.max_event_data_bytes,
-                l.max_event_name_len,
-                l.max_channels_per_event,
-                l.max_batch_events,
-                l.max_channels_per_connection,
-                l.max_presence_members,
-                l.max_presence_user_info_bytes,
-                l.client_events_per_second,
-                l.webhooks_per_second,
-                l.webhooks_burst,
-            )
+            inline(&[
+                ("id", quoted(&app.id)),
+                ("key", quoted(&app.key)),
+                ("secret", quoted(&app.secret)),
+                ("enabled", app.enabled.to_string()),
+                ("enable_client_events", app.enable_client_events.to_string()),
+                ("api_tokens", format!("[{}]", tokens.join(", "))),
+                ("limits", limits),
+            ])
         }
 
         const BIG: usize = 1 << 40;
@@ -1024,11 +1028,13 @@ mod tests {
                         Place::Env | Place::Both => "\"decoy\"".to_string(),
                     };
                     if !matches!(place, Place::Env) {
-                        let text = if section.is_empty() { &mut top } else { sections.entry(section).or_default() };
+                        let text =
+                            if section.is_empty() { &mut top } else { sections.entry(section).or_default() };
                         text.push_str(&format!("{key} = {in_file}\n"));
                     }
                     if !matches!(place, Place::File) {
-                        let name = if section.is_empty() { key.to_string() } else { format!("{section}__{key}") };
+                        let name =
+                            if section.is_empty() { key.to_string() } else { format!("{section}__{key}") };
                         let name = if lowercase { name } else { name.to_ascii_uppercase() };
                         vars.push((format!("HERALD_{name}"), value));
                     }
@@ -1037,7 +1043,8 @@ mod tests {
                     top.push_str(&format!("[{section}]\n{text}"));
                 }
                 let (_file, flags) = with_file(&top);
-                let config = Config::load(&flags, vars).map_err(|e| TestCaseError::fail(format!("{e:?}\n{top}")))?;
+                let config =
+                    Config::load(&flags, vars).map_err(|e| TestCaseError::fail(format!("{e:?}\n{top}")))?;
                 valid.check(&config)?;
             }
         }
