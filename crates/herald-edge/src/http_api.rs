@@ -411,7 +411,7 @@ async fn terminate(node: &Node, app: &App, user_id: &str) -> ApiResult<Value> {
 }
 
 #[cfg(test)]
-mod tests {
+mod properties {
     //! Request bodies are untrusted input: whatever arrives gets an answer, and a
     //! refusal is a 4xx that says why.
     use herald_core::AppLimits;

@@ -76,7 +76,7 @@ pub(crate) fn parse_member(channel_data: &str, max_user_info_bytes: usize) -> Re
 }
 
 #[cfg(test)]
-mod tests {
+mod properties {
     use herald_core::ChannelName;
     use proptest::{
         collection::{btree_map, vec},
