@@ -300,3 +300,59 @@ fn arbitrary_event_bodies_get_a_success_or_a_client_error() {
         panic!("{e}");
     }
 }
+
+/// A query string of URI-valid characters: parameters the API reads, percent escapes
+/// (some of them not UTF-8), empty and repeated keys.
+fn raw_query() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        select(vec!["auth_key", "auth_timestamp", "auth_version", "auth_signature", "body_md5", "info"])
+            .prop_map(String::from),
+        "[A-Za-z0-9_%+.~-]{0,8}",
+    ];
+    let value = prop_oneof!["[A-Za-z0-9_+.~-]{0,12}", "(%[0-9A-Fa-f]{2}|[a-z0-9=]){0,8}"];
+    vec((key, value), 0..6)
+        .prop_map(|pairs| pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"))
+}
+
+#[test]
+fn arbitrary_api_queries_get_a_client_error() {
+    let runtime = runtime();
+    let server = runtime.block_on(Server::default());
+    let app = server.app().clone();
+    let paths = select(vec![
+        "/apps/app/events",
+        "/apps/app/batch_events",
+        "/apps/app/channels",
+        "/apps/app/channels/presence-a/users",
+        "/apps/nope/events",
+        "/apps//events",
+        "/apps/app/users/1/terminate_connections",
+    ]);
+    let request = (select(vec!["GET", "POST"]), paths, raw_query(), any::<bool>());
+    let result = runner(64).run(&request, |(method, path, garbage, signed)| {
+        // Garbage alone, or after a valid signature (which it then invalidates).
+        let query = if signed {
+            let signed = auth::sign_api_request(&app, method, path, vec![], &[], now());
+            let signed: String =
+                form_urlencoded::Serializer::new(String::new()).extend_pairs(signed).finish();
+            format!("{signed}&{garbage}")
+        } else {
+            garbage.clone()
+        };
+        let (status, answer) =
+            runtime.block_on(http_request(server.addr, method, &format!("{path}?{query}"), Vec::new()));
+        prop_assert!(!status.is_server_error(), "{} {}: {} {}?{}", status, answer, method, path, query);
+        // What the signature does not cover: nothing at all, or another
+        // `auth_signature` (the first one counts, and none is signed).
+        let unsigned_extra =
+            form_urlencoded::parse(garbage.as_bytes()).all(|(k, _)| k.eq_ignore_ascii_case("auth_signature"));
+        if !(signed && unsigned_extra) {
+            prop_assert!(status.is_client_error(), "{} {}: {} {}?{}", status, answer, method, path, query);
+            prop_assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", answer);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
