@@ -242,4 +242,219 @@ mod tests {
         let missing: Vec<_> = doc_query().into_iter().filter(|(k, _)| k != "auth_key").collect();
         assert_eq!(verify(&missing, DOC_BODY, 1353088179), Err(ApiAuthError::Missing("auth_key")));
     }
+
+    mod properties {
+        use proptest::{
+            collection::vec,
+            prelude::*,
+            sample::{Index, select},
+        };
+
+        use super::*;
+
+        const TOLERANCE: u64 = 600;
+        const RESERVED: [&str; 5] =
+            ["auth_key", "auth_timestamp", "auth_version", "auth_signature", "body_md5"];
+
+        fn config() -> ProptestConfig {
+            ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        fn app() -> impl Strategy<Value = App> {
+            ("[a-z0-9]{1,20}", "[a-zA-Z0-9]{1,40}").prop_map(|(key, secret)| App { key, secret, ..doc_app() })
+        }
+
+        /// A request as an SDK signs it: distinct lowercase keys (the signature covers
+        /// keys lowercased, so their case is not signed), values without `&` and `=`.
+        #[derive(Debug, Clone)]
+        struct Request {
+            app: App,
+            method: String,
+            path: String,
+            params: Vec<(String, String)>,
+            body: Vec<u8>,
+            now: u64,
+            timestamp: u64,
+        }
+
+        impl Request {
+            fn signed(&self) -> Vec<(String, String)> {
+                sign_api_request(
+                    &self.app,
+                    &self.method,
+                    &self.path,
+                    self.params.clone(),
+                    &self.body,
+                    self.timestamp,
+                )
+            }
+
+            fn verify(&self, query: &[(String, String)]) -> Result<(), ApiAuthError> {
+                verify_api_request(
+                    &self.app,
+                    &self.method,
+                    &self.path,
+                    query,
+                    &self.body,
+                    self.now,
+                    TOLERANCE,
+                )
+            }
+        }
+
+        fn request() -> impl Strategy<Value = Request> {
+            let params = proptest::collection::btree_map("[a-z][a-z0-9_]{0,9}", "[^&=]{0,12}", 0..6)
+                .prop_map(|map| map.into_iter().filter(|(k, _)| !RESERVED.contains(&k.as_str())).collect());
+            let method = prop_oneof![
+                select(vec!["GET", "POST", "PUT", "DELETE"]).prop_map(String::from),
+                "[A-Z]{1,8}",
+            ];
+            let body = prop_oneof![Just(Vec::new()), vec(any::<u8>(), 1..200)];
+            (
+                app(),
+                method,
+                "/apps/[a-z0-9]{1,6}(/[a-z_]{1,10}){0,3}",
+                params,
+                body,
+                0u64..1 << 40,
+                -600i64..=600,
+            )
+                .prop_map(|(app, method, path, params, body, now, skew)| Request {
+                    app,
+                    method,
+                    path,
+                    params,
+                    body,
+                    now,
+                    timestamp: now.saturating_add_signed(skew),
+                })
+        }
+
+        /// `text` with the character at `at` replaced by a different one from `alphabet`.
+        fn change_char(text: &str, at: Index, alphabet: &[char], pick: Index) -> String {
+            let mut chars: Vec<char> = text.chars().collect();
+            if chars.is_empty() {
+                return alphabet[pick.index(alphabet.len())].to_string();
+            }
+            let at = at.index(chars.len());
+            let others: Vec<char> = alphabet.iter().copied().filter(|c| *c != chars[at]).collect();
+            chars[at] = others[pick.index(others.len())];
+            chars.into_iter().collect()
+        }
+
+        fn value<'q>(query: &'q mut [(String, String)], key: &str) -> &'q mut String {
+            let at = query.iter().position(|(k, _)| k == key).unwrap();
+            &mut query[at].1
+        }
+
+        /// Which signed part of a request to change.
+        #[derive(Debug, Clone, Copy)]
+        enum Tamper {
+            Method,
+            Path,
+            ParamValue,
+            Timestamp,
+            Body,
+            Signature,
+        }
+
+        fn tamper() -> impl Strategy<Value = Tamper> {
+            select(vec![
+                Tamper::Method,
+                Tamper::Path,
+                Tamper::ParamValue,
+                Tamper::Timestamp,
+                Tamper::Body,
+                Tamper::Signature,
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn a_correctly_signed_request_verifies(request in request()) {
+                prop_assert_eq!(request.verify(&request.signed()), Ok(()));
+            }
+
+            #[test]
+            fn changing_any_signed_part_fails(
+                request in request(),
+                what in tamper(),
+                at in any::<Index>(),
+                pick in any::<Index>(),
+            ) {
+                let mut query = request.signed();
+                let mut changed = request.clone();
+                let letters: Vec<char> = ('A'..='Z').collect();
+                let hex: Vec<char> = "0123456789abcdef".chars().collect();
+                match what {
+                    // The method is signed uppercased: change it to another letter.
+                    Tamper::Method => changed.method = change_char(&request.method, at, &letters, pick),
+                    Tamper::Path => changed.path = change_char(&request.path, at, &hex, pick),
+                    Tamper::ParamValue if request.params.is_empty() => {
+                        query.insert(0, ("extra".into(), "1".into()));
+                    }
+                    Tamper::ParamValue => {
+                        let i = at.index(request.params.len());
+                        query[i].1 = change_char(&query[i].1, pick, &hex, pick);
+                    }
+                    Tamper::Timestamp => {
+                        // Still within the window: only the signature can catch it.
+                        let ts = request.timestamp;
+                        let moved = if ts <= request.now { ts + 1 } else { ts - 1 };
+                        *value(&mut query, "auth_timestamp") = moved.to_string();
+                    }
+                    Tamper::Body if request.body.is_empty() => changed.body = vec![pick.index(256) as u8],
+                    Tamper::Body => {
+                        let i = at.index(request.body.len());
+                        changed.body[i] ^= 1 + pick.index(255) as u8;
+                    }
+                    Tamper::Signature => {
+                        let signature = value(&mut query, "auth_signature");
+                        *signature = change_char(signature, at, &hex, pick);
+                    }
+                }
+                prop_assert!(changed.verify(&query).is_err(), "{:?} still verifies", what);
+            }
+
+            #[test]
+            fn a_timestamp_outside_the_window_fails(
+                request in request(),
+                skew in (TOLERANCE + 1)..100_000,
+                later in any::<bool>(),
+            ) {
+                let mut request = request;
+                // When `now` is too small to go back that far, go forward.
+                request.timestamp =
+                    if later || request.now < skew { request.now + skew } else { request.now - skew };
+                let result = request.verify(&request.signed());
+                prop_assert_eq!(result, Err(ApiAuthError::Expired { skew, tolerance: TOLERANCE }));
+            }
+
+            #[test]
+            fn arbitrary_queries_never_panic(
+                app in app(),
+                method in ".{0,8}",
+                path in ".{0,30}",
+                mut query in vec(
+                    (
+                        prop_oneof![select(RESERVED.to_vec()).prop_map(String::from), ".{0,10}"],
+                        ".{0,40}",
+                    ),
+                    0..8,
+                ),
+                also_signed in any::<bool>(),
+                body in vec(any::<u8>(), 0..64),
+                now in any::<u64>(),
+                tolerance in any::<u64>(),
+            ) {
+                if also_signed {
+                    // Garbage around a valid signature gets further into the checks.
+                    query.extend(sign_api_request(&app, &method, &path, vec![], &body, now));
+                }
+                let _ = verify_api_request(&app, &method, &path, &query, &body, now, tolerance);
+            }
+        }
+    }
 }

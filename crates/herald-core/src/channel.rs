@@ -145,4 +145,87 @@ mod tests {
         assert_eq!(kind("#server-to-user-42"), ChannelKind::ServerToUser);
         assert_eq!(ChannelName::new("#server-to-user-42").unwrap().server_to_user_id(), Some("42"));
     }
+
+    mod properties {
+        use proptest::{collection::vec, prelude::*, sample::select};
+
+        use super::*;
+
+        /// The documented grammar, written out plainly (no shared helper, no regex):
+        /// 1–164 characters of the alphabet, or `#server-to-user-` and at least one
+        /// character of it, 164 characters in all.
+        fn model(name: &str) -> bool {
+            const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-=@,.;";
+            let chars: Vec<char> = name.chars().collect();
+            if chars.is_empty() || chars.len() > 164 {
+                return false;
+            }
+            let prefix: Vec<char> = "#server-to-user-".chars().collect();
+            let body = if chars.starts_with(&prefix) { &chars[prefix.len()..] } else { &chars[..] };
+            !body.is_empty() && body.iter().all(|c| ALPHABET.contains(*c))
+        }
+
+        /// Names near the grammar: mostly allowed characters, now and then one that is
+        /// not, often behind one of the prefixes the code looks at, with lengths around
+        /// the limit.
+        fn name() -> impl Strategy<Value = String> {
+            let allowed = select("Az09_-=@,.;".chars().collect::<Vec<_>>());
+            let nearly = prop_oneof![
+                20 => allowed,
+                1 => select(vec!['#', ' ', '/', ':', '\0', 'é', 'ü', '€', '😀', '\u{7f}']),
+                1 => any::<char>(),
+            ];
+            let prefix = select(vec![
+                "",
+                "",
+                "private-",
+                "private-encrypted-",
+                "presence-",
+                SERVER_TO_USER_PREFIX,
+                "#server-to-user",
+                "#SERVER-to-user-",
+            ]);
+            let body = prop_oneof![vec(nearly.clone(), 0..8), vec(nearly, 140..170)];
+            prop_oneof![
+                8 => (prefix, body).prop_map(|(p, b)| format!("{p}{}", b.into_iter().collect::<String>())),
+                1 => any::<String>(),
+            ]
+        }
+
+        fn config() -> ProptestConfig {
+            ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn accepts_exactly_the_documented_grammar(name in name()) {
+                let parsed = ChannelName::new(&name);
+                prop_assert_eq!(parsed.is_ok(), model(&name), "{:?}: {:?}", name, parsed);
+                match parsed {
+                    Ok(channel) => {
+                        prop_assert_eq!(channel.as_str(), name.as_str());
+                        let kind = match () {
+                            _ if name.starts_with("private-encrypted-") => ChannelKind::PrivateEncrypted,
+                            _ if name.starts_with("private-") => ChannelKind::Private,
+                            _ if name.starts_with("presence-") => ChannelKind::Presence,
+                            _ if name.starts_with('#') => ChannelKind::ServerToUser,
+                            _ => ChannelKind::Public,
+                        };
+                        prop_assert_eq!(channel.kind(), kind);
+                    }
+                    // The reason given is the first rule broken.
+                    Err(ChannelNameError::Empty) => {
+                        prop_assert!(name.is_empty() || name == SERVER_TO_USER_PREFIX)
+                    }
+                    Err(ChannelNameError::TooLong { len }) => {
+                        prop_assert_eq!(len, name.chars().count());
+                        prop_assert!(len > MAX_CHANNEL_NAME_LEN);
+                    }
+                    Err(ChannelNameError::InvalidChar(c)) => prop_assert!(name.contains(c)),
+                }
+            }
+        }
+    }
 }

@@ -304,8 +304,33 @@ async fn attributes(
     Ok(out)
 }
 
+/// The body of `POST /events`, parsed and validated.
+fn parse_trigger(app: &App, body: &[u8]) -> ApiResult<(ValidEvent, Vec<String>)> {
+    validate(app, parse_json(body)?, false)
+}
+
+/// The body of `POST /batch_events`, parsed and validated: every event or none.
+fn parse_batch(app: &App, body: &[u8]) -> ApiResult<Vec<(ValidEvent, Vec<String>)>> {
+    let request: BatchRequest = parse_json(body)?;
+    let limit = app.limits.max_batch_events;
+    if request.batch.len() > limit {
+        return Err(ApiError::bad_request(format!(
+            "batch has {} events, at most {limit} are accepted",
+            request.batch.len()
+        )));
+    }
+    request
+        .batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            validate(app, e, true).map_err(|e| ApiError::new(e.status, format!("batch[{i}]: {}", e.message)))
+        })
+        .collect()
+}
+
 async fn trigger(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
-    let (event, info) = validate(app, parse_json(body)?, false)?;
+    let (event, info) = parse_trigger(app, body)?;
     node.publish_event(app, &event).await?;
     if info.is_empty() {
         return Ok(json!({}));
@@ -319,23 +344,8 @@ async fn trigger(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
 }
 
 async fn batch(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
-    let request: BatchRequest = parse_json(body)?;
-    let limit = app.limits.max_batch_events;
-    if request.batch.len() > limit {
-        return Err(ApiError::bad_request(format!(
-            "batch has {} events, at most {limit} are accepted",
-            request.batch.len()
-        )));
-    }
     // Validate everything before publishing anything: a bad batch publishes nothing.
-    let events = request
-        .batch
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| {
-            validate(app, e, true).map_err(|e| ApiError::new(e.status, format!("batch[{i}]: {}", e.message)))
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
+    let events = parse_batch(app, body)?;
     node.publish_events(app, events.iter().map(|(event, _)| event)).await?;
     if events.iter().all(|(_, info)| info.is_empty()) {
         return Ok(json!({}));
@@ -398,4 +408,226 @@ async fn users(node: &Node, app: &App, channel: &str) -> ApiResult<Value> {
 async fn terminate(node: &Node, app: &App, user_id: &str) -> ApiResult<Value> {
     node.terminate_user(app, user_id).await?;
     Ok(json!({}))
+}
+
+#[cfg(test)]
+mod properties {
+    //! Request bodies are untrusted input: whatever arrives gets an answer, and a
+    //! refusal is a 4xx that says why.
+    use herald_core::AppLimits;
+    use proptest::{
+        collection::vec,
+        prelude::*,
+        sample::{Index, select},
+    };
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    fn app(limits: AppLimits) -> App {
+        App {
+            id: "1".into(),
+            key: "k".into(),
+            secret: "s".into(),
+            enabled: true,
+            enable_client_events: false,
+            api_tokens: vec![],
+            limits,
+        }
+    }
+
+    /// Small limits, so that the edges of each are reached.
+    fn limits() -> impl Strategy<Value = AppLimits> {
+        (1usize..300, 1usize..40, 1usize..12, 1usize..6).prop_map(|(data, name, channels, batch)| AppLimits {
+            max_event_data_bytes: data,
+            max_event_name_len: name,
+            max_channels_per_event: channels,
+            max_batch_events: batch,
+            ..AppLimits::default()
+        })
+    }
+
+    /// An event within `limits`, as a JSON body, with what it must validate to.
+    #[derive(Debug, Clone)]
+    struct Event {
+        name: String,
+        data: String,
+        channels: Vec<String>,
+        socket_id: Option<String>,
+    }
+
+    impl Event {
+        fn json(&self, single: bool) -> Value {
+            let mut event = json!({ "name": self.name, "data": self.data });
+            match (single, self.channels.as_slice()) {
+                (true, [channel]) => event["channel"] = json!(channel),
+                _ => event["channels"] = json!(self.channels),
+            }
+            if let Some(socket_id) = &self.socket_id {
+                event["socket_id"] = json!(socket_id);
+            }
+            event
+        }
+
+        fn check(&self, valid: &ValidEvent) -> Result<(), TestCaseError> {
+            let channels: Vec<&str> = valid.channels.iter().map(ChannelName::as_str).collect();
+            prop_assert_eq!(channels, self.channels.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert_eq!(&*valid.name, self.name.as_str());
+            prop_assert_eq!(valid.data.to_text(), self.data.clone());
+            prop_assert_eq!(valid.exclude.map(|s| s.to_string()), self.socket_id.clone());
+            Ok(())
+        }
+    }
+
+    fn channel_name() -> impl Strategy<Value = String> {
+        let prefix = select(vec!["", "private-", "presence-", "#server-to-user-"]);
+        (prefix, "[A-Za-z0-9_=@,.;-]{1,40}").prop_map(|(prefix, body)| format!("{prefix}{body}"))
+    }
+
+    /// `text` cut to at most `max` bytes, on a character boundary.
+    fn cut(text: &str, max: usize) -> String {
+        let mut end = text.len().min(max);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_owned()
+    }
+
+    fn event(limits: &AppLimits) -> impl Strategy<Value = Event> + use<> {
+        let (max_name, max_data, max_channels) =
+            (limits.max_event_name_len, limits.max_event_data_bytes, limits.max_channels_per_event);
+        let name = vec(any::<char>(), 1..=max_name)
+            .prop_map(|chars| chars.into_iter().collect::<String>())
+            .prop_filter("reserved prefix", |n| !n.starts_with("pusher"));
+        let channels = prop_oneof![
+            vec(channel_name(), 1..=max_channels),
+            // An encrypted channel alone.
+            "private-encrypted-[a-z0-9]{1,20}".prop_map(|c| vec![c]),
+        ];
+        let socket_id =
+            proptest::option::of((any::<u32>(), any::<u64>()).prop_map(|(n, c)| format!("{n}.{c}")));
+        (name, ".{0,300}", channels, socket_id).prop_map(move |(name, data, channels, socket_id)| Event {
+            name,
+            data: cut(&data, max_data),
+            channels,
+            socket_id,
+        })
+    }
+
+    /// A valid body with a few bytes overwritten and the end cut off: gets past
+    /// the first checks, unlike most random bytes.
+    fn mangled() -> impl Strategy<Value = Vec<u8>> {
+        let body = event(&AppLimits::default()).prop_map(|e| e.json(false).to_string().into_bytes());
+        let batch = vec(event(&AppLimits::default()), 0..4).prop_map(|events| {
+            let batch: Vec<Value> = events.iter().map(|e| e.json(true)).collect();
+            json!({ "batch": batch }).to_string().into_bytes()
+        });
+        let flips = vec((any::<Index>(), any::<u8>()), 0..4);
+        (prop_oneof![body, batch], flips, any::<Index>()).prop_map(|(mut bytes, flips, cut)| {
+            for (at, value) in flips {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1).max(bytes.len() / 2));
+            bytes
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn arbitrary_bodies_are_answered_with_a_client_error(
+            body in prop_oneof![vec(any::<u8>(), 0..200), mangled()],
+        ) {
+            let app = app(AppLimits::default());
+            for result in [parse_trigger(&app, &body).map(|_| ()), parse_batch(&app, &body).map(|_| ())] {
+                if let Err(e) = result {
+                    prop_assert!(
+                        matches!(e.status, StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE),
+                        "{:?}", e
+                    );
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn events_within_the_limits_are_accepted(
+            (limits, events) in limits()
+                .prop_flat_map(|l| (Just(l.clone()), vec(event(&l), 1..=l.max_batch_events))),
+        ) {
+            let app = app(limits);
+            let body = events[0].json(false).to_string();
+            let (valid, info) =
+                parse_trigger(&app, body.as_bytes()).map_err(|e| TestCaseError::fail(e.message))?;
+            events[0].check(&valid)?;
+            prop_assert!(info.is_empty());
+
+            let single: Vec<Event> = events.into_iter().map(|mut e| { e.channels.truncate(1); e }).collect();
+            let batch: Vec<Value> = single.iter().map(|e| e.json(true)).collect();
+            let body = json!({ "batch": batch }).to_string();
+            let valid = parse_batch(&app, body.as_bytes()).map_err(|e| TestCaseError::fail(e.message))?;
+            prop_assert_eq!(valid.len(), single.len());
+            for (event, (valid, _)) in single.iter().zip(&valid) {
+                event.check(valid)?;
+            }
+        }
+
+        #[test]
+        fn events_over_a_limit_are_refused_with_the_reason(
+            (limits, event) in limits().prop_flat_map(|l| (Just(l.clone()), event(&l))),
+            over in 1usize..20,
+            which in 0..4,
+        ) {
+            let app = app(limits.clone());
+            let mut event = event;
+            let (status, message) = match which {
+                0 => {
+                    event.data = "x".repeat(limits.max_event_data_bytes + over);
+                    (StatusCode::PAYLOAD_TOO_LARGE, format!(
+                        "data: {} bytes, the limit is {}", event.data.len(), limits.max_event_data_bytes
+                    ))
+                }
+                1 => {
+                    event.name = "é".repeat(limits.max_event_name_len + over);
+                    let message = format!("name: longer than {} characters", limits.max_event_name_len);
+                    (StatusCode::BAD_REQUEST, message)
+                }
+                2 => {
+                    let count = limits.max_channels_per_event + over;
+                    event.channels = (0..count).map(|i| format!("c{i}")).collect();
+                    (StatusCode::BAD_REQUEST, format!(
+                        "channels: {count} given, at most {} per event", limits.max_channels_per_event
+                    ))
+                }
+                _ => {
+                    event.channels.truncate(1);
+                    let count = limits.max_batch_events + over;
+                    let batch = vec![event.json(true); count];
+                    let body = json!({ "batch": batch }).to_string();
+                    let e = parse_batch(&app, body.as_bytes()).err().unwrap();
+                    prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                    let expected =
+                        format!("batch has {count} events, at most {} are accepted", limits.max_batch_events);
+                    prop_assert_eq!(e.message, expected);
+                    return Ok(());
+                }
+            };
+            let e = parse_trigger(&app, event.json(false).to_string().as_bytes()).err().unwrap();
+            prop_assert_eq!(e.status, status);
+            prop_assert_eq!(&e.message, &message);
+            if which != 2 {
+                // The same refusal inside a batch names the event.
+                event.channels.truncate(1);
+                let body = json!({ "batch": [event.json(true)] }).to_string();
+                let e = parse_batch(&app, body.as_bytes()).err().unwrap();
+                prop_assert_eq!(e.status, status);
+                prop_assert_eq!(e.message, format!("batch[0]: {message}"));
+            }
+        }
+    }
 }

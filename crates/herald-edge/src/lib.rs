@@ -8,6 +8,7 @@
 //! | `server` | accept loop, routing of a connection's first request, graceful shutdown |
 //! | `websocket` | the opening handshake and client frames, parsed without held buffers |
 //! | `session` | one connection's task: protocol state machine, reads, close |
+//! | `message` | client messages parsed without session state (untrusted input) |
 //! | `input_budget` | the node-wide bound on unfinished client input (partial frames and messages) |
 //! | `liveness` | one sweep per node: pings, pong and write timeouts of every connection |
 //! | `http_api` | `/apps/{id}/events`, `batch_events`, `channels`, `users` |
@@ -26,6 +27,7 @@ mod health;
 mod http_api;
 mod input_budget;
 mod liveness;
+mod message;
 mod node;
 mod publish;
 mod server;

@@ -20,11 +20,11 @@ use herald_core::{
 use herald_hub::{Close, Outbox, frame};
 use herald_proto::v1::ChannelEventType;
 use herald_telemetry::Metric;
-use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
 use tokio::time::Instant;
 
 use crate::{
+    message::{self, Incoming, SigninData, SubscribeData, UnsubscribeData, parse_data},
     node::Node,
     websocket::{self, Message, MessageAssembler, Read, Violation},
 };
@@ -187,43 +187,6 @@ impl Drop for Session {
 struct Subscription {
     /// The presence member this connection joined as (presence channels only).
     presence_user: Option<Arc<str>>,
-}
-
-#[derive(Deserialize)]
-struct Incoming<'a> {
-    #[serde(borrow)]
-    event: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    channel: Option<String>,
-    #[serde(default, borrow)]
-    data: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct SubscribeData {
-    channel: String,
-    #[serde(default)]
-    auth: Option<String>,
-    #[serde(default)]
-    channel_data: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct UnsubscribeData {
-    channel: String,
-}
-
-#[derive(Deserialize)]
-struct SigninData {
-    auth: String,
-    user_data: String,
-}
-
-#[derive(Deserialize)]
-struct PresenceData {
-    user_id: Value,
-    #[serde(default)]
-    user_info: Option<Value>,
 }
 
 /// What ended a session's wait.
@@ -577,23 +540,9 @@ impl Session {
         self.send(protocol::subscription_succeeded(channel.as_str(), &data));
     }
 
-    /// Reads `channel_data` of a presence subscription: `user_id` (string or number) and
-    /// an optional `user_info` within the app's size limit.
+    /// Reads `channel_data` of a presence subscription (see [`message::parse_member`]).
     fn parse_member(&self, channel_data: &str) -> Result<Member, String> {
-        let data: PresenceData = serde_json::from_str(channel_data)
-            .map_err(|e| format!("channel_data is not valid presence data: {e}"))?;
-        let user_id = match data.user_id {
-            Value::String(s) if !s.is_empty() => s,
-            Value::Number(n) => n.to_string(),
-            _ => return Err("channel_data.user_id must be a non-empty string or a number".into()),
-        };
-        let user_info = data.user_info.unwrap_or(Value::Null);
-        let size = user_info.to_string().len();
-        let limit = self.app.limits.max_presence_user_info_bytes;
-        if size > limit {
-            return Err(format!("user_info is {size} bytes, the limit is {limit}"));
-        }
-        Ok(Member { user_id: user_id.into(), user_info })
+        message::parse_member(channel_data, self.app.limits.max_presence_user_info_bytes)
     }
 
     async fn unsubscribe(&mut self, channel: &str) {
@@ -753,18 +702,6 @@ impl Session {
 
     fn subscription_error(&self, channel: &str, kind: &str, message: &str, status: u16) {
         self.send(protocol::subscription_error(channel, kind, message, status));
-    }
-}
-
-/// `data` of a client message: an object, or (older clients) a string holding one.
-fn parse_data<T: serde::de::DeserializeOwned>(data: Option<&RawValue>) -> Result<T, String> {
-    let raw = data.ok_or("missing data")?;
-    match serde_json::from_str::<T>(raw.get()) {
-        Ok(value) => Ok(value),
-        Err(e) => match serde_json::from_str::<String>(raw.get()) {
-            Ok(inner) => serde_json::from_str(&inner).map_err(|e| e.to_string()),
-            Err(_) => Err(e.to_string()),
-        },
     }
 }
 

@@ -775,7 +775,12 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+            // No failure persistence files: a failing case is printed, shrunk.
+            #![proptest_config(ProptestConfig {
+                cases: 128,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
 
             #[test]
             fn arbitrary_bytes_never_panic_nor_overread(

@@ -650,4 +650,403 @@ mod tests {
         assert_eq!(config.dispatcher, defaults.dispatcher);
         assert_eq!(config.apps[0].limits, AppLimits::default());
     }
+
+    mod properties {
+        //! The environment and the file are untrusted input too (a typo, a template
+        //! gone wrong): whatever they hold, loading ends in a config or in a list of
+        //! errors (exit 64), never a panic.
+        use herald_edge::{ConnectionConfig, HttpApiConfig};
+        use proptest::{collection::vec, prelude::*, sample::select};
+
+        use super::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        /// `HERALD_SECTION__KEY` of every option the example file documents, and the
+        /// Kafka ones (commented out there).
+        fn real_keys() -> Vec<String> {
+            let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/herald.example.toml");
+            let table = read_file(Path::new(example)).unwrap();
+            let mut keys = vec!["HERALD_APPS".to_string(), "HERALD_WEBHOOKS".to_string()];
+            for (section, value) in &table {
+                if let Value::Table(options) = value {
+                    keys.extend(
+                        options.keys().map(|k| format!("HERALD_{section}__{k}").to_ascii_uppercase()),
+                    );
+                }
+            }
+            for kafka in ["brokers", "client_id", "replication_factor", "properties"] {
+                keys.push(format!("HERALD_KAFKA__{}", kafka.to_ascii_uppercase()));
+            }
+            keys
+        }
+
+        fn env_key() -> impl Strategy<Value = String> {
+            let odd = vec![
+                "HERALD_SERVER",
+                "HERALD_SERVER__",
+                "HERALD___PORT",
+                "HERALD_SERVER____PORT",
+                "HERALD_SERVER__PORT__X",
+                "HERALD_APPS__0__ID",
+                "HERALD_KAFKA",
+                "HERALD_KAFKA__PROPERTIES__ACKS",
+                "HERALD_LOG",
+                "HERALD_BIN",
+                "herald_server__port",
+                "HERALD_server__Port",
+            ];
+            prop_oneof![
+                6 => select(real_keys()),
+                2 => select(odd).prop_map(String::from),
+                1 => "HERALD_[A-Za-z_]{0,24}",
+                1 => any::<String>(),
+            ]
+        }
+
+        fn env_value() -> impl Strategy<Value = String> {
+            let snippets = vec![
+                "",
+                "0",
+                "-1",
+                "65536",
+                "9223372036854775807",
+                "18446744073709551616",
+                "nan",
+                "-inf",
+                "1e308",
+                "true",
+                "\"quoted\"",
+                "'single'",
+                "\"unterminated",
+                "[]",
+                "[1, \"a\"]",
+                "[\"5s\", \"99999999999999999h\", \"0ms\", \"-1s\"]",
+                "[\"10.0.0.0/99\", \"::1/129\", \"not-an-ip\"]",
+                "{}",
+                "{port = 1}",
+                "[{id = \"a\", key = \"k\", secret = \"s\"}]",
+                "[{id = \"a\", key = \"k\", secret = \"s\"}, {id = \"a\", key = \"k\", secret = \"\"}]",
+                "[{id = \"a/b\", key = \"k\", secret = \"s\", limits = {max_batch_events = 0}}]",
+                "[{app_id = \"a\", id = \"x\", url = \"http://[::1\"}]",
+                "redis://127.0.0.1:1/",
+                "127.0.0.1",
+                "::1",
+                "/nonexistent/dir/file",
+                "/",
+            ];
+            prop_oneof![
+                3 => select(snippets).prop_map(String::from),
+                2 => any::<i64>().prop_map(|n| n.to_string()),
+                1 => any::<u64>().prop_map(|n| n.to_string()),
+                1 => any::<f64>().prop_map(|n| n.to_string()),
+                1 => "[a-z0-9:/._\\[\\]{}=\", -]{0,24}",
+                1 => any::<String>(),
+            ]
+        }
+
+        /// What a configuration sets, within the documented ranges, as TOML values.
+        #[derive(Debug, Clone)]
+        struct Valid {
+            host: String,
+            ports: (u16, u16, u16),
+            node_id: u32,
+            shutdown_grace_secs: u64,
+            edge_threads: usize,
+            connection: ConnectionConfig,
+            http: HttpApiConfig,
+            redis_url: String,
+            redis_prefix: String,
+            lease_secs: u64,
+            apps: Vec<App>,
+        }
+
+        fn quoted(s: &str) -> String {
+            format!("\"{s}\"")
+        }
+
+        impl Valid {
+            /// Every option as (section, key, TOML value); an empty section is top level.
+            fn options(&self) -> Vec<(&'static str, &'static str, String)> {
+                let c = &self.connection;
+                let mut options = vec![
+                    ("server", "host", quoted(&self.host)),
+                    ("server", "port", self.ports.0.to_string()),
+                    ("server", "metrics_port", self.ports.1.to_string()),
+                    ("grpc", "port", self.ports.2.to_string()),
+                    ("server", "node_id", self.node_id.to_string()),
+                    ("server", "shutdown_grace_secs", self.shutdown_grace_secs.to_string()),
+                    ("server", "edge_threads", self.edge_threads.to_string()),
+                    ("connection", "activity_timeout_secs", c.activity_timeout_secs.to_string()),
+                    ("connection", "pong_timeout_secs", c.pong_timeout_secs.to_string()),
+                    ("connection", "max_message_bytes", c.max_message_bytes.to_string()),
+                    ("connection", "max_pending_input_bytes", c.max_pending_input_bytes.to_string()),
+                    ("connection", "outbound_queue_bytes", c.outbound_queue_bytes.to_string()),
+                    ("connection", "write_timeout_secs", c.write_timeout_secs.to_string()),
+                    ("connection", "handshake_timeout_secs", c.handshake_timeout_secs.to_string()),
+                    ("connection", "max_request_head_bytes", c.max_request_head_bytes.to_string()),
+                    ("http", "max_body_bytes", self.http.max_body_bytes.to_string()),
+                    ("http", "timestamp_tolerance_secs", self.http.timestamp_tolerance_secs.to_string()),
+                    ("http", "body_timeout_secs", self.http.body_timeout_secs.to_string()),
+                    ("redis", "url", quoted(&self.redis_url)),
+                    ("redis", "prefix", quoted(&self.redis_prefix)),
+                    ("redis", "lease_secs", self.lease_secs.to_string()),
+                ];
+                let apps: Vec<String> = self.apps.iter().map(app_toml).collect();
+                options.push(("", "apps", format!("[{}]", apps.join(", "))));
+                options
+            }
+
+            fn check(&self, config: &Config) -> Result<(), TestCaseError> {
+                let server = &config.server;
+                prop_assert_eq!(&server.host, &self.host);
+                prop_assert_eq!((server.port, server.metrics_port, config.grpc.port), self.ports);
+                prop_assert_eq!(server.node_id, self.node_id);
+                prop_assert_eq!(server.shutdown_grace_secs, self.shutdown_grace_secs);
+                prop_assert_eq!(server.edge_threads, self.edge_threads);
+                prop_assert_eq!(&config.connection, &self.connection);
+                prop_assert_eq!(&config.http, &self.http);
+                prop_assert_eq!(&config.redis.url, &self.redis_url);
+                prop_assert_eq!(&config.redis.prefix, &self.redis_prefix);
+                prop_assert_eq!(config.redis.lease_secs, self.lease_secs);
+                prop_assert_eq!(&config.apps, &self.apps);
+                Ok(())
+            }
+        }
+
+        /// An inline TOML table.
+        fn inline(fields: &[(&str, String)]) -> String {
+            let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+
+        fn app_toml(app: &App) -> String {
+            let l = &app.limits;
+            let limits = inline(&[
+                ("max_connections", l.max_connections.to_string()),
+                ("max_event_data_bytes", l.max_event_data_bytes.to_string()),
+                ("max_event_name_len", l.max_event_name_len.to_string()),
+                ("max_channels_per_event", l.max_channels_per_event.to_string()),
+                ("max_batch_events", l.max_batch_events.to_string()),
+                ("max_channels_per_connection", l.max_channels_per_connection.to_string()),
+                ("max_presence_members", l.max_presence_members.to_string()),
+                ("max_presence_user_info_bytes", l.max_presence_user_info_bytes.to_string()),
+                ("client_events_per_second", l.client_events_per_second.to_string()),
+                ("webhooks_per_second", l.webhooks_per_second.to_string()),
+                ("webhooks_burst", l.webhooks_burst.to_string()),
+            ]);
+            let tokens: Vec<String> = app.api_tokens.iter().map(|t| quoted(t)).collect();
+            inline(&[
+                ("id", quoted(&app.id)),
+                ("key", quoted(&app.key)),
+                ("secret", quoted(&app.secret)),
+                ("enabled", app.enabled.to_string()),
+                ("enable_client_events", app.enable_client_events.to_string()),
+                ("api_tokens", format!("[{}]", tokens.join(", "))),
+                ("limits", limits),
+            ])
+        }
+
+        const BIG: usize = 1 << 40;
+
+        fn limits() -> impl Strategy<Value = AppLimits> {
+            (
+                (0u64..BIG as u64, 1..BIG, 0..BIG, 1..BIG, 1..BIG, 0..BIG),
+                (0..BIG, 0..BIG, any::<u32>(), any::<u32>(), 1..u32::MAX),
+            )
+                .prop_map(
+                    |(
+                        (connections, data, name, channels, batch, per_connection),
+                        (members, info, client, hooks, burst),
+                    )| {
+                        AppLimits {
+                            max_connections: connections,
+                            max_event_data_bytes: data,
+                            max_event_name_len: name,
+                            max_channels_per_event: channels,
+                            max_batch_events: batch,
+                            max_channels_per_connection: per_connection,
+                            max_presence_members: members,
+                            max_presence_user_info_bytes: info,
+                            client_events_per_second: client,
+                            webhooks_per_second: hooks,
+                            webhooks_burst: burst,
+                        }
+                    },
+                )
+        }
+
+        fn apps() -> impl Strategy<Value = Vec<App>> {
+            let app = (
+                "[A-Za-z0-9_.-]{1,12}",
+                any::<bool>(),
+                any::<bool>(),
+                vec("[A-Za-z0-9]{16,24}", 0..3),
+                limits(),
+            );
+            vec(app, 1..4).prop_map(|apps| {
+                apps.into_iter()
+                    .enumerate()
+                    // Ids and keys made distinct by their index.
+                    .map(|(i, (secret, enabled, client_events, api_tokens, limits))| App {
+                        id: format!("app-{i}"),
+                        key: format!("key-{i}"),
+                        secret,
+                        enabled,
+                        enable_client_events: client_events,
+                        api_tokens,
+                        limits,
+                    })
+                    .collect()
+            })
+        }
+
+        fn connection() -> impl Strategy<Value = ConnectionConfig> {
+            (
+                1u64..100_000,
+                1u64..100_000,
+                1..BIG,
+                0..BIG,
+                16_384..BIG,
+                1u64..100_000,
+                1u64..100_000,
+                1024..BIG,
+            )
+                .prop_map(
+                    |(activity, pong, message, pending, outbound, write, handshake, head)| ConnectionConfig {
+                        activity_timeout_secs: activity,
+                        pong_timeout_secs: pong,
+                        max_message_bytes: message,
+                        max_pending_input_bytes: message + pending,
+                        outbound_queue_bytes: outbound,
+                        write_timeout_secs: write,
+                        handshake_timeout_secs: handshake,
+                        max_request_head_bytes: head,
+                    },
+                )
+        }
+
+        fn valid() -> impl Strategy<Value = Valid> {
+            let host = prop_oneof![
+                any::<[u8; 4]>().prop_map(|ip| std::net::Ipv4Addr::from(ip).to_string()),
+                any::<[u16; 8]>().prop_map(|ip| std::net::Ipv6Addr::from(ip).to_string()),
+            ];
+            let ports = (any::<u16>(), any::<u16>(), any::<u16>())
+                // Two listeners may share only port 0 (each gets a port of its own).
+                .prop_filter("distinct ports", |&(a, b, c)| {
+                    let ports = [a, b, c];
+                    ports.iter().enumerate().all(|(i, p)| *p == 0 || !ports[..i].contains(p))
+                });
+            let http =
+                (1024..BIG, 0..u64::MAX >> 1, 1..u64::MAX >> 1).prop_map(|(body, tolerance, timeout)| {
+                    HttpApiConfig {
+                        max_body_bytes: body,
+                        timestamp_tolerance_secs: tolerance,
+                        body_timeout_secs: timeout,
+                    }
+                });
+            let redis = ("[a-z0-9.-]{1,20}", any::<u16>(), "[a-z0-9:_-]{1,12}", 1..u64::MAX >> 1);
+            let server = (any::<u32>(), 1..u64::MAX >> 1, 0usize..64);
+            (host, ports, server, connection(), http, redis, apps()).prop_map(
+                |(
+                    host,
+                    ports,
+                    (node_id, grace, threads),
+                    connection,
+                    http,
+                    (redis_host, redis_port, prefix, lease),
+                    apps,
+                )| {
+                    Valid {
+                        host,
+                        ports,
+                        node_id,
+                        shutdown_grace_secs: grace,
+                        edge_threads: threads,
+                        connection,
+                        http,
+                        redis_url: format!("redis://{redis_host}:{redis_port}/"),
+                        redis_prefix: prefix,
+                        lease_secs: lease,
+                        apps,
+                    }
+                },
+            )
+        }
+
+        /// Where an option is set: the file, the environment, or both (the file then
+        /// holds a decoy of the wrong type, which the environment must replace).
+        #[derive(Debug, Clone, Copy)]
+        enum Place {
+            File,
+            Env,
+            Both,
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn arbitrary_environment_overrides_load_or_list_errors(
+                vars in vec((env_key(), env_value()), 0..6),
+            ) {
+                match Config::load(&Flags::default(), vars) {
+                    Ok(_) => {}
+                    Err(errors) => {
+                        prop_assert!(!errors.is_empty());
+                        prop_assert!(errors.iter().all(|e| !e.is_empty()), "{:?}", errors);
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_environment_over_the_example_file_never_panics(
+                vars in vec((env_key(), env_value()), 1..4),
+            ) {
+                let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/herald.example.toml");
+                let flags = Flags { config: Some(example.into()), ..Flags::default() };
+                if let Err(errors) = Config::load(&flags, vars) {
+                    prop_assert!(!errors.is_empty());
+                }
+            }
+
+            #[test]
+            fn a_valid_configuration_loads_with_the_values_set(
+                valid in valid(),
+                places in vec(select(vec![Place::File, Place::Env, Place::Both]), 22),
+                lowercase in any::<bool>(),
+                noise in vec(("HERALD_(BIN|TEST|X)[A-Z_]{0,8}", env_value()), 0..3),
+            ) {
+                let mut top = String::new();
+                let mut sections: BTreeMap<&str, String> = BTreeMap::new();
+                let mut vars: Vec<(String, String)> = noise;
+                for ((section, key, value), place) in valid.options().into_iter().zip(places) {
+                    let in_file = match place {
+                        Place::File => value.clone(),
+                        Place::Env | Place::Both => "\"decoy\"".to_string(),
+                    };
+                    if !matches!(place, Place::Env) {
+                        let text =
+                            if section.is_empty() { &mut top } else { sections.entry(section).or_default() };
+                        text.push_str(&format!("{key} = {in_file}\n"));
+                    }
+                    if !matches!(place, Place::File) {
+                        let name =
+                            if section.is_empty() { key.to_string() } else { format!("{section}__{key}") };
+                        let name = if lowercase { name } else { name.to_ascii_uppercase() };
+                        vars.push((format!("HERALD_{name}"), value));
+                    }
+                }
+                for (section, text) in &sections {
+                    top.push_str(&format!("[{section}]\n{text}"));
+                }
+                let (_file, flags) = with_file(&top);
+                let config =
+                    Config::load(&flags, vars).map_err(|e| TestCaseError::fail(format!("{e:?}\n{top}")))?;
+                valid.check(&config)?;
+            }
+        }
+    }
 }

@@ -1,0 +1,283 @@
+//! The messages a client sends over its WebSocket, parsed without any session state:
+//! the envelope (`event`, `channel`, `data`), the `data` of the `pusher:*` events and
+//! a presence subscription's `channel_data`. Untrusted input: every failure is an
+//! `Err` with a message for the client, never a panic (see the property tests).
+
+use herald_backbone::Member;
+use serde::Deserialize;
+use serde_json::{Value, value::RawValue};
+
+/// A client message's envelope; `data` stays raw until the event says what it holds.
+#[derive(Deserialize)]
+pub(crate) struct Incoming<'a> {
+    #[serde(borrow)]
+    pub(crate) event: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    pub(crate) channel: Option<String>,
+    #[serde(default, borrow)]
+    pub(crate) data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SubscribeData {
+    pub(crate) channel: String,
+    #[serde(default)]
+    pub(crate) auth: Option<String>,
+    #[serde(default)]
+    pub(crate) channel_data: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct UnsubscribeData {
+    pub(crate) channel: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SigninData {
+    pub(crate) auth: String,
+    pub(crate) user_data: String,
+}
+
+#[derive(Deserialize)]
+struct PresenceData {
+    user_id: Value,
+    #[serde(default)]
+    user_info: Option<Value>,
+}
+
+/// `data` of a client message: an object, or (older clients) a string holding one.
+pub(crate) fn parse_data<T: serde::de::DeserializeOwned>(data: Option<&RawValue>) -> Result<T, String> {
+    let raw = data.ok_or("missing data")?;
+    match serde_json::from_str::<T>(raw.get()) {
+        Ok(value) => Ok(value),
+        Err(e) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(inner) => serde_json::from_str(&inner).map_err(|e| e.to_string()),
+            Err(_) => Err(e.to_string()),
+        },
+    }
+}
+
+/// Reads `channel_data` of a presence subscription: `user_id` (string or number) and
+/// an optional `user_info` of at most `max_user_info_bytes` (as JSON).
+pub(crate) fn parse_member(channel_data: &str, max_user_info_bytes: usize) -> Result<Member, String> {
+    let data: PresenceData = serde_json::from_str(channel_data)
+        .map_err(|e| format!("channel_data is not valid presence data: {e}"))?;
+    let user_id = match data.user_id {
+        Value::String(s) if !s.is_empty() => s,
+        Value::Number(n) => n.to_string(),
+        _ => return Err("channel_data.user_id must be a non-empty string or a number".into()),
+    };
+    let user_info = data.user_info.unwrap_or(Value::Null);
+    let size = user_info.to_string().len();
+    if size > max_user_info_bytes {
+        return Err(format!("user_info is {size} bytes, the limit is {max_user_info_bytes}"));
+    }
+    Ok(Member { user_id: user_id.into(), user_info })
+}
+
+#[cfg(test)]
+mod properties {
+    use herald_core::ChannelName;
+    use proptest::{
+        collection::{btree_map, vec},
+        prelude::*,
+        sample::{Index, select},
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    /// What a session does with a text message before it looks at its own state:
+    /// the envelope, the event's data, the channel name, presence data.
+    fn handle(text: &str, max_user_info_bytes: usize) {
+        let Ok(message) = serde_json::from_str::<Incoming<'_>>(text) else {
+            return;
+        };
+        match &*message.event {
+            "pusher:subscribe" => {
+                if let Ok(data) = parse_data::<SubscribeData>(message.data) {
+                    let _ = ChannelName::new(&data.channel);
+                    if let Some(channel_data) = &data.channel_data {
+                        let _ = parse_member(channel_data, max_user_info_bytes);
+                    }
+                }
+            }
+            "pusher:unsubscribe" => {
+                if let Ok(data) = parse_data::<UnsubscribeData>(message.data) {
+                    let _ = ChannelName::new(&data.channel);
+                }
+            }
+            "pusher:signin" => {
+                if let Ok(data) = parse_data::<SigninData>(message.data) {
+                    let _ = serde_json::from_str::<Value>(&data.user_data);
+                }
+            }
+            _ => {
+                if let Some(channel) = &message.channel {
+                    let _ = ChannelName::new(channel);
+                }
+            }
+        }
+    }
+
+    /// Any JSON value, floats aside (they need not survive a round trip exactly).
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(Value::Array),
+                btree_map(".{0,6}", inner, 0..4).prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Valid channel names, of every kind.
+    fn channel_name() -> impl Strategy<Value = String> {
+        let prefix = select(vec!["", "private-", "private-encrypted-", "presence-", "#server-to-user-"]);
+        (prefix, "[A-Za-z0-9_=@,.;-]{1,140}").prop_map(|(prefix, body)| format!("{prefix}{body}"))
+    }
+
+    /// The data of a `pusher:subscribe`: sometimes an object, sometimes (older clients)
+    /// a string holding one.
+    fn subscribe_message(
+        channel: &str,
+        auth: &Option<String>,
+        channel_data: &Option<String>,
+        as_string: bool,
+        extra: &Value,
+    ) -> String {
+        let mut data = json!({ "channel": channel });
+        if let Some(auth) = auth {
+            data["auth"] = json!(auth);
+        }
+        if let Some(channel_data) = channel_data {
+            data["channel_data"] = json!(channel_data);
+        }
+        let data = if as_string { Value::String(data.to_string()) } else { data };
+        // Fields the server does not know are ignored.
+        json!({ "event": "pusher:subscribe", "data": data, "extra": extra }).to_string()
+    }
+
+    /// Text that is almost a valid message: a subscribe message with a few
+    /// characters replaced by JSON punctuation, then cut short. Gets past the first
+    /// checks, unlike most random strings.
+    fn mangled() -> impl Strategy<Value = String> {
+        let message = (channel_name(), any::<Option<String>>(), any::<Option<String>>(), any::<bool>())
+            .prop_map(|(channel, auth, data, as_string)| {
+                subscribe_message(&channel, &auth, &data, as_string, &Value::Null)
+            });
+        let punctuation = select(vec!['"', '\\', '{', '}', '[', ']', ':', ',', 'u', '0', 'n', ' ', 'é']);
+        (message, vec((any::<Index>(), punctuation), 0..4), any::<Index>()).prop_map(|(text, edits, cut)| {
+            let mut chars: Vec<char> = text.chars().collect();
+            for (at, c) in edits {
+                let at = at.index(chars.len());
+                chars[at] = c;
+            }
+            chars.truncate(cut.index(chars.len() + 1).max(chars.len() / 2));
+            chars.into_iter().collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn arbitrary_text_never_panics(
+            text in prop_oneof![any::<String>(), mangled()],
+            limit in 0usize..2048,
+        ) {
+            handle(&text, limit);
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(
+            event in select(
+                vec!["pusher:subscribe", "pusher:unsubscribe", "pusher:signin", "client-x", "other"],
+            ),
+            data in json_value(),
+            as_string in any::<bool>(),
+            channel_data in json_value(),
+            limit in 0usize..2048,
+        ) {
+            let data = if as_string { Value::String(data.to_string()) } else { data };
+            handle(&json!({ "event": event, "data": data, "channel": data }).to_string(), limit);
+            let subscribe = json!({ "channel": "presence-a", "channel_data": channel_data.to_string() });
+            handle(&json!({ "event": "pusher:subscribe", "data": subscribe }).to_string(), limit);
+            let _ = parse_member(&channel_data.to_string(), limit);
+        }
+
+        #[test]
+        fn subscribe_messages_round_trip(
+            channel in channel_name(),
+            auth in any::<Option<String>>(),
+            channel_data in any::<Option<String>>(),
+            as_string in any::<bool>(),
+            extra in json_value(),
+        ) {
+            let text = subscribe_message(&channel, &auth, &channel_data, as_string, &extra);
+            let message: Incoming<'_> = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(&*message.event, "pusher:subscribe");
+            prop_assert_eq!(message.channel, None);
+            let data: SubscribeData = parse_data(message.data).unwrap();
+            prop_assert_eq!(&data.channel, &channel);
+            prop_assert_eq!(data.auth, auth);
+            prop_assert_eq!(data.channel_data, channel_data);
+            let parsed = ChannelName::new(&data.channel).unwrap();
+            prop_assert_eq!(parsed.as_str(), channel.as_str());
+        }
+
+        #[test]
+        fn presence_data_round_trips_within_the_limit(
+            user_id in prop_oneof![
+                ".{1,20}".prop_map(Value::String),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+            ],
+            user_info in proptest::option::of(json_value()),
+            limit in 0usize..200,
+        ) {
+            let mut data = json!({ "user_id": user_id });
+            if let Some(info) = &user_info {
+                data["user_info"] = info.clone();
+            }
+            let parsed = parse_member(&data.to_string(), limit);
+            let info = user_info.unwrap_or(Value::Null);
+            let size = info.to_string().len();
+            if size > limit {
+                let expected = format!("user_info is {size} bytes, the limit is {limit}");
+                prop_assert_eq!(parsed.err(), Some(expected));
+            } else {
+                let member = parsed.unwrap();
+                let expected = match &user_id {
+                    Value::String(s) => s.clone(),
+                    number => number.to_string(),
+                };
+                prop_assert_eq!(&*member.user_id, expected.as_str());
+                prop_assert_eq!(member.user_info, info);
+            }
+        }
+
+        #[test]
+        fn presence_data_without_a_usable_user_id_is_refused(
+            user_id in prop_oneof![
+                Just(Value::String(String::new())),
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                vec(json_value(), 0..3).prop_map(Value::Array),
+            ],
+        ) {
+            let data = json!({ "user_id": user_id }).to_string();
+            prop_assert!(parse_member(&data, 1024).is_err());
+        }
+    }
+}
