@@ -12,7 +12,7 @@
 // Absence is proved by order, never by waiting a while: a canary member on a crashed
 // edge (an expired lease planted in Redis) is reaped only once reaping runs again, so
 // when the watcher sees the canary leave, anything reaped wrongly would have shown.
-import { after, before, test } from 'node:test';
+import { after, before, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { APP, client, cut, eventually, heal, sdk, sigcont, sigstop, startHerald, startRedis } from './lib.mjs';
@@ -59,9 +59,25 @@ after(async () => {
   await heal();
 });
 
+/** Every client a test made: disconnected when the test ends, whatever happened. */
+const open = new Set();
+
+/**
+ * Each test starts from an empty cluster: its clients are gone and the channels they
+ * were in are empty again (on every edge's view).
+ */
+beforeEach(async () => {
+  for (const pusher of open) pusher.disconnect();
+  open.clear();
+  await eventually(async () => (await users(edgeB)).length === 0 && !(await occupied(edgeB, NEWS)).occupied, {
+    what: 'the previous test\'s clients to be gone',
+  });
+});
+
 /** A pusher-js client of `edge`, connected, subscribed to `channels`. */
 async function member(edge, userId, channels = [ROOM]) {
   const pusher = await client(edge, { userId });
+  open.add(pusher);
   const subscribed = {};
   for (const name of channels) {
     const channel = pusher.subscribe(name);
@@ -151,14 +167,10 @@ test('redis stalled past the lease (SIGSTOP): no edge reaps another, nobody is t
   const reapedAt = Date.now();
   assert.deepEqual(seen.filter((e) => !e.endsWith('canary-1') && e !== '+eve'), [], 'no live member was removed');
   assert.deepEqual(seenByEve.filter((e) => !e.endsWith('canary-1')), [], 'no live member was removed');
-  eve.pusher.disconnect();
   t.diagnostic(`reaping resumed ${reapedAt - resumedAt} ms after the stall`);
-  assert.deepEqual(await users(edgeB), ['alice', 'bob']);
+  assert.deepEqual(await users(edgeB), ['alice', 'bob', 'eve']);
   assert.equal((await occupied(edgeB, NEWS)).occupied, true);
   await publishReaches(edgeB, alice, NEWS);
-  alice.pusher.disconnect();
-  bob.pusher.disconnect();
-  await eventually(async () => (await users(edgeB)).length === 0, { what: 'the room to empty' });
 });
 
 test('redis restarted empty: every edge rebuilds its share within a lease; leaves are announced again', async (t) => {
@@ -183,9 +195,6 @@ test('redis restarted empty: every edge rebuilds its share within a lease; leave
   assert.ok(!seen.includes('-alice'), `alice never left: ${seen}`);
   alice.pusher.disconnect();
   await eventually(() => seen.includes('-alice'), { what: 'bob to see alice leave' });
-  bob.pusher.disconnect();
-  carol.pusher.disconnect();
-  await eventually(async () => (await users(edgeB)).length === 0, { what: 'the room to empty' });
 });
 
 test('an edge cut off from redis (clients still connected) then healed: state rebuilt, leaves during the cut announced', async (t) => {
@@ -221,6 +230,4 @@ test('an edge cut off from redis (clients still connected) then healed: state re
   assert.deepEqual(await users(edgeB), ['alice', 'bob']);
   await eventually(async () => (await occupied(edgeB, NEWS)).occupied === true, { what: 'news occupied again' });
   await publishReaches(edgeB, alice, NEWS);
-  alice.pusher.disconnect();
-  bob.pusher.disconnect();
 });
