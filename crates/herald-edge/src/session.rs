@@ -174,13 +174,20 @@ struct Session {
     assembler: MessageAssembler,
     /// Bytes of unfinished input this session has counted in the node's budget.
     held_input: usize,
+    /// `end` ran to completion: the connection is deregistered.
+    ended: bool,
 }
 
 impl Drop for Session {
     /// Gives back what the session counted in the node's input budget, however it
-    /// ended (it gives it back earlier when it starts closing).
+    /// ended (it gives it back earlier when it starts closing); and, if it never
+    /// ended (a panic unwound through it), deregisters the connection so that
+    /// nothing it held leaks.
     fn drop(&mut self) {
         self.node.input_budget.resize(self.held_input, 0);
+        if !self.ended {
+            self.abandon();
+        }
     }
 }
 
@@ -232,6 +239,7 @@ impl Session {
             user_id: None,
             assembler: MessageAssembler::new(),
             held_input: 0,
+            ended: false,
         };
         let mut first = handshake;
         let activity_timeout = session.node.config.connection.activity_timeout_secs;
@@ -247,9 +255,33 @@ impl Session {
         self.cleanup().await;
         let node = self.node.clone();
         finish(Ending { outbox: self.outbox.clone(), node: node.clone() }).await;
-        node.sessions.shard(&self.socket.conn).remove(&self.socket.conn);
-        node.release_connection(&self.app.id);
+        self.deregister();
+        self.ended = true;
+    }
+
+    fn deregister(&self) {
+        self.node.sessions.shard(&self.socket.conn).remove(&self.socket.conn);
+        self.node.release_connection(&self.app.id);
         metrics::gauge!(Metric::Connections.name()).decrement(1);
+    }
+
+    /// The session is dropped without having ended (a panic unwound through it, which
+    /// is a bug): closes the connection, deregisters it, and leaves its channels on a
+    /// task of its own, as `end` would have.
+    fn abandon(&mut self) {
+        tracing::error!(socket_id = %self.socket_id, "a session ended abnormally: cleaning up after it");
+        self.outbox.close(Close::plain(1011, "internal error"));
+        self.deregister();
+        let channels = std::mem::take(&mut self.channels);
+        let user_id = self.user_id.take();
+        let (node, app_id, socket, outbox) =
+            (self.node.clone(), Arc::<str>::from(self.app.id.as_str()), self.socket, self.outbox.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                leave_all(&node, &app_id, socket, channels, user_id).await;
+                finish(Ending { outbox, node }).await;
+            });
+        }
     }
 
     /// Serves the connection until it is closing. `input` holds bytes the client sent
@@ -556,17 +588,8 @@ impl Session {
     }
 
     async fn leave(&self, channel: &ChannelName, subscription: Subscription) {
-        let topic = Topic::channel(&Arc::from(self.app.id.as_str()), channel);
-        self.node.unsubscribe(&topic, self.socket.conn);
         let app_id = Arc::from(self.app.id.as_str());
-        let member = subscription.presence_user.is_some();
-        let (count, removed) = self.node.leave_presence(&app_id, channel, self.socket, member).await;
-        let removed = removed.map(|member| member.user_id);
-        if let Some(user_id) = &removed {
-            let data = protocol::member_removed_data(user_id);
-            self.publish_internal(channel, "pusher_internal:member_removed", data, None).await;
-        }
-        self.node.record_left(&self.app.id, channel, count, removed.as_deref());
+        leave_channel(&self.node, &app_id, self.socket, channel, subscription).await;
     }
 
     async fn publish_internal(
@@ -576,17 +599,7 @@ impl Session {
         data: String,
         exclude: Option<SocketId>,
     ) {
-        let publication = Publication {
-            app_id: Arc::from(self.app.id.as_str()),
-            channel: channel.clone(),
-            event: Arc::from(event),
-            data: PublicationData::from_string(&data),
-            user_id: None,
-            exclude,
-        };
-        if let Err(e) = self.node.publish(publication).await {
-            tracing::warn!(error = %e, event, "could not publish presence event");
-        }
+        self.node.tell(&self.app.id, channel, event, &data, exclude).await;
     }
 
     async fn signin(&mut self, data: SigninData) {
@@ -679,13 +692,9 @@ impl Session {
 
     /// Leaves every channel (emitting presence events) and the user topic.
     async fn cleanup(&mut self) {
-        for (channel, subscription) in std::mem::take(&mut self.channels) {
-            self.leave(&channel, subscription).await;
-        }
-        if let Some(user_id) = self.user_id.take() {
-            let topic = Topic::user(&Arc::from(self.app.id.as_str()), &user_id);
-            self.node.unsubscribe(&topic, self.socket.conn);
-        }
+        let app_id = Arc::from(self.app.id.as_str());
+        let (channels, user_id) = (std::mem::take(&mut self.channels), self.user_id.take());
+        leave_all(&self.node, &app_id, self.socket, channels, user_id).await;
     }
 
     fn subscription(&self, channel: &ChannelName) -> Option<&Subscription> {
@@ -702,6 +711,42 @@ impl Session {
 
     fn subscription_error(&self, channel: &str, kind: &str, message: &str, status: u16) {
         self.send(protocol::subscription_error(channel, kind, message, status));
+    }
+}
+
+/// Leaves one channel: the local subscription, the node's presence share (with
+/// `member_removed` when it was the user's last connection) and the lifecycle events.
+async fn leave_channel(
+    node: &Arc<Node>,
+    app_id: &Arc<str>,
+    socket: SocketId,
+    channel: &ChannelName,
+    subscription: Subscription,
+) {
+    node.unsubscribe(&Topic::channel(app_id, channel), socket.conn);
+    let member = subscription.presence_user.is_some();
+    let (count, removed) = node.leave_presence(app_id, channel, socket, member).await;
+    let removed = removed.map(|member| member.user_id);
+    if let Some(user_id) = &removed {
+        let data = protocol::member_removed_data(user_id);
+        node.tell(app_id, channel, "pusher_internal:member_removed", &data, None).await;
+    }
+    node.record_left(app_id, channel, count, removed.as_deref());
+}
+
+/// Leaves every channel (emitting presence events) and the user topic.
+async fn leave_all(
+    node: &Arc<Node>,
+    app_id: &Arc<str>,
+    socket: SocketId,
+    channels: Vec<(ChannelName, Subscription)>,
+    user_id: Option<Arc<str>>,
+) {
+    for (channel, subscription) in channels {
+        leave_channel(node, app_id, socket, &channel, subscription).await;
+    }
+    if let Some(user_id) = user_id {
+        node.unsubscribe(&Topic::user(app_id, &user_id), socket.conn);
     }
 }
 
@@ -774,6 +819,33 @@ mod tests {
         let future = run(node, app, outbox, Vec::new(), Vec::new());
         let size = std::mem::size_of_val(&future);
         assert!(size <= 512, "the session future grew to {size} bytes");
+    }
+
+    /// A session dropped without ending (what a panic in it would do) leaks nothing:
+    /// the connection is deregistered and its channels are left.
+    #[tokio::test]
+    async fn a_session_that_never_ends_is_cleaned_up_after() {
+        let (node, app) = test_node();
+        let (server, _client) = test_socket().await;
+        let outbox = Arc::new(Outbox::new(server, 1 << 20));
+        let Ok(mut session) = Session::start(node.clone(), app, outbox, Vec::new()) else {
+            panic!("admitted")
+        };
+        let news = ChannelName::new("news").unwrap();
+        session.subscribe(SubscribeData { channel: "news".into(), auth: None, channel_data: None }).await;
+        assert_eq!(node.presence.channel("a", &news).await.unwrap().subscription_count, 1);
+        assert_eq!(node.sessions.shard(&session.socket.conn).len(), 1);
+        let conn = session.socket.conn;
+
+        drop(session);
+        assert!(!node.sessions.shard(&conn).contains_key(&conn), "deregistered at once");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while node.presence.channel("a", &news).await.unwrap().subscription_count != 0 {
+            assert!(Instant::now() < deadline, "the channel was never left");
+            tokio::task::yield_now().await;
+        }
+        let topic = Topic::channel(&Arc::from("a"), &news);
+        assert!(!node.hub.has_subscribers(&topic));
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl Node {
     }
 
     /// Publishes a presence event to a channel's subscribers on every node.
-    async fn tell(
+    pub(crate) async fn tell(
         &self,
         app_id: &str,
         channel: &ChannelName,
