@@ -161,25 +161,6 @@ impl Node {
         Ok(())
     }
 
-    /// Tells every node's subscribers of a presence channel that a member left (when
-    /// the backbone removed it: its node crashed).
-    pub async fn publish_member_removed(
-        &self,
-        app_id: &str,
-        channel: &ChannelName,
-        user_id: &str,
-    ) -> herald_backbone::Result<()> {
-        self.publish(Publication {
-            app_id: Arc::from(app_id),
-            channel: channel.clone(),
-            event: Arc::from("pusher_internal:member_removed"),
-            data: PublicationData::from_string(&herald_core::protocol::member_removed_data(user_id)),
-            user_id: None,
-            exclude: None,
-        })
-        .await
-    }
-
     /// Closes every connection signed in as `user_id`, on every node.
     pub async fn terminate_user(&self, app: &App, user_id: &str) -> Result<(), PublishError> {
         if user_id.is_empty() {

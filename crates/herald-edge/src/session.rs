@@ -728,8 +728,7 @@ async fn leave_channel(
     let (count, removed) = node.leave_presence(app_id, channel, socket, member).await;
     let removed = removed.map(|member| member.user_id);
     if let Some(user_id) = &removed {
-        let data = protocol::member_removed_data(user_id);
-        node.tell(app_id, channel, "pusher_internal:member_removed", &data, None).await;
+        node.tell_member_removed(app_id, channel, user_id).await;
     }
     node.record_left(app_id, channel, count, removed.as_deref());
 }

@@ -129,8 +129,9 @@ impl Node {
             Ok(count) => count,
             Err(e) => {
                 self.share.remove(socket.conn, channel);
-                // The join may have happened before the error: undo it here too.
-                self.share.dirty.store(true, Ordering::Relaxed);
+                // The join may have happened before the error: the next re-assertion
+                // undoes it.
+                self.share.failed("join", &e);
                 return Err(e);
             }
         };
@@ -204,11 +205,7 @@ impl Node {
                 if let MemberChange::Changed(member) =
                     self.presence.remove_member(&stale.app_id, &stale.channel, stale.socket).await?
                 {
-                    if let Err(e) =
-                        self.publish_member_removed(&stale.app_id, &stale.channel, &member.user_id).await
-                    {
-                        tracing::warn!(error = %e, "could not announce a member that left");
-                    }
+                    self.tell_member_removed(&stale.app_id, &stale.channel, &member.user_id).await;
                     self.record_left(&stale.app_id, &stale.channel, None, Some(&member.user_id));
                 }
             } else if self.presence.leave(&stale.app_id, &stale.channel, stale.socket).await? == 0 {
@@ -311,6 +308,13 @@ impl Node {
             tracing::warn!(error = %e, event, "could not publish a presence event");
         }
     }
+
+    /// `pusher_internal:member_removed` for `user_id`, to the channel's subscribers on
+    /// every node: its last connection left (here, or on a node that crashed).
+    pub(crate) async fn tell_member_removed(&self, app_id: &str, channel: &ChannelName, user_id: &str) {
+        let data = protocol::member_removed_data(user_id);
+        self.tell(app_id, channel, "pusher_internal:member_removed", &data, None).await;
+    }
 }
 
 /// [`Node`] as a [`LeaseHolder`].
@@ -326,9 +330,7 @@ impl LeaseHolder for Holder {
         node.record_reaped(&reaped.app_id, &reaped.channel, user_id.as_deref());
         let Some(user_id) = user_id else { return };
         self.node.lifecycle.spawn(async move {
-            if let Err(e) = node.publish_member_removed(&reaped.app_id, &reaped.channel, &user_id).await {
-                tracing::warn!(error = %e, "could not announce a reaped presence member");
-            }
+            node.tell_member_removed(&reaped.app_id, &reaped.channel, &user_id).await;
         });
     }
 
