@@ -23,14 +23,14 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use herald_backbone::{Append, EventLog, MemoryEventLog};
 use herald_core::{App, AppLimits, Apps};
-use herald_dispatcher::{
-    Dispatcher, DispatcherConfig,
+use herald_dispatcher::{Dispatcher, DispatcherConfig};
+use herald_proto::v1::{ChannelEvent, ChannelEventType};
+use herald_webhooks::{
     endpoint::{Endpoint, Format},
     limiter::LocalRateLimiter,
     ssrf::AddressPolicy,
     store::{MemoryWebhookStore, WebhookStore},
 };
-use herald_proto::v1::{ChannelEvent, ChannelEventType};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};

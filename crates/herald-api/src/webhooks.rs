@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use herald_backbone::EventLog;
 use herald_core::{App, Apps};
-use herald_dispatcher::{
-    dispatcher::encode_delivery,
+use herald_proto::v1::{self as pb, webhook_admin_server::WebhookAdmin};
+use herald_webhooks::{
+    delivery::encode_delivery,
     endpoint::{Endpoint, Format, MAX_ENDPOINTS_PER_APP, SECRET_OVERLAP, new_endpoint_id, validate_url},
     filter::EventType,
     sign::generate_secret,
     ssrf::{AddressPolicy, ResolveError},
-    store::{StoreError, WebhookStore},
+    store::WebhookStore,
 };
-use herald_proto::v1::{self as pb, webhook_admin_server::WebhookAdmin};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -45,12 +45,6 @@ struct Inner {
 impl WebhookAdminService {
     pub fn new(apps: &Apps, config: WebhookAdminConfig) -> Self {
         Self { inner: Arc::new(Inner { auth: Authenticator::new(apps), config }) }
-    }
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        Self::Unavailable(e.to_string())
     }
 }
 
@@ -129,7 +123,7 @@ impl Inner {
     }
 
     /// Appends dead letters back to the dispatcher with a fresh schedule.
-    async fn replay(&self, app_id: &str, letters: Vec<herald_dispatcher::store::DeadLetter>) -> Result<u32> {
+    async fn replay(&self, app_id: &str, letters: Vec<herald_webhooks::store::DeadLetter>) -> Result<u32> {
         let mut appends = Vec::with_capacity(letters.len());
         for letter in &letters {
             let mut delivery = pb::Delivery::decode(letter.delivery.as_slice())

@@ -454,7 +454,7 @@ impl herald_backbone::Broker for DownBroker {
         _: &herald_backbone::Topic,
         _: herald_backbone::Message,
     ) -> herald_backbone::Result<()> {
-        Err(herald_backbone::Error::Unavailable("redis: connection refused".into()))
+        Err(herald_backbone::Error::unavailable("redis: connection refused"))
     }
     async fn subscribe(&self, topic: &herald_backbone::Topic) -> herald_backbone::Result<()> {
         self.0.subscribe(topic).await

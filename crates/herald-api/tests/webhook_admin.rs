@@ -8,12 +8,12 @@ use std::sync::Arc;
 use herald_api::{WebhookAdminConfig, WebhookAdminService};
 use herald_backbone::{EventLog, MemoryEventLog, conformance::poll_n};
 use herald_core::Apps;
-use herald_dispatcher::{
+use herald_proto::v1::{self as pb, webhook_admin_server::WebhookAdmin};
+use herald_testkit::app;
+use herald_webhooks::{
     ssrf::AddressPolicy,
     store::{DeadLetter, MemoryWebhookStore, WebhookStore},
 };
-use herald_proto::v1::{self as pb, webhook_admin_server::WebhookAdmin};
-use herald_testkit::app;
 use prost::Message as _;
 use tonic::{Code, Request};
 
@@ -190,7 +190,7 @@ async fn an_app_has_at_most_its_endpoint_limit() {
             TOKEN,
         )
     };
-    for n in 0..herald_dispatcher::endpoint::MAX_ENDPOINTS_PER_APP {
+    for n in 0..herald_webhooks::endpoint::MAX_ENDPOINTS_PER_APP {
         admin.create_endpoint(create(n)).await.unwrap();
     }
     let refused = admin.create_endpoint(create(999)).await.unwrap_err();

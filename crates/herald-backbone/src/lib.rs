@@ -5,7 +5,7 @@
 //! record of every channel event that the webhook dispatcher consumes. Redis implementations live in
 //! `herald-redis`; every implementation must pass [`conformance`].
 
-use std::sync::Arc;
+use std::{borrow::Cow, fmt, sync::Arc};
 
 use async_trait::async_trait;
 use herald_core::{ChannelName, Publication, SocketId};
@@ -26,17 +26,58 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// The backbone cannot be reached; the operation did not happen. Retryable.
+    /// A backend (broker, presence, store, event log) cannot be reached or failed; the
+    /// operation did not happen. Retryable. The one error type for this, whichever
+    /// backend and whichever role: callers decide on [`Error::is_retryable`].
     #[error("backbone unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Unavailable),
     /// A presence channel already has its maximum number of members.
     #[error("presence channel has reached its limit of {limit} members")]
     PresenceFull { limit: usize },
 }
 
 impl Error {
+    /// The backend is unavailable, for a reason that has no error value of its own.
+    pub fn unavailable(what: impl Into<Cow<'static, str>>) -> Self {
+        Self::Unavailable(Unavailable { what: what.into(), source: None })
+    }
+
+    /// The backend is unavailable because of `source` (kept: [`std::error::Error::source`]
+    /// walks to it).
+    pub fn unavailable_because(
+        what: impl Into<Cow<'static, str>>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable(Unavailable { what: what.into(), source: Some(Arc::new(source)) })
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// What was unavailable (`"redis"`, `"kafka: creating topics"`), and the backend's own
+/// error when there is one. Its text includes the source's, so a log line with `%e` says
+/// everything; [`std::error::Error::source`] still returns the source for callers that
+/// inspect it.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    what: Cow<'static, str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.what),
+            None => f.write_str(&self.what),
+        }
+    }
+}
+
+impl std::error::Error for Unavailable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

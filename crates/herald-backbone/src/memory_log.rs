@@ -89,7 +89,7 @@ impl MemoryEventLog {
             .lock()
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::Unavailable(format!("unknown topic {name:?}")))
+            .ok_or_else(|| Error::unavailable(format!("unknown topic {name:?}")))
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
 
-use crate::{
+use herald_webhooks::{
     endpoint::Target,
     ssrf::{AddressPolicy, ResolveError},
 };

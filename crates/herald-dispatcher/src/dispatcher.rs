@@ -28,8 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use herald_backbone::{Append, EventLog, LogConsumer, LogRecord, Position};
+use herald_backbone::{EventLog, LogConsumer, LogRecord, Position};
 use herald_core::Apps;
 use herald_proto::v1::{ChannelEvent, Delivery};
 use herald_telemetry::Metric;
@@ -38,15 +37,20 @@ use prost::Message as _;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{
-    client::{Client, ClientConfig},
+use herald_webhooks::{
+    delivery::{encode_delivery, webhook_id},
     endpoint::{Endpoint, Format, validate_url},
     filter::Filter,
-    format,
     gcra::Rate,
-    limiter::{Leases, RateLimiter},
-    schedule::{RetryAfterBounds, RetrySchedule, parse_retry_after},
+    limiter::RateLimiter,
     store::{AttemptRecord, DeadLetter, WebhookStore},
+};
+
+use crate::{
+    client::{Client, ClientConfig},
+    format,
+    limiter::Leases,
+    schedule::{RetryAfterBounds, RetrySchedule, parse_retry_after},
 };
 
 /// Settings of the dispatcher (`[dispatcher]`).
@@ -132,22 +136,6 @@ pub async fn ensure_topics(log: &dyn EventLog, config: &DispatcherConfig) -> her
     let mut all: Vec<&str> = vec![&config.events_topic, &topics.parked, &topics.dead];
     all.extend(topics.retries.iter().map(String::as_str));
     log.ensure_topics(&all, config.partitions).await
-}
-
-/// The webhook id of `event`'s delivery to `endpoint_id`: the same on every attempt.
-pub fn webhook_id(event_id: &str, endpoint_id: &str) -> String {
-    let event = event_id.strip_prefix("evt_").unwrap_or(event_id);
-    let endpoint = endpoint_id.strip_prefix("ep_").unwrap_or(endpoint_id);
-    format!("msg_{event}_{endpoint}")
-}
-
-/// A delivery (or Pusher batch) encoded for a topic, keyed so that one endpoint's
-/// deliveries share a partition.
-pub fn encode_delivery(delivery: &Delivery) -> Append {
-    Append {
-        key: Bytes::from(format!("{}/{}", delivery.app_id, delivery.endpoint_id)),
-        value: Bytes::from(delivery.encode_to_vec()),
-    }
 }
 
 fn now_ms() -> i64 {
@@ -520,7 +508,10 @@ impl Dispatcher {
     }
 
     /// The enabled endpoints of an app, cached for `endpoint_refresh`.
-    async fn endpoints_of(&self, app_id: &str) -> crate::store::Result<Arc<Vec<(Arc<Endpoint>, Filter)>>> {
+    async fn endpoints_of(
+        &self,
+        app_id: &str,
+    ) -> herald_webhooks::store::Result<Arc<Vec<(Arc<Endpoint>, Filter)>>> {
         if let Some(cached) = self.endpoints.lock().get(app_id)
             && cached.fetched.elapsed() < self.config.endpoint_refresh
         {
@@ -892,8 +883,8 @@ mod tests {
             topic: "t".into(),
             partition: 0,
             offset,
-            key: Bytes::new(),
-            value: Bytes::new(),
+            key: bytes::Bytes::new(),
+            value: bytes::Bytes::new(),
             timestamp_ms: 0,
         }
     }
@@ -919,11 +910,5 @@ mod tests {
         assert!(offsets.committable().is_empty());
         offsets.finish(&topic, 0, 4);
         assert!(offsets.committable().is_empty());
-    }
-
-    #[test]
-    fn webhook_ids_are_stable_per_event_and_endpoint() {
-        assert_eq!(webhook_id("evt_01ABC", "ep_xyz"), "msg_01ABC_xyz");
-        assert_ne!(webhook_id("evt_01ABC", "ep_xyz"), webhook_id("evt_01ABC", "ep_other"));
     }
 }

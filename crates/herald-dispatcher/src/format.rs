@@ -16,7 +16,7 @@ use herald_core::App;
 use herald_proto::v1::{ChannelEvent, ChannelEventType, Delivery};
 use serde_json::{Map, Value, json};
 
-use crate::{
+use herald_webhooks::{
     endpoint::{Endpoint, Format},
     filter::EventType,
     sign,
@@ -37,7 +37,7 @@ pub fn event_type(event: &ChannelEvent) -> Option<EventType> {
 }
 
 /// Whether `endpoint` wants `event`.
-pub fn wants(endpoint: &Endpoint, filter: &crate::filter::Filter, event: &ChannelEvent) -> bool {
+pub fn wants(endpoint: &Endpoint, filter: &herald_webhooks::filter::Filter, event: &ChannelEvent) -> bool {
     let Some(kind) = event_type(event) else {
         return false;
     };

@@ -1,7 +1,8 @@
 //! The webhook dispatcher: consumes channel events from the [`EventLog`], matches them
 //! against each app's webhook endpoints, and delivers them as signed HTTP requests
 //! (Standard Webhooks or Pusher format) with per-tenant rate limits, retries on a
-//! schedule and a dead-letter topic.
+//! schedule and a dead-letter topic. The webhook model it delivers by (endpoints,
+//! stores, secrets, limits) is `herald-webhooks`.
 //!
 //! [`EventLog`]: herald_backbone::EventLog
 
@@ -9,26 +10,15 @@
 //! | module | what |
 //! |---|---|
 //! | `dispatcher` | the consumer loops, endpoint queues, attempts, retry tiers, dead letters |
-//! | `endpoint` | endpoints: URL, filters, format, secrets |
-//! | `store` | the [`store::WebhookStore`] trait (endpoints, attempts, dead letters) + memory |
 //! | `format` | request bodies and headers per format |
-//! | `sign` | Standard Webhooks and Pusher signatures, secrets |
 //! | `client` | HTTP/1.1 keep-alive client with SSRF-checked resolution and timeouts |
-//! | `ssrf` | which addresses are refused |
-//! | `limiter`, `gcra` | per-app and per-endpoint rate limits, shared through leases |
+//! | `limiter` | per-app and per-endpoint rate limits, shared through leases |
 //! | `schedule` | the retry schedule and `Retry-After` |
-//! | `filter` | event types and channel patterns |
 
 pub mod client;
 pub mod dispatcher;
-pub mod endpoint;
-pub mod filter;
 pub mod format;
-pub mod gcra;
 pub mod limiter;
 pub mod schedule;
-pub mod sign;
-pub mod ssrf;
-pub mod store;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig, Topics};

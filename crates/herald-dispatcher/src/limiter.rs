@@ -15,46 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use crate::{
-    gcra::{Gcra, Rate},
-    store::StoreError,
-};
+use herald_backbone::Error;
+use herald_webhooks::{gcra::Rate, limiter::RateLimiter};
 
 /// How much of the rate a replica leases at once.
 pub const LEASE_WINDOW: Duration = Duration::from_millis(50);
-
-/// The shared GCRA state of every limit.
-#[async_trait]
-pub trait RateLimiter: Send + Sync + 'static {
-    /// Takes up to `n` cells from `key`'s limit (which has `rate`). Returns how many
-    /// were granted and, when none was, how long until one conforms.
-    async fn take(&self, key: &str, rate: Rate, n: u32) -> Result<(u32, Duration), StoreError>;
-}
-
-/// GCRA in this process only: `herald dev`, or a single dispatcher.
-#[derive(Default)]
-pub struct LocalRateLimiter {
-    limits: Mutex<HashMap<String, Gcra>>,
-}
-
-#[async_trait]
-impl RateLimiter for LocalRateLimiter {
-    async fn take(&self, key: &str, rate: Rate, n: u32) -> Result<(u32, Duration), StoreError> {
-        let now = Instant::now();
-        let mut limits = self.limits.lock();
-        // A limit whose rate changed starts over with the new one.
-        let gcra = limits.entry(key.to_owned()).or_insert_with(|| Gcra::new(rate));
-        if gcra.rate() != rate {
-            *gcra = Gcra::new(rate);
-        }
-        let granted = gcra.acquire(now, n);
-        let wait = if granted == 0 { gcra.wait_time(now) } else { Duration::ZERO };
-        Ok((granted, wait))
-    }
-}
 
 /// Cells leased from the shared limit and not spent yet.
 struct Lease {
@@ -75,7 +42,7 @@ impl Leases {
 
     /// Takes one cell of `key`'s limit: `Ok(None)` when taken, `Ok(Some(wait))` when
     /// the limit allows the next one only after `wait`.
-    pub async fn take_one(&self, key: &str, rate: Rate) -> Result<Option<Duration>, StoreError> {
+    pub async fn take_one(&self, key: &str, rate: Rate) -> Result<Option<Duration>, Error> {
         if self.spend_leased(key) {
             return Ok(None);
         }
@@ -116,6 +83,8 @@ fn lease_size(rate: Rate) -> u32 {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use herald_webhooks::limiter::LocalRateLimiter;
 
     use super::*;
 

@@ -14,15 +14,17 @@ use herald_backbone::{EventLog, MemoryEventLog};
 use herald_core::{App, AppLimits, Apps};
 use herald_dispatcher::{
     Dispatcher, DispatcherConfig,
+    schedule::{RetryAfterBounds, RetrySchedule},
+};
+use herald_proto::v1::{ChannelEvent, ChannelEventType};
+use herald_testkit::receiver::{Answer, Receiver};
+use herald_webhooks::{
     endpoint::{Endpoint, Format, new_endpoint_id},
     limiter::LocalRateLimiter,
-    schedule::{RetryAfterBounds, RetrySchedule},
     sign::{SigningKey, pusher_signature, verify_standard},
     ssrf::AddressPolicy,
     store::{MemoryWebhookStore, WebhookStore},
 };
-use herald_proto::v1::{ChannelEvent, ChannelEventType};
-use herald_testkit::receiver::{Answer, Receiver};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
@@ -103,7 +105,7 @@ impl Harness {
     }
 
     /// The app's dead letters, once there is one (panics after [`LONG`]).
-    async fn dead_letters(&self, app_id: &str) -> Vec<herald_dispatcher::store::DeadLetter> {
+    async fn dead_letters(&self, app_id: &str) -> Vec<herald_webhooks::store::DeadLetter> {
         let deadline = Instant::now() + LONG;
         loop {
             let dead = self.store.dead_letters(app_id, 0, 10).await.unwrap();
@@ -480,7 +482,7 @@ impl herald_backbone::LogConsumer for FlakyConsumer {
     async fn poll(&mut self, max: usize) -> herald_backbone::Result<Vec<herald_backbone::LogRecord>> {
         if self.failures > 0 {
             self.failures -= 1;
-            return Err(herald_backbone::Error::Unavailable("all brokers down".into()));
+            return Err(herald_backbone::Error::unavailable("all brokers down"));
         }
         self.inner.poll(max).await
     }

@@ -81,7 +81,7 @@ impl KafkaConfig {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Unavailable(format!("kafka: invalid configuration: {}", problems.join("; "))))
+            Err(Error::unavailable(format!("kafka: invalid configuration: {}", problems.join("; "))))
         }
     }
 
@@ -187,7 +187,8 @@ mod tests {
         let config = KafkaConfig { brokers: String::new(), replication_factor: 0, ..KafkaConfig::default() }
             .with_property("enable.auto.commit", "true")
             .with_property("message.timeout.ms", "soon");
-        let Err(Error::Unavailable(message)) = config.validate() else { panic!("accepted") };
+        let Err(e @ Error::Unavailable(_)) = config.validate() else { panic!("accepted") };
+        let message = e.to_string();
         for part in ["brokers", "replication_factor", "enable.auto.commit", "message.timeout.ms"] {
             assert!(message.contains(part), "{message} names {part}");
         }

@@ -50,7 +50,7 @@ impl KafkaConsumer {
     }
 
     fn consumer(&self) -> Result<&Arc<StreamConsumer>> {
-        self.consumer.as_ref().ok_or_else(|| Error::Unavailable("kafka: the consumer is closed".into()))
+        self.consumer.as_ref().ok_or_else(|| Error::unavailable("kafka: the consumer is closed"))
     }
 
     fn record(&self, message: &BorrowedMessage<'_>) -> LogRecord {
@@ -89,7 +89,7 @@ fn spawn_committer(consumer: Weak<StreamConsumer>) -> Result<std::sync::mpsc::Se
                 let _ = reply.send(consumer.commit(&offsets, CommitMode::Sync));
             }
         })
-        .map_err(|e| Error::Unavailable(format!("kafka: cannot start a commit thread: {e}")))?;
+        .map_err(|e| Error::unavailable_because("kafka: cannot start a commit thread", e))?;
     Ok(commits)
 }
 
@@ -153,12 +153,12 @@ impl LogConsumer for KafkaConsumer {
         let (reply, committed) = oneshot::channel();
         self.commits
             .send((offsets, reply))
-            .map_err(|_| Error::Unavailable("kafka: the commit thread has stopped".into()))?;
+            .map_err(|_| Error::unavailable("kafka: the commit thread has stopped"))?;
         match tokio::time::timeout(COMMIT_TIMEOUT, committed).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(unavailable("committing", e)),
-            Ok(Err(_)) => Err(Error::Unavailable("kafka: the commit thread has stopped".into())),
-            Err(_) => Err(Error::Unavailable(format!("kafka: commit not stored within {COMMIT_TIMEOUT:?}"))),
+            Ok(Err(_)) => Err(Error::unavailable("kafka: the commit thread has stopped")),
+            Err(_) => Err(Error::unavailable(format!("kafka: commit not stored within {COMMIT_TIMEOUT:?}"))),
         }
     }
 }

@@ -53,5 +53,5 @@ use herald_backbone::Error;
 use rdkafka::error::KafkaError;
 
 fn unavailable(what: &str, e: KafkaError) -> Error {
-    Error::Unavailable(format!("kafka: {what}: {e}"))
+    Error::unavailable_because(format!("kafka: {what}"), e)
 }

@@ -55,7 +55,7 @@ impl KafkaEventLog {
         let probe = producer.clone();
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, REQUEST_TIMEOUT))
             .await
-            .map_err(|e| Error::Unavailable(format!("kafka: metadata task failed: {e}")))?
+            .map_err(|e| Error::unavailable_because("kafka: metadata task failed", e))?
             .map_err(|e| unavailable(&format!("reaching {}", config.brokers), e))?;
         Ok(Self {
             config,
@@ -135,7 +135,7 @@ impl KafkaEventLog {
             let error = match delivery.await {
                 Ok(Ok(_)) => continue,
                 Ok(Err((e, _))) => failed(e),
-                Err(_) => Error::Unavailable("kafka: the producer was closed".into()),
+                Err(_) => Error::unavailable("kafka: the producer was closed"),
             };
             failure.get_or_insert(error);
         }
@@ -179,7 +179,7 @@ impl EventLog for KafkaEventLog {
         if failed.is_empty() {
             Ok(())
         } else {
-            Err(Error::Unavailable(format!("kafka: creating topics: {}", failed.join(", "))))
+            Err(Error::unavailable(format!("kafka: creating topics: {}", failed.join(", "))))
         }
     }
 

@@ -181,7 +181,7 @@ impl Broker for RedisBroker {
         let mut subscriber = shard.subscriber.lock().await;
         let result = match subscriber.as_mut() {
             Some(sink) => sink.subscribe(&channel).await.map_err(unavailable),
-            None => Err(Error::Unavailable("redis: reconnecting".into())),
+            None => Err(Error::unavailable("redis: reconnecting")),
         };
         if result.is_err() {
             shard.wanted.lock().remove(&channel);

@@ -12,7 +12,7 @@
 //! | `wire` | how a [`herald_backbone::Message`] travels through Redis |
 //!
 //! Every implementation here passes its conformance suite (`herald_backbone::conformance`,
-//! `herald_dispatcher::store::conformance`) against a real `redis-server` (see `tests/`).
+//! `herald_webhooks::store::conformance`) against a real `redis-server` (see `tests/`).
 
 mod broker;
 mod cluster;
@@ -24,7 +24,7 @@ mod wire;
 
 pub use broker::{RedisBroker, RedisConfig};
 pub use idempotency::RedisIdempotency;
-pub use limiter::RedisRateLimiter;
+pub use limiter::{REDIS_GCRA_SCRIPT, RedisRateLimiter};
 pub use presence::RedisPresence;
 pub use webhooks::RedisWebhookStore;
 
@@ -63,7 +63,7 @@ impl Shards<Connection> {
 impl<T> Shards<T> {
     pub(crate) fn new(items: Vec<T>) -> Result<Self> {
         if items.is_empty() {
-            return Err(Error::Unavailable("redis: no instance configured".into()));
+            return Err(Error::unavailable("redis: no instance configured"));
         }
         let mut ring: Vec<(u64, usize)> = (0..items.len())
             .flat_map(|shard| {
@@ -262,7 +262,7 @@ impl RunCommand for redis::Cmd {
 
 /// Every Redis failure is the backbone being unavailable: the operation did not happen.
 fn unavailable(e: redis::RedisError) -> Error {
-    Error::Unavailable(format!("redis: {e}"))
+    Error::unavailable_because("redis", e)
 }
 
 #[cfg(test)]

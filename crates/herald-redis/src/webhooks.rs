@@ -25,17 +25,16 @@
 //! holds its signing secrets: this Redis must be as trusted as the configuration.
 
 use async_trait::async_trait;
-use herald_dispatcher::{
+use herald_backbone::Error;
+use herald_webhooks::{
     endpoint::Endpoint,
-    store::{
-        ATTEMPTS_KEPT, AttemptRecord, DEAD_LETTERS_KEPT, DeadLetter, RETENTION_MS, StoreError, WebhookStore,
-    },
+    store::{ATTEMPTS_KEPT, AttemptRecord, DEAD_LETTERS_KEPT, DeadLetter, RETENTION_MS, WebhookStore},
 };
 use redis::Script;
 
 use crate::{Connection, RedisConfig, RunCommand, RunScript, Shards};
 
-type Result<T, E = StoreError> = std::result::Result<T, E>;
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// KEYS: attempts. ARGV: attempt JSON, its `time_ms`, kept, retention ms.
 ///
@@ -110,7 +109,7 @@ return data
 /// The [`WebhookStore`] of a cluster: every node and replica sees the same endpoints,
 /// attempts and dead letters. Each method is one command or one script on the
 /// instance (or slot) of the app, so a change is atomic and visible to every reader
-/// once it returns. A Redis failure is [`StoreError::Unavailable`].
+/// once it returns. A Redis failure is [`Error::Unavailable`].
 pub struct RedisWebhookStore {
     connections: Shards<Connection>,
     prefix: String,
@@ -149,8 +148,7 @@ impl RedisWebhookStore {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Unavailable(format!("encoding a webhook record: {e}")))
+    serde_json::to_string(value).map_err(|e| Error::unavailable_because("encoding a webhook record", e))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {

@@ -9,13 +9,15 @@ use herald_core::{App, AppLimits, Apps};
 use herald_dispatcher::{
     DispatcherConfig,
     client::ClientConfig,
-    endpoint::{Endpoint, Format},
-    filter::EventType,
     schedule::{RetryAfterBounds, RetrySchedule},
-    ssrf::AddressPolicy,
 };
 use herald_edge::{ConnectionConfig, EdgeConfig, EventsConfig, HttpApiConfig};
 use herald_kafka::KafkaConfig;
+use herald_webhooks::{
+    endpoint::{Endpoint, Format},
+    filter::EventType,
+    ssrf::AddressPolicy,
+};
 use serde::Deserialize;
 use toml::{Table, Value};
 

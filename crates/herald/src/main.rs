@@ -8,16 +8,16 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald_api::{WebhookAdminConfig, WebhookAdminService};
 use herald_backbone::{Broker, EventLog, MemoryBackbone, MemoryEventLog, PresenceManager};
-use herald_dispatcher::{
-    Dispatcher, Topics,
-    limiter::{LocalRateLimiter, RateLimiter},
-    store::{MemoryWebhookStore, WebhookStore},
-};
+use herald_dispatcher::{Dispatcher, Topics};
 use herald_edge::Node;
 use herald_hub::Hub;
 use herald_kafka::KafkaEventLog;
 use herald_redis::{
     RedisBroker, RedisConfig, RedisIdempotency, RedisPresence, RedisRateLimiter, RedisWebhookStore,
+};
+use herald_webhooks::{
+    limiter::{LocalRateLimiter, RateLimiter},
+    store::{MemoryWebhookStore, WebhookStore},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -165,7 +165,7 @@ impl Webhooks {
                 // switching it to Standard Webhooks later works.
                 endpoint.secret = match existing {
                     Some(e) => e.secret,
-                    None => herald_dispatcher::sign::generate_secret()?,
+                    None => herald_webhooks::sign::generate_secret()?,
                 };
             }
             self.store.put_endpoint(&endpoint).await?;
@@ -181,7 +181,7 @@ impl Webhooks {
         &self,
         config: &Config,
         apps: &herald_core::Apps,
-        policy: herald_dispatcher::ssrf::AddressPolicy,
+        policy: herald_webhooks::ssrf::AddressPolicy,
     ) -> WebhookAdminService {
         let topics = Topics::new(&config.dispatcher.topic_prefix, &self.dispatcher_config(config).retry);
         WebhookAdminService::new(
@@ -306,7 +306,7 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         if config.dispatcher.allow_addresses.is_empty() {
             // Local development means local receivers: loopback is allowed unless the
             // config says otherwise.
-            policy = herald_dispatcher::ssrf::AddressPolicy::new(&["127.0.0.0/8".into(), "::1".into()])
+            policy = herald_webhooks::ssrf::AddressPolicy::new(&["127.0.0.0/8".into(), "::1".into()])
                 .map_err(anyhow::Error::msg)?;
         }
         let webhooks = Webhooks::memory();

@@ -13,13 +13,13 @@ use std::{
 };
 
 use herald_core::auth;
-use herald_dispatcher::sign::{SigningKey, verify_standard};
 use herald_testkit::{
     Client, app, http_request, now,
     receiver::{Received, Receiver},
     redis::RedisServer,
     tansu::Tansu,
 };
+use herald_webhooks::sign::{SigningKey, verify_standard};
 use serde_json::json;
 
 const HERALD: &str = env!("CARGO_BIN_EXE_herald");

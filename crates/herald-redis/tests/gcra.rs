@@ -6,8 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use herald_dispatcher::gcra::{REDIS_GCRA_SCRIPT, Rate};
+use herald_redis::REDIS_GCRA_SCRIPT;
 use herald_testkit::redis::RedisServer;
+use herald_webhooks::gcra::Rate;
 use redis::{Script, aio::MultiplexedConnection};
 
 async fn connect(server: &RedisServer) -> MultiplexedConnection {

@@ -13,20 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::endpoint::Endpoint;
 
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// The store cannot be reached; nothing changed. Retryable.
-    #[error("webhook store unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl From<herald_backbone::Error> for StoreError {
-    fn from(e: herald_backbone::Error) -> Self {
-        Self::Unavailable(e.to_string())
-    }
-}
+/// A store failure is the backbone's: [`herald_backbone::Error::Unavailable`], with its
+/// source; nothing changed, and the call may be retried.
+pub type Result<T, E = herald_backbone::Error> = std::result::Result<T, E>;
 
 /// Attempts kept per endpoint (the newest).
 pub const ATTEMPTS_KEPT: usize = 1_000;
