@@ -48,13 +48,6 @@ impl WebhookAdminService {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn format_of(value: i32) -> Result<Format> {
     match pb::WebhookFormat::try_from(value) {
         Ok(pb::WebhookFormat::Unspecified | pb::WebhookFormat::StandardWebhooks) => {
@@ -129,7 +122,7 @@ impl Inner {
             let mut delivery = pb::Delivery::decode(letter.delivery.as_slice())
                 .map_err(|e| Error::Internal(format!("dead letter {}: {e}", letter.webhook_id)))?;
             delivery.attempt = 0;
-            delivery.due_ms = now_ms();
+            delivery.due_ms = herald_core::time::now_ms();
             delivery.failed_ms = 0;
             delivery.last_error.clear();
             appends.push(encode_delivery(&delivery));
@@ -166,7 +159,7 @@ impl WebhookAdmin for WebhookAdminService {
             ))
             .into());
         }
-        let now = now_ms();
+        let now = herald_core::time::now_ms();
         let secret = if r.secret.is_empty() {
             generate_secret().map_err(|e| Error::Internal(e.to_string()))?
         } else {
@@ -236,7 +229,7 @@ impl WebhookAdmin for WebhookAdminService {
         if let Some(max) = r.max_concurrency {
             endpoint.max_concurrency = max;
         }
-        endpoint.updated_ms = now_ms();
+        endpoint.updated_ms = herald_core::time::now_ms();
         inner.check(&endpoint).await?;
         inner.config.store.put_endpoint(&endpoint).await.map_err(Error::from)?;
         Ok(Response::new(to_proto(&endpoint)))
@@ -267,7 +260,7 @@ impl WebhookAdmin for WebhookAdminService {
         } else {
             r.secret
         };
-        let now = now_ms();
+        let now = herald_core::time::now_ms();
         endpoint.previous_secret = Some(std::mem::replace(&mut endpoint.secret, secret));
         endpoint.previous_secret_expires_ms = now + SECRET_OVERLAP.as_millis() as i64;
         endpoint.updated_ms = now;

@@ -12,7 +12,6 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
@@ -99,10 +98,6 @@ impl Default for MemoryEventLog {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// The partition of a key: the same for the same key, spread over the partitions.
 fn partition_of(key: &[u8], partitions: usize) -> usize {
     let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
@@ -132,7 +127,7 @@ impl TopicState {
 impl EventLog for MemoryEventLog {
     async fn append(&self, topic: &str, records: Vec<Append>) -> Result<()> {
         let topic = self.topic(topic)?;
-        let now = now_ms();
+        let now = herald_core::time::now_ms();
         {
             let mut state = topic.state.lock();
             let partitions = state.partitions.len();

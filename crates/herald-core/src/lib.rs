@@ -2,7 +2,7 @@
 //! socket ids, publications, Pusher protocol frames and error codes, and the HMAC
 //! signatures Pusher uses for channel authorization, user sign-in and the HTTP API.
 //!
-//! Everything here is pure so that the edge, the gRPC API and the dispatcher agree on
+//! Everything here is pure (but for [`time`]: the clock and a backoff timer) so that the edge, the gRPC API and the dispatcher agree on
 //! one definition of "a valid channel" or "a correct signature".
 
 pub mod app;
@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod publication;
 pub mod sharded;
 pub mod socket_id;
+pub mod time;
 
 pub use app::{App, AppLimits, Apps};
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};

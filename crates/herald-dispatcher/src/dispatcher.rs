@@ -138,13 +138,6 @@ pub async fn ensure_topics(log: &dyn EventLog, config: &DispatcherConfig) -> her
     log.ensure_topics(&all, config.partitions).await
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------
 // Offsets
 
@@ -351,7 +344,7 @@ impl Dispatcher {
         let mut last_commit = Instant::now();
         while !shutdown.is_cancelled() {
             // Release what is due.
-            let now = now_ms();
+            let now = herald_core::time::now_ms();
             while let Some(Reverse((due, seq))) = waiting.peek().copied() {
                 if due > now {
                     break;
@@ -621,7 +614,7 @@ impl Dispatcher {
         if let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) =
             queue.jobs.try_send(job)
         {
-            let due = now_ms() + 1_000;
+            let due = herald_core::time::now_ms() + 1_000;
             self.park(job, due, "busy");
         }
     }
@@ -655,7 +648,7 @@ impl Dispatcher {
                 match self.throttle(&app_id, endpoint.as_deref()).await {
                     None => break,
                     Some(wait) if wait > self.config.max_throttle_wait => {
-                        self.park(job, now_ms() + wait.as_millis() as i64, "throttled");
+                        self.park(job, herald_core::time::now_ms() + wait.as_millis() as i64, "throttled");
                         continue 'jobs;
                     }
                     Some(wait) => tokio::time::sleep(wait).await,
@@ -726,7 +719,7 @@ impl Dispatcher {
             Ok(target) => target,
             Err(e) => return self.dead_letter(job, e).await,
         };
-        let prepared = match format::prepare(delivery, &endpoint, app, now_ms()) {
+        let prepared = match format::prepare(delivery, &endpoint, app, herald_core::time::now_ms()) {
             Ok(prepared) => prepared,
             Err(e) => return self.dead_letter(job, e).await,
         };
@@ -739,7 +732,7 @@ impl Dispatcher {
             webhook_id: job.delivery.id.clone(),
             endpoint_id: endpoint.id.clone(),
             attempt: job.delivery.attempt,
-            time_ms: now_ms(),
+            time_ms: herald_core::time::now_ms(),
             status: 0,
             latency_ms: latency.as_millis().min(u128::from(u32::MAX)) as u32,
             response_excerpt: String::new(),
@@ -767,7 +760,7 @@ impl Dispatcher {
         self.record_attempt(job.delivery.app_id.clone(), record.clone());
         match result {
             Ok(response) if response.status.is_success() => {
-                let age = (now_ms() - job.delivery.created_ms).max(0) as f64 / 1000.0;
+                let age = (herald_core::time::now_ms() - job.delivery.created_ms).max(0) as f64 / 1000.0;
                 metrics::histogram!(Metric::WebhookLatency.name()).record(age);
             }
             Ok(response) if response.status == http::StatusCode::GONE => {
@@ -794,7 +787,7 @@ impl Dispatcher {
             return self.dead_letter(job, error).await;
         };
         let delay = retry_after.unwrap_or(delay);
-        job.delivery.due_ms = now_ms() + delay.as_millis() as i64;
+        job.delivery.due_ms = herald_core::time::now_ms() + delay.as_millis() as i64;
         job.delivery.last_error = error;
         let tier = (job.delivery.attempt as usize).saturating_sub(1).min(self.topics.retries.len() - 1);
         metrics::counter!(Metric::WebhookRetries.name(), "reason" => "failure").increment(1);
@@ -813,7 +806,7 @@ impl Dispatcher {
     }
 
     async fn dead_letter(&self, mut job: Job, error: String) {
-        job.delivery.failed_ms = now_ms();
+        job.delivery.failed_ms = herald_core::time::now_ms();
         job.delivery.last_error = error.clone();
         metrics::counter!(Metric::WebhookDeadLetters.name()).increment(1);
         tracing::info!(webhook_id = %job.delivery.id, endpoint = %job.delivery.endpoint_id, %error, "dead-lettered");
@@ -856,7 +849,7 @@ impl Dispatcher {
         let mut disabled = endpoint.clone();
         disabled.enabled = false;
         disabled.disabled_reason = reason.to_owned();
-        disabled.updated_ms = now_ms();
+        disabled.updated_ms = herald_core::time::now_ms();
         if let Err(e) = self.store.put_endpoint(&disabled).await {
             tracing::warn!(error = %e, "could not disable an endpoint");
         }

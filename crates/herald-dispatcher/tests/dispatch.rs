@@ -44,15 +44,11 @@ fn event(app_id: &str, channel: &str, kind: ChannelEventType, n: usize) -> Chann
         id: format!("evt_{n:026}"),
         app_id: app_id.into(),
         channel: channel.into(),
-        time_ms: now_ms(),
+        time_ms: herald_core::time::now_ms(),
         r#type: kind as i32,
         user_id: format!("user-{n}"),
         ..Default::default()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 struct Harness {
@@ -164,7 +160,7 @@ async fn standard_webhooks_are_signed_filtered_and_shaped() {
     assert_eq!(request.path, "/hook");
     let id = request.header("webhook-id");
     let timestamp: i64 = request.header("webhook-timestamp").parse().unwrap();
-    assert!((timestamp - now_ms() / 1000).abs() < 30);
+    assert!((timestamp - herald_core::time::now_ms() / 1000).abs() < 30);
     let key = SigningKey::from_secret(SECRET).unwrap();
     assert!(verify_standard(&key, id, timestamp, &request.body, request.header("webhook-signature")));
     let body = request.json();

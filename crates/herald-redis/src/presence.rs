@@ -421,7 +421,7 @@ impl RedisPresence {
     /// Renews `node`'s lease; says whether it was still there (not reaped, not lost)
     /// and whether another node is reaping it right now.
     async fn renew(&self, node: u32, ttl: Duration) -> Result<Renewal> {
-        let now = now_ms();
+        let now = herald_core::time::now_ms() as u64;
         let (had, reaping): (u8, u8) = self
             .renew
             .key(self.nodes())
@@ -471,7 +471,7 @@ impl RedisPresence {
     /// undoes that node's connections. Returns what changed. Callers must only reap
     /// while their own view of Redis is sound (see [`RedisPresence::keep_lease`]).
     pub async fn reap(&self, own: u32, ttl: Duration) -> Result<Vec<Reaped>> {
-        let now = now_ms();
+        let now = herald_core::time::now_ms() as u64;
         let expired: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(self.nodes())
             .arg("-inf")
@@ -616,10 +616,6 @@ impl LeaseState {
     fn may_reap(&self, now: Instant, ttl: Duration) -> bool {
         self.healthy_since.is_some_and(|since| now.duration_since(since) >= ttl)
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[async_trait]
