@@ -1,6 +1,6 @@
 //! The gRPC API's errors, converted to `tonic::Status` in one place.
 
-use herald_edge::PublishError;
+use herald_node::{EventField, PublishError};
 use tonic::{Code, Status};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -48,11 +48,19 @@ impl Error {
 impl From<PublishError> for Error {
     fn from(e: PublishError) -> Self {
         match e {
-            PublishError::Invalid(m) => Self::InvalidArgument(m),
-            PublishError::TooLarge(m) => Self::ResourceExhausted(m),
+            PublishError::Invalid(refusal) => Self::InvalidArgument(refusal.render(field_name)),
+            PublishError::TooLarge(refusal) => Self::ResourceExhausted(refusal.render(field_name)),
             PublishError::Backbone(e) => e.into(),
             PublishError::EventLog(e) => Self::Unavailable(e.to_string()),
         }
+    }
+}
+
+/// An event's field as `herald.v1.Event` names it.
+fn field_name(field: EventField) -> &'static str {
+    match field {
+        EventField::ExcludeSocketId => "exclude_socket_id",
+        other => other.pusher_name(),
     }
 }
 

@@ -3,8 +3,9 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use herald_edge::{Node, accept};
+use herald_node::Node;
 use herald_proto::v1::{publisher_server::PublisherServer, webhook_admin_server::WebhookAdminServer};
+use herald_telemetry::accept;
 use hyper::{body::Incoming, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;

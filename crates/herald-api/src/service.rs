@@ -5,7 +5,7 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use herald_backbone::{Claim, IdempotencyStore};
 use herald_core::{App, ChannelKind, ChannelName};
-use herald_edge::{EventRequest, Node, PublishError, ValidEvent, validate_event};
+use herald_node::{EventRequest, Node, ValidEvent, validate_event};
 use herald_proto::v1::{self as pb, publish_result, publisher_server::Publisher};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -79,15 +79,7 @@ impl Inner {
                 channels: event.channels,
                 exclude_socket_id: Some(event.exclude_socket_id),
             },
-        )
-        .map_err(|e| match e {
-            // The shared validator names the HTTP API's field; this API calls it
-            // `exclude_socket_id`.
-            PublishError::Invalid(message) if message.starts_with("socket_id:") => {
-                PublishError::Invalid(format!("exclude_{message}"))
-            }
-            other => other,
-        })?;
+        )?;
         Ok((valid, event.idempotency_key))
     }
 

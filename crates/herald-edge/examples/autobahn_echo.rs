@@ -16,11 +16,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use herald_edge::{
-    ConnectionConfig,
-    websocket::{self, Message, MessageAssembler, Read},
-};
+use herald_edge::websocket::{self, Message, MessageAssembler, Read};
 use herald_hub::{Close, Outbox, frame};
+use herald_node::ConnectionConfig;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

@@ -15,11 +15,7 @@ use hyper::body::{Body, Incoming};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::{
-    config::HttpApiConfig,
-    node::Node,
-    publish::{EventRequest, PublishError, ValidEvent, validate_event},
-};
+use herald_node::{EventRequest, HttpApiConfig, Node, PublishError, ValidEvent, validate_event};
 
 /// An API failure: the status and the message put in the JSON body.
 #[derive(Debug)]
@@ -127,7 +123,7 @@ impl<'a> Endpoint<'a> {
 /// arrive.
 async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
     let (parts, body) = request.into_parts();
-    let config = &node.config.http;
+    let config = &node.config().http;
     // Anything refused before the body was read closes the connection: the unread
     // body is still on its way, and hyper would otherwise have to drain it.
     let has_body = !body.is_end_stream();
@@ -145,7 +141,7 @@ async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
         return Err(unread(ApiError::new(StatusCode::NOT_FOUND, "not found")));
     };
     let app = node
-        .apps
+        .apps()
         .by_id(app_id)
         .ok_or_else(|| unread(ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id:?}"))))?
         .clone();
@@ -231,8 +227,8 @@ struct BatchRequest {
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
-            PublishError::Invalid(m) => Self::bad_request(m),
-            PublishError::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+            PublishError::Invalid(refusal) => Self::bad_request(refusal.to_string()),
+            PublishError::TooLarge(refusal) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, refusal.to_string()),
             PublishError::Backbone(e) => e.into(),
             PublishError::EventLog(e) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
@@ -288,7 +284,7 @@ async fn attributes(
     channel: &ChannelName,
     info: &[String],
 ) -> ApiResult<Map<String, Value>> {
-    let stats = node.presence.channel(&app.id, channel).await?;
+    let stats = node.presence().channel(&app.id, channel).await?;
     let mut out = Map::new();
     for attribute in info {
         match attribute.as_str() {
@@ -372,7 +368,7 @@ async fn channels(node: &Node, app: &App, prefix: Option<&str>, info: Option<&st
         return Err(ApiError::bad_request("info=user_count needs filter_by_prefix=presence-"));
     }
     let mut channels = Map::new();
-    for (channel, stats) in node.presence.channels(&app.id, prefix).await? {
+    for (channel, stats) in node.presence().channels(&app.id, prefix).await? {
         let entry = if want_users { json!({ "user_count": stats.user_count }) } else { json!({}) };
         channels.insert(channel.to_string(), entry);
     }
@@ -386,7 +382,7 @@ async fn channel_info(node: &Node, app: &App, channel: &str, info: Option<&str>)
     if info.iter().any(|a| a == "user_count") && channel.kind() != ChannelKind::Presence {
         return Err(ApiError::bad_request("user_count is only available for presence channels"));
     }
-    let stats = node.presence.channel(&app.id, &channel).await?;
+    let stats = node.presence().channel(&app.id, &channel).await?;
     let mut out = json!({ "occupied": stats.subscription_count > 0 });
     for attribute in attributes(node, app, &channel, &info).await? {
         out[attribute.0] = attribute.1;
@@ -400,7 +396,7 @@ async fn users(node: &Node, app: &App, channel: &str) -> ApiResult<Value> {
     if channel.kind() != ChannelKind::Presence {
         return Err(ApiError::bad_request("users are only available for presence channels"));
     }
-    let members = node.presence.members(&app.id, &channel).await?;
+    let members = node.presence().members(&app.id, &channel).await?;
     let users: Vec<Value> = members.iter().map(|m| json!({ "id": &*m.user_id })).collect();
     Ok(json!({ "users": users }))
 }

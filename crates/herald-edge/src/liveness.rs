@@ -12,7 +12,7 @@ use herald_core::{ErrorCode, protocol};
 use herald_hub::{Close, Outbox, frame, millis};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::{ConnectionConfig, node::Node};
+use herald_node::{ConnectionConfig, Node};
 
 /// How often to sweep: often enough that every timeout is kept to within half of the
 /// shortest one, and at most a second late.
@@ -23,7 +23,7 @@ pub(crate) fn sweep_interval(config: &ConnectionConfig) -> Duration {
 
 /// Sweeps the node's sessions until the task is aborted.
 pub(crate) async fn sweep(node: Arc<Node>) {
-    let config = &node.config.connection;
+    let config = &node.config().connection;
     let mut ticks = tokio::time::interval(sweep_interval(config));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut due = Vec::new();
@@ -32,7 +32,7 @@ pub(crate) async fn sweep(node: Arc<Node>) {
         let now = millis();
         let instant = Instant::now();
         // Decide under each shard's lock; act (write, close) after releasing it.
-        node.sessions.for_each_shard(|shard| {
+        node.sessions().for_each_shard(|shard| {
             due.extend(shard.values().filter_map(|outbox| {
                 let action = check(outbox, now, instant, config)?;
                 Some((outbox.clone(), action))

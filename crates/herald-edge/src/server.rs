@@ -27,11 +27,11 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use herald_node::Node;
+use herald_telemetry::accept;
+
 use crate::{
-    accept::accept,
-    http_api, liveness,
-    node::Node,
-    session,
+    http_api, liveness, session,
     websocket::{self, RequestHead},
 };
 
@@ -56,7 +56,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
         stop_http: CancellationToken::new(),
         abandon: CancellationToken::new(),
     };
-    let acceptors = match node.config.threads {
+    let acceptors = match node.config().threads {
         0 => {
             let acceptor = tokio::spawn(accept_loop(listener, edge.clone()));
             vec![Box::pin(async move {
@@ -74,7 +74,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     let sweeper = tokio::spawn(liveness::sweep(node.clone()));
     shutdown.await;
 
-    let grace = node.config.shutdown_grace;
+    let grace = node.config().shutdown_grace;
     let deadline = Instant::now() + grace;
     tracing::info!(grace_secs = grace.as_secs_f32(), "shutting down");
     node.set_not_ready();
@@ -145,7 +145,7 @@ fn start_threads(
         // `SO_REUSEPORT` (see [`crate::bind`]); else all threads share it.
         let listener = match index {
             0 => listener.try_clone()?,
-            _ => crate::accept::reuse_port_listener(addr).or_else(|_| listener.try_clone())?,
+            _ => herald_telemetry::listen::reuse_port_listener(addr).or_else(|_| listener.try_clone())?,
         };
         let edge = edge.clone();
         let (finished, on_finish) = oneshot::channel::<()>();
@@ -215,7 +215,7 @@ struct Upgrade {
 /// Reads and answers a connection's first request: HTTP is served here to the end;
 /// a valid WebSocket upgrade is returned.
 async fn first_request(node: &Arc<Node>, mut stream: TcpStream, stop: CancellationToken) -> Option<Upgrade> {
-    let config = &node.config.connection;
+    let config = &node.config().connection;
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(
         Duration::from_secs(config.handshake_timeout_secs),
@@ -319,7 +319,7 @@ async fn respond(mut stream: TcpStream, status: &str, headers: &[&str], error: &
 /// nothing as well as one whose next head never ends, and [`http_api`] bounds the
 /// reading of each body.
 async fn serve_http(node: Arc<Node>, io: Prefixed, stop: CancellationToken) {
-    let handshake_timeout = Duration::from_secs(node.config.connection.handshake_timeout_secs);
+    let handshake_timeout = Duration::from_secs(node.config().connection.handshake_timeout_secs);
     let service = service_fn(move |request| route(node.clone(), request));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -424,7 +424,7 @@ impl AsyncWrite for Prefixed {
 /// deploy never makes every client reconnect in the same instant.
 async fn close_sessions_spread(node: Arc<Node>, spread: Duration) {
     let mut outboxes = Vec::new();
-    node.sessions.for_each_shard(|shard| outboxes.extend(shard.values().cloned()));
+    node.sessions().for_each_shard(|shard| outboxes.extend(shard.values().cloned()));
     fastrand::shuffle(&mut outboxes);
     let start = Instant::now();
     let count = outboxes.len().max(1) as u32;
@@ -433,7 +433,7 @@ async fn close_sessions_spread(node: Arc<Node>, spread: Duration) {
         outbox.close(reconnect());
     }
     // Sessions that opened while the spread ran.
-    node.sessions.for_each_shard(|shard| shard.values().for_each(|outbox| outbox.close(reconnect())));
+    node.sessions().for_each_shard(|shard| shard.values().for_each(|outbox| outbox.close(reconnect())));
 }
 
 fn reconnect() -> Close {
@@ -467,7 +467,7 @@ fn admit(node: &Node, target: &str) -> Result<Arc<herald_core::App>, Close> {
         return Err(Close::error(ErrorCode::PathNotFound, "path not found: connect to /app/{key}"));
     };
     let app = node
-        .apps
+        .apps()
         .by_key(key)
         .ok_or_else(|| Close::error(ErrorCode::AppNotFound, format!("app key {key} not in this cluster")))?;
     if !app.enabled {

@@ -23,9 +23,10 @@ use herald_telemetry::Metric;
 use serde_json::{Value, json, value::RawValue};
 use tokio::time::Instant;
 
+use herald_node::Node;
+
 use crate::{
     message::{self, Incoming, SigninData, SubscribeData, UnsubscribeData, parse_data},
-    node::Node,
     websocket::{self, Message, MessageAssembler, Read, Violation},
 };
 
@@ -84,7 +85,7 @@ struct Ending {
 /// unread input resets the connection, which can destroy the close frame.
 async fn finish(connection: Ending) {
     let Ending { outbox, node } = connection;
-    let config = &node.config.connection;
+    let config = &node.config().connection;
     let socket = outbox.socket();
     let deadline = Instant::now() + config.write_timeout();
     loop {
@@ -184,7 +185,7 @@ impl Drop for Session {
     /// ended (a panic unwound through it), deregisters the connection so that
     /// nothing it held leaks.
     fn drop(&mut self) {
-        self.node.input_budget.resize(self.held_input, 0);
+        self.node.input_budget().resize(self.held_input, 0);
         if !self.ended {
             self.abandon();
         }
@@ -224,7 +225,7 @@ impl Session {
             return Err(Ending { outbox, node });
         }
         let socket = node.next_socket_id();
-        node.sessions.shard(&socket.conn).insert(socket.conn, outbox.clone());
+        node.sessions().shard(&socket.conn).insert(socket.conn, outbox.clone());
         metrics::gauge!(Metric::Connections.name()).increment(1);
         metrics::counter!(Metric::ConnectionsAccepted.name()).increment(1);
 
@@ -242,7 +243,7 @@ impl Session {
             ended: false,
         };
         let mut first = handshake;
-        let activity_timeout = session.node.config.connection.activity_timeout_secs;
+        let activity_timeout = session.node.config().connection.activity_timeout_secs;
         let established = protocol::connection_established(&session.socket_id, activity_timeout);
         first.extend_from_slice(&frame::text(established.as_bytes()));
         session.outbox.push(Bytes::from(first));
@@ -260,7 +261,7 @@ impl Session {
     }
 
     fn deregister(&self) {
-        self.node.sessions.shard(&self.socket.conn).remove(&self.socket.conn);
+        self.node.sessions().shard(&self.socket.conn).remove(&self.socket.conn);
         self.node.release_connection(&self.app.id);
         metrics::gauge!(Metric::Connections.name()).decrement(1);
     }
@@ -344,7 +345,7 @@ impl Session {
     /// Handles every complete message and control frame in `input` and keeps the
     /// unfinished rest there. Breaks when the connection is closing.
     async fn on_input(&mut self, input: &mut Vec<u8>) -> ControlFlow<()> {
-        let max_message = self.node.config.connection.max_message_bytes;
+        let max_message = self.node.config().connection.max_message_bytes;
         // What arrived counts against the node's budget before it is looked at: the
         // bytes moved into the assembler below come out of `input`, so the count
         // only falls while they are handled.
@@ -390,7 +391,7 @@ impl Session {
     /// Counts `bytes` of unfinished input as this session's share of the node's
     /// budget; false (and nothing changes) when that would pass the budget.
     fn hold_input(&mut self, bytes: usize) -> bool {
-        let held = self.node.input_budget.resize(self.held_input, bytes);
+        let held = self.node.input_budget().resize(self.held_input, bytes);
         if held {
             self.held_input = bytes;
         }
@@ -555,7 +556,7 @@ impl Session {
     /// `pusher_internal:subscription_succeeded`, with the member set on presence channels.
     async fn acknowledge(&self, channel: &ChannelName) {
         let data = if channel.kind() == ChannelKind::Presence {
-            let members = match self.node.presence.members(&self.app.id, channel).await {
+            let members = match self.node.presence().members(&self.app.id, channel).await {
                 Ok(members) => members,
                 Err(e) => {
                     tracing::warn!(error = %e, "presence members unavailable");
@@ -672,7 +673,7 @@ impl Session {
             Ok(()) => {
                 metrics::counter!(Metric::ClientEvents.name()).increment(1);
                 self.node.record(|| {
-                    let mut event = crate::events::channel_event(
+                    let mut event = herald_node::channel_event(
                         &self.app.id,
                         publication.channel.as_str(),
                         ChannelEventType::ClientEvent,
@@ -796,7 +797,9 @@ mod tests {
         let hub = Arc::new(Hub::new(1));
         let broker = Arc::new(backbone.broker(hub.clone()));
         let apps = Apps::new([app.clone()]).unwrap();
-        let node = Node::new(1, apps, crate::EdgeConfig::default(), hub, broker, backbone.presence());
+        let node =
+            Node::builder(1, apps, herald_node::EdgeConfig::default(), hub, broker, backbone.presence())
+                .build();
         (node, Arc::new(app))
     }
 
@@ -832,19 +835,19 @@ mod tests {
         };
         let news = ChannelName::new("news").unwrap();
         session.subscribe(SubscribeData { channel: "news".into(), auth: None, channel_data: None }).await;
-        assert_eq!(node.presence.channel("a", &news).await.unwrap().subscription_count, 1);
-        assert_eq!(node.sessions.shard(&session.socket.conn).len(), 1);
+        assert_eq!(node.presence().channel("a", &news).await.unwrap().subscription_count, 1);
+        assert_eq!(node.sessions().shard(&session.socket.conn).len(), 1);
         let conn = session.socket.conn;
 
         drop(session);
-        assert!(!node.sessions.shard(&conn).contains_key(&conn), "deregistered at once");
+        assert!(!node.sessions().shard(&conn).contains_key(&conn), "deregistered at once");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while node.presence.channel("a", &news).await.unwrap().subscription_count != 0 {
+        while node.presence().channel("a", &news).await.unwrap().subscription_count != 0 {
             assert!(Instant::now() < deadline, "the channel was never left");
             tokio::task::yield_now().await;
         }
         let topic = Topic::channel(&Arc::from("a"), &news);
-        assert!(!node.hub.has_subscribers(&topic));
+        assert!(!node.hub().has_subscribers(&topic));
     }
 
     #[test]

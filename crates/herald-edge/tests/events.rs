@@ -7,19 +7,19 @@
 use std::{sync::Arc, time::Duration};
 
 use herald_backbone::{EventLog, LogConsumer, MemoryEventLog};
-use herald_edge::EventsConfig;
+use herald_node::{EventsConfig, NodeBuilder};
 use herald_proto::v1::{ChannelEvent, ChannelEventType};
-use herald_testkit::Server;
+use herald_testkit::{Server, app, config as testkit_config};
 use prost::Message as _;
 use serde_json::json;
 
 async fn recording(debounce_ms: u64) -> (Server, Box<dyn LogConsumer>) {
-    let server = Server::default().await;
     let log = MemoryEventLog::new();
     let config = EventsConfig { debounce_ms, ..EventsConfig::default() };
     log.ensure_topics(&[&config.topic], 2).await.unwrap();
     let consumer = log.consume("test", &config.topic).await.unwrap();
-    server.node.record_events_to(Arc::new(log), config);
+    let record = |node: NodeBuilder| node.record_events(Arc::new(log), config);
+    let server = Server::start_with(vec![app("app")], testkit_config(), |b| Arc::new(b), record).await;
     (server, consumer)
 }
 

@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use herald_core::{App, auth};
-use herald_edge::{ConnectionConfig, EdgeConfig, HttpApiConfig};
+use herald_node::{ConnectionConfig, EdgeConfig, HttpApiConfig};
 use herald_testkit::*;
 use serde_json::{Value, json};
 use tokio::{

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use herald_core::auth;
-use herald_edge::{ConnectionConfig, EdgeConfig};
+use herald_node::{ConnectionConfig, EdgeConfig};
 use herald_testkit::*;
 use serde_json::json;
 

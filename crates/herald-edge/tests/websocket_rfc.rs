@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use herald_edge::{ConnectionConfig, EdgeConfig};
+use herald_node::{ConnectionConfig, EdgeConfig};
 use herald_testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

@@ -1,5 +1,7 @@
 //! Logs and metrics for every Herald role: one place that names each metric, installs
-//! the Prometheus recorder and the tracing subscriber.
+//! the Prometheus recorder and the tracing subscriber, and serves them on the
+//! operations listener (`/healthz`, `/readyz`, `/metrics`, see [`serve_ops`]) that
+//! every role binds with [`bind`] and accepts on with [`accept`].
 //!
 //! # Labels are bounded by construction
 //!
@@ -19,7 +21,14 @@
 //! they would be opt-in, for apps the operator lists in the config, with every other
 //! app counted under one `other` value; never an id taken from a request.
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+pub mod listen;
+mod ops;
+
+pub use listen::{accept, bind};
+pub use ops::{Readiness, serve_ops};
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+pub use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_subscriber::EnvFilter;
 
 /// Every metric Herald records. Names are stable: dashboards depend on them.

@@ -21,8 +21,8 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use herald_backbone::{Broker, MemoryBackbone, MemoryBroker};
 use herald_core::{App, AppLimits, Apps, auth};
-use herald_edge::{EdgeConfig, Node};
 use herald_hub::Hub;
+use herald_node::{EdgeConfig, Node, NodeBuilder};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::upgrade::Upgraded;
@@ -64,14 +64,32 @@ impl Server {
         config: EdgeConfig,
         wrap: impl FnOnce(MemoryBroker) -> Arc<dyn Broker>,
     ) -> Self {
-        let listener = herald_edge::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Self::start_with(apps, config, wrap, |node| node).await
+    }
+
+    /// Like [`Server::start_with_broker`], with the node's optional collaborators
+    /// (idempotency keys, an event log) given by `build`.
+    pub async fn start_with(
+        apps: Vec<App>,
+        config: EdgeConfig,
+        wrap: impl FnOnce(MemoryBroker) -> Arc<dyn Broker>,
+        build: impl FnOnce(NodeBuilder) -> NodeBuilder,
+    ) -> Self {
+        let listener = herald_telemetry::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let backbone = MemoryBackbone::new();
         let node_id = Node::random_id();
         let hub = Arc::new(Hub::new(node_id));
         let broker = wrap(backbone.broker(hub.clone()));
-        let node =
-            Node::new(node_id, Apps::new(apps.clone()).unwrap(), config, hub, broker, backbone.presence());
+        let node = build(Node::builder(
+            node_id,
+            Apps::new(apps.clone()).unwrap(),
+            config,
+            hub,
+            broker,
+            backbone.presence(),
+        ))
+        .build();
         let shutdown = CancellationToken::new();
         let task =
             tokio::spawn(herald_edge::serve(listener, node.clone(), shutdown.clone().cancelled_owned()));

@@ -11,8 +11,8 @@ use herald_dispatcher::{
     client::ClientConfig,
     schedule::{RetryAfterBounds, RetrySchedule},
 };
-use herald_edge::{ConnectionConfig, EdgeConfig, EventsConfig, HttpApiConfig};
 use herald_kafka::KafkaConfig;
+use herald_node::{ConnectionConfig, EdgeConfig, EventsConfig, HttpApiConfig};
 use herald_webhooks::{
     endpoint::{Endpoint, Format},
     filter::EventType,
@@ -657,7 +657,7 @@ mod tests {
         //! The environment and the file are untrusted input too (a typo, a template
         //! gone wrong): whatever they hold, loading ends in a config or in a list of
         //! errors (exit 64), never a panic.
-        use herald_edge::{ConnectionConfig, HttpApiConfig};
+        use herald_node::{ConnectionConfig, HttpApiConfig};
         use proptest::{collection::vec, prelude::*, sample::select};
 
         use super::*;

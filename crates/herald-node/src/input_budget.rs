@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of unfinished input held by all of a node's connections, and their limit.
 #[derive(Debug)]
-pub(crate) struct InputBudget {
+pub struct InputBudget {
     limit: usize,
     held: AtomicUsize,
 }
@@ -23,7 +23,7 @@ impl InputBudget {
 
     /// Moves one connection's share from `from` to `to` bytes. Shrinking always
     /// succeeds; growing past the limit fails and changes nothing.
-    pub(crate) fn resize(&self, from: usize, to: usize) -> bool {
+    pub fn resize(&self, from: usize, to: usize) -> bool {
         // The common case, a session holding nothing before and after a message:
         // no write to the node-wide counter every session shares.
         if to == from {
@@ -42,7 +42,7 @@ impl InputBudget {
     }
 
     /// Bytes held now.
-    pub(crate) fn held(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
 }

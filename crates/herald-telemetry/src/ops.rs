@@ -1,4 +1,4 @@
-//! The operations listener: `/healthz` (alive), `/readyz` (ready for traffic; 503 while
+//! The operations listener of every role: `/healthz` (alive), `/readyz` (ready for traffic; 503 while
 //! shutting down) and `/metrics` (Prometheus text format).
 
 use std::{convert::Infallible, future::Future, sync::Arc};
@@ -11,38 +11,32 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::{accept::accept, node::Node};
+use tokio::task::JoinSet;
+
+use crate::listen::accept;
 
 /// Whether a process is ready for traffic (`/readyz`).
 pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Serves health and metrics of an edge node until `shutdown` resolves.
-pub async fn serve_health(
-    listener: TcpListener,
-    node: Arc<Node>,
-    metrics: PrometheusHandle,
-    shutdown: impl Future<Output = ()>,
-) {
-    serve_health_of(listener, Arc::new(move || node.is_ready()), metrics, shutdown).await;
-}
-
-/// Serves health and metrics of any role (the dispatcher has no node) until
-/// `shutdown` resolves.
-pub async fn serve_health_of(
+/// Serves health and metrics of a role until `shutdown` resolves; `ready` answers
+/// `/readyz`. The connections it serves end with it.
+pub async fn serve_ops(
     listener: TcpListener,
     ready: Readiness,
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut connections = JoinSet::new();
     loop {
         let stream = tokio::select! {
             _ = &mut shutdown => return,
             stream = accept(&listener, "health") => stream,
         };
+        while connections.try_join_next().is_some() {}
         let ready = ready.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |request| {
                 let response = respond(ready(), &metrics, &request);
                 async move { Ok::<_, Infallible>(response) }

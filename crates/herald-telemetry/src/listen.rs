@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
 
-/// Binds a listener for [`crate::serve`] with `SO_REUSEPORT`, so that each edge
+/// Binds a listener (the edge's, the gRPC API's, the operations listener) with `SO_REUSEPORT`, so that each edge
 /// thread can accept from a socket of its own on the same port: the kernel spreads
 /// new connections over them, and no thread is woken for another's connection.
 /// Must be called inside a tokio runtime.
@@ -24,7 +24,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// A non-blocking listening socket with `SO_REUSEADDR` and `SO_REUSEPORT`.
-pub(crate) fn reuse_port_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub fn reuse_port_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;

@@ -1,0 +1,32 @@
+//! A Herald node: what the front ends of one process share, whichever protocol they
+//! speak. The WebSocket edge and the Pusher HTTP API (`herald-edge`) and the gRPC API
+//! (`herald-api`) both work through a [`Node`], and neither depends on the other.
+//!
+//! | module | what |
+//! |---|---|
+//! | `node` | [`Node`], built whole by [`NodeBuilder`]; its whole API |
+//! | `publish` | the one publish path of every API: validation (typed refusals) and publication |
+//! | `recorder` | channel events into the event log: one appender per node, bounded |
+//! | `lifecycle` | subscription counts and occupied/vacated/member events, decided once per cluster |
+//! | `debounce` | lifecycle announcements waiting for the debounce, one entry per channel or user |
+//! | `share` | the node's share of cluster presence, its re-assertion after any gap, reaped nodes |
+//! | `interest` | the broker topics the node subscribes to, kept equal to its local subscribers |
+//! | `input_budget` | the node-wide bound on unfinished client input (partial frames and messages) |
+//! | `config` | the settings of a node and its front ends |
+
+mod config;
+mod debounce;
+mod input_budget;
+mod interest;
+mod lifecycle;
+mod node;
+mod publish;
+mod recorder;
+mod share;
+
+pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig};
+pub use input_budget::InputBudget;
+pub use node::{Node, NodeBuilder};
+pub use publish::{EventField, EventRequest, PublishError, Refusal, ValidEvent, validate_event};
+pub use recorder::{EventsConfig, RecordError, Recorder, channel_event, event_id};
+pub use share::Joined;

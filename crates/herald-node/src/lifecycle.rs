@@ -1,0 +1,229 @@
+//! The channel lifecycle as the event log records it: subscription counts, and
+//! `channel_occupied` / `channel_vacated` / `member_added` / `member_removed`, each
+//! decided once for the whole cluster (through [`herald_backbone::PresenceManager::announce`])
+//! and, for the leaving half, only after the debounce (see `debounce`).
+
+use std::{sync::Arc, time::Duration};
+
+use herald_backbone::Lifecycle;
+use herald_core::ChannelName;
+use herald_proto::v1::{ChannelEvent, ChannelEventType};
+
+use crate::{debounce::Key, node::Node, recorder::channel_event};
+
+/// Hands a lifecycle or client event to the event log, if there is one.
+pub(crate) fn record(node: &Node, event: impl FnOnce() -> ChannelEvent) {
+    if let Some(recorder) = node.recorder() {
+        recorder.record(event());
+    }
+}
+
+/// After a join that brought the channel to `count` subscribers (and, in a
+/// presence channel, maybe a new member): records `subscription_count`, and
+/// `channel_occupied` / `member_added` when the cluster had not announced them.
+pub(crate) async fn record_joined(
+    node: &Node,
+    app_id: &str,
+    channel: &ChannelName,
+    count: u64,
+    user: Option<&str>,
+) {
+    let Some(recorder) = node.recorder() else { return };
+    if recorder.config().subscription_count {
+        let mut event = channel_event(app_id, channel.as_str(), ChannelEventType::SubscriptionCount);
+        event.subscription_count = count;
+        recorder.record(event);
+    }
+    if count == 1 {
+        node.announce(app_id, channel, Lifecycle::Occupied).await;
+    }
+    if let Some(user) = user {
+        node.announce(app_id, channel, Lifecycle::MemberAdded(user)).await;
+    }
+}
+
+/// After a leave that left `count` subscribers (and, in a presence channel, maybe
+/// removed the user's last connection): records `subscription_count` now, and
+/// `channel_vacated` / `member_removed` after the debounce if still true then.
+pub(crate) fn record_left(
+    node: &Arc<Node>,
+    app_id: &str,
+    channel: &ChannelName,
+    count: Option<u64>,
+    removed_user: Option<&str>,
+) {
+    let Some(recorder) = node.recorder() else { return };
+    if let Some(count) = count
+        && recorder.config().subscription_count
+    {
+        let mut event = channel_event(app_id, channel.as_str(), ChannelEventType::SubscriptionCount);
+        event.subscription_count = count;
+        recorder.record(event);
+    }
+    if count != Some(0) && removed_user.is_none() {
+        return;
+    }
+    // One entry per channel (user) waiting, decided by one driver task: see
+    // `debounce`.
+    if node.debounced.needs_driver() {
+        // It holds the node weakly: a node dropped without a shutdown is freed.
+        let (debounced, weak) = (node.debounced.clone(), Arc::downgrade(node));
+        let now = node.lifecycle_now.clone();
+        node.lifecycle.spawn(async move {
+            let decide = move |keys| {
+                if let Some(node) = weak.upgrade() {
+                    decide_debounced(&node, keys);
+                }
+                std::future::ready(())
+            };
+            debounced.drive(now, decide).await;
+        });
+    }
+    let deadline = tokio::time::Instant::now() + recorder.config().debounce();
+    let app_id: Arc<str> = Arc::from(app_id);
+    let mut keys = Vec::with_capacity(2);
+    if let Some(user) = removed_user {
+        keys.push(Key { app_id: app_id.clone(), channel: channel.clone(), user: Some(Arc::from(user)) });
+    }
+    if count == Some(0) {
+        keys.push(Key { app_id, channel: channel.clone(), user: None });
+    }
+    let max = recorder.config().max_debounced;
+    let now: Vec<Key> =
+        keys.into_iter().filter_map(|key| node.debounced.schedule(key, deadline, max).err()).collect();
+    if !now.is_empty() {
+        decide_debounced(node, now);
+    }
+    if node.lifecycle_now.is_cancelled() {
+        // Shutting down: the driver has decided everything, or is about to.
+        for keys in node.debounced.take_all() {
+            decide_debounced(node, keys);
+        }
+    }
+}
+
+/// Decides one channel's due announcements, in order, in a task of their own (a
+/// Redis round trip each; channels are decided in parallel).
+fn decide_debounced(node: &Arc<Node>, keys: Vec<Key>) {
+    let deciding = node.clone();
+    node.lifecycle.spawn(async move {
+        let node = deciding;
+        for key in keys {
+            let change = match &key.user {
+                Some(user) => Lifecycle::MemberRemoved(user),
+                None => Lifecycle::Vacated,
+            };
+            node.announce(&key.app_id, &key.channel, change).await;
+        }
+    });
+}
+
+/// At shutdown: decides every debounced announcement now, and waits (at most
+/// `within`) until they and everything queued before are in the event log.
+pub(crate) async fn flush_events(node: &Node, within: Duration) {
+    let Some(recorder) = node.recorder() else { return };
+    node.lifecycle_now.cancel();
+    node.lifecycle.close();
+    let flushed = async {
+        node.lifecycle.wait().await;
+        recorder.flushed().await;
+    };
+    if tokio::time::timeout(within, flushed).await.is_err() {
+        tracing::warn!("lifecycle events still unrecorded at shutdown");
+    }
+}
+
+/// Records the lifecycle event `change` if the cluster decides it is due.
+pub(crate) async fn announce(node: &Node, app_id: &str, channel: &ChannelName, change: Lifecycle<'_>) {
+    let Some(recorder) = node.recorder() else { return };
+    match node.presence.announce(app_id, channel, change).await {
+        Ok(false) => {}
+        Ok(true) => {
+            let (kind, user) = match change {
+                Lifecycle::Occupied => (ChannelEventType::ChannelOccupied, None),
+                Lifecycle::Vacated => (ChannelEventType::ChannelVacated, None),
+                Lifecycle::MemberAdded(user) => (ChannelEventType::MemberAdded, Some(user)),
+                Lifecycle::MemberRemoved(user) => (ChannelEventType::MemberRemoved, Some(user)),
+            };
+            let mut event = channel_event(app_id, channel.as_str(), kind);
+            event.user_id = user.unwrap_or_default().to_owned();
+            recorder.record(event);
+        }
+        Err(e) => tracing::warn!(error = %e, ?change, "could not decide a lifecycle event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use herald_backbone::{EventLog, MemoryBackbone, MemoryEventLog};
+
+    use crate::EventsConfig;
+    use herald_core::Apps;
+    use herald_hub::Hub;
+
+    use super::*;
+
+    /// A node of the in-memory backbone recording to an in-memory log.
+    async fn recording_node() -> Arc<Node> {
+        recording_node_with(EventsConfig::default()).await
+    }
+
+    async fn recording_node_with(config: EventsConfig) -> Arc<Node> {
+        let backbone = MemoryBackbone::new();
+        let hub = Arc::new(Hub::new(1));
+        let broker = Arc::new(backbone.broker(hub.clone()));
+        let app = herald_core::App {
+            id: "app".into(),
+            key: "key".into(),
+            secret: "secret".into(),
+            enabled: true,
+            enable_client_events: false,
+            api_tokens: vec![],
+            limits: herald_core::AppLimits::default(),
+        };
+        let apps = Apps::new(vec![app]).unwrap();
+        let log = Arc::new(MemoryEventLog::new());
+        log.ensure_topics(&[&config.topic], 1).await.unwrap();
+        Node::builder(1, apps, crate::EdgeConfig::default(), hub, broker, backbone.presence())
+            .record_events(log, config)
+            .build()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_limit_announcements_are_decided_at_once() {
+        let node = recording_node_with(EventsConfig { max_debounced: 10, ..EventsConfig::default() }).await;
+        for i in 0..100 {
+            let channel = ChannelName::new(&format!("ch-{i}")).unwrap();
+            node.record_left("app", &channel, Some(0), None);
+        }
+        assert_eq!(node.debounced.pending(), 10);
+    }
+
+    /// A client subscribing and unsubscribing in a loop used to leave a task per leave
+    /// waiting out the debounce (a few kilobytes each): memory grew with the rate.
+    #[tokio::test(start_paused = true)]
+    async fn leaves_waiting_for_the_debounce_cost_one_entry_per_channel() {
+        let node = recording_node().await;
+        let busy = ChannelName::new("busy").unwrap();
+        for _ in 0..1_000 {
+            node.record_left("app", &busy, Some(0), None);
+        }
+        assert!(node.lifecycle.len() <= 1, "{} tasks wait for one channel", node.lifecycle.len());
+        assert_eq!(node.debounced.pending(), 1);
+
+        for i in 0..1_000 {
+            let channel = ChannelName::new(&format!("ch-{i}")).unwrap();
+            node.record_left("app", &channel, Some(0), Some("user"));
+        }
+        assert!(node.lifecycle.len() <= 1, "{} tasks wait for 1,000 channels", node.lifecycle.len());
+        assert_eq!(node.debounced.pending(), 2_001, "a vacated channel and a removed member each");
+
+        // Once due, every one is decided and nothing is left behind.
+        tokio::time::sleep(EventsConfig::default().debounce()).await;
+        node.flush_events(Duration::from_secs(5)).await;
+        assert_eq!(node.debounced.pending(), 0);
+        assert_eq!(node.lifecycle.len(), 0);
+    }
+}

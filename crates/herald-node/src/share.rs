@@ -1,0 +1,345 @@
+//! The node's share of the cluster's presence: which of its connections are in which
+//! channels (and as which member). The node is the source of truth for it; the
+//! backbone ([`herald_backbone::PresenceManager`]) holds a copy that the node
+//! re-asserts whenever that copy may be wrong ([`LeaseHolder::reassert`]): after a
+//! stall, a partition, a Redis restart with or without its data, a write that failed,
+//! or after another node took this one for crashed and reaped it.
+//!
+//! Every change of a connection's share and every re-assertion of it holds that
+//! connection's stripe of an async lock, so a re-assertion never races a join or a
+//! leave of the same connection: it never brings back a connection that just left,
+//! nor removes one that just joined.
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use async_trait::async_trait;
+use herald_backbone::{Gap, Held, LeaseHolder, Lifecycle, Member, MemberChange, Reaped, Result};
+use herald_core::{ChannelName, Publication, PublicationData, SocketId, protocol, sharded::Sharded};
+use herald_hub::ConnId;
+
+use crate::node::Node;
+
+/// One connection's channels. Kept small (it is paid per subscribed connection): the
+/// app once, a channel name (one pointer), and the member boxed (presence only).
+struct Channels {
+    app_id: Arc<str>,
+    list: Vec<(ChannelName, Option<Box<Member>>)>,
+}
+
+/// A channel to (re-)join, as which member.
+type Joining = (ChannelName, Option<Member>);
+
+pub(crate) struct Share {
+    /// Connection → its channels. Only connections with at least one channel.
+    entries: Sharded<ConnId, Channels>,
+    hasher: RandomState,
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    /// A write to the backbone failed: its copy may be wrong until re-asserted.
+    dirty: AtomicBool,
+}
+
+impl Share {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: Sharded::new(64),
+            hasher: RandomState::new(),
+            stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    async fn lock(&self, conn: ConnId) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = self.hasher.hash_one(conn) as usize % self.stripes.len();
+        self.stripes[stripe].lock().await
+    }
+
+    fn insert(&self, conn: ConnId, app_id: &Arc<str>, channel: &ChannelName, member: Option<Member>) {
+        let mut shard = self.entries.shard(&conn);
+        let channels =
+            shard.entry(conn).or_insert_with(|| Channels { app_id: app_id.clone(), list: Vec::new() });
+        // Grown one at a time: most connections are in one or two channels.
+        channels.list.reserve_exact(1);
+        channels.list.push((channel.clone(), member.map(Box::new)));
+    }
+
+    fn remove(&self, conn: ConnId, channel: &ChannelName) {
+        let mut shard = self.entries.shard(&conn);
+        if let Some(channels) = shard.get_mut(&conn) {
+            channels.list.retain(|(c, _)| c != channel);
+            if channels.list.is_empty() {
+                shard.remove(&conn);
+            }
+        }
+    }
+
+    fn contains(&self, conn: ConnId, app_id: &str, channel: &ChannelName) -> bool {
+        self.entries.shard(&conn).get(&conn).is_some_and(|channels| {
+            &*channels.app_id == app_id && channels.list.iter().any(|(c, _)| c == channel)
+        })
+    }
+
+    /// A connection's app and channels as they are now.
+    fn of(&self, conn: ConnId) -> Option<(Arc<str>, Vec<Joining>)> {
+        self.entries.shard(&conn).get(&conn).map(|channels| {
+            let list = channels.list.iter().map(|(c, m)| (c.clone(), m.as_deref().cloned())).collect();
+            (channels.app_id.clone(), list)
+        })
+    }
+
+    fn connections(&self) -> Vec<ConnId> {
+        let mut conns = Vec::new();
+        self.entries.for_each_shard(|shard| conns.extend(shard.keys().copied()));
+        conns
+    }
+
+    fn failed(&self, what: &str, e: &herald_backbone::Error) {
+        tracing::warn!(error = %e, "presence {what} failed: re-asserting this node's share later");
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What a join did in the backbone.
+pub struct Joined {
+    /// The channel's subscription count after it.
+    pub count: u64,
+    /// The user is new to the presence channel (announce `member_added`).
+    pub added: Option<Member>,
+}
+
+/// Adds `socket` to `channel` (as `member`, in a presence channel) in the node's
+/// share and the backbone. On error nothing of it stays.
+pub(crate) async fn join_presence(
+    node: &Node,
+    app_id: &Arc<str>,
+    channel: &ChannelName,
+    socket: SocketId,
+    member: Option<Member>,
+    max_members: usize,
+) -> Result<Joined> {
+    let _serialized = node.share.lock(socket.conn).await;
+    node.share.insert(socket.conn, app_id, channel, member.clone());
+    let count = match node.presence.join(app_id, channel, socket).await {
+        Ok(count) => count,
+        Err(e) => {
+            node.share.remove(socket.conn, channel);
+            // The join may have happened before the error: the next re-assertion
+            // undoes it.
+            node.share.failed("join", &e);
+            return Err(e);
+        }
+    };
+    let Some(member) = member else {
+        return Ok(Joined { count, added: None });
+    };
+    match node.presence.add_member(app_id, channel, socket, member, max_members).await {
+        Ok(MemberChange::Changed(member)) => Ok(Joined { count, added: Some(member) }),
+        Ok(MemberChange::Unchanged) => Ok(Joined { count, added: None }),
+        Err(e) => {
+            node.share.remove(socket.conn, channel);
+            if let Err(e) = node.presence.leave(app_id, channel, socket).await {
+                node.share.failed("leave", &e);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Removes `socket` from `channel` in the node's share and the backbone. Returns
+/// the channel's remaining subscription count and the member that left (its user's
+/// last connection), where the backbone could tell; what it could not do is done
+/// by the next re-assertion.
+pub(crate) async fn leave_presence(
+    node: &Node,
+    app_id: &Arc<str>,
+    channel: &ChannelName,
+    socket: SocketId,
+    member: bool,
+) -> (Option<u64>, Option<Member>) {
+    let _serialized = node.share.lock(socket.conn).await;
+    node.share.remove(socket.conn, channel);
+    let count = match node.presence.leave(app_id, channel, socket).await {
+        Ok(count) => Some(count),
+        Err(e) => {
+            node.share.failed("leave", &e);
+            None
+        }
+    };
+    let mut removed = None;
+    if member {
+        match node.presence.remove_member(app_id, channel, socket).await {
+            Ok(MemberChange::Changed(member)) => removed = Some(member),
+            Ok(MemberChange::Unchanged) => {}
+            Err(e) => node.share.failed("member removal", &e),
+        }
+    }
+    (count, removed)
+}
+
+/// A lease holder for this node: how the backbone's lease keeper reports reaped
+/// nodes and asks for re-assertions.
+pub(crate) fn lease_holder(node: &Arc<Node>) -> Arc<dyn LeaseHolder> {
+    Arc::new(Holder { node: node.clone() })
+}
+
+async fn reassert(node: &Arc<Node>, held: Vec<Held>, gap: Gap) -> Result<()> {
+    let mut removed = 0usize;
+    // What the backbone holds for this node that the node no longer has: leaves
+    // whose write failed. They really left: tell their channels.
+    for stale in held {
+        if stale.socket.node != node.id {
+            continue;
+        }
+        let _serialized = node.share.lock(stale.socket.conn).await;
+        if node.share.contains(stale.socket.conn, &stale.app_id, &stale.channel) {
+            continue;
+        }
+        removed += 1;
+        if stale.member {
+            if let MemberChange::Changed(member) =
+                node.presence.remove_member(&stale.app_id, &stale.channel, stale.socket).await?
+            {
+                node.tell_member_removed(&stale.app_id, &stale.channel, &member.user_id).await;
+                node.record_left(&stale.app_id, &stale.channel, None, Some(&member.user_id));
+            }
+        } else if node.presence.leave(&stale.app_id, &stale.channel, stale.socket).await? == 0 {
+            node.record_left(&stale.app_id, &stale.channel, Some(0), None);
+        }
+    }
+    // Everything the node has, added back where it is missing.
+    let (mut entries, mut members_added) = (0usize, 0usize);
+    for conn in node.share.connections() {
+        let socket = SocketId { node: node.id, conn };
+        let _serialized = node.share.lock(conn).await;
+        let Some((app_id, channels)) = node.share.of(conn) else { continue };
+        for (channel, member) in channels {
+            entries += 1;
+            let count = node.presence.join(&app_id, &channel, socket).await?;
+            let mut added = None;
+            if let Some(member) = member {
+                // Re-admitted whatever the limit: the member was admitted before.
+                if let MemberChange::Changed(member) =
+                    node.presence.add_member(&app_id, &channel, socket, member, usize::MAX).await?
+                {
+                    members_added += 1;
+                    // The backbone had lost the member: the channel's other clients
+                    // may have been told it left (a reap), or joined without seeing
+                    // it (after a restart). Either way they converge on this.
+                    let data = protocol::member_added_data(&member.user_id, &member.user_info);
+                    node.tell(&app_id, &channel, "pusher_internal:member_added", &data, Some(socket)).await;
+                    added = Some(member);
+                }
+            }
+            reannounce(node, &app_id, &channel, count, added.as_ref(), gap).await;
+        }
+    }
+    tracing::info!(
+        node = node.id,
+        gap = gap.as_str(),
+        entries,
+        removed,
+        members_added,
+        "presence share re-asserted"
+    );
+    Ok(())
+}
+
+/// The lifecycle announcements of a re-asserted entry. After a reap, the cluster
+/// may have announced the channel vacated (the member removed): announce it again
+/// if so, as any join would. After Redis lost its data nothing was announced, so
+/// the announcements are restored without a new event.
+async fn reannounce(
+    node: &Node,
+    app_id: &str,
+    channel: &ChannelName,
+    count: u64,
+    added: Option<&Member>,
+    gap: Gap,
+) {
+    if node.recorder().is_none() {
+        return;
+    }
+    match gap {
+        Gap::Lost => {
+            for change in
+                [Lifecycle::Occupied].into_iter().chain(added.map(|m| Lifecycle::MemberAdded(&m.user_id)))
+            {
+                if let Err(e) = node.presence.announce(app_id, channel, change).await {
+                    tracing::warn!(error = %e, "could not restore a lifecycle announcement");
+                }
+            }
+        }
+        Gap::Interrupted | Gap::Expired => {
+            if count == 1 {
+                node.announce(app_id, channel, Lifecycle::Occupied).await;
+            }
+            if let Some(member) = added {
+                node.announce(app_id, channel, Lifecycle::MemberAdded(&member.user_id)).await;
+            }
+        }
+    }
+}
+
+/// Publishes a presence event to a channel's subscribers on every node.
+pub(crate) async fn tell(
+    node: &Node,
+    app_id: &str,
+    channel: &ChannelName,
+    event: &str,
+    data: &str,
+    exclude: Option<SocketId>,
+) {
+    let publication = Publication {
+        app_id: Arc::from(app_id),
+        channel: channel.clone(),
+        event: Arc::from(event),
+        data: PublicationData::from_string(data),
+        user_id: None,
+        exclude,
+    };
+    if let Err(e) = node.publish(publication).await {
+        tracing::warn!(error = %e, event, "could not publish a presence event");
+    }
+}
+
+/// `pusher_internal:member_removed` for `user_id`, to the channel's subscribers on
+/// every node: its last connection left (here, or on a node that crashed).
+pub(crate) async fn tell_member_removed(node: &Node, app_id: &str, channel: &ChannelName, user_id: &str) {
+    let data = protocol::member_removed_data(user_id);
+    node.tell(app_id, channel, "pusher_internal:member_removed", &data, None).await;
+}
+
+/// [`Node`] as a [`LeaseHolder`].
+struct Holder {
+    node: Arc<Node>,
+}
+
+#[async_trait]
+impl LeaseHolder for Holder {
+    fn reaped(&self, reaped: Reaped) {
+        let node = self.node.clone();
+        let user_id = reaped.member.map(|m| m.user_id);
+        node.record_reaped(&reaped.app_id, &reaped.channel, user_id.as_deref());
+        let Some(user_id) = user_id else { return };
+        self.node.lifecycle.spawn(async move {
+            node.tell_member_removed(&reaped.app_id, &reaped.channel, &user_id).await;
+        });
+    }
+
+    fn take_dirty(&self) -> bool {
+        self.node.share.dirty.swap(false, Ordering::Relaxed)
+    }
+
+    async fn reassert(&self, held: Vec<Held>, gap: Gap) -> Result<()> {
+        let result = reassert(&self.node, held, gap).await;
+        if result.is_err() {
+            self.node.share.dirty.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
