@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `server` | accept loop, routing of a connection's first request, graceful shutdown |
 //! | `websocket` | the opening handshake and client frames, parsed without held buffers |
-//! | `session` | one connection's task: protocol state machine, reads, close |
+//! | `session` | one connection's task: the wait, dispatch, subscribe, sign-in, client events, close |
 //! | `message` | client messages parsed without session state (untrusted input) |
 //! | `input_budget` | the node-wide bound on unfinished client input (partial frames and messages) |
 //! | `liveness` | one sweep per node: pings, pong and write timeouts of every connection |
