@@ -1,7 +1,7 @@
 //! The HMAC-SHA256 signatures of the Pusher protocol: channel authorization
 //! (`key:hex(HMAC(secret, "socket_id:channel[:channel_data]"))`), user sign-in
 //! (`"socket_id::user::user_data"`) and HTTP API request signing. Every comparison is
-//! constant-time.
+//! constant-time. [`authorize_subscription`] applies Pusher's subscription rules on top.
 
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
@@ -9,6 +9,10 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::App;
+
+mod subscription;
+
+pub use subscription::{PresenceMember, SubscriptionError, authorize_subscription, parse_presence_data};
 
 type HmacSha256 = Hmac<Sha256>;
 

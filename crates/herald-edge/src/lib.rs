@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `server` | accept loop, routing of a connection's first request, graceful shutdown |
 //! | `websocket` | the opening handshake and client frames, parsed without held buffers |
-//! | `session` | one connection's task: protocol state machine, reads, close |
+//! | `session` | one connection's task: the wait, dispatch, subscribe, sign-in, client events, close |
 //! | `message` | client messages parsed without session state (untrusted input) |
 //! | `liveness` | one sweep per node: pings, pong and write timeouts of every connection |
 //! | `http_api` | `/apps/{id}/events`, `batch_events`, `channels`, `users` |

@@ -1,11 +1,12 @@
 //! The messages a client sends over its WebSocket, parsed without any session state:
-//! the envelope (`event`, `channel`, `data`), the `data` of the `pusher:*` events and
-//! a presence subscription's `channel_data`. Untrusted input: every failure is an
-//! `Err` with a message for the client, never a panic (see the property tests).
+//! the envelope (`event`, `channel`, `data`) and the `data` of the `pusher:*` events (a
+//! presence subscription's `channel_data` is read by
+//! [`herald_core::auth::authorize_subscription`], once its signature is checked).
+//! Untrusted input: every failure is an `Err` with a message for the client, never a
+//! panic (see the property tests).
 
-use herald_backbone::Member;
 use serde::Deserialize;
-use serde_json::{Value, value::RawValue};
+use serde_json::value::RawValue;
 
 /// A client message's envelope; `data` stays raw until the event says what it holds.
 #[derive(Deserialize)]
@@ -38,13 +39,6 @@ pub(crate) struct SigninData {
     pub(crate) user_data: String,
 }
 
-#[derive(Deserialize)]
-struct PresenceData {
-    user_id: Value,
-    #[serde(default)]
-    user_info: Option<Value>,
-}
-
 /// `data` of a client message: an object, or (older clients) a string holding one.
 pub(crate) fn parse_data<T: serde::de::DeserializeOwned>(data: Option<&RawValue>) -> Result<T, String> {
     let raw = data.ok_or("missing data")?;
@@ -57,33 +51,15 @@ pub(crate) fn parse_data<T: serde::de::DeserializeOwned>(data: Option<&RawValue>
     }
 }
 
-/// Reads `channel_data` of a presence subscription: `user_id` (string or number) and
-/// an optional `user_info` of at most `max_user_info_bytes` (as JSON).
-pub(crate) fn parse_member(channel_data: &str, max_user_info_bytes: usize) -> Result<Member, String> {
-    let data: PresenceData = serde_json::from_str(channel_data)
-        .map_err(|e| format!("channel_data is not valid presence data: {e}"))?;
-    let user_id = match data.user_id {
-        Value::String(s) if !s.is_empty() => s,
-        Value::Number(n) => n.to_string(),
-        _ => return Err("channel_data.user_id must be a non-empty string or a number".into()),
-    };
-    let user_info = data.user_info.unwrap_or(Value::Null);
-    let size = user_info.to_string().len();
-    if size > max_user_info_bytes {
-        return Err(format!("user_info is {size} bytes, the limit is {max_user_info_bytes}"));
-    }
-    Ok(Member { user_id: user_id.into(), user_info })
-}
-
 #[cfg(test)]
 mod properties {
-    use herald_core::ChannelName;
+    use herald_core::{ChannelName, auth::parse_presence_data};
     use proptest::{
         collection::{btree_map, vec},
         prelude::*,
         sample::{Index, select},
     };
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -102,7 +78,7 @@ mod properties {
                 if let Ok(data) = parse_data::<SubscribeData>(message.data) {
                     let _ = ChannelName::new(&data.channel);
                     if let Some(channel_data) = &data.channel_data {
-                        let _ = parse_member(channel_data, max_user_info_bytes);
+                        let _ = parse_presence_data(channel_data, max_user_info_bytes);
                     }
                 }
             }
@@ -213,7 +189,7 @@ mod properties {
             handle(&json!({ "event": event, "data": data, "channel": data }).to_string(), limit);
             let subscribe = json!({ "channel": "presence-a", "channel_data": channel_data.to_string() });
             handle(&json!({ "event": "pusher:subscribe", "data": subscribe }).to_string(), limit);
-            let _ = parse_member(&channel_data.to_string(), limit);
+            let _ = parse_presence_data(&channel_data.to_string(), limit);
         }
 
         #[test]
@@ -234,50 +210,6 @@ mod properties {
             prop_assert_eq!(data.channel_data, channel_data);
             let parsed = ChannelName::new(&data.channel).unwrap();
             prop_assert_eq!(parsed.as_str(), channel.as_str());
-        }
-
-        #[test]
-        fn presence_data_round_trips_within_the_limit(
-            user_id in prop_oneof![
-                ".{1,20}".prop_map(Value::String),
-                any::<i64>().prop_map(Value::from),
-                any::<u64>().prop_map(Value::from),
-            ],
-            user_info in proptest::option::of(json_value()),
-            limit in 0usize..200,
-        ) {
-            let mut data = json!({ "user_id": user_id });
-            if let Some(info) = &user_info {
-                data["user_info"] = info.clone();
-            }
-            let parsed = parse_member(&data.to_string(), limit);
-            let info = user_info.unwrap_or(Value::Null);
-            let size = info.to_string().len();
-            if size > limit {
-                let expected = format!("user_info is {size} bytes, the limit is {limit}");
-                prop_assert_eq!(parsed.err(), Some(expected));
-            } else {
-                let member = parsed.unwrap();
-                let expected = match &user_id {
-                    Value::String(s) => s.clone(),
-                    number => number.to_string(),
-                };
-                prop_assert_eq!(&*member.user_id, expected.as_str());
-                prop_assert_eq!(member.user_info, info);
-            }
-        }
-
-        #[test]
-        fn presence_data_without_a_usable_user_id_is_refused(
-            user_id in prop_oneof![
-                Just(Value::String(String::new())),
-                Just(Value::Null),
-                any::<bool>().prop_map(Value::Bool),
-                vec(json_value(), 0..3).prop_map(Value::Array),
-            ],
-        ) {
-            let data = json!({ "user_id": user_id }).to_string();
-            prop_assert!(parse_member(&data, 1024).is_err());
         }
     }
 }
