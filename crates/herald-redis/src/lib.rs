@@ -7,7 +7,7 @@
 //! | `cluster` | the broker over a Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) |
 //! | `idempotency` | [`RedisIdempotency`]: idempotency keys shared by every node |
 //! | `limiter` | [`RedisRateLimiter`]: webhook rate limits (GCRA) shared by every dispatcher replica |
-//! | `presence` | [`RedisPresence`]: occupancy and presence members, cluster-wide, one Lua script per change |
+//! | `presence` | [`RedisPresence`]: occupancy and presence members, cluster-wide, one Lua script per change; `presence::lease`: node leases, gaps, re-assertion, reaping |
 //! | `webhooks` | [`RedisWebhookStore`]: webhook endpoints, attempts and dead letters |
 //! | `wire` | how a [`herald_backbone::Message`] travels through Redis |
 //!
