@@ -1,7 +1,7 @@
 //! The gRPC listener: HTTP/2 (prior knowledge) served by hyper, routing by service
 //! path to the Publisher, health and reflection services.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use herald_node::Node;
 use herald_proto::v1::{publisher_server::PublisherServer, webhook_admin_server::WebhookAdminServer};
@@ -25,29 +25,7 @@ pub async fn serve(
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let webhooks =
-        webhooks.map(|w| WebhookAdminServer::new(w).max_decoding_message_size(config.max_message_bytes));
-    let publisher = PublisherServer::new(PublisherService::new(node, &config))
-        .max_decoding_message_size(config.max_message_bytes);
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<PublisherServer<PublisherService>>().await;
-    if webhooks.is_some() {
-        health_reporter.set_serving::<WebhookAdminServer<WebhookAdminService>>().await;
-    }
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(herald_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let (reflection_v1, reflection_v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {
-        (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
-        (Err(e), _) | (_, Err(e)) => {
-            // The descriptor sets are compiled in and checked by tests.
-            tracing::error!(error = %e, "gRPC reflection unavailable");
-            return;
-        }
-    };
-
+    let Some((router, health)) = GrpcRouter::new(node, &config, webhooks).await else { return };
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -57,31 +35,9 @@ pub async fn serve(
             stream = accept(&listener, "grpc") => stream,
         };
         let _ = stream.set_nodelay(true);
-        let (publisher, webhooks, health, reflection_v1, reflection_v1alpha) = (
-            publisher.clone(),
-            webhooks.clone(),
-            health.clone(),
-            reflection_v1.clone(),
-            reflection_v1alpha.clone(),
-        );
+        let router = router.clone();
         let route = service_fn(move |request: http::Request<Incoming>| {
-            let path = request.uri().path();
-            let response = if path.starts_with(&prefix::<PublisherServer<PublisherService>>()) {
-                Routed::Call(publisher.clone().call(request))
-            } else if let Some(webhooks) = webhooks
-                .as_ref()
-                .filter(|_| path.starts_with(&prefix::<WebhookAdminServer<WebhookAdminService>>()))
-            {
-                Routed::Call(webhooks.clone().call(request))
-            } else if path.starts_with("/grpc.health.v1.Health/") {
-                Routed::Call(health.clone().call(request))
-            } else if path.starts_with("/grpc.reflection.v1.ServerReflection/") {
-                Routed::Call(reflection_v1.clone().call(request))
-            } else if path.starts_with("/grpc.reflection.v1alpha.ServerReflection/") {
-                Routed::Call(reflection_v1alpha.clone().call(request))
-            } else {
-                Routed::Unimplemented
-            };
+            let response = router.route(request);
             async move {
                 match response {
                     Routed::Call(call) => call.await.map(oversized_is_resource_exhausted),
@@ -117,7 +73,7 @@ pub async fn serve(
         });
     }
 
-    set_not_serving(&health_reporter).await;
+    set_not_serving(&health).await;
     drop(listener);
     stop.cancel();
     connections.close();
@@ -148,6 +104,100 @@ fn oversized_is_resource_exhausted(mut response: http::Response<Body>) -> http::
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
     response
+}
+
+/// What a tonic server's `call` returns.
+type GrpcFuture = tonic::codegen::BoxFuture<http::Response<Body>, Infallible>;
+
+/// A tonic server as the router calls it.
+trait GrpcService:
+    Service<http::Request<Incoming>, Response = http::Response<Body>, Error = Infallible, Future = GrpcFuture>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: Service<
+            http::Request<Incoming>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+            Future = GrpcFuture,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The services of the gRPC listener, routed by path prefix (tonic's own router would
+/// bring axum in).
+#[derive(Clone)]
+struct GrpcRouter<H, R1, R2> {
+    publisher: PublisherServer<PublisherService>,
+    webhooks: Option<WebhookAdminServer<WebhookAdminService>>,
+    health: H,
+    reflection_v1: R1,
+    reflection_v1alpha: R2,
+}
+
+impl GrpcRouter<(), (), ()> {
+    /// The router and the reporter of its health service; `None` (logged) if the
+    /// reflection service cannot be built.
+    async fn new(
+        node: Arc<Node>,
+        config: &GrpcConfig,
+        webhooks: Option<WebhookAdminService>,
+    ) -> Option<(GrpcRouter<impl GrpcService, impl GrpcService, impl GrpcService>, HealthReporter)> {
+        let webhooks =
+            webhooks.map(|w| WebhookAdminServer::new(w).max_decoding_message_size(config.max_message_bytes));
+        let publisher = PublisherServer::new(PublisherService::new(node, config))
+            .max_decoding_message_size(config.max_message_bytes);
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<PublisherServer<PublisherService>>().await;
+        if webhooks.is_some() {
+            reporter.set_serving::<WebhookAdminServer<WebhookAdminService>>().await;
+        }
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(herald_proto::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        match (reflection().build_v1(), reflection().build_v1alpha()) {
+            (Ok(reflection_v1), Ok(reflection_v1alpha)) => Some((
+                GrpcRouter { publisher, webhooks, health, reflection_v1, reflection_v1alpha },
+                reporter,
+            )),
+            (Err(e), _) | (_, Err(e)) => {
+                // The descriptor sets are compiled in and checked by tests.
+                tracing::error!(error = %e, "gRPC reflection unavailable");
+                None
+            }
+        }
+    }
+}
+
+impl<H: GrpcService, R1: GrpcService, R2: GrpcService> GrpcRouter<H, R1, R2> {
+    fn route(&self, request: http::Request<Incoming>) -> Routed<GrpcFuture> {
+        let path = request.uri().path();
+        if path.starts_with(&prefix::<PublisherServer<PublisherService>>()) {
+            Routed::Call(self.publisher.clone().call(request))
+        } else if let Some(webhooks) = self
+            .webhooks
+            .as_ref()
+            .filter(|_| path.starts_with(&prefix::<WebhookAdminServer<WebhookAdminService>>()))
+        {
+            Routed::Call(webhooks.clone().call(request))
+        } else if path.starts_with("/grpc.health.v1.Health/") {
+            Routed::Call(self.health.clone().call(request))
+        } else if path.starts_with("/grpc.reflection.v1.ServerReflection/") {
+            Routed::Call(self.reflection_v1.clone().call(request))
+        } else if path.starts_with("/grpc.reflection.v1alpha.ServerReflection/") {
+            Routed::Call(self.reflection_v1alpha.clone().call(request))
+        } else {
+            Routed::Unimplemented
+        }
+    }
 }
 
 fn prefix<S: NamedService>() -> String {

@@ -7,6 +7,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use herald_backbone::ChannelStats;
 use herald_core::{App, ChannelKind, ChannelName, auth};
 use herald_telemetry::Metric;
 use http::{Method, Request, Response, StatusCode};
@@ -285,6 +286,11 @@ async fn attributes(
     info: &[String],
 ) -> ApiResult<Map<String, Value>> {
     let stats = node.presence().channel(&app.id, channel).await?;
+    Ok(attributes_of(&stats, channel, info))
+}
+
+/// The `info` attributes of a channel whose stats are known.
+fn attributes_of(stats: &ChannelStats, channel: &ChannelName, info: &[String]) -> Map<String, Value> {
     let mut out = Map::new();
     for attribute in info {
         match attribute.as_str() {
@@ -297,7 +303,7 @@ async fn attributes(
             _ => {}
         }
     }
-    Ok(out)
+    out
 }
 
 /// The body of `POST /events`, parsed and validated.
@@ -384,7 +390,7 @@ async fn channel_info(node: &Node, app: &App, channel: &str, info: Option<&str>)
     }
     let stats = node.presence().channel(&app.id, &channel).await?;
     let mut out = json!({ "occupied": stats.subscription_count > 0 });
-    for attribute in attributes(node, app, &channel, &info).await? {
+    for attribute in attributes_of(&stats, &channel, &info) {
         out[attribute.0] = attribute.1;
     }
     Ok(out)
