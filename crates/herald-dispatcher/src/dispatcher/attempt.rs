@@ -181,7 +181,9 @@ impl Dispatcher {
         job.delivery.last_error = error.clone();
         metrics::counter!(Metric::WebhookDeadLetters.name()).increment(1);
         tracing::info!(webhook_id = %job.delivery.id, endpoint = %job.delivery.endpoint_id, %error, "dead-lettered");
-        self.hand_over(&self.topics.dead, &job.delivery).await;
+        if !self.hand_over(&self.topics.dead, &job.delivery).await {
+            return;
+        }
         let dead = DeadLetter {
             webhook_id: job.delivery.id.clone(),
             endpoint_id: job.delivery.endpoint_id.clone(),
@@ -200,17 +202,31 @@ impl Dispatcher {
         let mut backoff = Backoff::new(HAND_OVER_FIRST, HAND_OVER_MAX);
         while let Err(e) = self.store.put_dead_letter(&job.delivery.app_id, &dead).await {
             tracing::warn!(error = %e, "could not record a dead letter; retrying");
-            backoff.wait().await;
+            if !self.pause(&mut backoff).await {
+                return;
+            }
         }
     }
 
     /// Appends a delivery to a topic, retrying until it is durable: the records it
-    /// finishes stay unfinished until then.
-    async fn hand_over(&self, topic: &str, delivery: &Delivery) {
+    /// finishes stay unfinished until then. False when the dispatcher halted first.
+    async fn hand_over(&self, topic: &str, delivery: &Delivery) -> bool {
         let mut backoff = Backoff::new(HAND_OVER_FIRST, HAND_OVER_MAX);
         while let Err(e) = self.log.append(topic, vec![encode_delivery(delivery)]).await {
             tracing::warn!(error = %e, topic, "could not hand a delivery over; retrying");
-            backoff.wait().await;
+            if !self.pause(&mut backoff).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits out one step of `backoff`: false when the dispatcher halted meanwhile
+    /// (the write is abandoned; its records are never committed).
+    pub(super) async fn pause(&self, backoff: &mut Backoff) -> bool {
+        tokio::select! {
+            () = backoff.wait() => true,
+            () = self.halt.cancelled() => false,
         }
     }
 

@@ -93,6 +93,9 @@ pub struct Dispatcher {
     attempt_writer: Mutex<Option<mpsc::Receiver<(String, AttemptRecord)>>>,
     /// Endpoint workers, attempts, batch windows, hand-overs.
     tasks: TaskTracker,
+    /// Cancelled when the grace period is over: writes still retrying give up (their
+    /// records stay uncommitted, so they are read again after a restart).
+    halt: CancellationToken,
 }
 
 /// Attempt records that may wait for the store; more are dropped (and logged).
@@ -125,6 +128,7 @@ impl Dispatcher {
             queues: Mutex::new(HashMap::new()),
             batches: AtomicU64::new(0),
             tasks: TaskTracker::new(),
+            halt: CancellationToken::new(),
         })
     }
 
@@ -161,6 +165,9 @@ impl Dispatcher {
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
             tracing::info!("dispatcher tasks still running after the grace period");
         }
+        // Every consumer has made its last commit: what is abandoned now is read
+        // again after a restart.
+        self.halt.cancel();
         // No attempt is recorded from here on; the writer ends once it has written
         // what is queued.
         drop(self.attempts.lock().take());

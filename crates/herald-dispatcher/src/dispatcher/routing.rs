@@ -138,8 +138,7 @@ impl Dispatcher {
                 let dispatcher = self.clone();
                 self.tasks.spawn(async move {
                     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
-                    loop {
-                        backoff.wait().await;
+                    while dispatcher.pause(&mut backoff).await {
                         if let Ok(routes) =
                             dispatcher.endpoints.list(dispatcher.store.as_ref(), &event.app_id).await
                         {
