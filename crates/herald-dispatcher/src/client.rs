@@ -8,7 +8,7 @@
 //! Pooling is hyper-util's legacy [`Client`](hyper_util::client::legacy::Client): idle
 //! connections expire after [`ClientConfig::idle_timeout`], and a request that meets a
 //! pooled connection the server has just closed is sent again on a new one instead of
-//! failing. What the library cannot know is ours, in the [`Connector`]: the name is
+//! failing. What the library cannot know is ours, in the connector: the name is
 //! resolved through the [`AddressPolicy`] and the connection goes to exactly the
 //! addresses it allowed (never resolved again), then TLS for `https`.
 
