@@ -9,9 +9,9 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | `dispatcher` | the consumer loops, endpoint queues, attempts, retry tiers, dead letters |
+//! | `dispatcher` | [`Dispatcher`]: lifecycle and shutdown; under it `config` (settings, topics), `offsets` (commits), `consumer` (read loops, due queue), `routing` (events to endpoints, endpoint cache), `batcher` (Pusher batches), `worker` (endpoint queues, limits, caps), `attempt` (one POST and its outcome: retry, park, dead letter, disable) |
 //! | `format` | request bodies and headers per format |
-//! | `client` | HTTP/1.1 keep-alive client with SSRF-checked resolution and timeouts |
+//! | `client` | HTTP/1.1 keep-alive client (hyper-util's pool, idle expiry) whose connector resolves through the SSRF policy and pins the address; timeouts |
 //! | `limiter` | per-app and per-endpoint rate limits, shared through leases |
 //! | `schedule` | the retry schedule and `Retry-After` |
 

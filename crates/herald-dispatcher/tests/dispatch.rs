@@ -53,6 +53,8 @@ fn event(app_id: &str, channel: &str, kind: ChannelEventType, n: usize) -> Chann
 
 struct Harness {
     log: MemoryEventLog,
+    /// The log as the dispatcher sees it, counting appends and commits.
+    observed: Arc<Observed>,
     store: MemoryWebhookStore,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -73,16 +75,17 @@ impl Harness {
         let store = MemoryWebhookStore::default();
         let stop = CancellationToken::new();
         herald_dispatcher::dispatcher::ensure_topics(&log, &config).await.unwrap();
+        let observed = Arc::new(Observed { inner: wrap(log.clone()), seen: Arc::default() });
         let dispatcher = Dispatcher::new(
             Apps::new(apps).unwrap(),
-            wrap(log.clone()),
+            observed.clone(),
             Arc::new(store.clone()),
             Arc::new(LocalRateLimiter::default()),
             config,
         );
         let run = dispatcher.run(stop.clone(), Duration::from_secs(2));
         let task = tokio::spawn(async move { run.await.unwrap() });
-        Self { log, store, stop, task }
+        Self { log, observed, store, stop, task }
     }
 
     async fn add(&self, endpoint: &Endpoint) {
@@ -97,7 +100,24 @@ impl Harness {
                 value: e.encode_to_vec().into(),
             })
             .collect();
-        self.log.append("herald.events", records).await.unwrap();
+        self.observed.append("herald.events", records).await.unwrap();
+    }
+
+    /// Waits until every record appended so far to a topic the dispatcher reads (the
+    /// events, the retry tiers, the parked deliveries) is finished and committed: every
+    /// delivery made from them was delivered, dead-lettered, or is itself a record
+    /// counted here. A delivery that should not have been made would have arrived
+    /// before this returns, which is what makes it a barrier rather than a sleep.
+    async fn settled(&self) {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let pending = self.observed.seen.lock().unwrap().pending();
+            if pending.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "records still unfinished: {pending:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The app's dead letters, once there is one (panics after [`LONG`]).
@@ -154,7 +174,7 @@ async fn standard_webhooks_are_signed_filtered_and_shaped() {
     ])
     .await;
     let got = receiver.wait_for(1, LONG).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.settled().await;
     assert_eq!(receiver.received().len(), 1, "only the matching event is delivered");
     let request = &got[0];
     assert_eq!(request.path, "/hook");
@@ -195,7 +215,7 @@ async fn failures_retry_on_the_schedule_with_the_same_id_then_dead_letter() {
         attempts.iter().map(|a| (a.attempt, a.status)).collect::<Vec<_>>(),
         [(3, 500), (2, 500), (1, 500)]
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.settled().await;
     assert_eq!(receiver.received().len(), 3);
     // The dead-letter topic has it too.
     let mut dlq = h.log.consume("test", "herald.webhooks.dead").await.unwrap();
@@ -209,14 +229,20 @@ async fn failures_retry_on_the_schedule_with_the_same_id_then_dead_letter() {
 async fn retry_after_is_honoured_and_a_success_ends_it() {
     let receiver = Receiver::start().await;
     receiver.script([Answer::RetryAfter(429, 1), Answer::Status(503)]);
-    let h = Harness::start(vec![app("a", 0)], config(&[50, 50, 50])).await;
+    // The schedule's first step is shorter than the Retry-After, its second longer:
+    // each gap's lower bound tells which of the two was followed.
+    let h = Harness::start(vec![app("a", 0)], config(&[50, 1_500, 50])).await;
     h.add(&endpoint("a", receiver.url("/"), Format::StandardWebhooks)).await;
     h.append(&[event("a", "c", ChannelEventType::ChannelVacated, 1)]).await;
     let got = receiver.wait_for(3, LONG).await;
     let gap = got[1].at - got[0].at;
     assert!(gap >= Duration::from_millis(950), "Retry-After: 1 waited {gap:?}");
-    assert!(got[2].at - got[1].at < Duration::from_millis(900), "503 without Retry-After: the schedule");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gap = got[2].at - got[1].at;
+    assert!(
+        gap >= Duration::from_millis(1_450),
+        "503 without Retry-After: the schedule's 1.5 s, waited {gap:?}"
+    );
+    h.settled().await;
     assert_eq!(receiver.received().len(), 3, "delivered: no more attempts");
     assert!(h.store.dead_letters("a", 0, 10).await.unwrap().is_empty());
     h.stop().await;
@@ -237,7 +263,7 @@ async fn gone_disables_the_endpoint_and_dead_letters() {
     assert!(stored.disabled_reason.contains("410"), "{}", stored.disabled_reason);
     // A disabled endpoint receives nothing more.
     h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 2)]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.settled().await;
     assert_eq!(receiver.received().len(), 1);
     h.stop().await;
 }
@@ -248,22 +274,42 @@ async fn a_hung_endpoint_times_out_and_is_retried_without_delaying_others() {
     hung.answer_all(Answer::Hang);
     let healthy = Receiver::start().await;
     let h = Harness::start(vec![app("a", 0), app("b", 0)], config(&[100])).await;
-    h.add(&endpoint("a", hung.url("/"), Format::StandardWebhooks)).await;
+    let a = endpoint("a", hung.url("/"), Format::StandardWebhooks);
+    h.add(&a).await;
     h.add(&endpoint("b", healthy.url("/"), Format::StandardWebhooks)).await;
     let mut events: Vec<ChannelEvent> =
         (0..20).map(|n| event("a", "c", ChannelEventType::ChannelOccupied, n)).collect();
     events.extend((100..110).map(|n| event("b", "c", ChannelEventType::ChannelOccupied, n)));
-    let started = Instant::now();
     h.append(&events).await;
-    healthy.wait_for(10, LONG).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(400),
-        "b waited for a's hung endpoint: {:?}",
-        started.elapsed()
-    );
-    // The hung endpoint's first attempts time out (500 ms) and are tried again.
-    let got = hung.wait_for(2 * 16, LONG).await;
-    assert!(got.len() >= 32);
+    let b_got = healthy.wait_for(10, LONG).await;
+    // a's endpoint takes 16 requests at a time (the default cap), all hanging: its
+    // 17th request can only start once one of them timed out (500 ms). b's deliveries
+    // all came before that, so they never queued behind a's.
+    let a_got = hung.wait_for(17, LONG).await;
+    assert!(b_got[9].at < a_got[16].at, "b waited for a's hung endpoint");
+    // The first attempts time out and are tried again, with the same id.
+    let a_got = hung.wait_for(2 * 16, LONG).await;
+    let mut per_id = std::collections::HashMap::<&str, usize>::new();
+    for request in &a_got {
+        *per_id.entry(request.header("webhook-id")).or_default() += 1;
+    }
+    assert!(per_id.len() <= 20, "{per_id:?}");
+    assert!(per_id.values().any(|n| *n > 1), "no webhook-id was tried twice: {per_id:?}");
+    // And the store says why: attempt 1 of a retried delivery timed out.
+    let deadline = Instant::now() + LONG;
+    loop {
+        let attempts = h.store.attempts("a", &a.id, None, 100).await.unwrap();
+        let retried: Vec<_> =
+            attempts.iter().filter(|r| r.attempt == 2).map(|r| r.webhook_id.clone()).collect();
+        let timed_out = attempts
+            .iter()
+            .any(|r| r.attempt == 1 && retried.contains(&r.webhook_id) && r.error.starts_with("timed out"));
+        if timed_out {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no timed-out first attempt followed by a second: {attempts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     h.stop().await;
 }
 
@@ -278,7 +324,7 @@ async fn pusher_format_batches_and_signs_with_the_app_secret() {
     events.push(event("a", "x", ChannelEventType::Publication, 9));
     h.append(&events).await;
     let got = receiver.wait_for(1, LONG).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.settled().await;
     assert_eq!(receiver.received().len(), 1, "one batch");
     let request = &got[0];
     assert_eq!(request.header("x-pusher-key"), "a-key");
@@ -306,16 +352,17 @@ async fn a_tenant_at_its_limit_does_not_delay_another() {
     let limited: Vec<ChannelEvent> =
         (0..60).map(|n| event("limited", "c", ChannelEventType::ChannelOccupied, n)).collect();
     h.append(&limited).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = Instant::now();
+    // Its burst spent, the limited tenant is at its limit from here on.
+    slow_lane.wait_for(5, LONG).await;
     let free: Vec<ChannelEvent> =
         (0..20).map(|n| event("free", "c", ChannelEventType::ChannelOccupied, n)).collect();
     h.append(&free).await;
-    fast_lane.wait_for(20, LONG).await;
-    let free_latency = started.elapsed();
-    assert!(free_latency < Duration::from_millis(300), "the free tenant waited {free_latency:?}");
+    let free_got = fast_lane.wait_for(20, LONG).await;
     // The limited one gets its 60 at 20/s (burst 5): about 2.75 s, never faster.
     let got = slow_lane.wait_for(60, LONG).await;
+    // Its 15th delivery is at least half a second after its first (ten past the
+    // burst at 20/s); the free tenant's twenty were all in before it.
+    assert!(free_got[19].at < got[14].at, "the free tenant waited behind the limited one");
     let span = got[59].at - got[0].at;
     assert!(span >= Duration::from_millis(2_500), "60 deliveries at 20/s took only {span:?}");
     let ids: std::collections::HashSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
@@ -428,12 +475,17 @@ async fn an_endpoints_concurrency_cap_holds_and_follows_updates() {
 
     ep.max_concurrency = 6;
     h.add(&ep).await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // the endpoint cache: 50 ms
+    // Not a synchronisation: the endpoint cache keeps a list 50 ms, so after this its
+    // next read is certain to see the new cap.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     h.append(&(10..16).map(|n| event("a", "c", ChannelEventType::ChannelOccupied, n)).collect::<Vec<_>>())
         .await;
     let got = receiver.wait_for(12, LONG).await;
+    // Six at once after raising the cap: the sixth arrived before the first could
+    // have been answered (300 ms). With the old cap of two it would take two more
+    // rounds (600 ms).
     let spread = got[11].at - got[6].at;
-    assert!(spread < Duration::from_millis(250), "six at once after raising the cap, spread {spread:?}");
+    assert!(spread < Duration::from_millis(300), "six at once after raising the cap, spread {spread:?}");
     h.stop().await;
 }
 
@@ -499,4 +551,85 @@ async fn reading_resumes_after_the_log_was_unreachable() {
     h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 1)]).await;
     receiver.wait_for(1, LONG).await;
     h.stop().await;
+}
+
+/// What the harness saw of the dispatcher's log: records appended and positions
+/// committed, per topic.
+#[derive(Default)]
+struct Seen {
+    appended: std::collections::HashMap<String, i64>,
+    committed: std::collections::HashMap<(String, i32), i64>,
+}
+
+impl Seen {
+    /// Topics the dispatcher reads with records not yet committed: (topic, appended,
+    /// committed).
+    fn pending(&self) -> Vec<(String, i64, i64)> {
+        self.appended
+            .iter()
+            .filter(|(topic, _)| !topic.ends_with(".dead"))
+            .filter_map(|(topic, appended)| {
+                let committed: i64 =
+                    self.committed.iter().filter(|((t, _), _)| t == topic).map(|(_, next)| *next).sum();
+                (committed < *appended).then(|| (topic.clone(), *appended, committed))
+            })
+            .collect()
+    }
+}
+
+/// An [`EventLog`] that counts what goes through it.
+struct Observed {
+    inner: Arc<dyn EventLog>,
+    seen: Arc<std::sync::Mutex<Seen>>,
+}
+
+struct ObservedConsumer {
+    inner: Box<dyn herald_backbone::LogConsumer>,
+    seen: Arc<std::sync::Mutex<Seen>>,
+}
+
+#[async_trait::async_trait]
+impl EventLog for Observed {
+    async fn append(
+        &self,
+        topic: &str,
+        records: Vec<herald_backbone::Append>,
+    ) -> herald_backbone::Result<()> {
+        let n = records.len() as i64;
+        self.inner.append(topic, records).await?;
+        *self.seen.lock().unwrap().appended.entry(topic.to_owned()).or_default() += n;
+        Ok(())
+    }
+
+    async fn ensure_topics(&self, topics: &[&str], partitions: i32) -> herald_backbone::Result<()> {
+        self.inner.ensure_topics(topics, partitions).await
+    }
+
+    async fn consume(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> herald_backbone::Result<Box<dyn herald_backbone::LogConsumer>> {
+        Ok(Box::new(ObservedConsumer {
+            inner: self.inner.consume(group, topic).await?,
+            seen: self.seen.clone(),
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl herald_backbone::LogConsumer for ObservedConsumer {
+    async fn poll(&mut self, max: usize) -> herald_backbone::Result<Vec<herald_backbone::LogRecord>> {
+        self.inner.poll(max).await
+    }
+
+    async fn commit(&mut self, positions: &[herald_backbone::Position]) -> herald_backbone::Result<()> {
+        self.inner.commit(positions).await?;
+        let mut seen = self.seen.lock().unwrap();
+        for position in positions {
+            let next = seen.committed.entry((position.topic.to_string(), position.partition)).or_default();
+            *next = (*next).max(position.next_offset);
+        }
+        Ok(())
+    }
 }

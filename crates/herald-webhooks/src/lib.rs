@@ -9,9 +9,9 @@
 //! |---|---|
 //! | `endpoint` | endpoints: URL, filters, format, secrets |
 //! | `filter` | event types and channel patterns |
-//! | `store` | the [`store::WebhookStore`] trait (endpoints, attempts, dead letters) + memory + conformance |
+//! | `store` | the [`store::WebhookStore`] trait (endpoints, attempts, dead letters) + memory + conformance; [`store::upsert_declared`] for config-declared endpoints |
 //! | `sign` | Standard Webhooks and Pusher signatures, secrets |
-//! | `ssrf` | which addresses are refused |
+//! | `ssrf` | which addresses are refused (named ranges over `ipnet`), resolve-then-pin |
 //! | `gcra`, `limiter` | the rate-limit algorithm and the [`limiter::RateLimiter`] contract |
 //! | `delivery` | a delivery's id and its record in the dispatcher's topics |
 

@@ -357,4 +357,40 @@ mod tests {
             assert_eq!(ours.finalize().into_bytes(), theirs.finalize().into_bytes(), "key length {len}");
         }
     }
+
+    /// The Standard Webhooks reference implementation (the `standardwebhooks` crate) as
+    /// an oracle, both ways, over fresh secrets: what we sign it verifies (one key, and
+    /// a rotation header with two), what it signs we verify, and a changed body fails
+    /// for both.
+    #[test]
+    fn the_reference_implementation_agrees_both_ways() {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        for n in 0..20 {
+            let (secret, old_secret) = (generate_secret().unwrap(), generate_secret().unwrap());
+            let (ours, oracle) = (key(&secret), standardwebhooks::Webhook::new(&secret).unwrap());
+            let id = format!("msg_{n:04}");
+            let body = format!(r#"{{"type":"member.added","n":{n},"text":"é ✓ {}"}}"#, "x".repeat(n * 7));
+            let body = body.as_bytes();
+            let headers = |signature: &str| {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("webhook-id", id.parse().unwrap());
+                headers.insert("webhook-timestamp", now.to_string().parse().unwrap());
+                headers.insert("webhook-signature", signature.parse().unwrap());
+                headers
+            };
+
+            let signed = standard_signature(&ours, &id, now, body);
+            oracle.verify(body, &headers(&signed)).unwrap();
+            let rotating = standard_signature_header(&[key(&old_secret), ours.clone()], &id, now, body);
+            oracle.verify(body, &headers(&rotating)).unwrap();
+            assert!(oracle.verify(b"{}", &headers(&signed)).is_err());
+
+            let theirs = oracle.sign(&id, now, body).unwrap();
+            assert_eq!(theirs, signed);
+            assert!(verify_standard(&ours, &id, now, body, &theirs));
+            assert!(!verify_standard(&ours, &id, now, b"{}", &theirs));
+            assert!(!verify_standard(&key(&old_secret), &id, now, body, &theirs));
+        }
+    }
 }

@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::endpoint::Endpoint;
+use crate::{
+    endpoint::Endpoint,
+    sign::{SignError, generate_secret},
+};
 
 /// A store failure is the backbone's: [`herald_backbone::Error::Unavailable`], with its
 /// source; nothing changed, and the call may be retried.
@@ -82,6 +85,43 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn dead_letters(&self, app_id: &str, since_ms: i64, limit: usize) -> Result<Vec<DeadLetter>>;
     /// Removes and returns one (to replay it).
     async fn take_dead_letter(&self, app_id: &str, webhook_id: &str) -> Result<Option<DeadLetter>>;
+}
+
+/// Why a declared endpoint could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DeclareError {
+    #[error(transparent)]
+    Store(#[from] herald_backbone::Error),
+    /// No secret was declared and none could be generated.
+    #[error(transparent)]
+    Secret(#[from] SignError),
+}
+
+/// Writes an endpoint declared in the config file (`[[webhooks]]`), creating it or
+/// replacing the stored one of the same app and id, and returns what was stored.
+///
+/// The declaration wins, except for what it cannot say: an existing endpoint keeps its
+/// `created_ms` (a new one is created at `now_ms`), `updated_ms` becomes `now_ms`, and
+/// an endpoint declared without a secret keeps its stored one, or gets a fresh one
+/// ([`generate_secret`]) when it is new, so a Pusher-format endpoint can be switched to
+/// Standard Webhooks later. Running it again with the same declaration changes only
+/// `updated_ms`.
+pub async fn upsert_declared(
+    store: &dyn WebhookStore,
+    mut endpoint: Endpoint,
+    now_ms: i64,
+) -> Result<Endpoint, DeclareError> {
+    let existing = store.get_endpoint(&endpoint.app_id, &endpoint.id).await?;
+    endpoint.created_ms = existing.as_ref().map_or(now_ms, |e| e.created_ms);
+    endpoint.updated_ms = now_ms;
+    if endpoint.secret.is_empty() {
+        endpoint.secret = match existing {
+            Some(e) => e.secret,
+            None => generate_secret()?,
+        };
+    }
+    store.put_endpoint(&endpoint).await?;
+    Ok(endpoint)
 }
 
 /// The in-memory store of `herald dev` and tests.
@@ -294,5 +334,33 @@ mod tests {
     #[tokio::test]
     async fn memory_store_conforms() {
         conformance::store_scenarios(&MemoryWebhookStore::default()).await;
+    }
+
+    #[tokio::test]
+    async fn declared_endpoints_keep_their_creation_time_and_secret() {
+        let store = MemoryWebhookStore::default();
+        let mut declared = conformance::endpoint("app-1", "http://127.0.0.1:1/a");
+        declared.secret = String::new();
+
+        // New: created now, with a fresh secret.
+        let first = upsert_declared(&store, declared.clone(), 1_000).await.unwrap();
+        assert_eq!((first.created_ms, first.updated_ms), (1_000, 1_000));
+        assert!(first.secret.starts_with("whsec_"), "{}", first.secret);
+        assert_eq!(store.get_endpoint("app-1", &declared.id).await.unwrap(), Some(first.clone()));
+
+        // Declared again, changed and still without a secret: the stored secret and
+        // creation time stay, the declaration's fields win.
+        declared.url = "http://127.0.0.1:1/b".into();
+        let second = upsert_declared(&store, declared.clone(), 2_000).await.unwrap();
+        assert_eq!((second.created_ms, second.updated_ms), (1_000, 2_000));
+        assert_eq!(second.secret, first.secret);
+        assert_eq!(second.url, "http://127.0.0.1:1/b");
+
+        // A declared secret replaces the stored one.
+        declared.secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into();
+        let third = upsert_declared(&store, declared, 3_000).await.unwrap();
+        assert_eq!(third.secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        assert_eq!(third.created_ms, 1_000);
+        assert_eq!(store.list_endpoints("app-1").await.unwrap(), vec![third]);
     }
 }
