@@ -21,7 +21,7 @@ use herald_redis::{
 use herald_webhooks::{
     limiter::{LocalRateLimiter, RateLimiter},
     ssrf::AddressPolicy,
-    store::{MemoryWebhookStore, WebhookStore},
+    store::{MemoryWebhookStore, WebhookStore, upsert_declared},
 };
 use tokio::net::TcpListener;
 
@@ -133,20 +133,8 @@ impl Webhooks {
             .await
             .context("creating the event log topics")?;
         for webhook in &config.webhooks {
-            let mut endpoint = webhook.endpoint().map_err(anyhow::Error::msg)?;
-            let now = herald_core::time::now_ms();
-            let existing = self.store.get_endpoint(&endpoint.app_id, &endpoint.id).await?;
-            endpoint.created_ms = existing.as_ref().map_or(now, |e| e.created_ms);
-            endpoint.updated_ms = now;
-            if endpoint.secret.is_empty() {
-                // A Pusher endpoint declared without one keeps (or gets) a secret, so
-                // switching it to Standard Webhooks later works.
-                endpoint.secret = match existing {
-                    Some(e) => e.secret,
-                    None => herald_webhooks::sign::generate_secret()?,
-                };
-            }
-            self.store.put_endpoint(&endpoint).await?;
+            let endpoint = webhook.endpoint().map_err(anyhow::Error::msg)?;
+            upsert_declared(self.store.as_ref(), endpoint, herald_core::time::now_ms()).await?;
         }
         Ok(())
     }
