@@ -5,7 +5,7 @@ use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use herald_node::Node;
 use herald_proto::v1::{publisher_server::PublisherServer, webhook_admin_server::WebhookAdminServer};
-use herald_telemetry::accept;
+use herald_telemetry::{accept, listen::serve_until_stopped};
 use hyper::{body::Incoming, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -59,17 +59,7 @@ pub async fn serve(
                 .initial_stream_window_size(1 << 20)
                 .initial_connection_window_size(2 << 20)
                 .serve_connection(TokioIo::new(stream), route);
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = &mut connection => result,
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "gRPC connection ended with an error");
-            }
+            serve_until_stopped(connection, stop, "gRPC").await;
         });
     }
 

@@ -11,13 +11,12 @@
 
 use std::{
     io::{self, Write},
-    task::Poll,
     time::Duration,
 };
 
 use bytes::Bytes;
 use herald_edge::websocket::{self, Message, MessageAssembler, Read};
-use herald_hub::{Close, Outbox, frame};
+use herald_hub::{Close, Outbox, Wake, frame};
 use herald_node::ConnectionConfig;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -86,13 +85,6 @@ async fn refuse(mut stream: TcpStream, status: &str) -> io::Result<()> {
     stream.shutdown().await
 }
 
-/// What ended a wait.
-enum Wake {
-    News,
-    Writable(bool),
-    Readable(bool),
-}
-
 /// Echoes messages until the connection is closing (as a session serves it).
 async fn echo(outbox: &Outbox, mut input: Vec<u8>, max_message: usize) {
     let socket = outbox.socket();
@@ -117,18 +109,7 @@ async fn echo(outbox: &Outbox, mut input: Vec<u8>, max_message: usize) {
         if status.closing.is_some() {
             return;
         }
-        let wake = std::future::poll_fn(|cx| {
-            if outbox.poll_news(cx).is_ready() {
-                return Poll::Ready(Wake::News);
-            }
-            if status.pending
-                && let Poll::Ready(ready) = socket.poll_write_ready(cx)
-            {
-                return Poll::Ready(Wake::Writable(ready.is_ok()));
-            }
-            socket.poll_read_ready(cx).map(|ready| Wake::Readable(ready.is_ok()))
-        })
-        .await;
+        let wake = outbox.wake(status.pending).await;
         match wake {
             Wake::News => {}
             Wake::Writable(true) => outbox.write_pending(),

@@ -325,17 +325,7 @@ async fn serve_http(node: Arc<Node>, io: Prefixed, stop: CancellationToken) {
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
         .serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = &mut connection => result,
-        _ = stop.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "http connection ended with an error");
-    }
+    herald_telemetry::listen::serve_until_stopped(connection, stop, "http").await;
 }
 
 /// An HTTP connection's socket, whose first bytes were already read: they are read

@@ -12,4 +12,4 @@ mod hub;
 mod outbox;
 
 pub use hub::{ConnId, Hub};
-pub use outbox::{Close, Outbox, Push, Status, millis};
+pub use outbox::{Close, Outbox, Push, Status, Wake, millis};

@@ -150,6 +150,17 @@ fn notify(mut state: MutexGuard<'_, State>) {
     }
 }
 
+/// What a connection's task woke for ([`Outbox::wake`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The outbox has news: frames to drain, or a close.
+    News,
+    /// The socket is writable (or failed: `false`).
+    Writable(bool),
+    /// The socket is readable (or failed: `false`).
+    Readable(bool),
+}
+
 impl Outbox {
     /// `limit` bounds the queued bytes (frames the socket could not take yet).
     pub fn new(socket: TcpStream, limit: usize) -> Self {
@@ -279,6 +290,24 @@ impl Outbox {
     /// Resolves when the outbox has news for the session (see [`Outbox::poll_news`]).
     pub async fn news(&self) {
         std::future::poll_fn(|cx| self.poll_news(cx)).await;
+    }
+
+    /// Waits for what the connection's task must act on next: news from the outbox,
+    /// room in the socket for the frames it did not take (only when `pending`, see
+    /// [`Status::pending`]), or input. News comes first, so a close is never kept
+    /// waiting behind a busy socket.
+    pub async fn wake(&self, pending: bool) -> Wake {
+        let socket = &self.socket;
+        std::future::poll_fn(|cx| {
+            if self.poll_news(cx).is_ready() {
+                return Poll::Ready(Wake::News);
+            }
+            if pending && let Poll::Ready(ready) = socket.poll_write_ready(cx) {
+                return Poll::Ready(Wake::Writable(ready.is_ok()));
+            }
+            socket.poll_read_ready(cx).map(|ready| Wake::Readable(ready.is_ok()))
+        })
+        .await
     }
 
     pub fn status(&self) -> Status {

@@ -7,9 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use hyper_util::server::graceful::GracefulConnection;
 use parking_lot::Mutex;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// Pending connections each listening socket queues (the kernel caps it at
 /// `net.core.somaxconn`).
@@ -124,6 +126,37 @@ impl FailureLog {
         }
         self.last_line = Some(now);
         Some(std::mem::take(&mut self.unreported))
+    }
+}
+
+/// Drives a hyper server connection until it ends or `stop` is cancelled; then it
+/// finishes what is in flight and closes (HTTP/1.1: after the current response,
+/// HTTP/2: GOAWAY, then the open streams). `what` names the listener in the debug log
+/// of a connection that ends with an error.
+// Not an `async fn`: the future it would infer is not provably `Send` for hyper's
+// HTTP/2 connection (rustc's higher-ranked lifetime limitation), so the signature says so.
+#[allow(clippy::manual_async_fn)]
+pub fn serve_until_stopped<C>(
+    connection: C,
+    stop: CancellationToken,
+    what: &'static str,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    C: GracefulConnection + Send,
+    C::Error: std::fmt::Display + Send,
+{
+    async move {
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = &mut connection => result,
+            _ = stop.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "{what} connection ended with an error");
+        }
     }
 }
 

@@ -39,11 +39,11 @@ mod protocol;
 mod signin;
 mod subscribe;
 
-use std::{future::Future, sync::Arc, task::Poll};
+use std::{future::Future, sync::Arc};
 
 use bytes::Bytes;
 use herald_core::{App, ChannelName, ErrorCode, SocketId, protocol as frames};
-use herald_hub::{Close, Outbox, frame};
+use herald_hub::{Close, Outbox, Wake, frame};
 use herald_telemetry::Metric;
 
 pub(crate) use self::close::refuse;
@@ -122,16 +122,6 @@ impl Drop for Session {
     }
 }
 
-/// What ended a session's wait.
-enum Wake {
-    /// The outbox has news: frames to drain, or a close.
-    News,
-    /// The socket is writable (or failed: `false`).
-    Writable(bool),
-    /// The socket is readable (or failed: `false`).
-    Readable(bool),
-}
-
 impl Session {
     /// Registers the connection and sends the `101` with `pusher:connection_established`
     /// in one write; or, over the app's connection quota, refuses it.
@@ -194,18 +184,7 @@ impl Session {
             if status.closing.is_some() {
                 return;
             }
-            let wake = std::future::poll_fn(|cx| {
-                if outbox.poll_news(cx).is_ready() {
-                    return Poll::Ready(Wake::News);
-                }
-                if status.pending
-                    && let Poll::Ready(ready) = socket.poll_write_ready(cx)
-                {
-                    return Poll::Ready(Wake::Writable(ready.is_ok()));
-                }
-                socket.poll_read_ready(cx).map(|ready| Wake::Readable(ready.is_ok()))
-            })
-            .await;
+            let wake = outbox.wake(status.pending).await;
             match wake {
                 Wake::News => {}
                 Wake::Writable(true) => outbox.write_pending(),

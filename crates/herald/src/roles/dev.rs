@@ -1,26 +1,16 @@
 //! `herald dev`: everything in one process with an in-memory backbone and event log,
 //! the dispatcher included: the embedded default.
 
-use std::sync::Arc;
-
-use herald_hub::Hub;
-use herald_node::Node;
 use herald_webhooks::ssrf::AddressPolicy;
 
-use super::node::{self, Listeners, Parts};
+use super::node::{self, Parts, Start};
 use crate::{
     config::{self, Config},
     wiring::{self, Backbone, Webhooks},
 };
 
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
-    let listeners = Listeners::bind(&config).await?;
-    let node_id = match config.server.node_id {
-        0 => Node::random_id(),
-        id => id,
-    };
-    let (apps, demo) = config.apps_or_demo();
-    let hub = Arc::new(Hub::new(node_id));
+    let start = Start::new(&config).await?;
     let mut policy = config.dispatcher.policy();
     if config.dispatcher.allow_addresses.is_empty() {
         // Local development means local receivers: loopback is allowed unless the
@@ -31,18 +21,16 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     webhooks.prepare(&config).await?;
     let mut dispatcher_config = wiring::dispatcher_config(&config);
     dispatcher_config.client.policy = policy.clone();
-    let dispatcher = webhooks.dispatcher(apps.clone(), dispatcher_config);
+    let dispatcher = webhooks.dispatcher(start.apps.clone(), dispatcher_config);
     let parts = Parts {
         name: "herald dev",
-        node_id,
-        apps,
-        backbone: Backbone::memory(&hub),
-        hub,
+        backbone: Backbone::memory(&start.hub),
         webhooks: Some(webhooks),
         policy,
         dispatcher: Some(dispatcher),
     };
-    node::serve(config, listeners, parts, |bound| {
+    let demo = start.demo;
+    node::serve(config, start, parts, |bound| {
         if demo {
             crate::demo::print_demo(bound.edge, bound.grpc, &config::demo_app());
         }

@@ -21,21 +21,31 @@ use crate::{
     wiring::{self, Backbone, Webhooks},
 };
 
-/// The listeners of a node, bound before anything connects to a backend, so a port
-/// that is taken fails the start at once.
-pub(super) struct Listeners {
+/// What every serving role starts from: its listeners, bound before anything connects
+/// to a backend (so a port that is taken fails the start at once), its node id, its
+/// apps (or the demo app) and its hub.
+pub(super) struct Start {
     edge: TcpListener,
     grpc: TcpListener,
     ops: TcpListener,
+    pub(super) node_id: u32,
+    pub(super) apps: Apps,
+    /// No app is configured: the demo app is served.
+    pub(super) demo: bool,
+    pub(super) hub: Arc<Hub>,
 }
 
-impl Listeners {
-    pub(super) async fn bind(config: &Config) -> anyhow::Result<Self> {
-        Ok(Self {
-            edge: wiring::bind_edge(config)?,
-            grpc: wiring::bind(config, config.grpc.port).await?,
-            ops: wiring::bind(config, config.server.metrics_port).await?,
-        })
+impl Start {
+    pub(super) async fn new(config: &Config) -> anyhow::Result<Self> {
+        let edge = wiring::bind_edge(config)?;
+        let grpc = wiring::bind(config, config.grpc.port).await?;
+        let ops = wiring::bind(config, config.server.metrics_port).await?;
+        let node_id = match config.server.node_id {
+            0 => Node::random_id(),
+            id => id,
+        };
+        let (apps, demo) = config.apps_or_demo();
+        Ok(Self { edge, grpc, ops, node_id, apps, demo, hub: Arc::new(Hub::new(node_id)) })
     }
 }
 
@@ -43,9 +53,6 @@ impl Listeners {
 pub(super) struct Parts {
     /// `"herald dev"` or `"herald edge"`, for the log.
     pub(super) name: &'static str,
-    pub(super) node_id: u32,
-    pub(super) apps: Apps,
-    pub(super) hub: Arc<Hub>,
     pub(super) backbone: Backbone,
     /// The event log, webhook store and limits, when webhooks are configured.
     pub(super) webhooks: Option<Webhooks>,
@@ -65,13 +72,14 @@ pub(super) struct Bound {
 /// listener is serving (the demo banner).
 pub(super) async fn serve(
     config: Config,
-    listeners: Listeners,
+    start: Start,
     parts: Parts,
     started: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     let metrics = herald_telemetry::install_prometheus();
     let ready_file = ready::ReadyFile::prepare(&config.server.ready_file).context("server.ready_file")?;
-    let Parts { name, node_id, apps, hub, backbone, webhooks, policy, dispatcher } = parts;
+    let Start { edge, grpc, ops, node_id, apps, hub, .. } = start;
+    let Parts { name, backbone, webhooks, policy, dispatcher } = parts;
     let grace = config.edge().shutdown_grace;
 
     let mut node =
@@ -96,16 +104,15 @@ pub(super) async fn serve(
         let stop = shutdown.clone();
         tokio::spawn(async move { dispatcher.run(stop, grace).await })
     });
-    let (edge_addr, grpc_addr, ops_addr) =
-        (listeners.edge.local_addr()?, listeners.grpc.local_addr()?, listeners.ops.local_addr()?);
+    let (edge_addr, grpc_addr, ops_addr) = (edge.local_addr()?, grpc.local_addr()?, ops.local_addr()?);
     let bound = ready::Addresses { ws: Some(edge_addr), grpc: Some(grpc_addr), metrics: Some(ops_addr) };
     let ready = {
         let node = node.clone();
         Arc::new(move || node.is_ready())
     };
-    let ops = Ops::start(listeners.ops, ready, metrics);
+    let ops = Ops::start(ops, ready, metrics);
     let grpc = tokio::spawn(herald_api::serve(
-        listeners.grpc,
+        grpc,
         node.clone(),
         config.grpc.clone(),
         admin,
@@ -117,7 +124,7 @@ pub(super) async fn serve(
     // The listeners queue connections from here on, whatever the tasks are doing.
     ready_file.write(bound).context("writing server.ready_file")?;
 
-    herald_edge::serve(listeners.edge, node.clone(), shutdown.cancelled_owned()).await;
+    herald_edge::serve(edge, node.clone(), shutdown.cancelled_owned()).await;
     ready_file.remove();
     signal.abort();
     let _ = grpc.await;
