@@ -22,7 +22,20 @@ use tonic::body::Body;
 
 /// One HTTP/2 connection; clones share it (requests are multiplexed).
 #[derive(Clone)]
-pub struct H2Channel(SendRequest<Body>);
+pub struct H2Channel {
+    sender: SendRequest<Body>,
+    /// The task driving the connection; it stops with the last clone.
+    _driver: std::sync::Arc<AbortOnDrop>,
+}
+
+/// A connection driver that ends when its channel is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Connects with 2 MiB receive windows.
 pub async fn connect(addr: SocketAddr) -> std::io::Result<H2Channel> {
@@ -39,12 +52,12 @@ pub async fn connect_with_window(addr: SocketAddr, window: u32) -> std::io::Resu
         .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "gRPC client connection ended");
         }
     });
-    Ok(H2Channel(sender))
+    Ok(H2Channel { sender, _driver: std::sync::Arc::new(AbortOnDrop(driver)) })
 }
 
 impl tower_service::Service<http::Request<Body>> for H2Channel {
@@ -53,10 +66,10 @@ impl tower_service::Service<http::Request<Body>> for H2Channel {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.sender.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        Box::pin(self.0.send_request(request))
+        Box::pin(self.sender.send_request(request))
     }
 }
