@@ -129,11 +129,11 @@ impl Webhooks {
 
     /// Creates the topics and the endpoints declared in the config file.
     pub(crate) async fn prepare(&self, config: &Config) -> anyhow::Result<()> {
-        herald_dispatcher::dispatcher::ensure_topics(self.log.as_ref(), &dispatcher_config(config))
+        herald_dispatcher::dispatcher::ensure_topics(self.log.as_ref(), &config.dispatcher)
             .await
             .context("creating the event log topics")?;
         for webhook in &config.webhooks {
-            let mut endpoint = webhook.endpoint().map_err(anyhow::Error::msg)?;
+            let mut endpoint = webhook.clone();
             let now = herald_core::time::now_ms();
             let existing = self.store.get_endpoint(&endpoint.app_id, &endpoint.id).await?;
             endpoint.created_ms = existing.as_ref().map_or(now, |e| e.created_ms);
@@ -158,7 +158,7 @@ impl Webhooks {
 
     /// The gRPC WebhookAdmin service over this store, replaying into the parked topic.
     pub(crate) fn admin(&self, config: &Config, apps: &Apps, policy: AddressPolicy) -> WebhookAdminService {
-        let topics = Topics::new(&config.dispatcher.topic_prefix, &dispatcher_config(config).retry);
+        let topics = Topics::new(&config.dispatcher.topic_prefix, &config.dispatcher.retry);
         WebhookAdminService::new(
             apps,
             WebhookAdminConfig {
@@ -169,9 +169,4 @@ impl Webhooks {
             },
         )
     }
-}
-
-/// The dispatcher's settings, reading the events topic the edges record to.
-pub(crate) fn dispatcher_config(config: &Config) -> DispatcherConfig {
-    config.dispatcher.dispatcher(&config.events.topic)
 }

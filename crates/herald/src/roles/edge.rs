@@ -35,7 +35,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         hub,
         backbone,
         webhooks,
-        policy: config.dispatcher.policy(),
+        policy: config.dispatcher.client.policy.clone(),
         dispatcher: None,
     };
     node::serve(config, listeners, parts, |_| {}).await
