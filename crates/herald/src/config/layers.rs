@@ -79,12 +79,13 @@ impl Unit {
 }
 
 /// A deprecated name that was used: `given` (`connection.pong_timeout_secs`, or the
-/// environment variable) set `name` (`connection.pong_timeout`) to `value` (`"30s"`).
+/// environment variable) set `name` (`connection.pong_timeout`); `instead` is what to
+/// write now (`connection.pong_timeout = "30s"`, or the new variable).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Alias {
     pub name: String,
     pub given: String,
-    pub value: String,
+    pub instead: String,
 }
 
 /// The layers merged, and the deprecated names they used.
@@ -137,7 +138,8 @@ fn rename(table: &mut Table, aliases: &mut Vec<Alias>, errors: &mut Vec<String>)
         match unit.duration(&value) {
             Ok(value) => {
                 options.insert(new.to_string(), Value::String(value.clone()));
-                aliases.push(Alias { name, given, value });
+                let instead = format!("{name} = {value:?}");
+                aliases.push(Alias { name, given, instead });
             }
             Err(e) => errors.push(format!("{given}: {e}")),
         }
@@ -183,7 +185,7 @@ fn apply_env(
         let mut path: Vec<&str> = name.split("__").collect();
         let mut value = parse_env_value(raw);
         if let [section, key] = path[..]
-            && let Some((_, old, new, unit)) = RENAMED.iter().find(|r| r.0 == section && r.1 == key)
+            && let Some((_, _, new, unit)) = RENAMED.iter().find(|r| r.0 == section && r.1 == key)
         {
             let renamed = format!("{section}__{new}");
             if vars.contains_key(&renamed) {
@@ -192,9 +194,9 @@ fn apply_env(
             }
             match unit.duration(&value) {
                 Ok(text) => {
-                    value = Value::String(text.clone());
-                    let name = format!("{section}.{new}");
-                    aliases.push(Alias { name, given: variable(&format!("{section}__{old}")), value: text });
+                    let instead = format!("{}={text}", variable(&renamed));
+                    value = Value::String(text);
+                    aliases.push(Alias { name: format!("{section}.{new}"), given: variable(name), instead });
                     path = vec![section, new];
                 }
                 Err(e) => {

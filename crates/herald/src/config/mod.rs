@@ -73,7 +73,7 @@ impl Config {
         let mut config = Self::validate(sections).map_err(named)?;
         config.deprecated = aliases
             .iter()
-            .map(|a| format!("{} is deprecated (it still works): write {} = {:?}", a.given, a.name, a.value))
+            .map(|a| format!("{} is deprecated (it still works): write {}", a.given, a.instead))
             .collect();
         Ok(config)
     }

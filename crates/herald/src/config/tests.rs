@@ -171,7 +171,8 @@ fn the_old_names_still_work_in_their_old_units() {
         "{:#?}",
         config.deprecated
     );
-    assert!(config.deprecated.iter().any(|n| n.starts_with("HERALD_REDIS__LEASE_SECS is deprecated")));
+    assert!(config.deprecated.iter().any(|n| n.starts_with("HERALD_REDIS__LEASE_SECS is deprecated")
+        && n.ends_with("write HERALD_REDIS__LEASE=1s")));
 
     // A whole section from the environment may use them too.
     let config = Config::load(&Flags::default(), env(&[("HERALD_HTTP", "{body_timeout_secs = 7}")])).unwrap();
