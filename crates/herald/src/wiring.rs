@@ -3,10 +3,7 @@
 //! role module picks its parts here and composes them; only this module and the roles
 //! name the Redis and Kafka crates.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use herald_api::{WebhookAdminConfig, WebhookAdminService};
@@ -27,15 +24,10 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 
-/// The host every listener binds.
-pub(crate) fn host(config: &Config) -> anyhow::Result<IpAddr> {
-    config.server.host.parse().context("server.host")
-}
-
 /// Binds `port` on the configured host, alone: a second process on the same port is
 /// an error.
 pub(crate) async fn bind(config: &Config, port: u16) -> anyhow::Result<TcpListener> {
-    let host = host(config)?;
+    let host = config.host;
     TcpListener::bind(SocketAddr::new(host, port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))
@@ -44,7 +36,7 @@ pub(crate) async fn bind(config: &Config, port: u16) -> anyhow::Result<TcpListen
 /// Binds the edge's port with `SO_REUSEPORT`, so that each edge thread can accept on a
 /// socket of its own (`server.edge_threads`).
 pub(crate) fn bind_edge(config: &Config) -> anyhow::Result<TcpListener> {
-    let (host, port) = (host(config)?, config.server.port);
+    let (host, port) = (config.host, config.server.port);
     herald_telemetry::bind(SocketAddr::new(host, port))
         .with_context(|| format!("cannot listen on {host}:{port}"))
 }

@@ -13,6 +13,8 @@ mod sections;
 #[cfg(test)]
 mod tests;
 
+use std::net::IpAddr;
+
 use herald_api::GrpcConfig;
 use herald_core::{App, AppLimits, Apps};
 use herald_dispatcher::DispatcherConfig;
@@ -28,6 +30,8 @@ pub use sections::{LogConfig, RedisSection, ServerConfig};
 /// every option).
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `server.host`: the address every listener binds.
+    pub host: IpAddr,
     pub server: ServerConfig,
     pub connection: ConnectionConfig,
     pub http: HttpApiConfig,
@@ -95,6 +99,11 @@ impl Config {
         } = sections;
         let mut errors = Vec::new();
         redis.validate(&mut errors);
+        let host = server
+            .host
+            .parse::<IpAddr>()
+            .map_err(|_| errors.push(format!("server.host: {:?} is not an IP address", server.host)))
+            .ok();
         server.validate(&mut errors);
         let ports = [
             ("server.port", server.port),
@@ -128,9 +137,10 @@ impl Config {
             }
         }
         let apps = apps.map_err(|app_errors| errors.extend(app_errors)).ok();
-        // `build` and `Apps::new` return None only after recording why.
-        match (dispatcher, apps) {
-            (Some(dispatcher), Some(apps)) if errors.is_empty() => Ok(Self {
+        // Each of these is None only after recording why.
+        match (host, dispatcher, apps) {
+            (Some(host), Some(dispatcher), Some(apps)) if errors.is_empty() => Ok(Self {
+                host,
                 server,
                 connection,
                 http,

@@ -81,9 +81,6 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     pub(super) fn validate(&self, errors: &mut Vec<String>) {
-        if self.host.parse::<std::net::IpAddr>().is_err() {
-            errors.push(format!("server.host: {:?} is not an IP address", self.host));
-        }
         errors.extend(crate::ready::validate(&self.ready_file));
         duration::at_least(errors, "server.shutdown_grace", self.shutdown_grace, SECOND);
     }

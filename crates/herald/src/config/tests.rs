@@ -489,6 +489,7 @@ mod properties {
         fn check(&self, config: &Config) -> Result<(), TestCaseError> {
             let server = &config.server;
             prop_assert_eq!(&server.host, &self.host);
+            prop_assert_eq!(Some(config.host), self.host.parse().ok());
             prop_assert_eq!((server.port, server.metrics_port, config.grpc.port), self.ports);
             prop_assert_eq!(server.node_id, self.node_id);
             prop_assert_eq!(server.shutdown_grace, self.shutdown_grace);
