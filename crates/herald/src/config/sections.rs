@@ -22,6 +22,7 @@ use herald_webhooks::{
 use serde::Deserialize;
 
 const SECOND: Duration = Duration::from_secs(1);
+const MILLISECOND: Duration = Duration::from_millis(1);
 
 /// The config file's shape (see `config/herald.example.toml` for every option), once
 /// the environment and the flags are applied; [`super::Config`] is what it means.
@@ -274,18 +275,12 @@ impl DispatcherSection {
         if self.retry_after_min > self.retry_after_max {
             errors.push("dispatcher.retry_after_min: must not exceed retry_after_max".into());
         }
-        duration::at_least(
-            errors,
-            "dispatcher.connect_timeout",
-            self.connect_timeout,
-            Duration::from_millis(1),
-        );
-        duration::at_least(
-            errors,
-            "dispatcher.request_timeout",
-            self.request_timeout,
-            Duration::from_millis(1),
-        );
+        for (name, value) in [
+            ("dispatcher.connect_timeout", self.connect_timeout),
+            ("dispatcher.request_timeout", self.request_timeout),
+        ] {
+            duration::at_least(errors, name, value, MILLISECOND);
+        }
         for (name, value) in [
             ("dispatcher.partitions", self.partitions.max(0) as u64),
             ("dispatcher.max_response_bytes", self.max_response_bytes as u64),
