@@ -12,6 +12,8 @@ mod server;
 mod service;
 mod webhooks;
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 pub use error::Error;
@@ -27,8 +29,9 @@ pub struct GrpcConfig {
     pub port: u16,
     /// Largest request message, in bytes; larger ones get RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
-    /// Seconds an idempotency key is remembered.
-    pub idempotency_window_secs: u64,
+    /// How long an idempotency key is remembered.
+    #[serde(deserialize_with = "herald_node::duration::deserialize")]
+    pub idempotency_window: Duration,
     /// Idempotency keys remembered at most (per node); the oldest go first.
     pub idempotency_max_keys: usize,
     /// Answers a PublishStream may have waiting to be read by the publisher before
@@ -41,7 +44,7 @@ impl Default for GrpcConfig {
         Self {
             port: 50051,
             max_message_bytes: 4 * 1024 * 1024,
-            idempotency_window_secs: 300,
+            idempotency_window: Duration::from_secs(300),
             idempotency_max_keys: 100_000,
             stream_window: 256,
         }
@@ -52,7 +55,6 @@ impl GrpcConfig {
     pub fn validate(&self, errors: &mut Vec<String>) {
         for (name, value) in [
             ("grpc.max_message_bytes", self.max_message_bytes),
-            ("grpc.idempotency_window_secs", self.idempotency_window_secs as usize),
             ("grpc.idempotency_max_keys", self.idempotency_max_keys),
             ("grpc.stream_window", self.stream_window),
         ] {
@@ -60,5 +62,11 @@ impl GrpcConfig {
                 errors.push(format!("{name}: must be at least 1"));
             }
         }
+        herald_node::duration::at_least(
+            errors,
+            "grpc.idempotency_window",
+            self.idempotency_window,
+            Duration::from_secs(1),
+        );
     }
 }

@@ -39,11 +39,8 @@ impl PublisherService {
     pub fn new(node: Arc<Node>, config: &GrpcConfig) -> Self {
         let inner = Inner {
             auth: Authenticator::new(node.apps()),
-            idempotency: Idempotency::new(
-                Duration::from_secs(config.idempotency_window_secs),
-                config.idempotency_max_keys,
-            ),
-            idempotency_window: Duration::from_secs(config.idempotency_window_secs),
+            idempotency: Idempotency::new(config.idempotency_window, config.idempotency_max_keys),
+            idempotency_window: config.idempotency_window,
             stream_window: config.stream_window,
             node,
         };

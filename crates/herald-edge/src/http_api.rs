@@ -120,7 +120,7 @@ impl<'a> Endpoint<'a> {
 /// so a client cannot make the server wait for a body it will refuse anyway: the
 /// declared length, the app, the credentials (the signature covers `body_md5`, a
 /// query parameter, so only the body's digest itself waits for the body), the app
-/// being enabled and the endpoint. The body then has `http.body_timeout_secs` to
+/// being enabled and the endpoint. The body then has `http.body_timeout` to
 /// arrive.
 async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
     let (parts, body) = request.into_parts();
@@ -156,7 +156,7 @@ async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
             &query,
             body,
             now,
-            config.timestamp_tolerance_secs,
+            config.timestamp_tolerance.as_secs(),
         )
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))
     };
@@ -183,17 +183,17 @@ async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
     }
 }
 
-/// Reads a body of at most `http.max_body_bytes` within `http.body_timeout_secs`.
+/// Reads a body of at most `http.max_body_bytes` within `http.body_timeout`.
 /// A failure closes the connection, as the rest of the body was not read.
 async fn read_body(body: Incoming, config: &HttpApiConfig) -> ApiResult<Bytes> {
     let read = Limited::new(body, config.max_body_bytes).collect();
-    match tokio::time::timeout(config.body_timeout(), read).await {
+    match tokio::time::timeout(config.body_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(config)),
         Ok(Err(e)) => Err(ApiError::bad_request(format!("could not read the body: {e}")).closing()),
         Err(_) => {
-            let timeout = config.body_timeout_secs;
-            let message = format!("request body not received within {timeout} s");
+            let timeout = config.body_timeout;
+            let message = format!("request body not received within {timeout:?}");
             Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, message).closing())
         }
     }

@@ -17,7 +17,7 @@ use herald_node::{ConnectionConfig, Node};
 /// How often to sweep: often enough that every timeout is kept to within half of the
 /// shortest one, and at most a second late.
 pub(crate) fn sweep_interval(config: &ConnectionConfig) -> Duration {
-    let shortest = config.activity_timeout().min(config.pong_timeout()).min(config.write_timeout());
+    let shortest = config.activity_timeout.min(config.pong_timeout).min(config.write_timeout);
     (shortest / 2).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
@@ -64,17 +64,17 @@ fn check(outbox: &Outbox, now: u64, instant: Instant, config: &ConnectionConfig)
     if status.closing.is_some() {
         return None;
     }
-    if status.stalled_since.is_some_and(|since| instant.duration_since(since) >= config.write_timeout()) {
+    if status.stalled_since.is_some_and(|since| instant.duration_since(since) >= config.write_timeout) {
         // The client stopped reading: it cannot be sent even a close frame.
         return Some(Action::Close(Close::plain(1006, "")));
     }
     let ms = |d: Duration| d.as_millis() as u64;
     match outbox.liveness() {
         (heard, Some(pinged)) if heard >= pinged => Some(Action::Answered),
-        (_, Some(pinged)) if now.saturating_sub(pinged) >= ms(config.pong_timeout()) => {
+        (_, Some(pinged)) if now.saturating_sub(pinged) >= ms(config.pong_timeout) => {
             Some(Action::Close(Close::error(ErrorCode::PongNotReceived, "pong reply not received")))
         }
-        (heard, None) if now.saturating_sub(heard) >= ms(config.activity_timeout()) => Some(Action::Ping),
+        (heard, None) if now.saturating_sub(heard) >= ms(config.activity_timeout) => Some(Action::Ping),
         _ => None,
     }
 }
@@ -92,8 +92,11 @@ mod tests {
 
     #[tokio::test]
     async fn pings_after_silence_then_closes_with_4201_without_an_answer() {
-        let config =
-            ConnectionConfig { activity_timeout_secs: 120, pong_timeout_secs: 30, ..Default::default() };
+        let config = ConnectionConfig {
+            activity_timeout: Duration::from_secs(120),
+            pong_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
         let (outbox, _client) = outbox().await;
         let (heard, _) = outbox.liveness();
         let instant = Instant::now();
@@ -113,7 +116,7 @@ mod tests {
 
     #[tokio::test]
     async fn drops_a_client_that_stopped_reading_after_the_write_timeout() {
-        let config = ConnectionConfig { write_timeout_secs: 10, ..Default::default() };
+        let config = ConnectionConfig { write_timeout: Duration::from_secs(10), ..Default::default() };
         let (outbox, _client) = outbox().await;
         // The socket takes nothing more: the rest waits in the queue.
         while outbox.queued_bytes() == 0 {

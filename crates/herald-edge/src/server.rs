@@ -218,7 +218,7 @@ async fn first_request(node: &Arc<Node>, mut stream: TcpStream, stop: Cancellati
     let config = &node.config().connection;
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(
-        Duration::from_secs(config.handshake_timeout_secs),
+        config.handshake_timeout,
         read_head(&mut stream, &mut buf, config.max_request_head_bytes),
     )
     .await;
@@ -239,7 +239,7 @@ async fn first_request(node: &Arc<Node>, mut stream: TcpStream, stop: Cancellati
     };
     if !head.websocket {
         let io =
-            Prefixed { prefix: buf, read: 0, stream, write_timeout: config.write_timeout(), stalled: None };
+            Prefixed { prefix: buf, read: 0, stream, write_timeout: config.write_timeout, stalled: None };
         serve_http(node.clone(), io, stop).await;
         return None;
     }
@@ -319,7 +319,7 @@ async fn respond(mut stream: TcpStream, status: &str, headers: &[&str], error: &
 /// nothing as well as one whose next head never ends, and [`http_api`] bounds the
 /// reading of each body.
 async fn serve_http(node: Arc<Node>, io: Prefixed, stop: CancellationToken) {
-    let handshake_timeout = Duration::from_secs(node.config().connection.handshake_timeout_secs);
+    let handshake_timeout = node.config().connection.handshake_timeout;
     let service = service_fn(move |request| route(node.clone(), request));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -15,7 +15,7 @@ use serde_json::json;
 
 async fn recording(debounce_ms: u64) -> (Server, Box<dyn LogConsumer>) {
     let log = MemoryEventLog::new();
-    let config = EventsConfig { debounce_ms, ..EventsConfig::default() };
+    let config = EventsConfig { debounce: Duration::from_millis(debounce_ms), ..EventsConfig::default() };
     log.ensure_topics(&[&config.topic], 2).await.unwrap();
     let consumer = log.consume("test", &config.topic).await.unwrap();
     let record = |node: NodeBuilder| node.record_events(Arc::new(log), config);

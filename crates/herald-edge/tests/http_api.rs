@@ -265,7 +265,7 @@ async fn response_then_close(mut stream: TcpStream) -> RawResponse {
 /// A server whose body timeout is far longer than [`GIVE_UP`]: an answer that comes
 /// in time did not wait for the body.
 async fn patient_server() -> Server {
-    let http = HttpApiConfig { body_timeout_secs: 3600, ..Default::default() };
+    let http = HttpApiConfig { body_timeout: Duration::from_secs(3600), ..Default::default() };
     Server::start(vec![app("app")], EdgeConfig { http, ..config() }).await
 }
 
@@ -280,7 +280,7 @@ async fn still_serves(server: &Server) {
 
 #[tokio::test]
 async fn a_body_that_stalls_is_answered_408_and_the_connection_closed() {
-    let http = HttpApiConfig { body_timeout_secs: 1, ..Default::default() };
+    let http = HttpApiConfig { body_timeout: Duration::from_secs(1), ..Default::default() };
     let server = Server::start(vec![app("app")], EdgeConfig { http, ..config() }).await;
     let path = events_path(&server);
     let body = vec![b' '; 100_000];
@@ -338,7 +338,7 @@ async fn a_chunked_body_over_the_limit_is_413() {
 async fn requests_that_fail_their_checks_are_answered_without_the_body() {
     let mut off = app("off");
     off.enabled = false;
-    let http = HttpApiConfig { body_timeout_secs: 3600, ..Default::default() };
+    let http = HttpApiConfig { body_timeout: Duration::from_secs(3600), ..Default::default() };
     let server = Server::start(vec![app("app"), off.clone()], EdgeConfig { http, ..config() }).await;
     let app = server.app().clone();
     let path = events_path(&server);
@@ -378,7 +378,7 @@ async fn requests_that_fail_their_checks_are_answered_without_the_body() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
-    let connection = ConnectionConfig { handshake_timeout_secs: 1, ..Default::default() };
+    let connection = ConnectionConfig { handshake_timeout: Duration::from_secs(1), ..Default::default() };
     let server = Server::start(vec![app("app")], EdgeConfig { connection, ..config() }).await;
     let path = format!("/apps/{}/channels", server.app().id);
     let query = signed_query(server.app(), "GET", &path, b"", now());
@@ -403,7 +403,7 @@ async fn an_idle_keep_alive_connection_is_closed() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_its_responses_is_dropped() {
-    let connection = ConnectionConfig { write_timeout_secs: 1, ..Default::default() };
+    let connection = ConnectionConfig { write_timeout: Duration::from_secs(1), ..Default::default() };
     let server = Server::start(vec![app("app")], EdgeConfig { connection, ..config() }).await;
     let path = format!("/apps/{}/channels", server.app().id);
     let query = signed_query(server.app(), "GET", &path, b"", now());

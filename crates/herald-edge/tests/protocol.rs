@@ -89,7 +89,11 @@ async fn eventually_connects(server: &Server) {
 #[tokio::test]
 async fn idle_clients_are_pinged_and_closed_with_4201_without_a_pong() {
     let config = EdgeConfig {
-        connection: ConnectionConfig { activity_timeout_secs: 1, pong_timeout_secs: 1, ..Default::default() },
+        connection: ConnectionConfig {
+            activity_timeout: Duration::from_secs(1),
+            pong_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
         ..config()
     };
     let server = Server::start(vec![app("app")], config).await;
@@ -514,7 +518,7 @@ async fn dedicated_edge_threads_serve_deliver_and_shut_down() {
 async fn a_client_that_never_finishes_its_handshake_is_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let config = EdgeConfig {
-        connection: ConnectionConfig { handshake_timeout_secs: 1, ..Default::default() },
+        connection: ConnectionConfig { handshake_timeout: Duration::from_secs(1), ..Default::default() },
         ..config()
     };
     let server = Server::start(vec![app("app")], config).await;

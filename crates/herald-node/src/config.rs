@@ -6,15 +6,100 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Durations in the configuration, one convention for every option: a string of a
+/// number and a unit (`"250ms"`, `"5s"`, `"2m"`, `"1h 30m"`), read by `humantime`
+/// straight into a [`Duration`].
+pub mod duration {
+    use std::{fmt, time::Duration};
+
+    use serde::{Deserializer, de};
+
+    /// Parses a configured duration; the error quotes the text and shows the form.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text.trim())
+            .map_err(|e| format!("invalid duration {text:?}: {e} (e.g. \"250ms\", \"5s\", \"2m\", \"1h\")"))
+    }
+
+    /// A duration as the config writes it (`5m`, `2h 30m`), which [`parse`] reads back.
+    pub fn format(duration: Duration) -> String {
+        humantime::format_duration(duration).to_string()
+    }
+
+    /// `#[serde(deserialize_with = "duration::deserialize")]` on a `Duration` field.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        struct Text;
+
+        impl de::Visitor<'_> for Text {
+            type Value = Duration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"250ms\", \"5s\" or \"2m\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+                parse(text).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_str(Text)
+    }
+
+    /// Records `"{name}: must be at least {min}"` unless `value` reaches `min`.
+    pub fn at_least(errors: &mut Vec<String>, name: &str, value: Duration, min: Duration) {
+        if value < min {
+            errors.push(format!("{name}: must be at least {}", humantime::format_duration(min)));
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_humantime_strings_and_quotes_bad_ones() {
+            assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+            assert_eq!(parse(" 2m "), Ok(Duration::from_secs(120)));
+            assert_eq!(parse("1h 30m"), Ok(Duration::from_secs(5400)));
+            assert_eq!(parse("0s"), Ok(Duration::ZERO));
+            for d in [
+                Duration::ZERO,
+                Duration::from_millis(250),
+                Duration::from_secs(300),
+                Duration::from_secs(9000),
+            ] {
+                assert_eq!(parse(&format(d)), Ok(d));
+            }
+            assert_eq!(format(Duration::from_secs(300)), "5m");
+            for bad in ["", "5", "soon", "-1s", "5 parsecs"] {
+                let err = parse(bad).unwrap_err();
+                assert!(err.contains(&format!("{bad:?}")) && err.contains("250ms"), "{bad:?}: {err}");
+            }
+        }
+
+        #[test]
+        fn bounds_are_named_in_the_unit_of_the_bound() {
+            let mut errors = Vec::new();
+            at_least(&mut errors, "a.b", Duration::from_millis(999), Duration::from_secs(1));
+            at_least(&mut errors, "a.c", Duration::ZERO, Duration::from_millis(1));
+            at_least(&mut errors, "a.d", Duration::from_secs(1), Duration::from_secs(1));
+            assert_eq!(errors, ["a.b: must be at least 1s", "a.c: must be at least 1ms"]);
+        }
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
 /// Settings of WebSocket connections.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectionConfig {
-    /// Seconds of silence after which the server pings a client; also advertised to
-    /// clients in `pusher:connection_established` (Pusher: 120).
-    pub activity_timeout_secs: u64,
-    /// Seconds a client has to answer a ping before it is closed with 4201 (Pusher: 30).
-    pub pong_timeout_secs: u64,
+    /// Silence after which the server pings a client; also advertised to clients, in
+    /// whole seconds, in `pusher:connection_established` (Pusher: 120 s).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub activity_timeout: Duration,
+    /// How long a client has to answer a ping before it is closed with 4201 (Pusher: 30 s).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub pong_timeout: Duration,
     /// Largest WebSocket message a client may send, in bytes. Larger: closed with 1009.
     pub max_message_bytes: usize,
     /// Bytes of unfinished client input (frames and fragmented messages not yet
@@ -25,13 +110,15 @@ pub struct ConnectionConfig {
     /// Bytes that may wait in one connection's outbound queue. A subscriber that falls
     /// further behind is disconnected with 4100, so it cannot slow others down.
     pub outbound_queue_bytes: usize,
-    /// Seconds data may wait for a client that stopped reading before it is dropped
+    /// How long data may wait for a client that stopped reading before it is dropped
     /// (WebSocket clients and HTTP API connections alike).
-    pub write_timeout_secs: u64,
-    /// Seconds a client may take to send a request head: the WebSocket upgrade or an
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub write_timeout: Duration,
+    /// How long a client may take to send a request head: the WebSocket upgrade or an
     /// HTTP API request. Also how long an HTTP API connection may stay idle between
     /// requests before it is closed.
-    pub handshake_timeout_secs: u64,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub handshake_timeout: Duration,
     /// Largest head (request line and headers) of a connection's first HTTP request,
     /// in bytes. Larger: 431.
     pub max_request_head_bytes: usize,
@@ -40,43 +127,30 @@ pub struct ConnectionConfig {
 impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
-            activity_timeout_secs: 120,
-            pong_timeout_secs: 30,
+            activity_timeout: Duration::from_secs(120),
+            pong_timeout: Duration::from_secs(30),
             max_message_bytes: 64 * 1024,
             max_pending_input_bytes: 64 * 1024 * 1024,
             outbound_queue_bytes: 1024 * 1024,
-            write_timeout_secs: 10,
-            handshake_timeout_secs: 10,
+            write_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             max_request_head_bytes: 16 * 1024,
         }
     }
 }
 
 impl ConnectionConfig {
-    pub fn activity_timeout(&self) -> Duration {
-        Duration::from_secs(self.activity_timeout_secs)
-    }
-
-    pub fn pong_timeout(&self) -> Duration {
-        Duration::from_secs(self.pong_timeout_secs)
-    }
-
-    pub fn write_timeout(&self) -> Duration {
-        Duration::from_secs(self.write_timeout_secs)
-    }
-
     pub fn validate(&self, errors: &mut Vec<String>) {
-        let positive = [
-            ("connection.activity_timeout_secs", self.activity_timeout_secs as usize),
-            ("connection.pong_timeout_secs", self.pong_timeout_secs as usize),
-            ("connection.max_message_bytes", self.max_message_bytes),
-            ("connection.write_timeout_secs", self.write_timeout_secs as usize),
-            ("connection.handshake_timeout_secs", self.handshake_timeout_secs as usize),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                errors.push(format!("{name}: must be at least 1"));
-            }
+        for (name, value) in [
+            ("connection.activity_timeout", self.activity_timeout),
+            ("connection.pong_timeout", self.pong_timeout),
+            ("connection.write_timeout", self.write_timeout),
+            ("connection.handshake_timeout", self.handshake_timeout),
+        ] {
+            duration::at_least(errors, name, value, SECOND);
+        }
+        if self.max_message_bytes == 0 {
+            errors.push("connection.max_message_bytes: must be at least 1".into());
         }
         if self.max_request_head_bytes < 1024 {
             errors.push("connection.max_request_head_bytes: must be at least 1024".into());
@@ -98,31 +172,32 @@ impl ConnectionConfig {
 pub struct HttpApiConfig {
     /// Largest request body, in bytes. Larger: 413.
     pub max_body_bytes: usize,
-    /// How far `auth_timestamp` may be from the server's clock, in seconds (Pusher: 600).
-    pub timestamp_tolerance_secs: u64,
-    /// Seconds a client may take to send a request body once its head has arrived.
+    /// How far `auth_timestamp` may be from the server's clock, counted in whole
+    /// seconds (Pusher: 600 s).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub timestamp_tolerance: Duration,
+    /// How long a client may take to send a request body once its head has arrived.
     /// Slower: 408, and the connection is closed.
-    pub body_timeout_secs: u64,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpApiConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 256 * 1024, timestamp_tolerance_secs: 600, body_timeout_secs: 10 }
+        Self {
+            max_body_bytes: 256 * 1024,
+            timestamp_tolerance: Duration::from_secs(600),
+            body_timeout: Duration::from_secs(10),
+        }
     }
 }
 
 impl HttpApiConfig {
-    pub fn body_timeout(&self) -> Duration {
-        Duration::from_secs(self.body_timeout_secs)
-    }
-
     pub fn validate(&self, errors: &mut Vec<String>) {
         if self.max_body_bytes < 1024 {
             errors.push("http.max_body_bytes: must be at least 1024".into());
         }
-        if self.body_timeout_secs == 0 {
-            errors.push("http.body_timeout_secs: must be at least 1".into());
-        }
+        duration::at_least(errors, "http.body_timeout", self.body_timeout, SECOND);
     }
 }
 

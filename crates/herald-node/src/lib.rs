@@ -24,7 +24,7 @@ mod publish;
 mod recorder;
 mod share;
 
-pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig};
+pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig, duration};
 pub use input_budget::InputBudget;
 pub use node::{Node, NodeBuilder};
 pub use publish::{EventField, EventRequest, PublishError, Refusal, ValidEvent, validate_event};

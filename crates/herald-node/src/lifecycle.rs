@@ -79,7 +79,7 @@ pub(crate) fn record_left(
             debounced.drive(now, decide).await;
         });
     }
-    let deadline = tokio::time::Instant::now() + recorder.config().debounce();
+    let deadline = tokio::time::Instant::now() + recorder.config().debounce;
     let app_id: Arc<str> = Arc::from(app_id);
     let mut keys = Vec::with_capacity(2);
     if let Some(user) = removed_user {
@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(node.debounced.pending(), 2_001, "a vacated channel and a removed member each");
 
         // Once due, every one is decided and nothing is left behind.
-        tokio::time::sleep(EventsConfig::default().debounce()).await;
+        tokio::time::sleep(EventsConfig::default().debounce).await;
         node.flush_events(Duration::from_secs(5)).await;
         assert_eq!(node.debounced.pending(), 0);
         assert_eq!(node.lifecycle.len(), 0);

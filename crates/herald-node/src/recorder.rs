@@ -40,10 +40,11 @@ pub struct EventsConfig {
     pub queue_capacity: usize,
     /// Most events appended in one batch.
     pub max_batch: usize,
-    /// Milliseconds a channel must stay empty (a user stay away) before
+    /// How long a channel must stay empty (a user stay away) before
     /// `channel_vacated` (`member_removed`) is recorded, so a quick reconnect records
     /// nothing (Pusher: a few seconds).
-    pub debounce_ms: u64,
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub debounce: Duration,
     /// Record a `subscription_count` event whenever a channel's count changes.
     pub subscription_count: bool,
     /// Announcements (a vacated channel, a removed member) that may wait out the
@@ -61,7 +62,7 @@ impl Default for EventsConfig {
             durable_publish: true,
             queue_capacity: 10_000,
             max_batch: 1_000,
-            debounce_ms: 3_000,
+            debounce: Duration::from_secs(3),
             subscription_count: true,
             max_debounced: 100_000,
         }
@@ -79,10 +80,6 @@ impl EventsConfig {
         if self.queue_capacity == 0 || self.max_batch == 0 {
             errors.push("events.queue_capacity and events.max_batch: must be at least 1".into());
         }
-    }
-
-    pub fn debounce(&self) -> Duration {
-        Duration::from_millis(self.debounce_ms)
     }
 }
 

@@ -74,11 +74,17 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig(_) => {
-            println!("configuration is valid ({} app(s))", config.apps.len());
+            for note in &config.deprecated {
+                eprintln!("herald: warning: {note}");
+            }
+            println!("configuration is valid ({} app(s))", config.configured_apps());
             ExitCode::SUCCESS
         }
         Command::Dev(_) | Command::Edge(_) | Command::Dispatcher(_) => {
             herald_telemetry::init_tracing(config.log.json);
+            for note in &config.deprecated {
+                tracing::warn!("{note}");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(e) => {

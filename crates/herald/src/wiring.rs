@@ -3,10 +3,7 @@
 //! role module picks its parts here and composes them; only this module and the roles
 //! name the Redis and Kafka crates.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use herald_api::{WebhookAdminConfig, WebhookAdminService};
@@ -27,15 +24,10 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 
-/// The host every listener binds.
-pub(crate) fn host(config: &Config) -> anyhow::Result<IpAddr> {
-    config.server.host.parse().context("server.host")
-}
-
 /// Binds `port` on the configured host, alone: a second process on the same port is
 /// an error.
 pub(crate) async fn bind(config: &Config, port: u16) -> anyhow::Result<TcpListener> {
-    let host = host(config)?;
+    let host = config.host;
     TcpListener::bind(SocketAddr::new(host, port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))
@@ -44,7 +36,7 @@ pub(crate) async fn bind(config: &Config, port: u16) -> anyhow::Result<TcpListen
 /// Binds the edge's port with `SO_REUSEPORT`, so that each edge thread can accept on a
 /// socket of its own (`server.edge_threads`).
 pub(crate) fn bind_edge(config: &Config) -> anyhow::Result<TcpListener> {
-    let (host, port) = (host(config)?, config.server.port);
+    let (host, port) = (config.host, config.server.port);
     herald_telemetry::bind(SocketAddr::new(host, port))
         .with_context(|| format!("cannot listen on {host}:{port}"))
 }
@@ -129,12 +121,11 @@ impl Webhooks {
 
     /// Creates the topics and the endpoints declared in the config file.
     pub(crate) async fn prepare(&self, config: &Config) -> anyhow::Result<()> {
-        herald_dispatcher::dispatcher::ensure_topics(self.log.as_ref(), &dispatcher_config(config))
+        herald_dispatcher::dispatcher::ensure_topics(self.log.as_ref(), &config.dispatcher)
             .await
             .context("creating the event log topics")?;
         for webhook in &config.webhooks {
-            let endpoint = webhook.endpoint().map_err(anyhow::Error::msg)?;
-            upsert_declared(self.store.as_ref(), endpoint, herald_core::time::now_ms()).await?;
+            upsert_declared(self.store.as_ref(), webhook.clone(), herald_core::time::now_ms()).await?;
         }
         Ok(())
     }
@@ -146,7 +137,7 @@ impl Webhooks {
 
     /// The gRPC WebhookAdmin service over this store, replaying into the parked topic.
     pub(crate) fn admin(&self, config: &Config, apps: &Apps, policy: AddressPolicy) -> WebhookAdminService {
-        let topics = Topics::new(&config.dispatcher.topic_prefix, &dispatcher_config(config).retry);
+        let topics = Topics::new(&config.dispatcher.topic_prefix, &config.dispatcher.retry);
         WebhookAdminService::new(
             apps,
             WebhookAdminConfig {
@@ -157,9 +148,4 @@ impl Webhooks {
             },
         )
     }
-}
-
-/// The dispatcher's settings, reading the events topic the edges record to.
-pub(crate) fn dispatcher_config(config: &Config) -> DispatcherConfig {
-    config.dispatcher.dispatcher(&config.events.topic)
 }

@@ -41,7 +41,7 @@ pub(super) async fn finish(connection: Ending) {
     let Ending { outbox, node } = connection;
     let config = &node.config().connection;
     let socket = outbox.socket();
-    let deadline = Instant::now() + config.write_timeout();
+    let deadline = Instant::now() + config.write_timeout;
     loop {
         let status = outbox.status();
         if status.broken || !status.pending {

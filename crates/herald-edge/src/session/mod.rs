@@ -158,7 +158,7 @@ impl Session {
             ended: false,
         };
         let mut first = handshake;
-        let activity_timeout = session.node.config().connection.activity_timeout_secs;
+        let activity_timeout = session.node.config().connection.activity_timeout.as_secs();
         let established = frames::connection_established(&socket.to_string(), activity_timeout);
         first.extend_from_slice(&frame::text(established.as_bytes()));
         session.outbox.push(Bytes::from(first));

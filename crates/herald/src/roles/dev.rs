@@ -6,20 +6,20 @@ use herald_webhooks::ssrf::AddressPolicy;
 use super::node::{self, Parts, Start};
 use crate::{
     config::{self, Config},
-    wiring::{self, Backbone, Webhooks},
+    wiring::{Backbone, Webhooks},
 };
 
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let start = Start::new(&config).await?;
-    let mut policy = config.dispatcher.policy();
-    if config.dispatcher.allow_addresses.is_empty() {
+    let mut policy = config.dispatcher.client.policy.clone();
+    if !config.allow_addresses_set {
         // Local development means local receivers: loopback is allowed unless the
         // config says otherwise.
         policy = AddressPolicy::new(&["127.0.0.0/8".into(), "::1".into()]).map_err(anyhow::Error::msg)?;
     }
     let webhooks = Webhooks::memory();
     webhooks.prepare(&config).await?;
-    let mut dispatcher_config = wiring::dispatcher_config(&config);
+    let mut dispatcher_config = config.dispatcher.clone();
     dispatcher_config.client.policy = policy.clone();
     let dispatcher = webhooks.dispatcher(start.apps.clone(), dispatcher_config);
     let parts = Parts {

@@ -1,8 +1,6 @@
 //! `herald dispatcher`: webhook deliveries from the event log until SIGTERM/SIGINT; any
 //! number of replicas share the work as one consumer group.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +21,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     };
     webhooks.prepare(&config).await?;
     let (apps, _) = config.apps_or_demo();
-    let dispatcher = webhooks.dispatcher(apps, wiring::dispatcher_config(&config));
+    let dispatcher = webhooks.dispatcher(apps, config.dispatcher.clone());
     let shutdown = CancellationToken::new();
     let signal = tokio::spawn(crate::signal::cancel_on_terminate(shutdown.clone()));
     let ready = Ready::new();
@@ -32,7 +30,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     ready_file
         .write(ready::Addresses { metrics: Some(ops_addr), ..ready::Addresses::default() })
         .context("writing server.ready_file")?;
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let grace = config.server.shutdown_grace;
     let result = dispatcher.run(shutdown, grace).await;
     ready.clear();
     signal.abort();

@@ -17,7 +17,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(webhooks) = &webhooks {
         webhooks.prepare(&config).await?;
     }
-    let policy = config.dispatcher.policy();
+    let policy = config.dispatcher.client.policy.clone();
     let parts = Parts { name: "herald edge", backbone, webhooks, policy, dispatcher: None };
     node::serve(config, start, parts, |_| {}).await
 }

@@ -94,9 +94,10 @@ pub(super) async fn serve(
     let admin = webhooks.as_ref().map(|w| w.admin(&config, &apps, policy));
     // The lease that removes a crashed edge's presence members (announced by whichever
     // edge reaps it) and keeps this edge's share of presence right after any gap.
-    let lease = backbone.leased.as_ref().map(|presence| {
-        presence.keep_lease(node_id, Duration::from_secs(config.redis.lease_secs), node.lease_holder())
-    });
+    let lease = backbone
+        .leased
+        .as_ref()
+        .map(|presence| presence.keep_lease(node_id, config.redis.lease, node.lease_holder()));
 
     let shutdown = CancellationToken::new();
     let signal = tokio::spawn(crate::signal::cancel_on_terminate(shutdown.clone()));

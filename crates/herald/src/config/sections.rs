@@ -1,0 +1,383 @@
+//! The sections of the config file as serde reads them. The edge's, the gRPC API's,
+//! the event log's and Kafka's sections are their crates' own settings types; the
+//! ones here belong to the binary, or (`[dispatcher]`) are the flat, documented shape
+//! of a crate's nested settings.
+
+use std::{path::Path, time::Duration};
+
+use herald_api::GrpcConfig;
+use herald_core::App;
+use herald_dispatcher::{
+    DispatcherConfig,
+    client::ClientConfig,
+    schedule::{RetryAfterBounds, RetrySchedule},
+};
+use herald_kafka::KafkaConfig;
+use herald_node::{ConnectionConfig, EventsConfig, HttpApiConfig, duration};
+use herald_webhooks::{
+    endpoint::{Endpoint, Format},
+    filter::EventType,
+    ssrf::AddressPolicy,
+};
+use serde::Deserialize;
+
+const SECOND: Duration = Duration::from_secs(1);
+const MILLISECOND: Duration = Duration::from_millis(1);
+
+/// The config file's shape (see `config/herald.example.toml` for every option), once
+/// the environment and the flags are applied; [`super::Config`] is what it means.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct Sections {
+    pub server: ServerConfig,
+    pub connection: ConnectionConfig,
+    pub http: HttpApiConfig,
+    pub grpc: GrpcConfig,
+    pub log: LogConfig,
+    pub redis: RedisSection,
+    pub events: EventsConfig,
+    /// The Kafka event log; absent: an edge records no events (no webhooks).
+    pub kafka: Option<KafkaConfig>,
+    pub dispatcher: DispatcherSection,
+    pub webhooks: Vec<WebhookSection>,
+    pub apps: Vec<App>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the WebSocket + Pusher HTTP API listener and the metrics listener.
+    pub host: String,
+    /// WebSocket + Pusher HTTP API port.
+    pub port: u16,
+    /// `/healthz`, `/readyz`, `/metrics` port.
+    pub metrics_port: u16,
+    /// Socket ids start with this number; 0 picks a random one at start-up.
+    pub node_id: u32,
+    /// How long a graceful shutdown may take.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub shutdown_grace: Duration,
+    /// 0: WebSocket clients and the HTTP API are served on the shared multi-threaded
+    /// runtime; N: on N dedicated single-threaded event loops (`SO_REUSEPORT`).
+    pub edge_threads: usize,
+    /// Once every listener is bound, write the addresses actually bound (JSON, written
+    /// atomically) to this file; empty: none. With ports 0 the kernel picks free
+    /// ports, and whoever started Herald reads them here (see `ready.rs`).
+    pub ready_file: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 6001,
+            metrics_port: 9091,
+            node_id: 0,
+            shutdown_grace: Duration::from_secs(10),
+            edge_threads: 0,
+            ready_file: String::new(),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub(super) fn validate(&self, errors: &mut Vec<String>) {
+        errors.extend(crate::ready::validate(&self.ready_file));
+        duration::at_least(errors, "server.shutdown_grace", self.shutdown_grace, SECOND);
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Log lines as JSON objects instead of text.
+    pub json: bool,
+}
+
+/// The Redis backbone that `herald edge` nodes share.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://host:port/` of the Redis every edge of the cluster uses.
+    pub url: String,
+    /// Several independent Redis instances instead of `url`: channels are spread over
+    /// them by consistent hashing. Every edge must list the same URLs in the same order.
+    pub shards: Vec<String>,
+    /// `shards` (or `url`) are nodes of one Redis Cluster: sharded pub/sub
+    /// (`SPUBLISH`/`SSUBSCRIBE`) and keys spread by slot, instead of independent
+    /// instances.
+    pub cluster: bool,
+    /// Prefix of every Redis key and channel, so several clusters can share a Redis.
+    pub prefix: String,
+    /// How long an edge's presence lease lasts without renewal: the members and counts
+    /// of an edge that crashed are removed (and `member_removed` sent) within about
+    /// this time plus a third.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub lease: Duration,
+}
+
+impl RedisSection {
+    /// The instances to use: `shards`, or `url` alone.
+    pub fn urls(&self) -> Vec<String> {
+        if self.shards.is_empty() { vec![self.url.clone()] } else { self.shards.clone() }
+    }
+
+    pub(super) fn validate(&self, errors: &mut Vec<String>) {
+        if !self.url.starts_with("redis://") {
+            errors.push(format!("redis.url: {:?} is not a redis:// URL", self.url));
+        }
+        for (i, url) in self.shards.iter().enumerate() {
+            if !url.starts_with("redis://") {
+                errors.push(format!("redis.shards[{i}]: {url:?} is not a redis:// URL"));
+            }
+        }
+        duration::at_least(errors, "redis.lease", self.lease, SECOND);
+        if self.prefix.is_empty() {
+            errors.push("redis.prefix: must not be empty".into());
+        }
+    }
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            shards: Vec::new(),
+            cluster: false,
+            prefix: "herald".into(),
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The webhook dispatcher (`herald dispatcher`, and inside `herald dev`): the
+/// documented, flat shape of [`DispatcherConfig`], whose defaults are its defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherSection {
+    /// Kafka consumer group every dispatcher replica joins.
+    pub group: String,
+    /// Prefix of the dispatcher's topics (`<prefix>.retry.<n>`, `.parked`, `.dead`).
+    pub topic_prefix: String,
+    /// Partitions of those topics when the dispatcher creates them.
+    pub partitions: i32,
+    /// Delays between attempts (`"5s"`, `"5m"`, `"2h"`, `"250ms"`); one more attempt
+    /// than delays. Kept as text and parsed by [`DispatcherSection::build`], so a bad
+    /// delay is reported with every other problem rather than alone.
+    pub retry_schedule: Vec<String>,
+    /// Each delay varies by up to this fraction either way.
+    pub retry_jitter: f64,
+    /// `Retry-After` (429, 503) is honoured within these bounds.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub retry_after_min: Duration,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub retry_after_max: Duration,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub request_timeout: Duration,
+    /// Response body bytes read at most.
+    pub max_response_bytes: usize,
+    /// Requests in flight per endpoint, unless the endpoint sets its own.
+    pub endpoint_concurrency: u32,
+    /// Deliveries waiting per endpoint; more wait in the parked topic.
+    pub endpoint_queue: usize,
+    /// Records read and not finished, per topic.
+    pub max_in_flight: usize,
+    /// A rate-limit wait longer than this parks the delivery.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub max_throttle_wait: Duration,
+    /// Pusher format: most events per request, and the longest a batch gathers.
+    pub pusher_batch_max: usize,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub pusher_batch_window: Duration,
+    /// How long an app's endpoint list is cached.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub endpoint_refresh: Duration,
+    /// Addresses (IPs or CIDRs) endpoints may resolve to although they are private,
+    /// loopback or otherwise reserved (SSRF protection refuses those by default).
+    pub allow_addresses: Vec<String>,
+    /// A PEM file of CA certificates trusted for `https://` endpoints besides
+    /// Mozilla's (a private CA); empty: none.
+    pub ca_file: String,
+}
+
+impl Default for DispatcherSection {
+    /// The dispatcher crate's defaults, written once there.
+    fn default() -> Self {
+        let DispatcherConfig {
+            group,
+            events_topic: _,
+            topic_prefix,
+            partitions,
+            retry,
+            retry_after,
+            client,
+            endpoint_concurrency,
+            endpoint_queue,
+            max_in_flight,
+            max_throttle_wait,
+            pusher_batch_max,
+            pusher_batch_window,
+            endpoint_refresh,
+            commit_interval: _,
+        } = DispatcherConfig::default();
+        Self {
+            group,
+            topic_prefix,
+            partitions,
+            retry_schedule: retry.delays.iter().map(|d| duration::format(*d)).collect(),
+            retry_jitter: retry.jitter,
+            retry_after_min: retry_after.min,
+            retry_after_max: retry_after.max,
+            connect_timeout: client.connect_timeout,
+            request_timeout: client.request_timeout,
+            max_response_bytes: client.max_response_bytes,
+            endpoint_concurrency,
+            endpoint_queue,
+            max_in_flight,
+            max_throttle_wait,
+            pusher_batch_max,
+            pusher_batch_window,
+            endpoint_refresh,
+            allow_addresses: Vec::new(),
+            ca_file: String::new(),
+        }
+    }
+}
+
+impl DispatcherSection {
+    /// The dispatcher's settings, reading `events_topic`, with every problem of the
+    /// section recorded in `errors`; `None` exactly when one was.
+    pub(super) fn build(&self, events_topic: &str, errors: &mut Vec<String>) -> Option<DispatcherConfig> {
+        let before = errors.len();
+        let delays = self
+            .retry_schedule
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                duration::parse(text).map_err(|e| format!("dispatcher.retry_schedule: delay #{}: {e}", i + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| errors.push(e))
+            .ok();
+        if !(0.0..=1.0).contains(&self.retry_jitter) {
+            errors.push(format!(
+                "dispatcher.retry_jitter: must be between 0 and 1 (a fraction of each delay), got {}",
+                self.retry_jitter
+            ));
+        }
+        let policy = AddressPolicy::new(&self.allow_addresses)
+            .map_err(|e| errors.push(format!("dispatcher.allow_addresses: {e}")))
+            .ok();
+        let extra_roots =
+            self.extra_roots().map_err(|e| errors.push(format!("dispatcher.ca_file: {e}"))).ok();
+        if self.retry_after_min > self.retry_after_max {
+            errors.push("dispatcher.retry_after_min: must not exceed retry_after_max".into());
+        }
+        for (name, value) in [
+            ("dispatcher.connect_timeout", self.connect_timeout),
+            ("dispatcher.request_timeout", self.request_timeout),
+        ] {
+            duration::at_least(errors, name, value, MILLISECOND);
+        }
+        for (name, value) in [
+            ("dispatcher.partitions", self.partitions.max(0) as u64),
+            ("dispatcher.max_response_bytes", self.max_response_bytes as u64),
+            ("dispatcher.endpoint_concurrency", u64::from(self.endpoint_concurrency)),
+            ("dispatcher.endpoint_queue", self.endpoint_queue as u64),
+            ("dispatcher.max_in_flight", self.max_in_flight as u64),
+            ("dispatcher.pusher_batch_max", self.pusher_batch_max as u64),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if self.group.is_empty() || self.topic_prefix.is_empty() {
+            errors.push("dispatcher.group and dispatcher.topic_prefix: must not be empty".into());
+        }
+        if errors.len() > before {
+            return None;
+        }
+        let defaults = DispatcherConfig::default();
+        Some(DispatcherConfig {
+            group: self.group.clone(),
+            events_topic: events_topic.to_owned(),
+            topic_prefix: self.topic_prefix.clone(),
+            partitions: self.partitions,
+            retry: RetrySchedule { delays: delays?, jitter: self.retry_jitter },
+            retry_after: RetryAfterBounds { min: self.retry_after_min, max: self.retry_after_max },
+            client: ClientConfig {
+                connect_timeout: self.connect_timeout,
+                request_timeout: self.request_timeout,
+                max_response_bytes: self.max_response_bytes,
+                policy: policy?,
+                extra_roots: extra_roots?,
+                ..defaults.client
+            },
+            endpoint_concurrency: self.endpoint_concurrency,
+            endpoint_queue: self.endpoint_queue,
+            max_in_flight: self.max_in_flight,
+            max_throttle_wait: self.max_throttle_wait,
+            pusher_batch_max: self.pusher_batch_max,
+            pusher_batch_window: self.pusher_batch_window,
+            endpoint_refresh: self.endpoint_refresh,
+            commit_interval: defaults.commit_interval,
+        })
+    }
+
+    fn extra_roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+        if self.ca_file.is_empty() {
+            return Ok(Vec::new());
+        }
+        herald_dispatcher::client::read_ca_file(Path::new(&self.ca_file))
+    }
+}
+
+/// A webhook endpoint declared in the config file (`[[webhooks]]`), created or
+/// updated at start-up; the admin API manages the others.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    pub app_id: String,
+    /// A stable id (`ep_` is prepended unless present).
+    pub id: String,
+    pub url: String,
+    /// `standard-webhooks` (default) or `pusher`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// `whsec_…` (Standard Webhooks).
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub channel_patterns: Vec<String>,
+    #[serde(default)]
+    pub rate_per_second: f64,
+    #[serde(default)]
+    pub max_concurrency: u32,
+}
+
+impl WebhookSection {
+    /// The endpoint it declares, or what is wrong with it.
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        let format = match &self.format {
+            None => Format::StandardWebhooks,
+            Some(f) => f.parse()?,
+        };
+        let event_types = self
+            .event_types
+            .iter()
+            .map(|t| t.parse::<EventType>().map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let id = if self.id.starts_with("ep_") { self.id.clone() } else { format!("ep_{}", self.id) };
+        let mut endpoint = Endpoint::new(id, &self.app_id, &self.url, format, &self.secret);
+        endpoint.event_types = event_types;
+        endpoint.channel_patterns = self.channel_patterns.clone();
+        endpoint.rate_per_second = self.rate_per_second;
+        endpoint.max_concurrency = self.max_concurrency;
+        endpoint.validate()?;
+        Ok(endpoint)
+    }
+}
