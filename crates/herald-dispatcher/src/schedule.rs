@@ -31,22 +31,6 @@ impl Default for RetrySchedule {
 }
 
 impl RetrySchedule {
-    /// Parses delays as written in the config (see [`parse_duration`]). `jitter` must be in
-    /// 0..=1: above 1 the low end of the range would be negative.
-    pub fn from_strings(delays: &[String], jitter: f64) -> Result<Self, String> {
-        if !(0.0..=1.0).contains(&jitter) {
-            return Err(format!(
-                "retry jitter must be between 0 and 1 (a fraction of each delay), got {jitter}"
-            ));
-        }
-        let delays = delays
-            .iter()
-            .enumerate()
-            .map(|(i, text)| parse_duration(text).map_err(|e| format!("retry delay #{}: {e}", i + 1)))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { delays, jitter })
-    }
-
     /// Every attempt the schedule allows: the first try plus one per delay.
     pub fn attempts(&self) -> u32 {
         u32::try_from(self.delays.len()).map_or(u32::MAX, |retries| retries.saturating_add(1))
@@ -116,42 +100,11 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// A config duration: a whole number and a unit, `ms`, `s`, `m` or `h` (`250ms`, `5s`,
-/// `5m`, `2h`). Whole numbers only: `1500ms` says exactly what `1.5s` would, without
-/// float rounding.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || {
-        format!(
-            "invalid duration {text:?}: expected a whole number and a unit, ms, s, m or h (e.g. 250ms, 5s, 5m, 2h)"
-        )
-    };
-    let trimmed = text.trim();
-    let digits = trimmed.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = trimmed.split_at(digits);
-    if number.is_empty() {
-        return Err(invalid());
-    }
-    let too_long = || format!("duration {text:?} is too long");
-    let number: u64 = number.parse().map_err(|_| too_long())?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number.checked_mul(60).ok_or_else(too_long)?),
-        "h" => Duration::from_secs(number.checked_mul(60 * 60).ok_or_else(too_long)?),
-        _ => return Err(invalid()),
-    };
-    Ok(duration)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const SEC: Duration = Duration::from_secs(1);
-
-    fn strings(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| s.to_string()).collect()
-    }
 
     #[test]
     fn the_default_is_svixs_schedule() {
@@ -213,51 +166,9 @@ mod tests {
 
     #[test]
     fn an_empty_schedule_means_one_attempt() {
-        let schedule = RetrySchedule::from_strings(&[], 0.1).unwrap();
+        let schedule = RetrySchedule { delays: Vec::new(), jitter: 0.1 };
         assert_eq!(schedule.attempts(), 1);
         assert_eq!(schedule.delay_after(1), None);
-    }
-
-    #[test]
-    fn from_strings_parses_each_delay_and_names_the_bad_one() {
-        let schedule = RetrySchedule::from_strings(&strings(&["250ms", "5s", "5m", "2h"]), 0.1).unwrap();
-        assert_eq!(schedule.delays, vec![Duration::from_millis(250), 5 * SEC, 300 * SEC, 7200 * SEC]);
-        assert_eq!(schedule.jitter, 0.1);
-        assert_eq!(schedule.attempts(), 5);
-
-        let err = RetrySchedule::from_strings(&strings(&["5s", "5 minutes"]), 0.2).unwrap_err();
-        assert!(err.contains("#2") && err.contains("\"5 minutes\""), "{err}");
-
-        for jitter in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
-            let err = RetrySchedule::from_strings(&strings(&["5s"]), jitter).unwrap_err();
-            assert!(err.contains("jitter"), "{jitter}: {err}");
-        }
-        assert!(RetrySchedule::from_strings(&strings(&["5s"]), 1.0).is_ok());
-        assert!(RetrySchedule::from_strings(&strings(&["5s"]), 0.0).is_ok());
-    }
-
-    #[test]
-    fn parses_durations_in_each_unit() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(5 * SEC));
-        assert_eq!(parse_duration("5m"), Ok(300 * SEC));
-        assert_eq!(parse_duration("2h"), Ok(7200 * SEC));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration(" 10m\n"), Ok(600 * SEC));
-        assert_eq!(parse_duration("007s"), Ok(7 * SEC));
-    }
-
-    #[test]
-    fn refuses_malformed_durations_with_the_expected_form() {
-        for bad in ["", "s", "5", "5 s", "5S", "5sec", "1.5s", "-5s", "+5s", "5d", "5us", "ms5", "5m5s", "٣s"]
-        {
-            let err = parse_duration(bad).unwrap_err();
-            assert!(err.contains(&format!("{bad:?}")) && err.contains("250ms"), "{bad:?}: {err}");
-        }
-        for huge in ["99999999999999999999s", "18446744073709551615h", "18446744073709551615m"] {
-            assert!(parse_duration(huge).unwrap_err().contains("too long"), "{huge}");
-        }
-        assert_eq!(parse_duration("18446744073709551615ms"), Ok(Duration::from_millis(u64::MAX)));
     }
 
     #[test]

@@ -176,6 +176,10 @@ pub struct DispatcherSection {
     pub connect_timeout: Duration,
     #[serde(deserialize_with = "duration::deserialize")]
     pub request_timeout: Duration,
+    /// How long a kept-alive connection to an endpoint may sit unused before it is
+    /// closed.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
     /// Response body bytes read at most.
     pub max_response_bytes: usize,
     /// Requests in flight per endpoint, unless the endpoint sets its own.
@@ -232,6 +236,7 @@ impl Default for DispatcherSection {
             retry_after_max: retry_after.max,
             connect_timeout: client.connect_timeout,
             request_timeout: client.request_timeout,
+            idle_timeout: client.idle_timeout,
             max_response_bytes: client.max_response_bytes,
             endpoint_concurrency,
             endpoint_queue,
@@ -278,6 +283,7 @@ impl DispatcherSection {
         for (name, value) in [
             ("dispatcher.connect_timeout", self.connect_timeout),
             ("dispatcher.request_timeout", self.request_timeout),
+            ("dispatcher.idle_timeout", self.idle_timeout),
         ] {
             duration::at_least(errors, name, value, MILLISECOND);
         }
@@ -310,6 +316,7 @@ impl DispatcherSection {
             client: ClientConfig {
                 connect_timeout: self.connect_timeout,
                 request_timeout: self.request_timeout,
+                idle_timeout: self.idle_timeout,
                 max_response_bytes: self.max_response_bytes,
                 policy: policy?,
                 extra_roots: extra_roots?,
