@@ -125,7 +125,7 @@ async fn debounced_announcements_are_recorded_at_shutdown() {
     bob.subscribe_presence(&app, "presence-lobby", "bob").await;
     assert_eq!(kinds(&next(log.as_mut(), 2).await), [ChannelOccupied, MemberAdded]);
     // A minute of debounce, but the process is going away: decided now.
-    tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await.unwrap().unwrap();
+    Deadline::after(Duration::from_secs(60)).run(server.shutdown(), || "the shutdown".into()).await.unwrap();
     assert_eq!(kinds(&next(log.as_mut(), 2).await), [MemberRemoved, ChannelVacated]);
     drop(bob);
 }
