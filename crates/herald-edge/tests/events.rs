@@ -62,7 +62,11 @@ fn kinds(events: &[ChannelEvent]) -> Vec<ChannelEventType> {
 #[tokio::test]
 async fn publications_client_events_and_the_lifecycle_are_recorded() {
     use ChannelEventType::*;
-    let (server, mut log) = recording(200).await;
+    // The debounce is the one real duration here: alice's reconnect (an API call and
+    // a WebSocket handshake) has to fit in it, so it is long enough for a loaded
+    // machine. tokio's paused clock can't stand in: with real sockets it jumps to the
+    // next timer whenever the runtime waits for a packet, debounce included.
+    let (server, mut log) = recording(2_000).await;
     let app = server.app().clone();
     let mut alice = server.connect().await;
     alice.subscribe_presence(&app, "presence-room", "alice").await;
