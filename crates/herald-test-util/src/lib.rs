@@ -43,6 +43,10 @@ impl Deadline {
         self.at.saturating_duration_since(Instant::now())
     }
 
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
     /// Runs `future` to completion, or panics naming `what` once the deadline passes.
     pub async fn run<F: Future>(&self, future: F, what: impl FnOnce() -> String) -> F::Output {
         match tokio::time::timeout(self.remaining(), future).await {
@@ -54,8 +58,15 @@ impl Deadline {
     /// Before checking a condition again: panics naming `what` if the deadline passed,
     /// else pauses briefly.
     pub async fn poll_again(&self, what: impl FnOnce() -> String) {
-        assert!(Instant::now() < self.at, "timed out after {:?} waiting for {}", self.within, what());
+        assert!(!self.passed(), "timed out after {:?} waiting for {}", self.within, what());
         tokio::time::sleep(POLL).await;
+    }
+
+    /// [`Deadline::poll_again`] for code without a runtime (child processes, files):
+    /// blocks the thread for the pause.
+    pub fn poll_again_blocking(&self, what: impl FnOnce() -> String) {
+        assert!(!self.passed(), "timed out after {:?} waiting for {}", self.within, what());
+        std::thread::sleep(POLL);
     }
 }
 
@@ -87,6 +98,18 @@ pub async fn wait_until<T>(within: Duration, mut probe: impl FnMut() -> Result<T
         match probe() {
             Ok(done) => return done,
             Err(seen) => deadline.poll_again(|| seen).await,
+        }
+    }
+}
+
+/// [`wait_until`] for code without a runtime (child processes, files): blocks the
+/// thread between probes.
+pub fn wait_until_blocking<T>(within: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Deadline::after(within);
+    loop {
+        match probe() {
+            Ok(done) => return done,
+            Err(seen) => deadline.poll_again_blocking(|| seen),
         }
     }
 }
@@ -140,6 +163,22 @@ mod tests {
         Deadline::after(Duration::from_millis(10))
             .run(std::future::pending::<()>(), || "a reply".into())
             .await;
+    }
+
+    #[test]
+    fn wait_until_blocking_returns_what_the_probe_found() {
+        let mut calls = 0;
+        let found = wait_until_blocking(WAIT, || {
+            calls += 1;
+            if calls == 3 { Ok(calls * 10) } else { Err(format!("{calls} calls")) }
+        });
+        assert_eq!(found, 30);
+    }
+
+    #[test]
+    #[should_panic(expected = "waiting for a file")]
+    fn wait_until_blocking_fails_after_the_deadline() {
+        wait_until_blocking(Duration::from_millis(30), || Err::<(), _>("a file".to_owned()));
     }
 
     #[tokio::test]

@@ -31,7 +31,9 @@ use serde_json::{Value, json};
 use tokio::{net::TcpStream, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-pub use herald_test_util::{Deadline, WAIT, eventually, eventually_async, tcp_pair, wait_until};
+pub use herald_test_util::{
+    Deadline, WAIT, eventually, eventually_async, tcp_pair, wait_until, wait_until_blocking,
+};
 
 /// [`App::for_test`]: key `{id}-key`, secret `{id}-secret`, client events on.
 pub fn app(id: &str) -> App {

@@ -7,8 +7,10 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use herald_testkit::{Deadline, wait_until_blocking};
 
 const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
@@ -160,16 +162,16 @@ fn dev_serves_a_demo_app_and_stops_cleanly_on_sigterm() {
 /// Waits for `child` to exit; kills it and fails if it is still running after `within`
 /// (a hung shutdown; a passing test never waits this long).
 fn wait_for_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
+    let deadline = Deadline::after(within);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        if Instant::now() >= deadline {
+        if deadline.passed() {
             let _ = child.kill();
             panic!("herald still running {within:?} after SIGTERM");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        deadline.poll_again_blocking(String::new);
     }
 }
 
@@ -177,19 +179,17 @@ fn wait_for_exit(child: &mut std::process::Child, within: Duration) -> std::proc
 /// whole or absent; a file of another pid is stale), failing if the process exits
 /// first or after `within`.
 fn wait_for_ready_file(child: &mut std::process::Child, path: &std::path::Path, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
+    wait_until_blocking(within, || {
         if let Ok(text) = std::fs::read_to_string(path)
             && text.contains(&format!("\"pid\":{},", child.id()))
         {
-            return text;
+            return Ok(text);
         }
         if let Some(status) = child.try_wait().unwrap() {
             panic!("herald exited ({status}) before writing {}", path.display());
         }
-        assert!(Instant::now() < deadline, "no ready file after {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        Err(format!("the ready file {}", path.display()))
+    })
 }
 
 #[test]
