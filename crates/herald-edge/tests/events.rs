@@ -55,8 +55,12 @@ async fn until(consumer: &mut dyn LogConsumer, marker: impl Fn(&ChannelEvent) ->
     out
 }
 
+fn kind(event: &ChannelEvent) -> ChannelEventType {
+    ChannelEventType::try_from(event.r#type).unwrap()
+}
+
 fn kinds(events: &[ChannelEvent]) -> Vec<ChannelEventType> {
-    events.iter().map(|e| ChannelEventType::try_from(e.r#type).unwrap()).collect()
+    events.iter().map(kind).collect()
 }
 
 #[tokio::test]
@@ -106,16 +110,16 @@ async fn publications_client_events_and_the_lifecycle_are_recorded() {
     // in one task, in order), so by the time his member_removed is in the log hers
     // has been decided, while she was back: nothing of alice's may come before it.
     drop(bob);
-    let marked = until(log.as_mut(), |e| e.r#type == MemberRemoved as i32).await;
+    let marked = until(log.as_mut(), |e| kind(e) == MemberRemoved).await;
     assert_eq!(
-        marked.iter().map(|e| (kinds(std::slice::from_ref(e))[0], e.user_id.as_str())).collect::<Vec<_>>(),
+        marked.iter().map(|e| (kind(e), e.user_id.as_str())).collect::<Vec<_>>(),
         [(MemberRemoved, "bob")],
         "a reconnect within the debounce records nothing"
     );
 
     // Leaving for good: both, alice's removal first.
     drop(again);
-    let left = until(log.as_mut(), |e| e.r#type == ChannelVacated as i32).await;
+    let left = until(log.as_mut(), |e| kind(e) == ChannelVacated).await;
     assert_eq!(kinds(&left), [MemberRemoved, ChannelVacated]);
     assert_eq!(left[0].user_id, "alice");
 }
