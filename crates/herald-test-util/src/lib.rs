@@ -48,11 +48,24 @@ impl Deadline {
     }
 
     /// Runs `future` to completion, or panics naming `what` once the deadline passes.
+    ///
+    /// The deadline is checked every [`POLL`] rather than armed as one tokio timeout,
+    /// which would run on tokio's clock: with paused time that clock jumps ahead as
+    /// soon as the runtime idles, and would fail a wait the test is entitled to.
     pub async fn run<F: Future>(&self, future: F, what: impl FnOnce() -> String) -> F::Output {
-        match tokio::time::timeout(self.remaining(), future).await {
-            Ok(output) => output,
-            Err(_) => panic!("timed out after {:?} waiting for {}", self.within, what()),
+        let mut future = std::pin::pin!(future);
+        loop {
+            tokio::select! {
+                biased;
+                output = &mut future => return output,
+                () = tokio::time::sleep(POLL.min(self.remaining())) => {
+                    if self.passed() {
+                        break;
+                    }
+                }
+            }
         }
+        panic!("timed out after {:?} waiting for {}", self.within, what())
     }
 
     /// Before checking a condition again: panics naming `what` if the deadline passed,
@@ -179,6 +192,14 @@ mod tests {
     #[should_panic(expected = "waiting for a file")]
     fn wait_until_blocking_fails_after_the_deadline() {
         wait_until_blocking(Duration::from_millis(30), || Err::<(), _>("a file".to_owned()));
+    }
+
+    /// With paused time, tokio's clock jumps to the next timer whenever the runtime
+    /// idles; the deadline is on the real clock, so a wait of a virtual minute is fine.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_is_not_run_out_by_paused_time() {
+        let minute = tokio::time::sleep(Duration::from_secs(60));
+        Deadline::after(WAIT).run(minute, || "a virtual minute".into()).await;
     }
 
     #[tokio::test]
