@@ -11,8 +11,8 @@ use herald_backbone::{
 };
 use herald_core::ChannelName;
 use herald_redis::{RedisBroker, RedisConfig, RedisIdempotency, RedisPresence};
-use herald_test_util::{Deadline, eventually_async};
 use herald_testkit::redis::{RedisCluster, RedisServer};
+use herald_testkit::{Deadline, eventually_async};
 
 fn config(redis: &RedisServer) -> RedisConfig {
     RedisConfig { max_backoff: Duration::from_millis(200), ..RedisConfig::new(redis.url()) }

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use herald_redis::REDIS_GCRA_SCRIPT;
-use herald_test_util::eventually_async;
+use herald_testkit::eventually_async;
 use herald_testkit::redis::RedisServer;
 use herald_webhooks::gcra::{Gcra, Rate};
 use redis::{Script, aio::MultiplexedConnection};
