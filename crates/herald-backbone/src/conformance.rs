@@ -4,13 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    future::Future,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, pin::Pin, sync::Arc, task::Poll, time::Duration};
 
 use herald_core::{ChannelName, Publication, PublicationData, SocketId};
+use herald_test_util::{Deadline, WAIT, wait_until};
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -41,20 +38,17 @@ impl Recorder {
             .collect()
     }
 
-    /// Waits until `topic` has received `n` messages; panics after 5 s.
+    /// Waits until `topic` has received `n` messages; panics after [`WAIT`].
     pub async fn wait_for(&self, topic: &Topic, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        wait_until(WAIT, || {
             let events = self.events(topic);
             if events.len() >= n {
-                return events;
+                Ok(events)
+            } else {
+                Err(format!("{n} messages on {topic:?}, have {events:?}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {n} messages on {topic:?}, have {events:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -250,22 +244,24 @@ async fn lifecycle_scenarios<P: PresenceManager>(p: &P) {
 /// join takes a few seconds).
 pub async fn poll_n(consumer: &mut dyn crate::LogConsumer, n: usize) -> Vec<crate::LogRecord> {
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Deadline::after(Duration::from_secs(20));
     while out.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, consumer.poll(n - out.len())).await {
-            Ok(records) => out.extend(records.unwrap()),
-            Err(_) => panic!("timed out waiting for {n} records, have {}", out.len()),
-        }
+        let records =
+            deadline.run(consumer.poll(n - out.len()), || format!("{n} records, have {}", out.len())).await;
+        out.extend(records.unwrap());
     }
     out
 }
 
-/// Asserts that `consumer` has nothing more to read for `quiet`.
-pub async fn assert_nothing_more(consumer: &mut dyn crate::LogConsumer, quiet: Duration) {
-    if let Ok(records) = tokio::time::timeout(quiet, consumer.poll(100)).await {
-        panic!("expected no more records, got {:?}", records.map(|r| r.len()));
-    }
+/// Whether `future` is still waiting after being polled once (its output, if it
+/// completed, is dropped: callers assert on the answer).
+async fn is_pending<F: Future>(future: Pin<&mut F>) -> bool {
+    let mut future = Some(future);
+    std::future::poll_fn(|cx| match future.take() {
+        Some(mut future) => Poll::Ready(future.as_mut().poll(cx).is_pending()),
+        None => Poll::Ready(false),
+    })
+    .await
 }
 
 fn append(key: &str, value: String) -> crate::Append {
@@ -345,15 +341,33 @@ pub async fn event_log_scenarios(log: &dyn crate::EventLog, topic_prefix: &str) 
     // Another group reads everything, independently.
     assert_eq!(poll_n(other.as_mut(), 30).await.len(), 30);
 
-    // Records appended while a member waits wake it up.
-    let waiting = tokio::spawn(async move {
-        let records = poll_n(again.as_mut(), 1).await;
-        (again, records)
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    log.append(&topic, vec![append("app/late", "late".into())]).await.unwrap();
-    let (mut again, late) = waiting.await.unwrap();
+    // Records appended while a member waits wake it up. The poll is seen waiting (its
+    // first poll is `Pending`: nothing to read) before the append, so only a wake-up
+    // by the append can complete it.
+    let late = {
+        let mut waiting = std::pin::pin!(poll_n(again.as_mut(), 1));
+        assert!(is_pending(waiting.as_mut()).await, "a poll with nothing to read waits");
+        log.append(&topic, vec![append("app/late", "late".into())]).await.unwrap();
+        waiting.await
+    };
+    assert_eq!(late.len(), 1);
     assert_eq!(late[0].value, "late".as_bytes());
     again.commit(&[position_after(&late[0])]).await.unwrap();
-    assert_nothing_more(again.as_mut(), Duration::from_millis(500)).await;
+
+    // Nothing else is delivered (no record again, none twice). Proven with markers,
+    // not a quiet period: one more record per key used above, so every partition that
+    // holds a record gets one, and a partition is read in order, so anything still
+    // due would be read before its partition's marker.
+    let keys = ["app/channel-0", "app/channel-1", "app/channel-2", "app/late"];
+    log.append(&topic, keys.iter().map(|key| append(key, format!("marker {key}"))).collect()).await.unwrap();
+    let after: Vec<String> = poll_n(again.as_mut(), keys.len())
+        .await
+        .iter()
+        .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+        .collect();
+    let mut markers: Vec<String> = keys.iter().map(|key| format!("marker {key}")).collect();
+    let mut sorted = after.clone();
+    sorted.sort();
+    markers.sort();
+    assert_eq!(sorted, markers, "only the markers follow what was committed: {after:?}");
 }

@@ -96,6 +96,24 @@ fn yes() -> bool {
     true
 }
 
+#[cfg(any(test, feature = "test-util"))]
+impl App {
+    /// An enabled app `id` for tests: key `{id}-key`, secret `{id}-secret`, client events
+    /// on, no API tokens, default limits. Change a field with struct update syntax:
+    /// `App { limits, ..App::for_test("a") }`.
+    pub fn for_test(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            key: format!("{id}-key"),
+            secret: format!("{id}-secret"),
+            enabled: true,
+            enable_client_events: true,
+            api_tokens: vec![],
+            limits: AppLimits::default(),
+        }
+    }
+}
+
 /// The configured apps, looked up by id (HTTP API) or key (WebSocket, `auth_key`).
 #[derive(Debug, Default, Clone)]
 pub struct Apps {
@@ -172,15 +190,7 @@ mod tests {
     use super::*;
 
     fn app(id: &str, key: &str) -> App {
-        App {
-            id: id.into(),
-            key: key.into(),
-            secret: "s".into(),
-            enabled: true,
-            enable_client_events: false,
-            api_tokens: vec![],
-            limits: AppLimits::default(),
-        }
+        App { key: key.into(), ..App::for_test(id) }
     }
 
     #[test]

@@ -84,9 +84,7 @@ mod tests {
     use super::*;
 
     async fn outbox() -> (Outbox, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (server, client) = herald_testkit::tcp_pair().await;
         (Outbox::new(server, 1 << 20), client)
     }
 

@@ -400,13 +400,11 @@ impl Outbox {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use tokio::{io::AsyncReadExt, net::TcpListener};
+    use tokio::io::AsyncReadExt;
 
     /// A connected pair: the server side in an outbox, and the client's socket.
     pub async fn pair(limit: usize) -> (Outbox, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (server, client) = herald_test_util::tcp_pair().await;
         (Outbox::new(server, limit), client)
     }
 

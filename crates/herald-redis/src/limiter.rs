@@ -66,6 +66,12 @@ impl RateLimiter for RedisRateLimiter {
 /// requested (≥ 0). Returns `{granted, wait_us}`: `granted` in 0..=n (partial grants
 /// allowed); `wait_us` is the time until the next cell conforms when `granted` is 0, else 0.
 ///
+/// `ARGV[4]`, optional and for tests only: "now" in microseconds since the Unix epoch
+/// (integer ≥ 0), used instead of the server's `TIME` so a test can drive the script and
+/// the in-process [`herald_webhooks::gcra::Gcra`] with the same clock and compare them
+/// (`tests/gcra.rs`). Production callers never pass it. The key's expiry (`PX`) still
+/// runs on the server's real clock, so such a test has to keep the key from expiring.
+///
 /// `TIME` is allowed in a script because Redis 7 replicates a script's effects (the `SET`),
 /// not the script. Numbers are written with `%d`: Lua's default number formatting keeps
 /// 14 significant digits, which would truncate a microsecond timestamp (16 digits).
@@ -83,8 +89,16 @@ if not n or n < 0 or n ~= math.floor(n) then
   return redis.error_reply('ERR gcra: requested cells must be a whole number >= 0')
 end
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now
+if ARGV[4] then
+  now = tonumber(ARGV[4])
+  if not now or now < 0 or now ~= math.floor(now) then
+    return redis.error_reply('ERR gcra: now must be a whole number of microseconds >= 0')
+  end
+else
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+end
 
 -- A missing key (never used, or expired because the bucket refilled) is a full bucket.
 local tat = tonumber(redis.call('GET', KEYS[1])) or now

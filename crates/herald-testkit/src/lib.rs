@@ -20,7 +20,7 @@ use std::{
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use herald_backbone::{Broker, MemoryBackbone, MemoryBroker};
-use herald_core::{App, AppLimits, Apps, auth};
+use herald_core::{App, Apps, auth};
 use herald_hub::Hub;
 use herald_node::{EdgeConfig, Node, NodeBuilder};
 use http::{Request, StatusCode};
@@ -31,18 +31,13 @@ use serde_json::{Value, json};
 use tokio::{net::TcpStream, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-pub const WAIT: Duration = Duration::from_secs(5);
+pub use herald_test_util::{
+    Deadline, WAIT, eventually, eventually_async, tcp_pair, wait_until, wait_until_blocking,
+};
 
+/// [`App::for_test`]: key `{id}-key`, secret `{id}-secret`, client events on.
 pub fn app(id: &str) -> App {
-    App {
-        id: id.into(),
-        key: format!("{id}-key"),
-        secret: format!("{id}-secret"),
-        enabled: true,
-        enable_client_events: true,
-        api_tokens: vec![],
-        limits: AppLimits::default(),
-    }
+    App::for_test(id)
 }
 
 pub struct Server {
@@ -359,14 +354,5 @@ pub fn data(message: &Value) -> Value {
     match &message["data"] {
         Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
         other => other.clone(),
-    }
-}
-
-/// Polls `condition` until it holds; panics after [`WAIT`].
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

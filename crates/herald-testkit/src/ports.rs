@@ -14,11 +14,9 @@
 //! Herald itself binds port 0 and reports its ports (`--ready-file`); so do the
 //! test kit's own listeners (they keep the socket they bound).
 
-use std::{
-    collections::HashSet,
-    process::Child,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, process::Child, time::Duration};
+
+use herald_test_util::Deadline;
 
 /// Attempts on fresh candidates before giving up. Each failed attempt means some
 /// other process took a candidate in the instant between the guess and the bind.
@@ -87,7 +85,7 @@ pub enum NotListening {
 /// Waits until `child` listens on every port of `ports`, or exits, or `timeout`
 /// passes (then it is killed).
 pub fn wait_listening(child: &mut Child, ports: &[u16], timeout: Duration) -> Result<(), NotListening> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after(timeout);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(NotListening::Exited(status));
@@ -95,12 +93,12 @@ pub fn wait_listening(child: &mut Child, ports: &[u16], timeout: Duration) -> Re
         if ports.iter().all(|port| listens_on(child.id(), *port)) {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if deadline.passed() {
             let _ = child.kill();
             let _ = child.wait();
             return Err(NotListening::TimedOut);
         }
-        std::thread::sleep(Duration::from_millis(10));
+        deadline.poll_again_blocking(String::new);
     }
 }
 

@@ -107,15 +107,15 @@ impl Receiver {
 
     /// Waits until `n` requests arrived (panics after `within`).
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + within;
-        loop {
+        herald_test_util::wait_until(within, || {
             let received = self.received();
             if received.len() >= n {
-                return received;
+                Ok(received)
+            } else {
+                Err(format!("{n} webhooks, have {}", received.len()))
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {n} webhooks, have {}", received.len());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 }
 

@@ -9,8 +9,10 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use herald_test_util::wait_until_blocking;
 
 use crate::ports;
 
@@ -129,7 +131,6 @@ impl RedisCluster {
             cluster.ports.push(ports[0]);
         }
         let ports = cluster.ports.clone();
-        let deadline = Instant::now() + Duration::from_secs(10);
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
             .arg("--cluster")
@@ -142,17 +143,18 @@ impl RedisCluster {
         assert!(created.success(), "redis-cli --cluster create failed");
         // Every node must agree the cluster is up before it takes commands.
         for port in &ports {
-            loop {
+            wait_until_blocking(Duration::from_secs(20), || {
                 let info = Command::new("redis-cli")
                     .args(["-p", &port.to_string(), "cluster", "info"])
                     .output()
                     .unwrap();
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                    break;
+                let info = String::from_utf8_lossy(&info.stdout);
+                if info.contains("cluster_state:ok") {
+                    Ok(())
+                } else {
+                    Err(format!("the cluster to come up on port {port}: {info}"))
                 }
-                assert!(Instant::now() < deadline + Duration::from_secs(10), "the cluster did not come up");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            });
         }
         cluster
     }
