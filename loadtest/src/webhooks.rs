@@ -106,15 +106,8 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<serde_json::Value> {
     let mut apps = Vec::new();
     for i in 0..args.endpoints {
         let app_id = format!("app-{i}");
-        apps.push(App {
-            id: app_id.clone(),
-            key: format!("{app_id}-key"),
-            secret: format!("{app_id}-secret"),
-            enabled: true,
-            enable_client_events: false,
-            api_tokens: vec![],
-            limits: AppLimits { webhooks_per_second: 0, ..AppLimits::default() },
-        });
+        let app = App::with_credentials(&app_id, &format!("{app_id}-key"), &format!("{app_id}-secret"));
+        apps.push(App { limits: AppLimits { webhooks_per_second: 0, ..AppLimits::default() }, ..app });
         let mut endpoint = Endpoint::new(
             format!("ep_{i}"),
             &app_id,

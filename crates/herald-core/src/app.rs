@@ -96,20 +96,37 @@ fn yes() -> bool {
     true
 }
 
+impl App {
+    /// An enabled app with these credentials, client events off, no API tokens and
+    /// default limits (for tools that sign requests as an app: the load generator).
+    pub fn with_credentials(id: &str, key: &str, secret: &str) -> Self {
+        Self {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            enable_client_events: false,
+            api_tokens: vec![],
+            limits: AppLimits::default(),
+        }
+    }
+}
+
 #[cfg(any(test, feature = "test-util"))]
 impl App {
+    /// The app of Pusher's "auth signatures" documentation, whose worked examples the
+    /// signature tests reproduce.
+    pub fn pusher_docs_example() -> Self {
+        Self::with_credentials("3", "278d425bdf160c739803", "7ad3773142a6692b25b8")
+    }
+
     /// An enabled app `id` for tests: key `{id}-key`, secret `{id}-secret`, client events
     /// on, no API tokens, default limits. Change a field with struct update syntax:
     /// `App { limits, ..App::for_test("a") }`.
     pub fn for_test(id: &str) -> Self {
         Self {
-            id: id.into(),
-            key: format!("{id}-key"),
-            secret: format!("{id}-secret"),
-            enabled: true,
             enable_client_events: true,
-            api_tokens: vec![],
-            limits: AppLimits::default(),
+            ..Self::with_credentials(id, &format!("{id}-key"), &format!("{id}-secret"))
         }
     }
 }

@@ -169,18 +169,9 @@ mod tests {
     //! documentation: published vectors, so these catch a wrongly assembled string to
     //! sign, not just the code agreeing with itself.
     use super::*;
-    use crate::AppLimits;
 
     fn doc_app() -> App {
-        App {
-            id: "3".into(),
-            key: "278d425bdf160c739803".into(),
-            secret: "7ad3773142a6692b25b8".into(),
-            enabled: true,
-            enable_client_events: false,
-            api_tokens: vec![],
-            limits: AppLimits::default(),
-        }
+        App::pusher_docs_example()
     }
 
     #[test]

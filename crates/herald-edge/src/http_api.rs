@@ -430,15 +430,7 @@ mod properties {
     }
 
     fn app(limits: AppLimits) -> App {
-        App {
-            id: "1".into(),
-            key: "k".into(),
-            secret: "s".into(),
-            enabled: true,
-            enable_client_events: false,
-            api_tokens: vec![],
-            limits,
-        }
+        App { limits, ..App::for_test("1") }
     }
 
     /// Small limits, so that the edges of each are reached.

@@ -55,7 +55,7 @@ pub(crate) fn parse_data<T: serde::de::DeserializeOwned>(data: Option<&RawValue>
 mod properties {
     use herald_core::{ChannelName, auth::parse_presence_data};
     use proptest::{
-        collection::{btree_map, vec},
+        collection::vec,
         prelude::*,
         sample::{Index, select},
     };
@@ -98,23 +98,6 @@ mod properties {
                 }
             }
         }
-    }
-
-    /// Any JSON value, floats aside (they need not survive a round trip exactly).
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            ".{0,12}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![
-                vec(inner.clone(), 0..4).prop_map(Value::Array),
-                btree_map(".{0,6}", inner, 0..4).prop_map(|map| Value::Object(map.into_iter().collect())),
-            ]
-        })
     }
 
     /// Valid channel names, of every kind.
@@ -180,9 +163,9 @@ mod properties {
             event in select(
                 vec!["pusher:subscribe", "pusher:unsubscribe", "pusher:signin", "client-x", "other"],
             ),
-            data in json_value(),
+            data in herald_test_util::strategy::json_value(false),
             as_string in any::<bool>(),
-            channel_data in json_value(),
+            channel_data in herald_test_util::strategy::json_value(false),
             limit in 0usize..2048,
         ) {
             let data = if as_string { Value::String(data.to_string()) } else { data };
@@ -198,7 +181,7 @@ mod properties {
             auth in any::<Option<String>>(),
             channel_data in any::<Option<String>>(),
             as_string in any::<bool>(),
-            extra in json_value(),
+            extra in herald_test_util::strategy::json_value(false),
         ) {
             let text = subscribe_message(&channel, &auth, &channel_data, as_string, &extra);
             let message: Incoming<'_> = serde_json::from_str(&text).unwrap();

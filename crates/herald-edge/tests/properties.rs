@@ -93,23 +93,6 @@ impl ClientMessage {
     }
 }
 
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(Value::from),
-        ".{0,12}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(3, 16, 4, |inner| {
-        prop_oneof![
-            vec(inner.clone(), 0..4).prop_map(Value::Array),
-            proptest::collection::btree_map(".{0,6}", inner, 0..4)
-                .prop_map(|map| Value::Object(map.into_iter().collect())),
-        ]
-    })
-}
-
 /// A few channels of every kind, so that messages of one case meet each other, and
 /// odd names.
 fn channel() -> impl Strategy<Value = String> {
@@ -134,18 +117,20 @@ fn user_id() -> impl Strategy<Value = Value> {
     prop_oneof![
         3 => select(vec!["1", "2", "ü", ""]).prop_map(Value::from),
         3 => any::<i64>().prop_map(Value::from),
-        1 => json_value(),
+        1 => herald_test_util::strategy::json_value(true),
     ]
 }
 
 fn channel_data() -> impl Strategy<Value = Option<String>> {
-    let member = (user_id(), proptest::option::of(json_value())).prop_map(|(id, info)| {
-        let mut data = json!({ "user_id": id });
-        if let Some(info) = info {
-            data["user_info"] = info;
-        }
-        data.to_string()
-    });
+    let member = (user_id(), proptest::option::of(herald_test_util::strategy::json_value(true))).prop_map(
+        |(id, info)| {
+            let mut data = json!({ "user_id": id });
+            if let Some(info) = info {
+                data["user_info"] = info;
+            }
+            data.to_string()
+        },
+    );
     proptest::option::of(prop_oneof![4 => member, 1 => ".{0,20}"])
 }
 
@@ -174,16 +159,17 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         });
     let user_data = prop_oneof![
         user_id().prop_map(|id| json!({ "id": id }).to_string()),
-        json_value().prop_map(|v| v.to_string()),
+        herald_test_util::strategy::json_value(true).prop_map(|v| v.to_string()),
     ];
     let signin =
         (user_data, signed).prop_map(|(user_data, signed)| ClientMessage::Signin { user_data, signed });
-    let client_event = ("client-.{0,10}", channel(), json_value())
+    let client_event = ("client-.{0,10}", channel(), herald_test_util::strategy::json_value(true))
         .prop_map(|(event, channel, data)| ClientMessage::ClientEvent { event, channel, data });
     let raw = prop_oneof![
         any::<String>(),
         mangled(
-            json_value().prop_map(|data| json!({ "event": "pusher:subscribe", "data": data }).to_string())
+            herald_test_util::strategy::json_value(true)
+                .prop_map(|data| json!({ "event": "pusher:subscribe", "data": data }).to_string())
         ),
     ];
     prop_oneof![
@@ -229,13 +215,16 @@ fn arbitrary_client_messages_are_answered_and_the_connection_stays_usable() {
 /// of the right type, `channels` or `channel` (mostly not both).
 fn api_event() -> impl Strategy<Value = Value> {
     let field = |right: BoxedStrategy<Value>, present: f64| {
-        proptest::option::weighted(present, prop_oneof![24 => right, 1 => json_value()])
+        proptest::option::weighted(
+            present,
+            prop_oneof![24 => right, 1 => herald_test_util::strategy::json_value(true)],
+        )
     };
     let name = ".{1,12}".prop_filter("reserved", |n| !n.starts_with("pusher")).prop_map(Value::from);
     let channels = prop_oneof![
         4 => vec(channel(), 0..4).prop_map(|c| ("channels", Value::from(c))),
         4 => channel().prop_map(|c| ("channel", Value::from(c))),
-        1 => json_value().prop_map(|v| ("channel", v)),
+        1 => herald_test_util::strategy::json_value(true).prop_map(|v| ("channel", v)),
     ];
     let both = proptest::option::weighted(0.1, channel().prop_map(Value::from));
     (

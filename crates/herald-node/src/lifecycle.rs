@@ -174,15 +174,7 @@ mod tests {
         let backbone = MemoryBackbone::new();
         let hub = Arc::new(Hub::new(1));
         let broker = Arc::new(backbone.broker(hub.clone()));
-        let app = herald_core::App {
-            id: "app".into(),
-            key: "key".into(),
-            secret: "secret".into(),
-            enabled: true,
-            enable_client_events: false,
-            api_tokens: vec![],
-            limits: herald_core::AppLimits::default(),
-        };
+        let app = herald_core::App::for_test("app");
         let apps = Apps::new(vec![app]).unwrap();
         let log = Arc::new(MemoryEventLog::new());
         log.ensure_topics(&[&config.topic], 1).await.unwrap();

@@ -50,8 +50,9 @@ pub struct Node {
     /// This node's connections in channels: the truth the backbone's copy is rebuilt from.
     pub(crate) share: Share,
     next_conn: AtomicU64,
-    /// Open connections per app id on this node (for `max_connections`).
-    app_connections: HashMap<String, AtomicU64>,
+    /// Per app id: the id every connection of the app shares, and its open
+    /// connections on this node (for `max_connections`).
+    app_connections: HashMap<String, (Arc<str>, AtomicU64)>,
     /// Every open session's outbox, so shutdown and the liveness sweep reach them.
     sessions: Sharded<ConnId, Arc<Outbox>>,
     ready: AtomicBool,
@@ -102,7 +103,8 @@ impl NodeBuilder {
         let stop = CancellationToken::new();
         let recorder =
             self.events.map(|(log, config)| Recorder::start(log, config, &background, stop.clone()));
-        let app_connections = self.apps.iter().map(|a| (a.id.clone(), AtomicU64::new(0))).collect();
+        let app_connections =
+            self.apps.iter().map(|a| (a.id.clone(), (Arc::from(a.id.as_str()), AtomicU64::new(0)))).collect();
         let input_budget = InputBudget::new(self.config.connection.max_pending_input_bytes);
         Arc::new(Node {
             id: self.id,
@@ -214,21 +216,21 @@ impl Node {
         SocketId { node: self.id, conn: self.next_conn.fetch_add(1, Ordering::Relaxed) }
     }
 
-    /// Counts a new connection of `app_id`; refuses it past `max` (0 = unlimited).
-    pub fn acquire_connection(&self, app_id: &str, max: u64) -> bool {
-        let Some(count) = self.app_connections.get(app_id) else {
-            return false;
-        };
+    /// Counts a new connection of `app_id` and returns the app id the connection
+    /// keeps (one allocation per app, shared by all its connections); refuses it past
+    /// `max` (0 = unlimited).
+    pub fn acquire_connection(&self, app_id: &str, max: u64) -> Option<Arc<str>> {
+        let (id, count) = self.app_connections.get(app_id)?;
         let previous = count.fetch_add(1, Ordering::AcqRel);
         if max != 0 && previous >= max {
             count.fetch_sub(1, Ordering::AcqRel);
-            return false;
+            return None;
         }
-        true
+        Some(id.clone())
     }
 
     pub fn release_connection(&self, app_id: &str) {
-        if let Some(count) = self.app_connections.get(app_id) {
+        if let Some((_, count)) = self.app_connections.get(app_id) {
             count.fetch_sub(1, Ordering::AcqRel);
         }
     }

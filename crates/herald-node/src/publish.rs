@@ -233,18 +233,9 @@ fn publication_event(publication: &Publication) -> herald_proto::v1::ChannelEven
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_core::AppLimits;
 
     fn app() -> App {
-        App {
-            id: "a".into(),
-            key: "k".into(),
-            secret: "s".into(),
-            enabled: true,
-            enable_client_events: false,
-            api_tokens: vec![],
-            limits: AppLimits::default(),
-        }
+        App::for_test("a")
     }
 
     fn request(channels: &[&str]) -> EventRequest {

@@ -135,6 +135,37 @@ pub async fn tcp_pair() -> (TcpStream, TcpStream) {
     (accepted, connected)
 }
 
+/// Property-test strategies shared by the crates that parse untrusted JSON.
+#[cfg(feature = "proptest")]
+pub mod strategy {
+    use proptest::{
+        collection::{btree_map, vec},
+        prelude::*,
+    };
+    use serde_json::Value;
+
+    /// Any JSON value, nested up to three levels; floats only when `floats` (they need
+    /// not survive a round trip exactly, so tests of round trips leave them out).
+    pub fn json_value(floats: bool) -> impl Strategy<Value = Value> {
+        let float =
+            if floats { any::<f64>().prop_map(Value::from).boxed() } else { Just(Value::Null).boxed() };
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            float,
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(Value::Array),
+                btree_map(".{0,6}", inner, 0..4).prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{

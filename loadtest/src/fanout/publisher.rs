@@ -82,15 +82,8 @@ impl Publisher {
             }
             Self::Http { workers, next } => {
                 let (path, body) = http_body(&args.app_id, events);
-                let app = herald_core::App {
-                    id: args.app_id.clone(),
-                    key: args.subscribers.key.clone(),
-                    secret: args.secret.clone(),
-                    enabled: true,
-                    enable_client_events: false,
-                    api_tokens: vec![],
-                    limits: Default::default(),
-                };
+                let app =
+                    herald_core::App::with_credentials(&args.app_id, &args.subscribers.key, &args.secret);
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 let query = auth::sign_api_request(&app, "POST", &path, Vec::new(), &body, now);
                 let query: String =

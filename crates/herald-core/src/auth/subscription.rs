@@ -131,21 +131,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{AppLimits, auth::channel_auth};
+    use crate::auth::channel_auth;
 
     const SOCKET: &str = "1234.1234";
 
     /// The app of Pusher's "auth signatures" documentation.
     fn app() -> App {
-        App {
-            id: "3".into(),
-            key: "278d425bdf160c739803".into(),
-            secret: "7ad3773142a6692b25b8".into(),
-            enabled: true,
-            enable_client_events: false,
-            api_tokens: vec![],
-            limits: AppLimits::default(),
-        }
+        App::pusher_docs_example()
     }
 
     fn channel(name: &str) -> ChannelName {
@@ -324,24 +316,6 @@ mod tests {
             ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
         }
 
-        /// Any JSON value, floats aside (they need not survive a round trip exactly).
-        fn json_value() -> impl Strategy<Value = Value> {
-            let leaf = prop_oneof![
-                Just(Value::Null),
-                any::<bool>().prop_map(Value::Bool),
-                any::<i64>().prop_map(Value::from),
-                any::<u64>().prop_map(Value::from),
-                ".{0,12}".prop_map(Value::String),
-            ];
-            leaf.prop_recursive(3, 24, 4, |inner| {
-                prop_oneof![
-                    vec(inner.clone(), 0..4).prop_map(Value::Array),
-                    proptest::collection::btree_map(".{0,6}", inner, 0..4)
-                        .prop_map(|map| Value::Object(map.into_iter().collect())),
-                ]
-            })
-        }
-
         proptest! {
             #![proptest_config(config())]
 
@@ -352,7 +326,7 @@ mod tests {
                     any::<i64>().prop_map(Value::from),
                     any::<u64>().prop_map(Value::from),
                 ],
-                user_info in proptest::option::of(json_value()),
+                user_info in proptest::option::of(herald_test_util::strategy::json_value(false)),
                 limit in 0usize..200,
             ) {
                 let mut data = json!({ "user_id": user_id });
@@ -382,7 +356,7 @@ mod tests {
                     Just(Value::String(String::new())),
                     Just(Value::Null),
                     any::<bool>().prop_map(Value::Bool),
-                    vec(json_value(), 0..3).prop_map(Value::Array),
+                    vec(herald_test_util::strategy::json_value(false), 0..3).prop_map(Value::Array),
                 ],
             ) {
                 let data = json!({ "user_id": user_id }).to_string();
@@ -390,7 +364,7 @@ mod tests {
             }
 
             #[test]
-            fn arbitrary_channel_data_never_panics(data in json_value(), text in any::<String>(), limit in 0usize..2048) {
+            fn arbitrary_channel_data_never_panics(data in herald_test_util::strategy::json_value(false), text in any::<String>(), limit in 0usize..2048) {
                 let _ = parse_presence_data(&data.to_string(), limit);
                 let _ = parse_presence_data(&text, limit);
             }

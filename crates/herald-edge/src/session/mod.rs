@@ -131,14 +131,14 @@ impl Session {
         outbox: Arc<Outbox>,
         handshake: Vec<u8>,
     ) -> Result<Self, Ending> {
-        if !node.acquire_connection(&app.id, app.limits.max_connections) {
+        let Some(app_id) = node.acquire_connection(&app.id, app.limits.max_connections) else {
             outbox.push(Bytes::from(handshake));
             outbox.close(Close::error(
                 ErrorCode::OverConnectionQuota,
                 "over connection quota: the app has reached its connection limit",
             ));
             return Err(Ending { outbox, node });
-        }
+        };
         let socket = node.next_socket_id();
         node.sessions().shard(&socket.conn).insert(socket.conn, outbox.clone());
         metrics::gauge!(Metric::Connections.name()).increment(1);
@@ -146,7 +146,7 @@ impl Session {
 
         let session = Session {
             client_events: TokenBucket::new(app.limits.client_events_per_second),
-            app_id: Arc::from(app.id.as_str()),
+            app_id,
             node,
             app,
             socket,
@@ -267,7 +267,7 @@ mod tests {
     use std::time::Duration;
 
     use herald_backbone::{MemoryBackbone, Topic};
-    use herald_core::{AppLimits, Apps};
+    use herald_core::Apps;
     use herald_hub::Hub;
     use tokio::time::Instant;
 
@@ -275,15 +275,7 @@ mod tests {
     use crate::message::SubscribeData;
 
     fn test_node() -> (Arc<Node>, Arc<App>) {
-        let app = App {
-            id: "a".into(),
-            key: "k".into(),
-            secret: "s".into(),
-            enabled: true,
-            enable_client_events: true,
-            api_tokens: vec![],
-            limits: AppLimits::default(),
-        };
+        let app = App::for_test("a");
         let backbone = MemoryBackbone::new();
         let hub = Arc::new(Hub::new(1));
         let broker = Arc::new(backbone.broker(hub.clone()));
