@@ -459,33 +459,34 @@ async fn https_endpoints_are_delivered_to_over_verified_tls() {
 #[tokio::test]
 async fn an_endpoints_concurrency_cap_holds_and_follows_updates() {
     let receiver = Receiver::start().await;
-    receiver.delay(Duration::from_millis(300));
     let h = Harness::start(vec![app("a", 0)], config(&[100])).await;
     let mut ep = endpoint("a", receiver.url("/"), Format::StandardWebhooks);
     ep.max_concurrency = 2;
     h.add(&ep).await;
+    // Answers wait until released: two requests arrive, and no more can until one is
+    // answered.
+    receiver.hold();
     h.append(&(0..6).map(|n| event("a", "c", ChannelEventType::ChannelOccupied, n)).collect::<Vec<_>>())
         .await;
-    let got = receiver.wait_for(6, LONG).await;
-    // Two at a time, each answered after 300 ms: three rounds.
-    for round in 1..3 {
-        let gap = got[2 * round].at - got[2 * (round - 1)].at;
-        assert!(gap >= Duration::from_millis(280), "round {round} started after {gap:?}");
-    }
+    receiver.wait_for(2, LONG).await;
+    receiver.release();
+    receiver.wait_for(6, LONG).await;
+    h.settled().await;
+    assert_eq!(receiver.max_in_flight(), 2, "never more than the cap at once");
 
     ep.max_concurrency = 6;
     h.add(&ep).await;
     // Not a synchronisation: the endpoint cache keeps a list 50 ms, so after this its
     // next read is certain to see the new cap.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    receiver.hold();
     h.append(&(10..16).map(|n| event("a", "c", ChannelEventType::ChannelOccupied, n)).collect::<Vec<_>>())
         .await;
-    let got = receiver.wait_for(12, LONG).await;
-    // Six at once after raising the cap: the sixth arrived before the first could
-    // have been answered (300 ms). With the old cap of two it would take two more
-    // rounds (600 ms).
-    let spread = got[11].at - got[6].at;
-    assert!(spread < Duration::from_millis(300), "six at once after raising the cap, spread {spread:?}");
+    // All six arrive while none is answered: only a cap of six lets them.
+    receiver.wait_for(12, LONG).await;
+    assert_eq!(receiver.max_in_flight(), 6);
+    receiver.release();
+    h.settled().await;
     h.stop().await;
 }
 

@@ -53,12 +53,18 @@ struct State {
     script: VecDeque<Answer>,
     default: Option<Answer>,
     delay: Duration,
+    /// Requests arrived and not answered yet, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
+    /// While true, answers wait (requests are still recorded as they arrive).
+    held: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The receiver; stops when dropped.
 pub struct Receiver {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    hold: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,7 +73,8 @@ impl Receiver {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State::default()));
+        let (hold, held) = tokio::sync::watch::channel(false);
+        let state = Arc::new(Mutex::new(State { held: Some(held), ..State::default() }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -79,7 +86,7 @@ impl Receiver {
                 });
             }
         });
-        Self { addr, state, task }
+        Self { addr, state, hold, task }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -99,6 +106,21 @@ impl Receiver {
     /// Waits this long before every answer (a slow endpoint).
     pub fn delay(&self, delay: Duration) {
         self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Holds every answer until [`Receiver::release`]: requests still arrive and are
+    /// recorded, so a test sees exactly how many a client has in flight at once.
+    pub fn hold(&self) {
+        self.hold.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.hold.send_replace(false);
+    }
+
+    /// The most requests that were ever in flight at once (arrived, not answered).
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -131,7 +153,7 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let (answer, delay) = {
+    let (answer, delay, held) = {
         let mut state = state.lock().unwrap();
         state.received.push(Received {
             at: Instant::now(),
@@ -141,11 +163,18 @@ async fn answer(
         });
         let answer =
             state.script.pop_front().or_else(|| state.default.clone()).unwrap_or(Answer::Status(204));
-        (answer, state.delay)
+        state.in_flight += 1;
+        state.max_in_flight = state.max_in_flight.max(state.in_flight);
+        (answer, state.delay, state.held.clone())
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    if let Some(mut held) = held {
+        let _ = held.wait_for(|held| !held).await;
+    }
+    // Counted as answered from here: the answer is on its way.
+    state.lock().unwrap().in_flight -= 1;
     let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
     match answer {
         Answer::Status(status) => *response.status_mut() = StatusCode::from_u16(status).unwrap(),
