@@ -468,7 +468,7 @@ start_heralds() {
   ((failed == 0)) || die "not every $role came up (logs in $RUN_DIR; the others keep running: 'cluster.sh stop' stops them)"
 }
 
-# Stops the dispatchers and the edges together (each drains within shutdown_grace_secs).
+# Stops the dispatchers and the edges together (each drains within shutdown_grace).
 stop_heralds() {
   local -a names
   mapfile -t names < <(dispatchers_to_stop; edge_names)
