@@ -14,18 +14,42 @@ mod subscription;
 
 pub use subscription::{PresenceMember, SubscriptionError, authorize_subscription, parse_presence_data};
 
-type HmacSha256 = Hmac<Sha256>;
+/// HMAC-SHA256, the one MAC of every signature Herald makes or checks (Pusher's,
+/// Standard Webhooks').
+pub type HmacSha256 = Hmac<Sha256>;
 
-/// Hex HMAC-SHA256 of `message` under `secret`.
+/// One SHA-256 block: RFC 2104 hashes longer keys, and zero-pads every key to this.
+const BLOCK_LEN: usize = 64;
+
+/// Hex HMAC-SHA256 of `message` under `secret`: Pusher's signatures (channel auth,
+/// the HTTP API, `X-Pusher-Signature` on webhooks).
 pub fn sign(secret: &str, message: &str) -> String {
-    hex::encode(hmac_sha256(secret.as_bytes(), message.as_bytes()))
+    sign_bytes(secret, message.as_bytes())
 }
 
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+/// [`sign`] of bytes.
+pub fn sign_bytes(secret: &str, message: &[u8]) -> String {
+    let mut mac = hmac_sha256(secret.as_bytes());
     mac.update(message);
-    mac.finalize().into_bytes().into()
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// HMAC-SHA256 keyed by any number of bytes, without a fallible constructor.
+///
+/// `Hmac::new_from_slice` returns a `Result` although HMAC accepts every key length, which
+/// would leave a panic path on the signing path. RFC 2104 defines the key as hashed when
+/// longer than a block and then zero-padded to one block; doing that here and handing the
+/// block to the infallible `new` gives the same MAC (a test checks it against
+/// `new_from_slice` for every length around the block size).
+pub fn hmac_sha256(key: &[u8]) -> HmacSha256 {
+    let mut block = [0u8; BLOCK_LEN];
+    if key.len() > BLOCK_LEN {
+        let digest = Sha256::digest(key);
+        block[..digest.len()].copy_from_slice(&digest);
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    <HmacSha256 as hmac::digest::KeyInit>::new(&block.into())
 }
 
 /// The `auth` a client must present to subscribe to a private or presence channel.
@@ -169,6 +193,18 @@ mod tests {
     //! documentation: published vectors, so these catch a wrongly assembled string to
     //! sign, not just the code agreeing with itself.
     use super::*;
+
+    #[test]
+    fn block_padding_matches_the_hmac_crates_own_key_handling() {
+        for len in (0..=140).chain([255, 1000]) {
+            let key: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let mut ours = hmac_sha256(&key);
+            let mut theirs = <HmacSha256 as Mac>::new_from_slice(&key).unwrap();
+            ours.update(b"message");
+            theirs.update(b"message");
+            assert_eq!(ours.finalize().into_bytes(), theirs.finalize().into_bytes(), "key length {len}");
+        }
+    }
 
     fn doc_app() -> App {
         App::pusher_docs_example()

@@ -18,6 +18,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use herald_backbone::{Broker, Error, Message, MessageHandler, Result, Topic};
+use herald_core::time::Backoff;
 use herald_telemetry::Metric;
 use parking_lot::Mutex;
 use redis::aio::PubSubSink;
@@ -209,7 +210,7 @@ impl Broker for RedisBroker {
 /// Receives publications until aborted: hands each batch of ready messages to the
 /// handler, and re-establishes the connection (resubscribing) whenever it is lost.
 async fn receive(inner: Arc<Inner>, mut stream: redis::aio::PubSubStream) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), inner.config.max_backoff).jittered();
     loop {
         deliver(&inner, &mut stream).await;
         inner.subscriber.lock().await.take();
@@ -217,13 +218,11 @@ async fn receive(inner: Arc<Inner>, mut stream: redis::aio::PubSubStream) {
         let lost = tokio::time::Instant::now();
         tracing::warn!("redis subscriber connection lost; publications are missed until it is back");
         loop {
-            let jittered = backoff.mul_f64(0.5 + fastrand::f64());
-            tokio::time::sleep(jittered).await;
-            backoff = (backoff * 2).min(inner.config.max_backoff);
+            backoff.wait().await;
             match resubscribe(&inner).await {
                 Ok(fresh) => {
                     stream = fresh;
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     metrics::gauge!(Metric::BackboneDown.name()).decrement(1);
                     metrics::counter!(Metric::BackboneReconnects.name(), "connection" => "subscriber")
                         .increment(1);

@@ -8,10 +8,8 @@
 use std::fmt;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use hmac::{Hmac, Mac};
-use sha2::{Digest as _, Sha256};
-
-type HmacSha256 = Hmac<Sha256>;
+use herald_core::auth::{HmacSha256, hmac_sha256};
+use hmac::Mac;
 
 /// Marks a Standard Webhooks symmetric secret, so a secret pasted into the wrong field is
 /// recognisable and so receivers' libraries know which scheme it is for.
@@ -24,9 +22,6 @@ pub const MAX_KEY_LEN: usize = 64;
 /// What [`generate_secret`] draws: 256 bits, the HMAC-SHA256 output size, so the key is
 /// never the weaker half of the construction.
 const GENERATED_KEY_LEN: usize = 32;
-
-/// SHA-256's block size: HMAC pads (or first hashes) every key to exactly this length.
-const BLOCK_LEN: usize = 64;
 
 /// Signature version for symmetric (HMAC-SHA256) signatures in the Standard Webhooks header.
 const VERSION: &str = "v1";
@@ -123,9 +118,7 @@ pub fn verify_standard(key: &SigningKey, id: &str, timestamp: i64, body: &[u8], 
 /// Pusher's `X-Pusher-Signature`: lowercase hex HMAC-SHA256 of the body, keyed by the app
 /// secret's bytes.
 pub fn pusher_signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = hmac_sha256(secret.as_bytes());
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    herald_core::auth::sign_bytes(secret, body)
 }
 
 fn standard_mac(key: &SigningKey, id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
@@ -136,24 +129,6 @@ fn standard_mac(key: &SigningKey, id: &str, timestamp: i64, body: &[u8]) -> Hmac
     mac.update(b".");
     mac.update(body);
     mac
-}
-
-/// HMAC-SHA256 keyed by any number of bytes, without a fallible constructor.
-///
-/// `Hmac::new_from_slice` returns a `Result` although HMAC accepts every key length, which
-/// would leave an `expect` on the signing path. RFC 2104 defines the key as hashed when
-/// longer than a block and then zero-padded to one block; doing that here and handing the
-/// block to the infallible `new` gives the same MAC (the tests check it against
-/// `new_from_slice` for every length around the block size).
-fn hmac_sha256(key: &[u8]) -> HmacSha256 {
-    let mut block = [0u8; BLOCK_LEN];
-    if key.len() > BLOCK_LEN {
-        let digest = Sha256::digest(key);
-        block[..digest.len()].copy_from_slice(&digest);
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    <HmacSha256 as hmac::digest::KeyInit>::new(&block.into())
 }
 
 #[cfg(test)]
@@ -344,18 +319,6 @@ mod tests {
         let sig = pusher_signature("7ad3773142a6692b25b8", br#"{"time_ms":1327078148132,"events":[]}"#);
         assert_eq!(sig.len(), 64);
         assert!(sig.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{sig}");
-    }
-
-    #[test]
-    fn block_padding_matches_the_hmac_crates_own_key_handling() {
-        for len in (0..=140).chain([255, 1000]) {
-            let key: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-            let mut ours = hmac_sha256(&key);
-            let mut theirs = <HmacSha256 as Mac>::new_from_slice(&key).unwrap();
-            ours.update(b"message");
-            theirs.update(b"message");
-            assert_eq!(ours.finalize().into_bytes(), theirs.finalize().into_bytes(), "key length {len}");
-        }
     }
 
     /// The Standard Webhooks reference implementation (the `standardwebhooks` crate) as
