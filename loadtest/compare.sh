@@ -9,6 +9,8 @@
 # Servers:
 #   herald   target/release/herald dev (in-memory backbone)
 #   herald-t1  the same with server.edge_threads = 1 (one dedicated event loop)
+#   herald-base  $HERALD_BASE dev: another build of Herald (an earlier commit), to
+#            measure a change against the commit before it in the same run
 #   null     herald-loadtest null-server: the floor (one thread that only write()s)
 #   node     loadtest/node/ws-broadcast.mjs (Node.js + ws); needs `npm ci` there
 #   sockudo  any command in $SOCKUDO_CMD that starts Sockudo in the foreground on the
@@ -39,6 +41,8 @@ start_server() {
     herald) target/release/herald dev --port "$PORT" --metrics-port 19191 --grpc-port 15151 >"$OUT/$1.log" 2>&1 & ;;
     herald-t1) HERALD_SERVER__EDGE_THREADS=1 target/release/herald dev --port "$PORT" --metrics-port 19191 \
       --grpc-port 15151 >"$OUT/$1.log" 2>&1 & ;;
+    herald-base) "${HERALD_BASE:?set HERALD_BASE to the herald binary to compare with}" dev --port "$PORT" \
+      --metrics-port 19191 --grpc-port 15151 >"$OUT/$1.log" 2>&1 & ;;
     null) "$LOAD" null-server --listen "127.0.0.1:$PORT" --seconds 300 >"$OUT/$1.log" 2>&1 & ;;
     node) node loadtest/node/ws-broadcast.mjs --port "$PORT" >"$OUT/$1.log" 2>&1 & ;;
     sockudo) $SOCKUDO_CMD "$PORT" >"$OUT/$1.log" 2>&1 & ;;
