@@ -20,6 +20,7 @@ mod demo;
 mod ready;
 mod roles;
 mod signal;
+mod smoke;
 mod wiring;
 
 use config::{Config, Flags};
@@ -48,6 +49,10 @@ enum Command {
     Dispatcher(Flags),
     /// Validate the configuration (file + HERALD_* env + flags); exit 64 if invalid.
     CheckConfig(Flags),
+    /// Check a running Herald end to end: a Pusher client subscribes, an event
+    /// published through the HTTP API and one through gRPC arrive. Exit 0, or 1
+    /// naming the step that failed (`helm test` runs this).
+    Smoke(smoke::SmokeArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,7 +60,8 @@ fn main() -> ExitCode {
     let (Command::Dev(flags)
     | Command::Edge(flags)
     | Command::Dispatcher(flags)
-    | Command::CheckConfig(flags)) = &cli.command;
+    | Command::CheckConfig(flags)
+    | Command::Smoke(smoke::SmokeArgs { flags, .. })) = &cli.command;
     let loaded = Config::load(flags, std::env::vars()).and_then(|config| {
         if matches!(cli.command, Command::Dispatcher(_)) && config.kafka.is_none() {
             return Err(vec!["kafka: herald dispatcher needs the event log: set [kafka] brokers".into()]);
@@ -80,18 +86,26 @@ fn main() -> ExitCode {
             println!("configuration is valid ({} app(s))", config.configured_apps());
             ExitCode::SUCCESS
         }
+        Command::Smoke(args) => {
+            let Some(runtime) = runtime() else { return ExitCode::FAILURE };
+            match runtime.block_on(smoke::run(&args, &config)) {
+                Ok(report) => {
+                    report.iter().for_each(|line| println!("smoke: {line}"));
+                    println!("smoke: ok");
+                    ExitCode::SUCCESS
+                }
+                Err((step, e)) => {
+                    eprintln!("smoke: {step} failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Dev(_) | Command::Edge(_) | Command::Dispatcher(_) => {
             herald_telemetry::init_tracing(config.log.json);
             for note in &config.deprecated {
                 tracing::warn!("{note}");
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    eprintln!("herald: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let Some(runtime) = runtime() else { return ExitCode::FAILURE };
             let role = async {
                 match cli.command {
                     Command::Dev(_) => roles::dev::run(config).await,
@@ -106,6 +120,18 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// The multi-threaded runtime every command runs on (`None`, reported, if it cannot
+/// start).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            None
         }
     }
 }
