@@ -81,6 +81,18 @@ fn apps_from_the_environment() {
     assert!(config.apps.by_id("a").unwrap().enable_client_events);
 }
 
+/// Kubernetes sets a dispatcher replica's static membership from its pod name this way
+/// (`HERALD_KAFKA__PROPERTIES__group.instance.id` from the downward API): a property
+/// name with dots, kept as it is.
+#[test]
+fn a_kafka_property_with_dots_from_the_environment() {
+    let (_file, flags) = with_file("[kafka]\nbrokers = \"127.0.0.1:9092\"\n");
+    let vars = env(&[("HERALD_KAFKA__PROPERTIES__group.instance.id", "herald-dispatcher-2")]);
+    let config = Config::load(&flags, vars).unwrap();
+    let kafka = config.kafka.unwrap();
+    assert_eq!(kafka.properties.get("group.instance.id").map(String::as_str), Some("herald-dispatcher-2"));
+}
+
 #[test]
 fn reports_every_semantic_error_at_once() {
     let (_file, flags) = with_file(
