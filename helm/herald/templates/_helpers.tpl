@@ -129,7 +129,12 @@ Arguments: name (the table's dotted name) and table (a map).
 {{ include "herald.tomlTable" (dict "name" "redis" "table" $c.redis) }}
 {{- if $c.kafka.brokers }}
 
-{{ include "herald.tomlTable" (dict "name" "kafka" "table" $c.kafka) }}
+{{- /* librdkafka properties are strings to Herald, whatever YAML made of them. */}}
+{{- $props := dict }}
+{{- range $k, $v := $c.kafka.properties }}
+{{- $_ := set $props $k (toString $v) }}
+{{- end }}
+{{ include "herald.tomlTable" (dict "name" "kafka" "table" (merge (dict "properties" $props) (omit $c.kafka "properties"))) }}
 {{- end }}
 {{- end }}
 {{- range $section := list "events" "dispatcher" "connection" "http" "log" }}
