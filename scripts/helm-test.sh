@@ -82,4 +82,4 @@ for values in tests/helm/bad/*.yaml; do
 done
 
 echo "-- render and run (edge + dispatcher pods as processes, redis-server, tansu)"
-HERALD_HELM_RENDERED="$work" node --test tests/helm/
+HELM="$helm_bin" HERALD_K8S_PYTHON="$py" node --test tests/helm/

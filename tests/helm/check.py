@@ -279,7 +279,7 @@ def main():
         (rendered / f"{case}.json").write_text(json.dumps(docs, indent=1))
         n = len(failures)
         check_case(case, docs, version)
-        print(f"  {case}: {len(docs)} manifests valid against Kubernetes {version}; "
+        print(f"  {case}: {len(docs)} manifests, checked against Kubernetes {version}: "
               f"{'ok' if len(failures) == n else f'{len(failures) - n} failure(s)'}")
     if failures:
         print(file=sys.stderr)
