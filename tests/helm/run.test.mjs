@@ -36,6 +36,8 @@ const HELM = need('HELM');
 const PYTHON = need('HERALD_K8S_PYTHON');
 const HERALD_BIN = process.env.HERALD_BIN ?? join(repoRoot, 'target/debug/herald');
 const CLIENTS = 12;
+// Every test is bounded; each wait inside has its own, shorter deadline.
+const TEST_TIMEOUT_MS = 120_000;
 
 const work = await mkdtemp(join(tmpdir(), 'herald-helm-run-'));
 const cleanups = [];
@@ -210,7 +212,7 @@ async function terminate(pod) {
 const edges = [];
 const dispatchers = [];
 
-test('the rendered edge and dispatcher pods start and their probes answer', async () => {
+test('the rendered edge and dispatcher pods start and their probes answer', { timeout: TEST_TIMEOUT_MS }, async () => {
   const replicas = dispatcherSet.spec.replicas;
   assert.ok(replicas >= 2, 'at least two dispatchers, to show distinct group.instance.ids');
   // Two edges (the Deployment's pods share one config; Redis joins them).
@@ -219,7 +221,7 @@ test('the rendered edge and dispatcher pods start and their probes answer', asyn
   for (const pod of [...edges, ...dispatchers]) await probesAnswer(pod);
 });
 
-test('the helm test command (herald smoke) passes against the running pods', async () => {
+test('the helm test command (herald smoke) passes against the running pods', { timeout: TEST_TIMEOUT_MS }, async () => {
   assert.ok(edges.length > 0, 'edges running');
   const [container] = smokePod.spec.containers;
   const edge = edges[0];
@@ -243,7 +245,7 @@ test('the helm test command (herald smoke) passes against the running pods', asy
   assert.equal(result.code ?? 0, 0, `herald ${args.join(' ')} failed (exit ${result.code}):\n${result.stdout}${result.stderr}`);
 });
 
-test('SIGTERM: each pod exits within terminationGracePeriodSeconds; clients get 4200 spread over the drain', async (t) => {
+test('SIGTERM: each pod exits within terminationGracePeriodSeconds; clients get 4200 spread over the drain', { timeout: TEST_TIMEOUT_MS }, async (t) => {
   assert.ok(edges.length > 0, 'edges running');
   const edge = edges[0];
   const appKey = /"key" = "([^"]+)"/.exec(secret.stringData.HERALD_APPS)[1];
