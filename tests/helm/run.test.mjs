@@ -1,4 +1,5 @@
-// Render and run: the chart's edge Deployment and dispatcher StatefulSet, rendered by
+// Render and run: the chart's edge Deployment and dispatcher StatefulSet (and, apart,
+// its dev-mode Deployment), rendered by
 // `helm template`, started as local processes exactly as their pod specs say (args,
 // env with the pod name from the downward API, envFrom the chart's Secret, the
 // ConfigMap's herald.toml as a file), against a real redis-server and tansu.
@@ -68,48 +69,64 @@ const tansuPort = await startService('tansu', process.env.TANSU ?? 'tansu', (por
 ], { cwd: '/' });
 
 // ---------------------------------------------------------------------------
-// The chart, rendered for this backbone.
+// The chart, rendered: a release is its manifests and /etc/herald as a directory.
 // ---------------------------------------------------------------------------
 
-const { stdout: rendered } = await execFile(HELM, [
-  'template', 'run', join(repoRoot, 'helm/herald'), '--namespace', 'herald',
+async function yamlToJson(text) {
+  const proc = spawn(PYTHON, ['-c', 'import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))']);
+  const out = new Promise((res, reject) => {
+    let buf = '';
+    let err = '';
+    proc.stdout.on('data', (c) => (buf += c));
+    proc.stderr.on('data', (c) => (err += c));
+    proc.on('error', reject);
+    proc.on('close', (code) => (code === 0 ? res(buf) : reject(new Error(`YAML to JSON failed (${code}): ${err}`))));
+  });
+  proc.stdin.end(text);
+  return JSON.parse(await out);
+}
+
+/** `helm template` with `args`; the ConfigMap's files written to a dir of their own. */
+async function render(name, args) {
+  const { stdout } = await execFile(HELM, ['template', name, join(repoRoot, 'helm/herald'), '--namespace', 'herald', ...args], {
+    maxBuffer: 16 << 20,
+  });
+  const docs = await yamlToJson(stdout);
+  const find = (kind, pred = () => true) => {
+    const found = docs.filter((d) => d.kind === kind && pred(d));
+    assert.equal(found.length, 1, `${name}: one ${kind} rendered, got ${found.length}`);
+    return found[0];
+  };
+  const configMap = find('ConfigMap');
+  // /etc/herald -> a temp dir: the ConfigMap's files, as the volume mount gives them.
+  const etc = join(work, `${name}-etc-herald`);
+  await mkdir(etc);
+  for (const [file, text] of Object.entries(configMap.data)) await writeFile(join(etc, file), text);
+  return {
+    name,
+    docs,
+    find,
+    configMap,
+    secret: find('Secret'),
+    smokePod: find('Pod', (d) => d.metadata.annotations?.['helm.sh/hook'] === 'test'),
+    services: docs.filter((d) => d.kind === 'Service'),
+    localPath: (arg) => arg.replaceAll('/etc/herald', etc),
+  };
+}
+
+const cluster = await render('run', [
   '-f', join(repoRoot, 'tests/helm/run-values.yaml'),
   '--set', `config.redis.url=redis://127.0.0.1:${redisPort}/`,
   '--set', `config.kafka.brokers=127.0.0.1:${tansuPort}`,
-], { maxBuffer: 16 << 20 });
-const toJson = spawn(PYTHON, ['-c', 'import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))']);
-const jsonText = new Promise((res, reject) => {
-  let out = '';
-  toJson.stdout.on('data', (c) => (out += c));
-  toJson.on('close', (code) => (code === 0 ? res(out) : reject(new Error(`YAML to JSON failed (${code})`))));
-});
-toJson.stdin.end(rendered);
-const docs = JSON.parse(await jsonText);
-const find = (kind, pred = () => true) => {
-  const found = docs.filter((d) => d.kind === kind && pred(d));
-  assert.equal(found.length, 1, `one ${kind} rendered, got ${found.length}`);
-  return found[0];
-};
-
-const configMap = find('ConfigMap');
-const secret = find('Secret');
-const edgeDeployment = find('Deployment');
-const dispatcherSet = find('StatefulSet');
-const smokePod = find('Pod', (d) => d.metadata.annotations?.['helm.sh/hook'] === 'test');
-const services = docs.filter((d) => d.kind === 'Service');
-
-// /etc/herald -> this temp dir: the ConfigMap's files, as the volume mount gives them.
-const etc = join(work, 'etc-herald');
-await mkdir(etc);
-for (const [file, text] of Object.entries(configMap.data)) await writeFile(join(etc, file), text);
-const localPath = (arg) => arg.replaceAll('/etc/herald', etc);
+]);
+const dev = await render('dev', ['-f', join(repoRoot, 'tests/helm/values/dev.yaml'), '--set', 'drain.shutdownGraceSeconds=3']);
 
 /** What the kubelet gives the container: env (downward API too) and envFrom. */
-function containerEnv(podSpec, container, podName) {
+function containerEnv(release, container, podName) {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_')));
   for (const from of container.envFrom ?? []) {
-    assert.equal(from.secretRef?.name, secret.metadata.name, 'envFrom names the chart Secret');
-    Object.assign(env, secret.stringData);
+    assert.equal(from.secretRef?.name, release.secret.metadata.name, 'envFrom names the chart Secret');
+    Object.assign(env, release.secret.stringData);
   }
   for (const e of container.env ?? []) {
     if ('value' in e) env[e.name] = e.value;
@@ -124,16 +141,16 @@ function containerEnv(podSpec, container, podName) {
  * listeners on port 0 and a ready file. Resolves with the process handle and, per
  * container port name, the local port it got.
  */
-async function startPod(workload, podName) {
+async function startPod(release, workload, podName) {
   const podSpec = workload.spec.template.spec;
   const [container] = podSpec.containers;
   assert.equal(container.command, undefined, 'the image entrypoint (herald) runs the args');
   const readyFile = join(work, `${podName}.ready.json`);
   const args = [
-    ...container.args.map(localPath),
+    ...container.args.map(release.localPath),
     '--host', '127.0.0.1', '--port', '0', '--grpc-port', '0', '--metrics-port', '0', '--ready-file', readyFile,
   ];
-  const proc = spawn(HERALD_BIN, args, { env: containerEnv(podSpec, container, podName), stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(HERALD_BIN, args, { env: containerEnv(release, container, podName), stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   for (const s of [proc.stdout, proc.stderr]) s.on('data', (c) => (output = (output + c).slice(-8000)));
   let exit = null;
@@ -209,25 +226,12 @@ async function terminate(pod) {
 
 // ---------------------------------------------------------------------------
 
-const edges = [];
-const dispatchers = [];
-
-test('the rendered edge and dispatcher pods start and their probes answer', { timeout: TEST_TIMEOUT_MS }, async () => {
-  const replicas = dispatcherSet.spec.replicas;
-  assert.ok(replicas >= 2, 'at least two dispatchers, to show distinct group.instance.ids');
-  // Two edges (the Deployment's pods share one config; Redis joins them).
-  for (let i = 0; i < 2; i++) edges.push(await startPod(edgeDeployment, `${edgeDeployment.metadata.name}-pod${i}`));
-  for (let i = 0; i < replicas; i++) dispatchers.push(await startPod(dispatcherSet, `${dispatcherSet.metadata.name}-${i}`));
-  for (const pod of [...edges, ...dispatchers]) await probesAnswer(pod);
-});
-
-test('the helm test command (herald smoke) passes against the running pods', { timeout: TEST_TIMEOUT_MS }, async () => {
-  assert.ok(edges.length > 0, 'edges running');
-  const [container] = smokePod.spec.containers;
-  const edge = edges[0];
-  // Service name -> where its target port is served here.
+/** Runs the `helm test` pod's command against `edge`, the release's Services mapped to it. */
+async function smoke(release, edge) {
+  const [container] = release.smokePod.spec.containers;
+  // Service name:port -> where its target port is served here.
   const local = new Map();
-  for (const svc of services) {
+  for (const svc of release.services) {
     for (const port of svc.spec.ports) {
       const target = typeof port.targetPort === 'string' ? port.targetPort : null;
       if (target && edge.ports[target]) local.set(`${svc.metadata.name}:${port.port}`, `127.0.0.1:${edge.ports[target]}`);
@@ -235,20 +239,23 @@ test('the helm test command (herald smoke) passes against the running pods', { t
   }
   const args = container.args.map((arg) => {
     const m = /^(ws|http):\/\/([^/:]+:\d+)$/.exec(arg);
-    if (!m) return localPath(arg);
+    if (!m) return release.localPath(arg);
     const where = local.get(m[2]);
     assert.ok(where, `helm test pod names ${m[2]}, which is no Service port of the release`);
     return `${m[1]}://${where}`;
   });
-  const env = containerEnv(smokePod.spec, container, smokePod.metadata.name);
+  const env = containerEnv(release, container, release.smokePod.metadata.name);
   const result = await execFile(HERALD_BIN, args, { env, timeout: 60_000 }).catch((err) => err);
   assert.equal(result.code ?? 0, 0, `herald ${args.join(' ')} failed (exit ${result.code}):\n${result.stdout}${result.stderr}`);
-});
+}
 
-test('SIGTERM: each pod exits within terminationGracePeriodSeconds; clients get 4200 spread over the drain', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-  assert.ok(edges.length > 0, 'edges running');
-  const edge = edges[0];
-  const appKey = /"key" = "([^"]+)"/.exec(secret.stringData.HERALD_APPS)[1];
+/**
+ * Connects CLIENTS pusher-js clients to `edge`, SIGTERMs it and checks the drain: exit 0
+ * within terminationGracePeriodSeconds, /readyz 503 meanwhile, every client closed with
+ * 4200, the closes spread over the drain and within shutdown_grace.
+ */
+async function drain(t, release, edge) {
+  const appKey = /"key" = "([^"]+)"/.exec(release.secret.stringData.HERALD_APPS)[1];
   const closes = [];
   const clients = [];
   for (let i = 0; i < CLIENTS; i++) {
@@ -276,10 +283,10 @@ test('SIGTERM: each pod exits within terminationGracePeriodSeconds; clients get 
     await subscribe(client, 'drain-watch');
   }
 
-  const shutdownGraceMs = Number(/"shutdown_grace" = "(\d+)s"/.exec(configMap.data['herald.toml'])[1]) * 1000;
+  const shutdownGraceMs = Number(/"shutdown_grace" = "(\d+)s"/.exec(release.configMap.data['herald.toml'])[1]) * 1000;
   const sigterm = Date.now();
   const { exit, ms, notReadyAfterMs } = await terminate(edge);
-  t.diagnostic(`edge exit ${JSON.stringify(exit)} after ${ms} ms; /readyz 503 after ${notReadyAfterMs} ms`);
+  t.diagnostic(`${edge.podName} exit ${JSON.stringify(exit)} after ${ms} ms; /readyz 503 after ${notReadyAfterMs} ms`);
   assert.equal(exit.code, 0, `edge exit ${JSON.stringify(exit)}\n${edge.output()}`);
   assert.notEqual(notReadyAfterMs, null, '/readyz never answered 503 while draining');
   await waitFor(() => closes.length === CLIENTS, { timeoutMs: 5_000, what: `all ${CLIENTS} clients to be closed` });
@@ -290,10 +297,44 @@ test('SIGTERM: each pod exits within terminationGracePeriodSeconds; clients get 
   assert.ok(offsets.at(-1) - offsets[0] >= shutdownGraceMs * 0.25,
     `closes span only ${offsets.at(-1) - offsets[0]} ms of a ${shutdownGraceMs} ms drain: a reconnect storm`);
   assert.ok(offsets.at(-1) <= shutdownGraceMs, `last close ${offsets.at(-1)} ms after SIGTERM, beyond shutdown_grace`);
+}
 
+const edges = [];
+const dispatchers = [];
+
+test('cluster: the rendered edge and dispatcher pods start and their probes answer', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const edgeDeployment = cluster.find('Deployment');
+  const dispatcherSet = cluster.find('StatefulSet');
+  const replicas = dispatcherSet.spec.replicas;
+  assert.ok(replicas >= 2, 'at least two dispatchers, to show distinct group.instance.ids');
+  // Two edges (the Deployment's pods share one config; Redis joins them).
+  for (let i = 0; i < 2; i++) edges.push(await startPod(cluster, edgeDeployment, `${edgeDeployment.metadata.name}-pod${i}`));
+  for (let i = 0; i < replicas; i++) dispatchers.push(await startPod(cluster, dispatcherSet, `${dispatcherSet.metadata.name}-${i}`));
+  for (const pod of [...edges, ...dispatchers]) await probesAnswer(pod);
+});
+
+test('cluster: the helm test command (herald smoke) passes against the running pods', { timeout: TEST_TIMEOUT_MS }, async () => {
+  assert.ok(edges.length > 0, 'edges running');
+  await smoke(cluster, edges[0]);
+});
+
+test('cluster: SIGTERM ends each pod within terminationGracePeriodSeconds; clients get 4200 spread over the drain', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  assert.ok(edges.length > 0, 'edges running');
+  await drain(t, cluster, edges[0]);
   for (const pod of [...edges.slice(1), ...dispatchers]) {
     const r = await terminate(pod);
     t.diagnostic(`${pod.podName} exit ${JSON.stringify(r.exit)} after ${r.ms} ms`);
     assert.equal(r.exit.code, 0, `${pod.podName} exit ${JSON.stringify(r.exit)}\n${pod.output()}`);
   }
+});
+
+test('dev mode: the single herald dev pod answers its probes, passes the helm test command and drains', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  const deployment = dev.find('Deployment');
+  assert.equal(deployment.spec.template.spec.containers[0].args[0], 'dev');
+  const pod = await startPod(dev, deployment, `${deployment.metadata.name}-pod`);
+  await probesAnswer(pod);
+  // The smoke test runs in a subtest of its own so the drain is checked even before
+  // `herald smoke` exists.
+  await t.test('herald smoke', () => smoke(dev, pod));
+  await drain(t, dev, pod);
 });
