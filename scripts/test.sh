@@ -12,7 +12,9 @@
 #   6. the bad-input suite: raw handshakes, frames, Pusher messages, HTTP API and
 #      gRPC calls, and a slow consumer against a real `herald dev`, each with its
 #      exact answer and a fresh client served afterwards,
-#   7. the fault tests: real partitions (nftables), stalls and restarts of Redis,
+#   7. the Helm chart (scripts/helm-test.sh): lint, offline validation against the
+#      Kubernetes schemas, assertions, and its rendered pods run as local processes,
+#   8. the fault tests: real partitions (nftables), stalls and restarts of Redis,
 #      Kafka and Herald inside network namespaces created for them (needs root).
 # Any missing tool or service fails the run loudly; nothing is skipped.
 set -euo pipefail
@@ -46,6 +48,11 @@ done
 # to Kafka and a separate dispatcher.
 echo "== webhooks over Kafka (tansu) and Redis"
 COMPAT_WEBHOOKS_MODE=cluster HERALD_BIN="$PWD/target/debug/herald" node --test tests/compat/webhooks.test.mjs
+
+# The Helm chart: lint, offline schema validation, assertions on the rendered objects,
+# and its edge and dispatcher pods run as processes against redis-server and tansu.
+echo "== Helm chart (lint, Kubernetes schemas, rendered pods run against redis-server and tansu)"
+HERALD_BIN="$PWD/target/debug/herald" scripts/helm-test.sh
 
 # Real partitions, each test file in a network namespace of its own (scripts/faults.sh
 # creates and deletes them; nothing leaves them, the host's firewall is untouched).

@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Assertions on the Herald chart's rendered manifests (scripts/helm-test.sh runs this).
+
+    check.py RENDERED_DIR
+
+RENDERED_DIR holds one `helm template` output per values file of tests/helm/values
+(<case>.yaml). For each case:
+  - every manifest validates, strictly, against the Kubernetes schemas of the chart's
+    lowest supported version (Chart.yaml kubeVersion) with kubernetes-validate; the two
+    CRD kinds (ServiceMonitor, HTTPRoute) against tests/helm/crd-schemas;
+  - the probes name the paths and the port the binary serves, the grace period exceeds
+    preStop + shutdown_grace, the pods are hardened, secrets stay out of the ConfigMap;
+  - the rendered herald.toml, with the Secret's (or existing-secret.env's) variables and
+    each pod's own env, passes the real `herald check-config` ($HERALD_BIN);
+  - dispatchers get their group.instance.id from their (distinct) pod names.
+Writes <case>.json (the manifests as a JSON list) for tests/helm/run.test.mjs.
+Any failure exits 1 naming the case and the object.
+"""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+CHART = ROOT / "helm" / "herald"
+HERALD_BIN = os.environ.get("HERALD_BIN", str(ROOT / "target" / "debug" / "herald"))
+
+failures = []
+
+
+def check(cond, case, what):
+    if not cond:
+        failures.append(f"{case}: {what}")
+    return cond
+
+
+def kube_version():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    m = re.match(r"^>=\s*(\d+\.\d+)\.\d+", chart["kubeVersion"])
+    if not m:
+        sys.exit(f"Chart.yaml kubeVersion {chart['kubeVersion']!r} has no lower bound")
+    return m.group(1) + ".0"
+
+
+def duration_secs(text):
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)\s*(ms|s|m|h|d)", text)
+    assert parts, f"not a duration: {text!r}"
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-gateway-v1.json",
+}
+
+
+def validate(case, docs, version):
+    for d in docs:
+        name = f"{d['kind']}/{d['metadata']['name']}"
+        crd = CRD_SCHEMAS.get((d["apiVersion"], d["kind"]))
+        try:
+            if crd:
+                jsonschema.validate(d, json.loads((HERE / "crd-schemas" / crd).read_text()))
+            else:
+                kubernetes_validate.validate(d, version, strict=True)
+        except kubernetes_validate.utils.SchemaNotFoundError:
+            check(False, case, f"{name}: no Kubernetes {version} schema for {d['apiVersion']} {d['kind']}")
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as e:
+            path = ".".join(str(p) for p in e.path)
+            check(False, case, f"{name} invalid against Kubernetes {version}: {path}: {e.message}")
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def container_port(container, name):
+    for p in container.get("ports", []):
+        if p["name"] == name:
+            return p["containerPort"]
+    return None
+
+
+def secret_env(case, docs, pod_spec):
+    """The variables envFrom gives the container: the chart's Secret, or the fixture."""
+    env = {}
+    for src in pod_spec["containers"][0].get("envFrom", []):
+        ref = src["secretRef"]["name"]
+        secrets = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == ref]
+        if secrets:
+            env.update(secrets[0]["stringData"])
+        else:
+            # existingSecret: the operator's Secret; the test's stand-in for it.
+            for line in (HERE / "existing-secret.env").read_text().splitlines():
+                if line and not line.startswith("#"):
+                    k, v = line.split("=", 1)
+                    env[k] = v
+    return env
+
+
+def pod_env(container, pod_name):
+    env = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[e["name"]] = pod_name
+    return env
+
+
+def check_config(case, toml_text, env, role):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "herald.toml"
+        path.write_text(toml_text)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+        r = subprocess.run([HERALD_BIN, "check-config", "--config", str(path)],
+                           env={**base, **env}, capture_output=True, text=True, timeout=60)
+        check(r.returncode == 0, case,
+              f"herald check-config refused the rendered config for the {role} "
+              f"(exit {r.returncode}):\n{r.stdout}{r.stderr}\n--- herald.toml ---\n{toml_text}")
+
+
+def check_workload(case, docs, w, toml, toml_text, role):
+    name = f"{w['kind']}/{w['metadata']['name']}"
+    spec = w["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    server = toml["server"]
+    # Probes: the paths and port the binary serves (metrics_port: /healthz, /readyz).
+    metrics = container_port(c, "metrics")
+    check(metrics == server["metrics_port"], case,
+          f"{name}: container port 'metrics' {metrics} is not server.metrics_port {server['metrics_port']}")
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        p = c.get(probe)
+        if check(p is not None, case, f"{name}: no {probe}"):
+            check(p["httpGet"]["path"] == path and p["httpGet"]["port"] == "metrics", case,
+                  f"{name}: {probe} is {p['httpGet']}, want {path} on the metrics port")
+    if role != "dispatcher":
+        check(container_port(c, "http") == server["port"], case, f"{name}: port 'http' is not server.port")
+        check(container_port(c, "grpc") == toml["grpc"]["port"], case, f"{name}: port 'grpc' is not grpc.port")
+    # Drain: preStop, then Herald's spread over shutdown_grace, inside the grace period.
+    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = duration_secs(server["shutdown_grace"])
+    tgps = spec["terminationGracePeriodSeconds"]
+    check(tgps > pre_stop + grace, case,
+          f"{name}: terminationGracePeriodSeconds {tgps} <= preStop {pre_stop} + shutdown_grace {grace}")
+    # Hardening.
+    sc, psc = c["securityContext"], spec["securityContext"]
+    check(psc.get("runAsNonRoot") is True and sc.get("runAsNonRoot") is True, case, f"{name}: not runAsNonRoot")
+    check(sc.get("readOnlyRootFilesystem") is True, case, f"{name}: root filesystem writable")
+    check(sc.get("allowPrivilegeEscalation") is False, case, f"{name}: privilege escalation allowed")
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"], case, f"{name}: capabilities not all dropped")
+    check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", case, f"{name}: seccomp not RuntimeDefault")
+    # Config and secret changes roll the pods.
+    ann = w["spec"]["template"]["metadata"].get("annotations", {})
+    check("checksum/config" in ann and "checksum/secret" in ann, case, f"{name}: no checksum annotations")
+    # The config file is where the args say.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    check(c["args"][1:3] == ["--config", "/etc/herald/herald.toml"] and mounts.get("/etc/herald") == "config",
+          case, f"{name}: args {c['args']} / mounts {mounts} do not give /etc/herald/herald.toml")
+    # The real binary accepts what the pod would run with.
+    env = {**secret_env(case, docs, spec)}
+    pods = [f"{w['metadata']['name']}-{i}" for i in range(w["spec"].get("replicas", 1))] or ["pod"]
+    check_config(case, toml_text, {**env, **pod_env(c, pods[0])}, role)
+    return c, spec, pods
+
+
+def check_case(case, docs, version):
+    validate(case, docs, version)
+    cms = by_kind(docs, "ConfigMap")
+    if not check(len(cms) == 1, case, f"{len(cms)} ConfigMaps"):
+        return
+    toml_text = cms[0]["data"]["herald.toml"]
+    toml = tomllib.loads(toml_text)
+    check("apps" not in toml and "webhooks" not in toml, case, "apps or webhooks in the ConfigMap")
+    for s in by_kind(docs, "Secret"):
+        for k, v in s["stringData"].items():
+            for m in re.findall(r'"secret" = ("[^"]*")', v) + re.findall(r'"api_tokens" = \[("[^"]*")', v):
+                check(json.loads(m) not in toml_text, case, f"secret value of {k} in the ConfigMap")
+
+    deployments = by_kind(docs, "Deployment")
+    statefulsets = by_kind(docs, "StatefulSet")
+    check(len(deployments) == 1, case, f"{len(deployments)} Deployments, want 1 (edges or dev)")
+    edge = deployments[0]
+    dev = edge["spec"]["template"]["spec"]["containers"][0]["args"][0] == "dev"
+    c, spec, _ = check_workload(case, docs, edge, toml, toml_text, "dev" if dev else "edge")
+    if dev:
+        check(edge["spec"]["replicas"] == 1 and edge["spec"]["strategy"]["type"] == "Recreate", case,
+              "dev mode: not one pod replaced with Recreate")
+        check(not statefulsets and not by_kind(docs, "HorizontalPodAutoscaler"), case,
+              "dev mode renders dispatchers or an HPA")
+    else:
+        check(c["args"][0] == "edge", case, f"edge args {c['args']}")
+        check(edge["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, case, "edges: maxUnavailable not 0")
+        check(len(spec.get("topologySpreadConstraints", [])) >= 1, case, "edges: no topologySpreadConstraints")
+    has_kafka = "kafka" in toml
+    check(len(statefulsets) == (1 if has_kafka and not dev else 0), case,
+          f"{len(statefulsets)} StatefulSets with kafka={has_kafka}")
+    for sts in statefulsets:
+        dc, _, pods = check_workload(case, docs, sts, toml, toml_text, "dispatcher")
+        check(dc["args"][0] == "dispatcher", case, f"dispatcher args {dc['args']}")
+        ids = [pod_env(dc, p).get("HERALD_KAFKA__PROPERTIES__group.instance.id") for p in pods]
+        check(all(ids) and len(set(ids)) == len(ids) and len(ids) >= 2, case,
+              f"dispatchers' group.instance.id not distinct: {ids}")
+        # A second replica's env passes too (same file, its own id).
+        check_config(case, toml_text, {**secret_env(case, docs, sts["spec"]["template"]["spec"]), **pod_env(dc, pods[-1])},
+                     "dispatcher (last replica)")
+
+    # Services: public WebSocket; API with HTTP and gRPC (appProtocol grpc); metrics.
+    svcs = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    full = edge["metadata"]["name"].removesuffix("-edge")
+    api = svcs.get(f"{full}-api")
+    if check(api is not None, case, "no -api Service"):
+        grpc = [p for p in api["spec"]["ports"] if p["name"] == "grpc"]
+        check(grpc and grpc[0]["appProtocol"] == "grpc" and grpc[0]["targetPort"] == "grpc", case,
+              f"API Service gRPC port {grpc}")
+    check(full in svcs and f"{full}-metrics" in svcs, case, "public or metrics Service missing")
+
+    for hpa in by_kind(docs, "HorizontalPodAutoscaler"):
+        down = hpa["spec"]["behavior"]["scaleDown"]
+        pols = down["policies"]
+        check(all(p["type"] == "Pods" and p["value"] == 1 for p in pols) and pols, case,
+              f"HPA scale-down may remove more than one edge per period: {pols}")
+        period = min(p["periodSeconds"] for p in pols)
+        check(period >= spec["terminationGracePeriodSeconds"], case,
+              f"HPA scale-down period {period}s shorter than an edge's drain")
+    for ing in by_kind(docs, "Ingress"):
+        a = ing["metadata"]["annotations"]
+        check(int(a.get("nginx.ingress.kubernetes.io/proxy-read-timeout", "0")) >= 3600 and
+              int(a.get("nginx.ingress.kubernetes.io/proxy-send-timeout", "0")) >= 3600, case,
+              "Ingress without WebSocket-safe timeouts")
+    # The helm test pod: `herald smoke` with the release's Services and the same config.
+    tests = [p for p in by_kind(docs, "Pod") if p["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    if check(len(tests) == 1, case, f"{len(tests)} helm test pods"):
+        args = tests[0]["spec"]["containers"][0]["args"]
+        check(args[0] == "smoke", case, f"helm test pod args {args}")
+        opts = dict(zip(args[1::2], args[2::2]))
+        check(opts.get("--config") == "/etc/herald/herald.toml", case, "helm test pod: --config")
+        check(opts.get("--ws", "").startswith(f"ws://{full}:") and opts.get("--http", "").startswith(f"http://{full}-api:")
+              and opts.get("--grpc", "").startswith(f"http://{full}-api:"), case, f"helm test pod targets {opts}")
+
+    # Case-specific expectations.
+    redis = toml.get("redis", {})
+    if case == "redis-shards":
+        check(len(redis.get("shards", [])) == 3 and not redis.get("cluster"), case, f"[redis] {redis}")
+    if case == "redis-cluster":
+        check(redis.get("cluster") is True and len(redis.get("shards", [])) == 3, case, f"[redis] {redis}")
+    if case == "existing-secret":
+        check(not by_kind(docs, "Secret"), case, "a Secret rendered although existingSecret is set")
+        ref = c["envFrom"][0]["secretRef"]["name"] if c.get("envFrom") else None
+        check(ref == "herald-apps", case, f"envFrom {ref}, want the existing Secret herald-apps")
+    if case == "full":
+        kinds = {d["kind"] for d in docs}
+        want = {"Ingress", "HTTPRoute", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
+                "ServiceMonitor", "StatefulSet"}
+        check(want <= kinds, case, f"missing kinds: {want - kinds}")
+        check(toml["kafka"]["properties"]["security.protocol"] == "plaintext", case, "kafka properties not rendered")
+
+
+def main():
+    rendered = Path(sys.argv[1])
+    version = kube_version()
+    cases = sorted(p.stem for p in (HERE / "values").glob("*.yaml"))
+    for case in cases:
+        f = rendered / f"{case}.yaml"
+        if not check(f.exists(), case, f"not rendered ({f})"):
+            continue
+        docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
+        (rendered / f"{case}.json").write_text(json.dumps(docs, indent=1))
+        n = len(failures)
+        check_case(case, docs, version)
+        print(f"  {case}: {len(docs)} manifests, checked against Kubernetes {version}: "
+              f"{'ok' if len(failures) == n else f'{len(failures) - n} failure(s)'}")
+    if failures:
+        print(file=sys.stderr)
+        print("\n".join(f"FAIL {f}" for f in failures), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
