@@ -28,7 +28,9 @@ COPY rust-toolchain.toml ./
 RUN rustup toolchain install
 COPY . .
 # The cargo registry and target folder are build caches, so a rebuild only compiles
-# what changed; the binary is copied out of the cache in the same step.
+# what changed; the binary is copied out of the cache in the same step, unstripped:
+# the release profile keeps line tables (Cargo.toml) so backtraces and profiles name
+# source lines, and the image ships the very binary the test suite checked.
 RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=herald-target,target=/src/target \
     scripts/build-release.sh \
