@@ -36,10 +36,10 @@ RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry
     scripts/build-release.sh \
     && install -D -m 0755 target/release/herald /out/herald
 
-# Runtime stage: distroless/cc (Debian 12) holds glibc, libgcc_s, CA certificates,
-# tzdata and the nonroot user (65532), and nothing else: no shell, no package
-# manager. That is all herald loads: librdkafka and zlib are linked in statically
-# (scripts/build-release.sh), TLS is rustls. debian-slim would only add a shell and
+# Runtime stage: distroless/cc (Debian 12) holds glibc, libgcc_s, libstdc++, OpenSSL,
+# CA certificates, tzdata and the nonroot user (65532), but no shell and no package
+# manager. herald loads only glibc and libgcc_s (scripts/image-check.sh checks):
+# librdkafka and zlib are linked in statically (scripts/build-release.sh), TLS is rustls. debian-slim would only add a shell and
 # apt for an intruder to use; the `:nonroot` tag's user is 65532, set again below.
 FROM gcr.io/distroless/cc-debian12:nonroot
 
