@@ -10,18 +10,20 @@
 #      against a real redis-server and tansu, their probes, the `helm test` command
 #      (`herald smoke`), and SIGTERM within terminationGracePeriodSeconds with 4200
 #      closes (tests/helm/run.test.mjs).
-# Tools: helm ($HELM, or helm on PATH, or ~/.cache/herald), and a Python with
-# kubernetes-validate, yamllint and PyYAML ($HERALD_K8S_PYTHON, or the venv under
-# ~/.cache/herald). A missing tool fails the run; nothing is skipped.
+# Tools: helm ($HELM, or scripts/install-k8s-tools.sh's, or helm on PATH), and a Python
+# with kubernetes-validate, yamllint and PyYAML ($HERALD_K8S_PYTHON, or the installer's
+# venv). A missing tool fails the run; nothing is skipped.
 # HERALD_BIN: the herald binary (default target/debug/herald, built here if missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 die() { echo "helm-test: error: $*" >&2; exit 1; }
 
+# Where scripts/install-k8s-tools.sh puts them.
+tools="${HERALD_K8S_TOOLS:-$HOME/.cache/herald/k8s-tools}"
 helm_bin="${HELM:-}"
 if [ -z "$helm_bin" ]; then
-  for candidate in "$(command -v helm || true)" "$HOME/.cache/herald/bin/helm" "$HOME/.cache/herald/k8s/helm/helm"; do
+  for candidate in "$tools/bin/helm" "$(command -v helm || true)"; do
     if [ -n "$candidate" ] && [ -x "$candidate" ]; then helm_bin="$candidate"; break; fi
   done
 fi
@@ -29,7 +31,7 @@ fi
 
 py="${HERALD_K8S_PYTHON:-}"
 if [ -z "$py" ]; then
-  for candidate in "$HOME/.cache/herald/k8s-venv/bin/python" "$HOME/.cache/herald/venv/bin/python"; do
+  for candidate in "$tools/venv/bin/python"; do
     if [ -x "$candidate" ]; then py="$candidate"; break; fi
   done
 fi

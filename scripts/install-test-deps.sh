@@ -92,3 +92,6 @@ scripts/install-python-deps.sh
 # The Autobahn testsuite (scripts/autobahn.sh) in a Python 2.7 virtualenv; fails
 # loudly when the machine has no Python 2.7.
 scripts/install-autobahn.sh
+# hadolint (the Dockerfile check, scripts/image-check.sh), helm, kubernetes-validate
+# and yamllint (the Helm chart's tests) in ~/.cache/herald/k8s-tools.
+scripts/install-k8s-tools.sh

@@ -3,18 +3,21 @@
 #   1. install what the tests need (idempotent),
 #   2. formatting and lints,
 #   3. Rust unit and integration tests (cargo nextest),
-#   4. RFC 6455 conformance: the Autobahn testsuite's fuzzing client against an echo
+#   4. the container image: hadolint on the Dockerfile, checks that it builds with
+#      scripts/build-release.sh and that .dockerignore leaves build output out, and
+#      the release build itself (scripts/image-check.sh),
+#   5. RFC 6455 conformance: the Autobahn testsuite's fuzzing client against an echo
 #      harness on the edge's own frame code (scripts/autobahn.sh),
-#   5. the compatibility suite: unmodified pusher-js and the official pusher server
+#   6. the compatibility suite: unmodified pusher-js and the official pusher server
 #      SDK against a real `herald dev` process and `herald edge` clusters, webhooks
 #      checked by the official Standard Webhooks library and the pusher SDK, in dev
 #      and over tansu + Redis with a separate `herald dispatcher`,
-#   6. the bad-input suite: raw handshakes, frames, Pusher messages, HTTP API and
+#   7. the bad-input suite: raw handshakes, frames, Pusher messages, HTTP API and
 #      gRPC calls, and a slow consumer against a real `herald dev`, each with its
 #      exact answer and a fresh client served afterwards,
-#   7. the Helm chart (scripts/helm-test.sh): lint, offline validation against the
+#   8. the Helm chart (scripts/helm-test.sh): lint, offline validation against the
 #      Kubernetes schemas, assertions, and its rendered pods run as local processes,
-#   8. the fault tests: real partitions (nftables), stalls and restarts of Redis,
+#   9. the fault tests: real partitions (nftables), stalls and restarts of Redis,
 #      Kafka and Herald inside network namespaces created for them (needs root).
 # Any missing tool or service fails the run loudly; nothing is skipped.
 set -euo pipefail
@@ -30,6 +33,9 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 
 echo "== cargo nextest"
 cargo nextest run --locked --workspace --all-targets
+
+echo "== container image (hadolint, Dockerfile and .dockerignore checks, release build)"
+scripts/image-check.sh
 
 echo "== Autobahn testsuite (RFC 6455) against the edge's frame reader and outbox"
 scripts/autobahn.sh
