@@ -1,6 +1,18 @@
 //! Connections opened and dropped while a fan-out runs (`--churn`).
 
-use super::*;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use serde_json::json;
+
+use crate::{
+    connect::target_of,
+    fanout::FanoutArgs,
+    pusher::{PusherConn, source_address},
+};
 
 /// Connections opened and dropped while the fan-out runs.
 #[derive(Default)]

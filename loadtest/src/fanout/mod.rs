@@ -15,25 +15,15 @@ use std::{
 };
 
 use anyhow::Context;
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use herald_api::client;
-use herald_core::auth;
-use herald_proto::v1::{
-    Event, PublishBatchRequest, PublishRequest, event::Payload, publisher_client::PublisherClient,
-};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tonic::metadata::MetadataValue;
+use tokio::sync::Semaphore;
 
 use crate::{
-    connect::{ConnectArgs, open_subscribed, target_of},
+    connect::{ConnectArgs, open_subscribed},
     plot::{self, Series},
-    publish::authed,
-    pusher::{OP_TEXT, PusherConn, source_address},
+    pusher::{OP_TEXT, PusherConn},
     server_stats,
 };
 

@@ -1,7 +1,33 @@
 //! The fan-out's publisher: gRPC, or the signed Pusher HTTP API (so any
 //! Pusher-compatible server can be measured).
 
-use super::*;
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context;
+use bytes::Bytes;
+use herald_api::client;
+use herald_core::auth;
+use herald_proto::v1::{
+    Event, PublishBatchRequest, PublishRequest, event::Payload, publisher_client::PublisherClient,
+};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tonic::metadata::MetadataValue;
+
+use crate::{
+    connect::target_of,
+    fanout::{FanoutArgs, Via, now_micros},
+    publish::authed,
+};
 
 /// The data of one event: its send time, padded to the payload size.
 pub(super) fn stamped_data(payload: usize) -> String {
