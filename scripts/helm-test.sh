@@ -59,7 +59,7 @@ app_version="$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$chart/Chart.yaml")"
 
 echo "-- yamllint"
 "$py" -m yamllint --strict -d '{extends: default, rules: {line-length: {max: 100}}}' \
-  "$chart/values.yaml" "$chart/Chart.yaml" tests/helm/values tests/helm/bad
+  "$chart/values.yaml" "$chart/Chart.yaml" "$chart/files/herald-rules.yaml" tests/helm/values tests/helm/bad
 
 for values in tests/helm/values/*.yaml; do
   case_name="$(basename "$values" .yaml)"
