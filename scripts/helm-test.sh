@@ -9,7 +9,10 @@
 #   5. render and run: the rendered edge and dispatcher pods started as local processes
 #      against a real redis-server and tansu, their probes, the `helm test` command
 #      (`herald smoke`), and SIGTERM within terminationGracePeriodSeconds with 4200
-#      closes (tests/helm/run.test.mjs).
+#      closes (tests/helm/run.test.mjs);
+#   6. the operator assets the chart ships (files/herald-dashboard.json, files/herald-rules.yaml):
+#      they parse, and every metric they use is in the /metrics of a running `herald dev`
+#      after traffic that records each (tests/observability/metrics.test.mjs).
 # Tools: helm ($HELM, or scripts/install-k8s-tools.sh's, or helm on PATH), and a Python
 # with kubernetes-validate, yamllint and PyYAML ($HERALD_K8S_PYTHON, or the installer's
 # venv). A missing tool fails the run; nothing is skipped.
@@ -59,7 +62,7 @@ app_version="$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$chart/Chart.yaml")"
 
 echo "-- yamllint"
 "$py" -m yamllint --strict -d '{extends: default, rules: {line-length: {max: 100}}}' \
-  "$chart/values.yaml" "$chart/Chart.yaml" tests/helm/values tests/helm/bad
+  "$chart/values.yaml" "$chart/Chart.yaml" "$chart/files/herald-rules.yaml" tests/helm/values tests/helm/bad
 
 for values in tests/helm/values/*.yaml; do
   case_name="$(basename "$values" .yaml)"
@@ -85,3 +88,6 @@ done
 
 echo "-- render and run (edge + dispatcher pods as processes, redis-server, tansu)"
 HELM="$helm_bin" HERALD_K8S_PYTHON="$py" node --test tests/helm/
+
+echo "-- dashboard and alert rules against a running herald dev's /metrics"
+HERALD_K8S_PYTHON="$py" node --test tests/observability/

@@ -57,7 +57,7 @@ COMPAT_WEBHOOKS_MODE=cluster HERALD_BIN="$PWD/target/debug/herald" node --test t
 
 # The Helm chart: lint, offline schema validation, assertions on the rendered objects,
 # and its edge and dispatcher pods run as processes against redis-server and tansu.
-echo "== Helm chart (lint, Kubernetes schemas, rendered pods run against redis-server and tansu)"
+echo "== Helm chart (lint, Kubernetes schemas, rendered pods run against redis-server and tansu; dashboard and alert rules against /metrics)"
 HERALD_BIN="$PWD/target/debug/herald" scripts/helm-test.sh
 
 # Real partitions, each test file in a network namespace of its own (scripts/faults.sh

@@ -7,7 +7,7 @@ RENDERED_DIR holds one `helm template` output per values file of tests/helm/valu
 (<case>.yaml). For each case:
   - every manifest validates, strictly, against the Kubernetes schemas of the chart's
     lowest supported version (Chart.yaml kubeVersion) with kubernetes-validate; the two
-    CRD kinds (ServiceMonitor, HTTPRoute) against tests/helm/crd-schemas;
+    CRD kinds (ServiceMonitor, PrometheusRule, HTTPRoute) against tests/helm/crd-schemas;
   - the probes name the paths and the port the binary serves, the grace period exceeds
     preStop + shutdown_grace, the pods are hardened, secrets stay out of the ConfigMap;
   - the rendered herald.toml, with the Secret's (or existing-secret.env's) variables and
@@ -61,6 +61,7 @@ def duration_secs(text):
 
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-gateway-v1.json",
 }
 
@@ -177,8 +178,9 @@ def check_workload(case, docs, w, toml, toml_text, role):
 
 def check_case(case, docs, version):
     validate(case, docs, version)
-    cms = by_kind(docs, "ConfigMap")
-    if not check(len(cms) == 1, case, f"{len(cms)} ConfigMaps"):
+    # The config's ConfigMap; the dashboard's (grafanaDashboard) is checked by check_observability.
+    cms = [m for m in by_kind(docs, "ConfigMap") if "herald.toml" in m.get("data", {})]
+    if not check(len(cms) == 1, case, f"{len(cms)} ConfigMaps holding herald.toml"):
         return
     toml_text = cms[0]["data"]["herald.toml"]
     toml = tomllib.loads(toml_text)
@@ -262,9 +264,43 @@ def check_case(case, docs, version):
     if case == "full":
         kinds = {d["kind"] for d in docs}
         want = {"Ingress", "HTTPRoute", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
-                "ServiceMonitor", "StatefulSet"}
+                "ServiceMonitor", "PrometheusRule", "StatefulSet"}
         check(want <= kinds, case, f"missing kinds: {want - kinds}")
         check(toml["kafka"]["properties"]["security.protocol"] == "plaintext", case, "kafka properties not rendered")
+        check_observability(case, docs)
+    else:
+        check(not by_kind(docs, "PrometheusRule"), case, "a PrometheusRule rendered although it is off by default")
+        check(not [m for m in by_kind(docs, "ConfigMap") if "grafana_dashboard" in m["metadata"].get("labels", {})],
+              case, "a dashboard ConfigMap rendered although it is off by default")
+
+
+def check_observability(case, docs):
+    """full.yaml: the dashboard ConfigMap and the PrometheusRule carry the chart's files
+    unchanged, but for the overrides, disabled rules and extra labels full.yaml sets."""
+    dashboards = [m for m in by_kind(docs, "ConfigMap") if m["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    if check(len(dashboards) == 1, case, f"{len(dashboards)} ConfigMaps labelled grafana_dashboard: \"1\", want 1"):
+        d = dashboards[0]
+        shipped = json.loads(d["data"]["herald.json"])
+        check(shipped == json.loads((CHART / "files" / "herald-dashboard.json").read_text()), case,
+              "the dashboard ConfigMap is not files/herald-dashboard.json")
+        check(d["metadata"].get("annotations", {}).get("grafana_folder") == "Herald", case, "dashboard annotations not rendered")
+    rules = by_kind(docs, "PrometheusRule")
+    if not check(len(rules) == 1, case, f"{len(rules)} PrometheusRules, want 1"):
+        return
+    pr = rules[0]
+    check(pr["metadata"]["labels"].get("release") == "prometheus", case, "PrometheusRule labels not rendered")
+    source = yaml.safe_load((CHART / "files" / "herald-rules.yaml").read_text())
+    want = {r["alert"]: r for g in source["groups"] for r in g["rules"]}
+    got = {r["alert"]: r for g in pr["spec"]["groups"] for r in g["rules"]}
+    check(set(got) == set(want) - {"HeraldSlowConsumers"}, case,
+          f"alerts {sorted(got)}, want the file's minus the disabled HeraldSlowConsumers")
+    for name, r in got.items():
+        expect = json.loads(json.dumps(want[name]))
+        expect["labels"]["oncall"] = "herald"
+        if name == "HeraldWebhookFailureRate":
+            expect["for"] = "30m"
+            expect["labels"]["severity"] = "critical"
+        check(r == expect, case, f"PrometheusRule {name}: {r}, want {expect}")
 
 
 def main():
