@@ -163,7 +163,12 @@ impl Metric {
 /// handle that renders `/metrics`. Call once per process; later calls return a
 /// handle to a fresh, unattached recorder (useful in tests that start several nodes).
 pub fn install_prometheus() -> PrometheusHandle {
-    let recorder = PrometheusBuilder::new().build_recorder();
+    // Histograms are exported with buckets (not as per-process summaries), so their
+    // quantiles can be aggregated across pods with `histogram_quantile`. (The only
+    // error is an empty list, which the constant is not.)
+    let builder =
+        PrometheusBuilder::new().set_buckets(LATENCY_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
+    let recorder = builder.build_recorder();
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_ok() {
         for metric in Metric::ALL {
@@ -178,6 +183,11 @@ pub fn install_prometheus() -> PrometheusHandle {
     }
     handle
 }
+
+/// Bucket bounds of every latency histogram, in seconds: from a local delivery (a few
+/// milliseconds) to a webhook endpoint at the client's request timeout.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); `json` for one JSON object
 /// a line. Safe to call more than once (later calls do nothing).
