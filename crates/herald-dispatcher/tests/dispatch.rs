@@ -7,7 +7,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use herald_backbone::{EventLog, MemoryEventLog};
@@ -17,7 +17,11 @@ use herald_dispatcher::{
     schedule::{RetryAfterBounds, RetrySchedule},
 };
 use herald_proto::v1::{ChannelEvent, ChannelEventType};
-use herald_testkit::receiver::{Answer, Receiver};
+use herald_testkit::{
+    Deadline,
+    receiver::{Answer, Receiver},
+    wait_until,
+};
 use herald_webhooks::{
     endpoint::{Endpoint, Format, new_endpoint_id},
     limiter::LocalRateLimiter,
@@ -109,27 +113,22 @@ impl Harness {
     /// counted here. A delivery that should not have been made would have arrived
     /// before this returns, which is what makes it a barrier rather than a sleep.
     async fn settled(&self) {
-        let deadline = Instant::now() + LONG;
-        loop {
+        wait_until(LONG, || {
             let pending = self.observed.seen.lock().unwrap().pending();
-            if pending.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "records still unfinished: {pending:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            if pending.is_empty() { Ok(()) } else { Err(format!("records still unfinished: {pending:?}")) }
+        })
+        .await
     }
 
     /// The app's dead letters, once there is one (panics after [`LONG`]).
     async fn dead_letters(&self, app_id: &str) -> Vec<herald_webhooks::store::DeadLetter> {
-        let deadline = Instant::now() + LONG;
+        let deadline = Deadline::after(LONG);
         loop {
             let dead = self.store.dead_letters(app_id, 0, 10).await.unwrap();
             if !dead.is_empty() {
                 return dead;
             }
-            assert!(Instant::now() < deadline, "no dead letter for {app_id}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            deadline.poll_again(|| format!("a dead letter for {app_id}")).await;
         }
     }
 
@@ -296,7 +295,7 @@ async fn a_hung_endpoint_times_out_and_is_retried_without_delaying_others() {
     assert!(per_id.len() <= 20, "{per_id:?}");
     assert!(per_id.values().any(|n| *n > 1), "no webhook-id was tried twice: {per_id:?}");
     // And the store says why: attempt 1 of a retried delivery timed out.
-    let deadline = Instant::now() + LONG;
+    let deadline = Deadline::after(LONG);
     loop {
         let attempts = h.store.attempts("a", &a.id, None, 100).await.unwrap();
         let retried: Vec<_> =
@@ -307,8 +306,7 @@ async fn a_hung_endpoint_times_out_and_is_retried_without_delaying_others() {
         if timed_out {
             break;
         }
-        assert!(Instant::now() < deadline, "no timed-out first attempt followed by a second: {attempts:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline.poll_again(|| format!("a timed-out first attempt followed by a second: {attempts:?}")).await;
     }
     h.stop().await;
 }
@@ -439,11 +437,11 @@ async fn https_endpoints_are_delivered_to_over_verified_tls() {
     let h = Harness::start(vec![app("a", 0)], trusting).await;
     h.add(&endpoint("a", url.clone(), Format::StandardWebhooks)).await;
     h.append(&[event("a", "c", ChannelEventType::ChannelOccupied, 1)]).await;
-    let deadline = Instant::now() + LONG;
-    while count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "nothing arrived over TLS");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(LONG, || {
+        let arrived = count.load(std::sync::atomic::Ordering::SeqCst);
+        if arrived > 0 { Ok(()) } else { Err("a delivery over TLS".to_owned()) }
+    })
+    .await;
     h.stop().await;
 
     // Not trusting it: the certificate is refused, the delivery dead-lettered.

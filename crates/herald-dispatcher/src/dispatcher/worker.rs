@@ -232,10 +232,12 @@ mod tests {
         Job { delivery, _acks: ack.into_iter().map(Arc::new).collect() }
     }
 
-    /// Waits (in paused time: the timers are the worker's) until `done`.
+    /// Waits until `done`. Time is paused (the timers are the worker's): each pause
+    /// moves tokio's clock on, and the deadline, on the real clock, only bounds a hang.
     async fn until(done: impl Fn() -> bool) {
+        let deadline = herald_testkit::Deadline::after(herald_testkit::WAIT);
         while !done() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            deadline.poll_again(|| "the worker's state".to_owned()).await;
         }
     }
 

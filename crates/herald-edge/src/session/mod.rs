@@ -264,12 +264,10 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use herald_backbone::{MemoryBackbone, Topic};
     use herald_core::Apps;
     use herald_hub::Hub;
-    use tokio::time::Instant;
 
     use super::*;
     use crate::message::SubscribeData;
@@ -324,11 +322,8 @@ mod tests {
 
         drop(session);
         assert!(!node.sessions().shard(&conn).contains_key(&conn), "deregistered at once");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while node.presence().channel("a", &news).await.unwrap().subscription_count != 0 {
-            assert!(Instant::now() < deadline, "the channel was never left");
-            tokio::task::yield_now().await;
-        }
+        let left = || async { node.presence().channel("a", &news).await.unwrap().subscription_count == 0 };
+        herald_testkit::eventually_async("the channel left", left).await;
         let topic = Topic::channel(&Arc::from("a"), &news);
         assert!(!node.hub().has_subscribers(&topic));
     }
