@@ -53,21 +53,8 @@ if [ ! -x "${VENV}/bin/python" ]; then
   python3 -m venv "${VENV}" || die "could not create a virtualenv in ${VENV} (install python3-venv)"
 fi
 
-# Lists, one per line, the pins whose distribution is missing or at another version.
-outdated="$("${VENV}/bin/python" - "${pins[@]}" <<'PY'
-import sys
-from importlib.metadata import PackageNotFoundError, version
-
-for pin in sys.argv[1:]:
-    name, wanted = pin.split("==")
-    try:
-        if version(name) == wanted:
-            continue
-    except PackageNotFoundError:
-        pass
-    print(pin)
-PY
-)"
+# The pins whose distribution is missing or at another version, one per line.
+outdated="$("${VENV}/bin/python" "$(dirname "${BASH_SOURCE[0]}")/outdated-pins.py" "${pins[@]}")"
 if [ -z "${outdated}" ]; then
   log "${pins[*]} up to date in ${VENV}"
 else

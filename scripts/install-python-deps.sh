@@ -30,21 +30,8 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
   die "Python 3.10 or newer is required (found $(python3 --version 2>&1))"
 python3 -m pip --version >/dev/null 2>&1 || die "pip is not available for $(command -v python3) (install python3-pip)"
 
-# Lists, one per line, the pins whose distribution is missing or at another version.
-outdated="$(python3 - "${pins[@]}" <<'EOF'
-import sys
-from importlib.metadata import PackageNotFoundError, version
-
-for pin in sys.argv[1:]:
-    name, wanted = pin.split("==")
-    try:
-        if version(name) == wanted:
-            continue
-    except PackageNotFoundError:
-        pass
-    print(pin)
-EOF
-)"
+# The pins whose distribution is missing or at another version, one per line.
+outdated="$(python3 "$(dirname "${BASH_SOURCE[0]}")/outdated-pins.py" "${pins[@]}")"
 
 if [ -z "${outdated}" ]; then
   echo "install-python-deps: ${pins[*]} up to date"
