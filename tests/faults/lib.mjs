@@ -35,7 +35,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
-import { APP, startAuthServer } from '../compat/harness.mjs';
+import { APP, startAuthServer, waitFor } from '../compat/harness.mjs';
 
 export { APP };
 
@@ -89,20 +89,11 @@ export const workDir = await mkdtemp(join(tmpdir(), 'herald-faults-'));
  * error, and the tail of every service's output.
  */
 export async function eventually(predicate, { timeoutMs = 30_000, what = 'condition', intervalMs = 50 } = {}) {
-  const deadline = Date.now() + timeoutMs;
-  let lastError;
-  for (;;) {
-    try {
-      const value = await predicate();
-      if (value) return value;
-    } catch (err) {
-      lastError = err;
-    }
-    if (Date.now() >= deadline) {
-      const cause = lastError ? ` (last error: ${lastError.message})` : '';
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${cause}${servicesOutput()}`);
-    }
-    await new Promise((r) => setTimeout(r, intervalMs));
+  try {
+    return await waitFor(predicate, { timeoutMs, what, intervalMs });
+  } catch (err) {
+    err.message += servicesOutput();
+    throw err;
   }
 }
 

@@ -5,10 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use herald_backbone::{EventLog, MemoryEventLog};
 use herald_core::{App, AppLimits, Apps};
