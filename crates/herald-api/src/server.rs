@@ -3,15 +3,17 @@
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
+use herald_core::TraceContext;
 use herald_node::Node;
 use herald_proto::v1::{publisher_server::PublisherServer, webhook_admin_server::WebhookAdminServer};
-use herald_telemetry::{accept, listen::serve_until_stopped};
+use herald_telemetry::{accept, listen::serve_until_stopped, trace};
 use hyper::{body::Incoming, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{body::Body, codegen::Service, server::NamedService};
 use tonic_health::server::HealthReporter;
+use tracing::Instrument;
 
 use crate::{GrpcConfig, PublisherService, WebhookAdminService};
 
@@ -177,7 +179,7 @@ impl<H: GrpcService, R1: GrpcService, R2: GrpcService> GrpcRouter<H, R1, R2> {
             .as_ref()
             .filter(|_| path.starts_with(&prefix::<WebhookAdminServer<WebhookAdminService>>()))
         {
-            Routed::Call(webhooks.clone().call(request))
+            Routed::Call(admin_call(webhooks, request))
         } else if path.starts_with("/grpc.health.v1.Health/") {
             Routed::Call(self.health.clone().call(request))
         } else if path.starts_with("/grpc.reflection.v1.ServerReflection/") {
@@ -188,6 +190,37 @@ impl<H: GrpcService, R1: GrpcService, R2: GrpcService> GrpcRouter<H, R1, R2> {
             Routed::Unimplemented
         }
     }
+}
+
+/// A WebhookAdmin call in a span of the caller's trace, named by its method.
+fn admin_call(
+    webhooks: &WebhookAdminServer<WebhookAdminService>,
+    request: http::Request<Incoming>,
+) -> GrpcFuture {
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let caller = TraceContext::from_headers(header("traceparent"), header("tracestate"));
+    let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
+    let span = trace::api_span(caller.as_ref(), || {
+        tracing::info_span!(
+            target: trace::TARGET,
+            "webhook_admin",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        )
+    });
+    let call = webhooks.clone().call(request).instrument(span.clone());
+    Box::pin(async move {
+        let response = call.await;
+        // A failed unary call answers trailers-only: its status is in the headers.
+        if let Ok(response) = &response
+            && let Some(status) = response.headers().get("grpc-status").and_then(|s| s.to_str().ok())
+        {
+            span.record("rpc.grpc.status_code", status);
+        }
+        response
+    })
 }
 
 fn prefix<S: NamedService>() -> String {

@@ -4,12 +4,14 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use herald_backbone::{Claim, IdempotencyStore};
-use herald_core::{App, ChannelKind, ChannelName};
-use herald_node::{EventRequest, Node, ValidEvent, validate_event};
+use herald_core::{App, ChannelKind, ChannelName, TraceContext};
+use herald_node::{EventRequest, Node, ValidEvent, publish_failed, publish_span, validate_event};
 use herald_proto::v1::{self as pb, publish_result, publisher_server::Publisher};
+use herald_telemetry::trace;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::{
     GrpcConfig,
@@ -53,10 +55,25 @@ impl Inner {
         authorize(&self.auth.caller(request.metadata())?, app_id)
     }
 
-    /// Validates and publishes one event (deduplicated by its idempotency key).
-    async fn publish_event(&self, app: &App, event: Option<pb::Event>) -> Result<pb::PublishResponse> {
-        let (valid, key) = self.validate(app, event)?;
-        self.publish_valid(app, &valid, &key).await
+    /// Validates and publishes one event (deduplicated by its idempotency key), in a
+    /// span of the caller's trace.
+    async fn publish_event(
+        &self,
+        app: &App,
+        event: Option<pb::Event>,
+        caller: Option<&TraceContext>,
+    ) -> Result<pb::PublishResponse> {
+        let span = publish_span("grpc", app, caller);
+        let publish = async {
+            let (mut valid, key) = self.validate(app, event)?;
+            valid.trace = caller.cloned();
+            self.publish_valid(app, &valid, &key).await
+        };
+        let outcome = publish.instrument(span.clone()).await;
+        if let Err(e) = &outcome {
+            publish_failed(&span, e);
+        }
+        outcome
     }
 
     /// Checks an event against the app's limits; returns it with its idempotency key.
@@ -116,7 +133,8 @@ impl Inner {
         let mine = published(valid);
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         loop {
-            match store.claim(&app.id, key, &mine.publication_id, self.idempotency_window).await? {
+            let claim = store.claim(&app.id, key, &mine.publication_id, self.idempotency_window);
+            match claim.instrument(tracing::info_span!(target: trace::TARGET, "idempotency.claim")).await? {
                 Claim::Won => break,
                 Claim::Done(publication_id) => {
                     return Ok(pb::PublishResponse { publication_id, duplicate: true, ..mine });
@@ -141,9 +159,30 @@ impl Inner {
 
     /// Publishes a batch in order. Runs of valid events without idempotency keys go
     /// to the broker together, so each subscriber gets its share in one write.
-    async fn publish_batch(&self, app: &App, events: Vec<pb::Event>) -> Vec<pb::PublishResult> {
-        let checked: Vec<Result<(ValidEvent, String)>> =
-            events.into_iter().map(|event| self.validate(app, Some(event))).collect();
+    async fn publish_batch(
+        &self,
+        app: &App,
+        events: Vec<pb::Event>,
+        caller: Option<&TraceContext>,
+    ) -> Vec<pb::PublishResult> {
+        let span = publish_span("grpc", app, caller);
+        self.publish_batch_in(app, events, caller).instrument(span).await
+    }
+
+    async fn publish_batch_in(
+        &self,
+        app: &App,
+        events: Vec<pb::Event>,
+        caller: Option<&TraceContext>,
+    ) -> Vec<pb::PublishResult> {
+        let checked: Vec<Result<(ValidEvent, String)>> = events
+            .into_iter()
+            .map(|event| {
+                let (mut valid, key) = self.validate(app, Some(event))?;
+                valid.trace = caller.cloned();
+                Ok((valid, key))
+            })
+            .collect();
         let mut results = Vec::with_capacity(checked.len());
         let mut rest = &checked[..];
         while let Some(first) = rest.first() {
@@ -204,7 +243,8 @@ impl Publisher for PublisherService {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let app = self.inner.app(&request, &request.get_ref().app_id)?;
-        let response = self.inner.publish_event(&app, request.into_inner().event).await?;
+        let caller = caller_trace(request.metadata());
+        let response = self.inner.publish_event(&app, request.into_inner().event, caller.as_ref()).await?;
         Ok(Response::new(response))
     }
 
@@ -213,16 +253,15 @@ impl Publisher for PublisherService {
         request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
         let app = self.inner.app(&request, &request.get_ref().app_id)?;
-        let events = request.into_inner().events;
+        let given = request.get_ref().events.len();
         let limit = app.limits.max_batch_events;
-        if events.is_empty() || events.len() > limit {
-            return Err(Error::InvalidArgument(format!(
-                "events: {} given, 1 to {limit} accepted",
-                events.len()
-            ))
-            .into());
+        if given == 0 || given > limit {
+            return Err(
+                Error::InvalidArgument(format!("events: {given} given, 1 to {limit} accepted")).into()
+            );
         }
-        let results = self.inner.publish_batch(&app, events).await;
+        let caller = caller_trace(request.metadata());
+        let results = self.inner.publish_batch(&app, request.into_inner().events, caller.as_ref()).await;
         Ok(Response::new(pb::PublishBatchResponse { results }))
     }
 
@@ -235,6 +274,7 @@ impl Publisher for PublisherService {
         // The token is checked per message (each names its app), so a stream with a
         // bad token still answers every message, with UNAUTHENTICATED.
         let caller = self.inner.auth.caller(request.metadata());
+        let trace = caller_trace(request.metadata());
         let mut inbound = request.into_inner();
         let (answers, stream) = mpsc::channel(self.inner.stream_window);
         let inner = self.inner.clone();
@@ -257,7 +297,7 @@ impl Publisher for PublisherService {
                     }
                 };
                 let outcome = match caller.clone().and_then(|caller| authorize(&caller, &message.app_id)) {
-                    Ok(app) => inner.publish_event(&app, message.event).await,
+                    Ok(app) => inner.publish_event(&app, message.event, trace.as_ref()).await,
                     Err(e) => Err(e),
                 };
                 let result = Some(to_result(outcome));
@@ -320,6 +360,12 @@ impl Publisher for PublisherService {
         self.inner.node.terminate_user(&app, &request.get_ref().user_id).await.map_err(Error::from)?;
         Ok(Response::new(pb::TerminateUserConnectionsResponse {}))
     }
+}
+
+/// The caller's W3C trace context, from the `traceparent`/`tracestate` metadata.
+pub(crate) fn caller_trace(metadata: &tonic::metadata::MetadataMap) -> Option<TraceContext> {
+    let value = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    TraceContext::from_headers(value("traceparent"), value("tracestate"))
 }
 
 fn channel_info(channel: &ChannelName, stats: herald_backbone::ChannelStats) -> pb::ChannelInfo {

@@ -60,6 +60,12 @@ pub fn publication(app: &str, channel: &str, event: &str) -> Message {
         data: PublicationData::from_string("{}"),
         user_id: None,
         exclude: None,
+        // Every broker carries these as they are.
+        published_us: 1_700_000_000_123_456,
+        trace: herald_core::TraceContext::from_headers(
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("vendor=value"),
+        ),
     })
 }
 
@@ -87,6 +93,9 @@ pub async fn broker_scenarios<B: Broker, F: Future<Output = (B, B)>>(
     b.publish(&sentinel, publication("app1", "sentinel", "s0")).await.unwrap();
     ra.wait_for(&sentinel, 1).await;
     assert_eq!(ra.events(&news), ["e0"]);
+    // A publication arrives whole: data, timestamp and trace context as sent.
+    let first = ra.received.lock().iter().find(|(t, _)| *t == news).map(|(_, m)| m.clone());
+    assert_eq!(first, Some(publication("app1", "news", "e0")));
     assert!(ra.events(&other_app).is_empty(), "topics are per app");
     assert!(rb.events(&news).is_empty(), "b never subscribed");
 

@@ -13,9 +13,11 @@ pub mod publication;
 pub mod sharded;
 pub mod socket_id;
 pub mod time;
+pub mod trace;
 
 pub use app::{App, AppLimits, Apps};
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
 pub use protocol::ErrorCode;
 pub use publication::{Publication, PublicationData};
 pub use socket_id::SocketId;
+pub use trace::TraceContext;

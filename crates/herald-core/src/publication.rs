@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::{ChannelName, SocketId};
+use crate::{ChannelName, SocketId, TraceContext};
 
 /// The `data` of an event, kept as the raw JSON text it arrived as: a JSON string for
 /// events published through the HTTP API (Pusher double-encodes), any JSON value for
@@ -52,6 +52,11 @@ pub struct Publication {
     /// The connection that must not receive it (the sender of a client event, or the
     /// `socket_id` an HTTP publisher asked to exclude).
     pub exclude: Option<SocketId>,
+    /// When the edge that accepted it did (microseconds since the Unix epoch; 0:
+    /// unknown): each node's fan-out latency is measured from here.
+    pub published_us: i64,
+    /// The trace it belongs to, when the publisher or Herald traces it.
+    pub trace: Option<TraceContext>,
 }
 
 impl Publication {
@@ -93,6 +98,8 @@ mod tests {
             data: PublicationData::from_json(r#"{"a":[1,"x"]}"#),
             user_id: None,
             exclude: None,
+            published_us: 0,
+            trace: None,
         };
         assert_eq!(
             p.to_message(),

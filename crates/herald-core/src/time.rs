@@ -12,6 +12,15 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Microseconds since the Unix epoch (0 if the clock is before it): when a
+/// publication was accepted, so every node can tell how long its fan-out took from
+/// there.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// Exponential backoff: each [`Backoff::next_delay`] is `factor` times the previous
 /// one, from `initial` up to `max`, optionally jittered to 50–150 % so that many
 /// clients that failed together do not retry in lockstep. [`Backoff::reset`] after a

@@ -8,7 +8,7 @@ use std::{
 
 use bytes::Bytes;
 use herald_backbone::ChannelStats;
-use herald_core::{App, ChannelKind, ChannelName, auth};
+use herald_core::{App, ChannelKind, ChannelName, TraceContext, auth};
 use herald_telemetry::Metric;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,7 +16,10 @@ use hyper::body::{Body, Incoming};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use herald_node::{EventRequest, HttpApiConfig, Node, PublishError, ValidEvent, validate_event};
+use herald_node::{
+    EventRequest, HttpApiConfig, Node, PublishError, ValidEvent, publish_failed, publish_span, validate_event,
+};
+use tracing::Instrument;
 
 /// An API failure: the status and the message put in the JSON body.
 #[derive(Debug)]
@@ -174,8 +177,19 @@ async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
 
     let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     match endpoint {
-        Endpoint::Trigger => trigger(node, &app, &body).await,
-        Endpoint::Batch => batch(node, &app, &body).await,
+        Endpoint::Trigger | Endpoint::Batch => {
+            let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+            let caller = TraceContext::from_headers(header("traceparent"), header("tracestate"));
+            let span = publish_span("http", &app, caller.as_ref());
+            let published = match endpoint {
+                Endpoint::Trigger => trigger(node, &app, &body, caller).instrument(span.clone()).await,
+                _ => batch(node, &app, &body, caller).instrument(span.clone()).await,
+            };
+            if let Err(e) = &published {
+                publish_failed(&span, &e.message);
+            }
+            published
+        }
         Endpoint::Channels => channels(node, &app, param("filter_by_prefix"), param("info")).await,
         Endpoint::Channel(channel) => channel_info(node, &app, channel, param("info")).await,
         Endpoint::Users(channel) => users(node, &app, channel).await,
@@ -331,8 +345,9 @@ fn parse_batch(app: &App, body: &[u8]) -> ApiResult<Vec<(ValidEvent, Vec<String>
         .collect()
 }
 
-async fn trigger(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
-    let (event, info) = parse_trigger(app, body)?;
+async fn trigger(node: &Node, app: &App, body: &[u8], caller: Option<TraceContext>) -> ApiResult<Value> {
+    let (mut event, info) = parse_trigger(app, body)?;
+    event.trace = caller;
     node.publish_event(app, &event).await?;
     if info.is_empty() {
         return Ok(json!({}));
@@ -345,9 +360,12 @@ async fn trigger(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
     Ok(json!({ "channels": channels }))
 }
 
-async fn batch(node: &Node, app: &App, body: &[u8]) -> ApiResult<Value> {
+async fn batch(node: &Node, app: &App, body: &[u8], caller: Option<TraceContext>) -> ApiResult<Value> {
     // Validate everything before publishing anything: a bad batch publishes nothing.
-    let events = parse_batch(app, body)?;
+    let mut events = parse_batch(app, body)?;
+    for (event, _) in &mut events {
+        event.trace = caller.clone();
+    }
     node.publish_events(app, events.iter().map(|(event, _)| event)).await?;
     if events.iter().all(|(_, info)| info.is_empty()) {
         return Ok(json!({}));

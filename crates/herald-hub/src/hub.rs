@@ -5,10 +5,10 @@ use std::{collections::HashMap, sync::Arc};
 use bytes::Bytes;
 use herald_backbone::{Message, MessageHandler, Topic};
 use herald_core::{
-    ErrorCode,
+    ErrorCode, Publication,
     sharded::{Sharded, shrink_map, shrink_vec},
 };
-use herald_telemetry::Metric;
+use herald_telemetry::{Metric, trace};
 
 use crate::{Close, Outbox, Push, frame};
 
@@ -141,6 +141,10 @@ impl Hub {
                     continue;
                 }
             };
+            // The run's span and latency are the first publication's: a batch comes
+            // from one API call, so its publications share a trace and a timestamp.
+            let span = fan_out_span(&publication);
+            let _entered = span.enter();
             let (frame, exclude) = self.encode(&publication);
             frames.push(frame);
             while let Some((next_topic, Message::Publication(next))) = messages.peek() {
@@ -153,21 +157,22 @@ impl Hub {
             // One buffer for the whole run, shared by every subscriber: one `write`
             // each, as cheap as a single frame's.
             let run = if frames.len() == 1 { frames[0].clone() } else { Bytes::from(frames.concat()) };
-            self.fan_out_counted(&topic, &run, frames.len(), exclude);
+            let delivered = self.fan_out_counted(&topic, &run, frames.len(), exclude);
+            fanned_out(&span, &publication, delivered / frames.len().max(1), run.len());
             frames.clear();
         }
     }
 
     /// The frame of a publication (encoded once per node, whatever the number of
     /// subscribers), and the local connection it excludes.
-    fn encode(&self, publication: &herald_core::Publication) -> (Bytes, Option<ConnId>) {
+    fn encode(&self, publication: &Publication) -> (Bytes, Option<ConnId>) {
         metrics::counter!(Metric::Publications.name()).increment(1);
         let frame = frame::text(publication.to_message().as_bytes());
         (frame, self.excluded(publication))
     }
 
     /// The local connection a publication excludes, if any.
-    fn excluded(&self, publication: &herald_core::Publication) -> Option<ConnId> {
+    fn excluded(&self, publication: &Publication) -> Option<ConnId> {
         publication.exclude.filter(|socket| socket.node == self.node).map(|socket| socket.conn)
     }
 }
@@ -197,6 +202,35 @@ impl Tally {
     }
 }
 
+/// The span of one publication's fan-out on this node, a child of the publisher's
+/// span when its trace is sampled (else disabled, at no cost).
+fn fan_out_span(publication: &Publication) -> tracing::Span {
+    trace::child_of(publication.trace.as_ref(), || {
+        tracing::info_span!(
+            target: trace::TARGET,
+            "fan_out",
+            otel.kind = "consumer",
+            channel = publication.channel.as_str(),
+            event = &*publication.event,
+            subscribers = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+        )
+    })
+}
+
+/// Records a finished fan-out: its latency from the publication's timestamp, and in
+/// its span, to how many subscribers and how many bytes (each) it went.
+fn fanned_out(span: &tracing::Span, publication: &Publication, subscribers: usize, bytes: usize) {
+    if publication.published_us > 0 {
+        let micros = herald_core::time::now_us().saturating_sub(publication.published_us).max(0);
+        metrics::histogram!(Metric::DeliveryLatency.name()).record(micros as f64 / 1e6);
+    }
+    if !span.is_disabled() {
+        span.record("subscribers", subscribers);
+        span.record("bytes", bytes);
+    }
+}
+
 fn close_all(subscribers: &Snapshot, close: &Close) {
     for (_, outbox) in subscribers.iter() {
         outbox.close(close.clone());
@@ -213,8 +247,11 @@ impl MessageHandler for Hub {
     fn handle(&self, topic: &Topic, message: Message) {
         match message {
             Message::Publication(publication) => {
+                let span = fan_out_span(&publication);
+                let _entered = span.enter();
                 let (frame, exclude) = self.encode(&publication);
-                self.fan_out(topic, &frame, exclude);
+                let delivered = self.fan_out(topic, &frame, exclude);
+                fanned_out(&span, &publication, delivered, frame.len());
             }
             Message::TerminateUser { .. } => {
                 if let Some(subscribers) = self.snapshot(topic) {
@@ -248,6 +285,8 @@ mod tests {
             data: PublicationData::from_string("hello"),
             user_id: None,
             exclude,
+            published_us: 0,
+            trace: None,
         })
     }
 

@@ -147,6 +147,9 @@ impl KafkaConfig {
             // wait is over (tansu 0.6) would otherwise add up to librdkafka's 500 ms
             // to every webhook's latency.
             ("fetch.wait.max.ms", "50"),
+            // A subscribed topic that is missing (or gains partitions) is noticed at
+            // the next metadata refresh: within 10 s, not librdkafka's 5 minutes.
+            ("topic.metadata.refresh.interval.ms", "10000"),
         ]);
         config
             .set("group.id", group)

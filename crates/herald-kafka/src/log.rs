@@ -146,6 +146,49 @@ impl KafkaEventLog {
     }
 }
 
+impl KafkaEventLog {
+    /// Waits (up to [`REQUEST_TIMEOUT`]) until the cluster's metadata lists every one
+    /// of `topics` with its partitions. A topic another client is creating at the same
+    /// moment may be "already there" before its partitions are: a consumer subscribed
+    /// then is assigned nothing, and would only find out at its next metadata refresh.
+    async fn wait_visible(&self, topics: &[&str]) -> Result<()> {
+        let producer = self.producer.read().inner.clone();
+        let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + REQUEST_TIMEOUT;
+            let mut missing = topics.clone();
+            while !missing.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::unavailable(format!(
+                        "kafka: topics created but not in the metadata after {REQUEST_TIMEOUT:?}: {}",
+                        missing.join(", ")
+                    )));
+                }
+                let metadata = producer
+                    .client()
+                    .fetch_metadata(None, left)
+                    .map_err(|e| unavailable("reading the topics' metadata", e))?;
+                missing.retain(|name| {
+                    !metadata
+                        .topics()
+                        .iter()
+                        .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+                });
+                if !missing.is_empty() {
+                    std::thread::sleep(METADATA_RECHECK);
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::unavailable_because("kafka: metadata task failed", e))?
+    }
+}
+
+/// How long `wait_visible` waits before asking for the metadata again.
+const METADATA_RECHECK: Duration = Duration::from_millis(50);
+
 #[async_trait]
 impl EventLog for KafkaEventLog {
     async fn append(&self, topic: &str, records: Vec<Append>) -> Result<()> {
@@ -176,11 +219,10 @@ impl EventLog for KafkaEventLog {
                 Err((name, code)) => failed.push(format!("{name}: {code}")),
             }
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::unavailable(format!("kafka: creating topics: {}", failed.join(", "))))
+        if !failed.is_empty() {
+            return Err(Error::unavailable(format!("kafka: creating topics: {}", failed.join(", "))));
         }
+        self.wait_visible(topics).await
     }
 
     async fn consume(&self, group: &str, topic: &str) -> Result<Box<dyn LogConsumer>> {

@@ -27,6 +27,8 @@ mod share;
 pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig, duration};
 pub use input_budget::InputBudget;
 pub use node::{Node, NodeBuilder};
-pub use publish::{EventField, EventRequest, PublishError, Refusal, ValidEvent, validate_event};
+pub use publish::{
+    EventField, EventRequest, PublishError, Refusal, ValidEvent, publish_failed, publish_span, validate_event,
+};
 pub use recorder::{EventsConfig, RecordError, Recorder, channel_event, event_id};
 pub use share::Joined;

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use herald_backbone::{Message, Topic};
-use herald_core::{App, ChannelKind, ChannelName, Publication, PublicationData, SocketId};
+use herald_core::{App, ChannelKind, ChannelName, Publication, PublicationData, SocketId, TraceContext};
+use herald_telemetry::trace;
+use tracing::Instrument;
 
 use crate::{node::Node, recorder::RecordError};
 
@@ -93,12 +95,16 @@ pub struct ValidEvent {
     pub name: Arc<str>,
     pub data: PublicationData,
     pub exclude: Option<SocketId>,
+    /// The caller's trace context (the API request's `traceparent`), which the front
+    /// end sets: handed on as it is when Herald does not trace itself.
+    pub trace: Option<TraceContext>,
 }
 
 /// Checks an event against Pusher's rules and the app's limits, naming the field and
 /// the reason when it refuses.
 pub fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, PublishError> {
     use EventField::{Channels, Data, ExcludeSocketId, Name};
+    let _span = tracing::info_span!(target: trace::TARGET, "validate").entered();
     let limits = &app.limits;
     let invalid = |field, reason: String| Err(PublishError::Invalid(Refusal::new(field, reason)));
     if request.name.is_empty() {
@@ -144,7 +150,33 @@ pub fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, Pu
         name: Arc::from(request.name),
         data: PublicationData::from_string(&request.data),
         exclude,
+        trace: None,
     })
+}
+
+/// The span of one publish request (`api`: `http` or `grpc`), a child of the caller's
+/// span when it sent a trace context; its children are validation, the broker publish
+/// and the event-log append, and every node's fan-out and every webhook attempt.
+pub fn publish_span(api: &'static str, app: &App, caller: Option<&TraceContext>) -> tracing::Span {
+    trace::api_span(caller, || {
+        tracing::info_span!(
+            target: trace::TARGET,
+            "publish",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            api,
+            app_id = %app.id,
+            error = tracing::field::Empty,
+        )
+    })
+}
+
+/// Marks a publish span failed.
+pub fn publish_failed(span: &tracing::Span, error: &dyn std::fmt::Display) {
+    if !span.is_disabled() {
+        span.record("otel.status_code", "ERROR");
+        span.record("error", tracing::field::display(error));
+    }
 }
 
 /// Publishes a validated event to each of its channels, on every node.
@@ -161,6 +193,10 @@ pub(crate) async fn publish_events<'a>(
     events: impl IntoIterator<Item = &'a ValidEvent>,
 ) -> Result<(), PublishError> {
     let app_id: Arc<str> = Arc::from(app.id.as_str());
+    let published_us = herald_core::time::now_us();
+    // Traced here: every node's fan-out and every webhook attempt are children of the
+    // caller's span (the API's publish span); else the caller's context, as it came.
+    let traced = trace::current();
     let mut messages: Vec<(Topic, Message)> = events
         .into_iter()
         .flat_map(|event| {
@@ -172,6 +208,8 @@ pub(crate) async fn publish_events<'a>(
                     data: event.data.clone(),
                     user_id: None,
                     exclude: event.exclude,
+                    published_us,
+                    trace: traced.clone().or_else(|| event.trace.clone()),
                 };
                 (Topic::channel(&app_id, channel), Message::Publication(publication))
             })
@@ -184,6 +222,7 @@ pub(crate) async fn publish_events<'a>(
         });
         (recorder.clone(), events.collect::<Vec<_>>())
     });
+    let publications = messages.len();
     let fan_out = async {
         if messages.len() == 1
             && let Some((topic, message)) = messages.pop()
@@ -192,12 +231,23 @@ pub(crate) async fn publish_events<'a>(
         } else {
             node.broker.publish_batch(messages).await
         }
-    };
+    }
+    .instrument(
+        tracing::info_span!(target: trace::TARGET, "broker.publish", otel.kind = "producer", publications),
+    );
     // Fan-out and the durable append run side by side: the publish takes as long
     // as the slower of the two, not their sum.
     let record = async {
         match records {
-            Some((recorder, events)) => recorder.record_publications(events).await,
+            Some((recorder, events)) => {
+                let span = tracing::info_span!(
+                    target: trace::TARGET,
+                    "events.append",
+                    otel.kind = "producer",
+                    events = events.len()
+                );
+                recorder.record_publications(events).instrument(span).await
+            }
             None => Ok(()),
         }
     };
@@ -227,6 +277,10 @@ fn publication_event(publication: &Publication) -> herald_proto::v1::ChannelEven
     event.event = publication.event.to_string();
     event.data = publication.data.to_text();
     event.socket_id = publication.exclude.map(|s| s.to_string()).unwrap_or_default();
+    if let Some(trace) = &publication.trace {
+        event.traceparent = trace.traceparent().to_owned();
+        event.tracestate = trace.tracestate().unwrap_or_default().to_owned();
+    }
     event
 }
 

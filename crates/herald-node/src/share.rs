@@ -301,6 +301,8 @@ pub(crate) async fn tell(
         data: PublicationData::from_string(data),
         user_id: None,
         exclude,
+        published_us: herald_core::time::now_us(),
+        trace: None,
     };
     if let Err(e) = node.publish(publication).await {
         tracing::warn!(error = %e, event, "could not publish a presence event");

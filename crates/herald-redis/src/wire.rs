@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use herald_backbone::Message;
-use herald_core::{ChannelName, Publication, PublicationData, SocketId};
+use herald_core::{ChannelName, Publication, PublicationData, SocketId, TraceContext};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -27,6 +27,18 @@ struct Wire<'a> {
     /// The socket id the publication excludes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     exclude: Option<String>,
+    /// When it was published (microseconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    t: i64,
+    /// W3C `traceparent` and `tracestate`.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    tp: Option<&'a str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    ts: Option<&'a str>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// Encodes a message of `app_id` for Redis.
@@ -40,6 +52,9 @@ pub(crate) fn encode(app_id: &str, message: &Message) -> Vec<u8> {
             data: serde_json::from_str(p.data.as_json()).ok(),
             user: p.user_id.as_deref(),
             exclude: p.exclude.map(|s| s.to_string()),
+            t: p.published_us,
+            tp: p.trace.as_ref().map(|t| t.traceparent()),
+            ts: p.trace.as_ref().and_then(|t| t.tracestate()),
         },
         Message::TerminateUser { user_id } => Wire {
             a: app_id,
@@ -49,6 +64,9 @@ pub(crate) fn encode(app_id: &str, message: &Message) -> Vec<u8> {
             data: None,
             user: None,
             exclude: None,
+            t: 0,
+            tp: None,
+            ts: None,
         },
     };
     serde_json::to_vec(&wire).unwrap_or_default()
@@ -67,6 +85,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Message> {
         data: PublicationData::from_json(wire.data?.get()),
         user_id: wire.user.map(Arc::from),
         exclude: wire.exclude.and_then(|s| s.parse::<SocketId>().ok()),
+        published_us: wire.t,
+        trace: TraceContext::from_headers(wire.tp, wire.ts),
     }))
 }
 
@@ -83,6 +103,11 @@ mod tests {
             data: PublicationData::from_json(r#"{"b": [1, "x"] }"#),
             user_id: Some("u1".into()),
             exclude: Some(SocketId { node: 7, conn: 42 }),
+            published_us: 1_700_000_000_123_456,
+            trace: TraceContext::from_headers(
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                Some("vendor=value"),
+            ),
         });
         let terminate = Message::TerminateUser { user_id: "u:1".into() };
         for message in [publication, terminate] {

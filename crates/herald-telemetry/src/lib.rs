@@ -1,5 +1,6 @@
-//! Logs and metrics for every Herald role: one place that names each metric, installs
-//! the Prometheus recorder and the tracing subscriber, and serves them on the
+//! Logs, metrics and traces for every Herald role: one place that names each metric,
+//! installs the Prometheus recorder and the tracing subscriber with its span exporter
+//! ([`init`], [`trace`]), and serves them on the
 //! operations listener (`/healthz`, `/readyz`, `/metrics`, see [`serve_ops`]) that
 //! every role binds with [`bind`] and accepts on with [`accept`].
 //!
@@ -23,13 +24,15 @@
 
 pub mod listen;
 mod ops;
+mod setup;
+pub mod trace;
 
 pub use listen::{accept, bind};
 pub use ops::{Readiness, serve_ops};
+pub use setup::{Telemetry, TracingConfig, init};
 
-use metrics_exporter_prometheus::PrometheusBuilder;
 pub use metrics_exporter_prometheus::PrometheusHandle;
-use tracing_subscriber::EnvFilter;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// Every metric Herald records. Names are stable: dashboards depend on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,10 +86,28 @@ pub enum Metric {
     /// Counter: times this node re-asserted its presence share after a gap, label
     /// `gap` (`interrupted`, `expired`, `lost`).
     PresenceReasserts,
+    /// Histogram: seconds from a publication's acceptance (its timestamp, taken by
+    /// the edge that accepted it) to its frame handed to every local subscriber's
+    /// socket, on each node that fans it out.
+    DeliveryLatency,
+    /// Gauge: webhook deliveries held by this dispatcher until they are due, label
+    /// `queue` (`retry`: waiting for their next attempt; `parked`: put aside while
+    /// their endpoint was busy or their app over its limit).
+    WebhookWaiting,
+    /// Gauge: seconds since the oldest event this dispatcher has read but not
+    /// finished was appended (0 when nothing is unfinished): how far webhooks lag
+    /// behind the events.
+    DispatcherLag,
+    /// Counter: times a webhook delivery had to wait for a rate limit, label `limit`
+    /// (`app`: its app's `webhooks_per_second`; `endpoint`: the endpoint's own).
+    WebhookThrottled,
+    /// Histogram: seconds a webhook delivery was told to wait by a rate limit, label
+    /// `limit` as for [`Metric::WebhookThrottled`].
+    WebhookThrottleWait,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 18] = [
+    pub const ALL: [Metric; 23] = [
         Metric::Connections,
         Metric::ConnectionsAccepted,
         Metric::ConnectionsClosed,
@@ -105,6 +126,11 @@ impl Metric {
         Metric::WebhookDeadLetters,
         Metric::WebhookLatency,
         Metric::PresenceReasserts,
+        Metric::DeliveryLatency,
+        Metric::WebhookWaiting,
+        Metric::DispatcherLag,
+        Metric::WebhookThrottled,
+        Metric::WebhookThrottleWait,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -127,6 +153,11 @@ impl Metric {
             Metric::WebhookDeadLetters => "herald_webhook_dead_letters_total",
             Metric::WebhookLatency => "herald_webhook_latency_seconds",
             Metric::PresenceReasserts => "herald_presence_reasserts_total",
+            Metric::DeliveryLatency => "herald_delivery_latency_seconds",
+            Metric::WebhookWaiting => "herald_webhook_waiting",
+            Metric::DispatcherLag => "herald_dispatcher_lag_seconds",
+            Metric::WebhookThrottled => "herald_webhook_throttled_total",
+            Metric::WebhookThrottleWait => "herald_webhook_throttle_wait_seconds",
         }
     }
 
@@ -155,6 +186,19 @@ impl Metric {
             Metric::PresenceReasserts => {
                 "Times this node re-asserted its presence share in the backbone after a gap, by kind of gap."
             }
+            Metric::DeliveryLatency => {
+                "Seconds from a publication's acceptance to its frame handed to every local subscriber's socket."
+            }
+            Metric::WebhookWaiting => "Webhook deliveries held until due, by queue (retry, parked).",
+            Metric::DispatcherLag => {
+                "Seconds since the oldest event read but not finished by this dispatcher was appended."
+            }
+            Metric::WebhookThrottled => {
+                "Times a webhook delivery waited for a rate limit, by limit (app, endpoint)."
+            }
+            Metric::WebhookThrottleWait => {
+                "Seconds webhook deliveries were told to wait by a rate limit, by limit."
+            }
         }
     }
 }
@@ -166,17 +210,25 @@ pub fn install_prometheus() -> PrometheusHandle {
     // Histograms are exported with buckets (not as per-process summaries), so their
     // quantiles can be aggregated across pods with `histogram_quantile`. (The only
     // error is an empty list, which the constant is not.)
-    let builder =
-        PrometheusBuilder::new().set_buckets(LATENCY_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
+    let builder = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(Metric::DeliveryLatency.name().into()), FANOUT_BUCKETS)
+        })
+        .unwrap_or_else(|_| PrometheusBuilder::new());
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_ok() {
         for metric in Metric::ALL {
             match metric {
-                Metric::Connections | Metric::LocalChannels | Metric::BackboneDown => {
-                    metrics::describe_gauge!(metric.name(), metric.help())
+                Metric::Connections
+                | Metric::LocalChannels
+                | Metric::BackboneDown
+                | Metric::WebhookWaiting
+                | Metric::DispatcherLag => metrics::describe_gauge!(metric.name(), metric.help()),
+                Metric::WebhookLatency | Metric::DeliveryLatency | Metric::WebhookThrottleWait => {
+                    metrics::describe_histogram!(metric.name(), metric.help())
                 }
-                Metric::WebhookLatency => metrics::describe_histogram!(metric.name(), metric.help()),
                 _ => metrics::describe_counter!(metric.name(), metric.help()),
             }
         }
@@ -189,17 +241,7 @@ pub fn install_prometheus() -> PrometheusHandle {
 pub const LATENCY_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); `json` for one JSON object
-/// a line. Safe to call more than once (later calls do nothing).
-pub fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // Its fallback for a failed write is `eprintln!`, which panics when stderr is
-        // gone (a closed pipe to a log shipper): the panic would kill whichever task
-        // was logging. A lost log line is the lesser evil.
-        .log_internal_errors(false)
-        .with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
-}
+/// Bucket bounds of [`Metric::DeliveryLatency`]: a fan-out within one data centre
+/// takes well under a millisecond to a few; seconds mean a node is overloaded.
+pub const FANOUT_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];

@@ -11,6 +11,7 @@
 #[cfg(feature = "edge")]
 mod edge;
 pub mod ports;
+pub mod process;
 pub mod receiver;
 pub mod redis;
 pub mod tansu;

@@ -94,7 +94,9 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
-        if !std::thread::panicking() {
+        if std::thread::panicking() {
+            eprintln!("──── tansu's output is kept in {} ────", self.log_path().display());
+        } else {
             let _ = std::fs::remove_file(self.log_path());
         }
     }

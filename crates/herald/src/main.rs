@@ -101,19 +101,34 @@ fn main() -> ExitCode {
             }
         }
         Command::Dev(_) | Command::Edge(_) | Command::Dispatcher(_) => {
-            herald_telemetry::init_tracing(config.log.json);
+            let mut config = config;
+            let role = match cli.command {
+                Command::Dev(_) => "dev",
+                Command::Edge(_) => "edge",
+                _ => "dispatcher",
+            };
+            if role != "dispatcher" && config.server.node_id == 0 {
+                config.server.node_id = herald_node::Node::random_id();
+            }
+            let Some(runtime) = runtime() else { return ExitCode::FAILURE };
+            // Inside the runtime: the span exporter's gRPC client runs on it.
+            let telemetry = runtime.block_on(async {
+                herald_telemetry::init(config.log.json, &config.telemetry, resource(role, &config))
+            });
             for note in &config.deprecated {
                 tracing::warn!("{note}");
             }
-            let Some(runtime) = runtime() else { return ExitCode::FAILURE };
-            let role = async {
-                match cli.command {
-                    Command::Dev(_) => roles::dev::run(config).await,
-                    Command::Edge(_) => roles::edge::run(config).await,
+            let run = async {
+                match role {
+                    "dev" => roles::dev::run(config).await,
+                    "edge" => roles::edge::run(config).await,
                     _ => roles::dispatcher::run(config).await,
                 }
             };
-            match runtime.block_on(role) {
+            let result = runtime.block_on(run);
+            // Spans still queued are exported (within the export timeout).
+            runtime.block_on(async { tokio::task::spawn_blocking(|| telemetry.shutdown()).await.ok() });
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -122,6 +137,24 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// What every span of this process says about where it comes from: the role, the
+/// node id (edges), and the Kubernetes pod (`POD_NAME`, which the Helm chart sets).
+fn resource(role: &str, config: &Config) -> Vec<(&'static str, String)> {
+    let mut attributes = vec![("herald.role", role.to_owned())];
+    if role != "dispatcher" {
+        attributes.push(("herald.node_id", config.server.node_id.to_string()));
+    }
+    if let Ok(pod) = std::env::var("POD_NAME")
+        && !pod.is_empty()
+    {
+        attributes.push(("k8s.pod.name", pod.clone()));
+        attributes.push(("service.instance.id", pod));
+    } else if role != "dispatcher" {
+        attributes.push(("service.instance.id", format!("node-{}", config.server.node_id)));
+    }
+    attributes
 }
 
 /// The multi-threaded runtime every command runs on (`None`, reported, if it cannot

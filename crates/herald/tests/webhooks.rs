@@ -6,15 +6,15 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use herald_core::auth;
 use herald_testkit::{
     Client, app, http_request, now,
+    process::Process,
     receiver::{Received, Receiver},
     redis::RedisServer,
     tansu::Tansu,
@@ -26,9 +26,9 @@ const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const LONG: Duration = Duration::from_secs(60);
 
-/// A herald process, killed on drop.
+/// A herald process, killed on drop; its output is shown when the test fails.
 struct Herald {
-    child: Child,
+    process: Process,
     ws: Option<SocketAddr>,
 }
 
@@ -87,25 +87,16 @@ impl Cluster {
     }
 
     fn spawn(&self, role: &str, ready: &str) -> Herald {
-        let mut child = Command::new(HERALD)
+        let mut command = Command::new(HERALD);
+        command
             .args([role, "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut lines = stderr.lines().map_while(Result::ok);
-        let line = lines.find(|line| line.contains(ready));
-        // Keep draining stderr, so the process never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        let mut herald = Herald { child, ws: None };
-        let line = line.unwrap_or_else(|| panic!("herald {role} exited before it was ready"));
-        herald.ws = line
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let (process, line) = Process::start(&format!("herald {role}"), command, ready);
+        let ws = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("ws_addr="))
             .map(|a| a.trim_matches('"').parse().unwrap());
-        herald
+        Herald { process, ws }
     }
 
     fn edge(&self) -> Herald {
@@ -133,14 +124,7 @@ impl Herald {
 
     /// `kill -9`.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
 

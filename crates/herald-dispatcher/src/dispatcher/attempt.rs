@@ -6,11 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use herald_core::time::{Backoff, now_ms};
-use herald_proto::v1::Delivery;
-use herald_telemetry::Metric;
+use herald_core::{
+    TraceContext,
+    time::{Backoff, now_ms},
+};
+use herald_proto::v1::{ChannelEvent, Delivery};
+use herald_telemetry::{Metric, trace};
 use prost::Message as _;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use herald_webhooks::{
     delivery::encode_delivery,
@@ -75,6 +79,37 @@ impl Outcome {
     }
 }
 
+/// The trace context the delivery's (first) event was published with.
+fn published_trace(delivery: &Delivery) -> Option<TraceContext> {
+    event_trace(delivery.events.first()?)
+}
+
+/// The trace context an event was published with.
+pub(super) fn event_trace(event: &ChannelEvent) -> Option<TraceContext> {
+    let state = (!event.tracestate.is_empty()).then_some(event.tracestate.as_str());
+    TraceContext::from_headers(Some(&event.traceparent), state)
+}
+
+/// The span of one attempt, a child of the publisher's span when its trace is sampled.
+fn attempt_span(published: Option<&TraceContext>, delivery: &Delivery, endpoint: &Endpoint) -> tracing::Span {
+    trace::child_of(published, || {
+        tracing::info_span!(
+            target: trace::TARGET,
+            "webhook.attempt",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            webhook_id = %delivery.id,
+            endpoint_id = %endpoint.id,
+            attempt = delivery.attempt,
+            events = delivery.events.len(),
+            status = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+            error = tracing::field::Empty,
+        )
+    })
+}
+
 impl Dispatcher {
     /// One attempt of a job, and what follows from its outcome.
     pub(super) async fn attempt(self: Arc<Self>, mut job: Job, route: Arc<Route>) {
@@ -91,14 +126,26 @@ impl Dispatcher {
             Ok(target) => target,
             Err(e) => return self.dead_letter(job, e.clone()).await,
         };
-        let prepared = match format::prepare(delivery, endpoint, app, now_ms()) {
+        let mut prepared = match format::prepare(delivery, endpoint, app, now_ms()) {
             Ok(prepared) => prepared,
             Err(e) => return self.dead_letter(job, e).await,
         };
         job.delivery.attempt += 1;
+        // A span of the publisher's trace; the receiver continues it from the
+        // `traceparent` header (the publisher's own when Herald does not trace).
+        let published = published_trace(&job.delivery);
+        let span = attempt_span(published.as_ref(), &job.delivery, endpoint);
+        if let Some(trace) = trace::context_of(&span).or(published) {
+            prepared.headers.push(("traceparent", trace.traceparent().to_owned()));
+            if let Some(state) = trace.tracestate() {
+                prepared.headers.push(("tracestate", state.to_owned()));
+            }
+        }
         let started = Instant::now();
         // Boxed: the request future is large, and this one is moved into a task.
-        let result = Box::pin(self.client.post(target, prepared.headers, prepared.body)).await;
+        let result = Box::pin(self.client.post(target, prepared.headers, prepared.body))
+            .instrument(span.clone())
+            .await;
         let latency = started.elapsed();
         let outcome = Outcome::of(&result, &self);
         let (status, response_excerpt, error) = match result {
@@ -114,6 +161,15 @@ impl Dispatcher {
             Err(e) => (0, String::new(), e.to_string()),
         };
         metrics::counter!(Metric::WebhookAttempts.name(), "outcome" => outcome.label()).increment(1);
+        if !span.is_disabled() {
+            span.record("status", status);
+            span.record("outcome", outcome.label());
+            span.record("latency_ms", latency.as_millis() as u64);
+            if outcome != Outcome::Delivered {
+                span.record("otel.status_code", "ERROR");
+                span.record("error", error.as_str());
+            }
+        }
         self.record_attempt(
             job.delivery.app_id.clone(),
             AttemptRecord {
@@ -127,18 +183,22 @@ impl Dispatcher {
                 error: error.clone(),
             },
         );
-        match outcome {
-            Outcome::Delivered => {
-                let age = (now_ms() - job.delivery.created_ms).max(0) as f64 / 1000.0;
-                metrics::histogram!(Metric::WebhookLatency.name()).record(age);
+        // What follows is part of the attempt's span (its log lines carry its ids).
+        let consequence = async {
+            match outcome {
+                Outcome::Delivered => {
+                    let age = (now_ms() - job.delivery.created_ms).max(0) as f64 / 1000.0;
+                    metrics::histogram!(Metric::WebhookLatency.name()).record(age);
+                }
+                Outcome::Gone => {
+                    self.disable(endpoint, "the endpoint answered 410 Gone").await;
+                    self.dead_letter(job, "HTTP 410 Gone: endpoint disabled".into()).await;
+                }
+                Outcome::Failed { retry_after } => self.retry(job, error, retry_after).await,
+                Outcome::Refused => self.retry(job, error, None).await,
             }
-            Outcome::Gone => {
-                self.disable(endpoint, "the endpoint answered 410 Gone").await;
-                self.dead_letter(job, "HTTP 410 Gone: endpoint disabled".into()).await;
-            }
-            Outcome::Failed { retry_after } => self.retry(job, error, retry_after).await,
-            Outcome::Refused => self.retry(job, error, None).await,
-        }
+        };
+        consequence.instrument(span).await;
     }
 
     /// Queues an attempt record for the store; dropped (and logged) when the writer is

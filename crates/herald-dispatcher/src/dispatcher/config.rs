@@ -79,11 +79,6 @@ impl Topics {
             dead: format!("{prefix}.dead"),
         }
     }
-
-    /// Every topic a delivery may wait in (read by the dispatcher).
-    pub fn waiting(&self) -> impl Iterator<Item = &String> {
-        self.retries.iter().chain(std::iter::once(&self.parked))
-    }
 }
 
 /// Creates the topics the dispatcher reads and writes, if missing.

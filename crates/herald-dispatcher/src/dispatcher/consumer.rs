@@ -10,6 +10,7 @@ use std::{
 
 use herald_backbone::LogConsumer;
 use herald_proto::v1::Delivery;
+use herald_telemetry::Metric;
 use parking_lot::Mutex;
 use prost::Message as _;
 use tokio::sync::Semaphore;
@@ -63,13 +64,64 @@ impl<T> DueQueue<T> {
     }
 }
 
+/// What a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Queue {
+    /// The events topic: each record becomes deliveries at once.
+    Events,
+    /// A retry tier: deliveries waiting for their next attempt.
+    Retry,
+    /// Deliveries put aside while their endpoint was busy or their app throttled.
+    Parked,
+}
+
+impl Queue {
+    /// The `queue` label of [`Metric::WebhookWaiting`].
+    fn label(self) -> &'static str {
+        match self {
+            Self::Events => "events",
+            Self::Retry => "retry",
+            Self::Parked => "parked",
+        }
+    }
+}
+
+/// Deliveries held until due, counted in [`Metric::WebhookWaiting`] while held.
+struct Waiting {
+    jobs: DueQueue<Job>,
+    queue: Queue,
+}
+
+impl Waiting {
+    fn gauge(&self) -> metrics::Gauge {
+        metrics::gauge!(Metric::WebhookWaiting.name(), "queue" => self.queue.label())
+    }
+
+    fn push(&mut self, due_ms: i64, job: Job) {
+        self.jobs.push(due_ms, job);
+        self.gauge().increment(1.0);
+    }
+
+    fn pop_due(&mut self, now_ms: i64) -> Option<Job> {
+        let job = self.jobs.pop_due(now_ms)?;
+        self.gauge().decrement(1.0);
+        Some(job)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.gauge().decrement(self.jobs.items.len() as f64);
+    }
+}
+
 impl Dispatcher {
     /// One topic's consumer loop. Event records become deliveries at once; waiting
     /// deliveries are held (in due order) until due.
     pub(super) async fn consume(
         self: Arc<Self>,
         mut consumer: Box<dyn LogConsumer>,
-        events: bool,
+        queue: Queue,
         shutdown: CancellationToken,
         grace: Duration,
     ) -> herald_backbone::Result<()> {
@@ -77,7 +129,7 @@ impl Dispatcher {
         // `acquire_many` counts in u32: the budget is capped to what it can take back.
         let max_in_flight = u32::try_from(self.config.max_in_flight).unwrap_or(u32::MAX);
         let budget = Arc::new(Semaphore::new(max_in_flight as usize));
-        let mut waiting: DueQueue<Job> = DueQueue::default();
+        let mut waiting = Waiting { jobs: DueQueue::default(), queue };
         let mut last_commit = Instant::now();
         while !shutdown.is_cancelled() {
             // Release what is due.
@@ -88,11 +140,16 @@ impl Dispatcher {
             if last_commit.elapsed() >= self.config.commit_interval {
                 self.commit(consumer.as_mut(), &offsets).await;
                 last_commit = Instant::now();
+                if queue == Queue::Events {
+                    let oldest = offsets.lock().oldest_pending_ms();
+                    let lag_ms = oldest.map_or(0, |at| (now - at).max(0));
+                    metrics::gauge!(Metric::DispatcherLag.name()).set(lag_ms as f64 / 1000.0);
+                }
             }
             // Wait for records (while the budget allows), for the next due delivery,
             // or for the next commit, whichever comes first.
             let next_due =
-                waiting.next_due().map(|due| Duration::from_millis((due - now).max(0).unsigned_abs()));
+                waiting.jobs.next_due().map(|due| Duration::from_millis((due - now).max(0).unsigned_abs()));
             let wait = next_due.unwrap_or(self.config.commit_interval).min(self.config.commit_interval);
             let free = budget.available_permits();
             if free == 0 {
@@ -125,7 +182,7 @@ impl Dispatcher {
                     break;
                 };
                 let ack = Arc::new(RecordAck::begin(&offsets, &record, slot));
-                if events {
+                if queue == Queue::Events {
                     self.route_event(&record, ack).await;
                     continue;
                 }

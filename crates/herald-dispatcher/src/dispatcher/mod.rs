@@ -62,7 +62,7 @@ pub use self::{
     config::{DispatcherConfig, Topics, ensure_topics},
     offsets::RecordAck,
 };
-use self::{routing::EndpointCache, worker::EndpointQueue};
+use self::{consumer::Queue, routing::EndpointCache, worker::EndpointQueue};
 use crate::{client::Client, limiter::Leases};
 
 /// One delivery on its way, with the records it finishes.
@@ -146,13 +146,14 @@ impl Dispatcher {
             writer.spawn(attempt::write_attempts(self.store.clone(), records));
         }
         let mut consumers = JoinSet::new();
-        let mut topics = vec![(self.config.events_topic.clone(), true)];
-        topics.extend(self.topics.waiting().map(|t| (t.clone(), false)));
-        for (topic, events) in topics {
+        let mut topics = vec![(self.config.events_topic.clone(), Queue::Events)];
+        topics.extend(self.topics.retries.iter().map(|t| (t.clone(), Queue::Retry)));
+        topics.push((self.topics.parked.clone(), Queue::Parked));
+        for (topic, queue) in topics {
             let consumer = self.log.consume(&self.config.group, &topic).await?;
             let dispatcher = self.clone();
             let shutdown = shutdown.clone();
-            consumers.spawn(async move { dispatcher.consume(consumer, events, shutdown, grace).await });
+            consumers.spawn(async move { dispatcher.consume(consumer, queue, shutdown, grace).await });
         }
         while let Some(result) = consumers.join_next().await {
             if let Ok(Err(e)) = result {

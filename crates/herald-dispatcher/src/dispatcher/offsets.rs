@@ -1,7 +1,7 @@
 //! Which records of each partition are finished, and so how far a consumer may commit.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
 };
 
@@ -17,7 +17,8 @@ pub(super) struct Offsets {
 
 #[derive(Default)]
 struct PartitionOffsets {
-    pending: BTreeSet<i64>,
+    /// Offsets not finished, with their records' append times.
+    pending: BTreeMap<i64, i64>,
     /// One past the highest offset seen.
     end: i64,
     committed: i64,
@@ -26,7 +27,7 @@ struct PartitionOffsets {
 impl Offsets {
     pub(super) fn begin(&mut self, record: &LogRecord) {
         let partition = self.partitions.entry((record.topic.clone(), record.partition)).or_default();
-        partition.pending.insert(record.offset);
+        partition.pending.insert(record.offset, record.timestamp_ms);
         partition.end = partition.end.max(record.offset + 1);
     }
 
@@ -41,13 +42,19 @@ impl Offsets {
     pub(super) fn committable(&mut self) -> Vec<Position> {
         let mut out = Vec::new();
         for ((topic, partition), p) in &mut self.partitions {
-            let next = p.pending.first().copied().unwrap_or(p.end);
+            let next = p.pending.first_key_value().map_or(p.end, |(offset, _)| *offset);
             if next > p.committed {
                 p.committed = next;
                 out.push(Position { topic: topic.clone(), partition: *partition, next_offset: next });
             }
         }
         out
+    }
+
+    /// When the oldest record not finished was appended (milliseconds since the
+    /// epoch), if any is unfinished.
+    pub(super) fn oldest_pending_ms(&self) -> Option<i64> {
+        self.partitions.values().filter_map(|p| p.pending.first_key_value().map(|(_, at)| *at)).min()
     }
 
     /// The commit of `positions` failed: offer them again next time (the next commit
@@ -168,7 +175,7 @@ mod tests {
             for offset in 0..order.len() as i64 {
                 offsets.begin(&record(offset));
             }
-            let mut finished = BTreeSet::new();
+            let mut finished = std::collections::BTreeSet::new();
             let mut committed = 0;
             for (offset, fails) in order.iter().zip(failures) {
                 offsets.finish(&topic, 0, *offset);

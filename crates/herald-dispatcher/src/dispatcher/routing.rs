@@ -6,6 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use herald_backbone::LogRecord;
 use herald_core::time::Backoff;
 use herald_proto::v1::{ChannelEvent, Delivery};
+use herald_telemetry::trace;
 use parking_lot::Mutex;
 use prost::Message as _;
 // Tokio's clock, so tests can run the cache's time.
@@ -18,7 +19,9 @@ use herald_webhooks::{
     store::{self, WebhookStore},
 };
 
-use super::{Dispatcher, Job, offsets::RecordAck};
+use tracing::Instrument;
+
+use super::{Dispatcher, Job, attempt, offsets::RecordAck};
 use crate::format;
 
 /// An endpoint as deliveries use it: its filter and its URL parsed once, when its
@@ -129,8 +132,31 @@ impl Dispatcher {
                 return;
             }
         };
+        let span = trace::child_of(attempt::event_trace(&event).as_ref(), || {
+            tracing::info_span!(
+                target: trace::TARGET,
+                "events.consume",
+                otel.kind = "consumer",
+                event_id = %event.id,
+                partition = record.partition,
+                offset = record.offset,
+                deliveries = tracing::field::Empty,
+            )
+        });
+        self.route_event_in(event, ack, &span).instrument(span.clone()).await;
+    }
+
+    async fn route_event_in(
+        self: &Arc<Self>,
+        event: ChannelEvent,
+        ack: Arc<RecordAck>,
+        span: &tracing::Span,
+    ) {
         match self.endpoints.list(self.store.as_ref(), &event.app_id).await {
-            Ok(routes) => self.route_to(&routes, &event, ack),
+            Ok(routes) => {
+                let deliveries = self.route_to(&routes, &event, ack);
+                span.record("deliveries", deliveries);
+            }
             Err(e) => {
                 // Without the endpoint list nothing can be decided: keep the record
                 // unfinished (it is read again after a restart) and try again.
@@ -142,7 +168,8 @@ impl Dispatcher {
                         if let Ok(routes) =
                             dispatcher.endpoints.list(dispatcher.store.as_ref(), &event.app_id).await
                         {
-                            return dispatcher.route_to(&routes, &event, ack);
+                            dispatcher.route_to(&routes, &event, ack);
+                            return;
                         }
                     }
                 });
@@ -150,7 +177,9 @@ impl Dispatcher {
         }
     }
 
-    fn route_to(self: &Arc<Self>, routes: &[Arc<Route>], event: &ChannelEvent, ack: Arc<RecordAck>) {
+    /// Hands the event to each endpoint that wants it; returns how many do.
+    fn route_to(self: &Arc<Self>, routes: &[Arc<Route>], event: &ChannelEvent, ack: Arc<RecordAck>) -> usize {
+        let mut deliveries = 0;
         for route in routes {
             let endpoint = &route.endpoint;
             if !endpoint.enabled || !format::wants(endpoint, &route.filter, event) {
@@ -170,7 +199,9 @@ impl Dispatcher {
                 }
                 Format::Pusher => self.gather(endpoint, event.clone(), ack.clone()),
             }
+            deliveries += 1;
         }
+        deliveries
     }
 }
 

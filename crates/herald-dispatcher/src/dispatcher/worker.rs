@@ -14,6 +14,7 @@ use std::{
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc};
 
+use herald_telemetry::Metric;
 use herald_webhooks::{endpoint::Endpoint, gcra::Rate};
 
 use super::{Dispatcher, Job, batcher::PusherBatch};
@@ -174,12 +175,12 @@ impl Dispatcher {
         if let Some(rate) = app_rate
             && let Some(wait) = self.take(&format!("app:{app_id}"), rate).await
         {
-            return Some(wait);
+            return Some(throttled("app", wait));
         }
         if let Some(rate) = endpoint_rate
             && let Some(wait) = self.take(&format!("endpoint:{}", endpoint.id), rate).await
         {
-            return Some(wait);
+            return Some(throttled("endpoint", wait));
         }
         None
     }
@@ -196,6 +197,13 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Counts a wait for the `limit` (`app` or `endpoint`) rate limit.
+fn throttled(limit: &'static str, wait: Duration) -> Duration {
+    metrics::counter!(Metric::WebhookThrottled.name(), "limit" => limit).increment(1);
+    metrics::histogram!(Metric::WebhookThrottleWait.name(), "limit" => limit).record(wait.as_secs_f64());
+    wait
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ impl Session {
             data: PublicationData::from_json(data),
             user_id: presence_user,
             exclude: Some(self.socket),
+            published_us: herald_core::time::now_us(),
+            trace: None,
         };
         match self.node.publish(publication.clone()).await {
             Ok(()) => {

@@ -1006,6 +1006,12 @@ pub struct ChannelEvent {
     /// Subscription count events: the new count.
     #[prost(uint64, tag = "10")]
     pub subscription_count: u64,
+    /// The W3C trace context of the publish (publications with a trace): the
+    /// dispatcher's attempts join that trace, and each webhook request carries it.
+    #[prost(string, tag = "11")]
+    pub traceparent: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub tracestate: ::prost::alloc::string::String,
 }
 /// One webhook delivery to one endpoint: what waits in a retry tier and what lands in
 /// the dead-letter topic. The id is the `webhook-id` of every attempt.

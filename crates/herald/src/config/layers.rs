@@ -149,12 +149,13 @@ fn rename(table: &mut Table, aliases: &mut Vec<Alias>, errors: &mut Vec<String>)
 /// The top-level keys of the configuration: `HERALD_*` variables that start with
 /// anything else belong to other tools (`HERALD_BIN` in a test harness, say) and are
 /// left alone; inside these sections an unknown key is an error like in the file.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "server",
     "connection",
     "http",
     "grpc",
     "log",
+    "telemetry",
     "redis",
     "events",
     "kafka",

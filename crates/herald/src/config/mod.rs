@@ -20,6 +20,7 @@ use herald_core::{App, AppLimits, Apps};
 use herald_dispatcher::DispatcherConfig;
 use herald_kafka::KafkaConfig;
 use herald_node::{ConnectionConfig, EdgeConfig, EventsConfig, HttpApiConfig};
+use herald_telemetry::TracingConfig;
 use herald_webhooks::endpoint::Endpoint;
 pub use layers::Flags;
 use layers::{Alias, Layered};
@@ -37,6 +38,8 @@ pub struct Config {
     pub http: HttpApiConfig,
     pub grpc: GrpcConfig,
     pub log: LogConfig,
+    /// `[telemetry]`: where traces go (nowhere by default).
+    pub telemetry: TracingConfig,
     pub redis: RedisSection,
     pub events: EventsConfig,
     /// The Kafka event log; absent: an edge records no events (no webhooks).
@@ -90,6 +93,7 @@ impl Config {
             http,
             grpc,
             log,
+            telemetry,
             redis,
             events,
             kafka,
@@ -119,6 +123,7 @@ impl Config {
         http.validate(&mut errors);
         grpc.validate(&mut errors);
         events.validate(&mut errors);
+        let telemetry = telemetry.build(&mut errors);
         let allow_addresses_set = !dispatcher.allow_addresses.is_empty();
         let dispatcher = dispatcher.build(&events.topic, &mut errors);
         let demo = apps.is_empty();
@@ -146,6 +151,7 @@ impl Config {
                 http,
                 grpc,
                 log,
+                telemetry,
                 redis,
                 events,
                 kafka,

@@ -14,6 +14,7 @@ use herald_dispatcher::{
 };
 use herald_kafka::KafkaConfig;
 use herald_node::{ConnectionConfig, EventsConfig, HttpApiConfig, duration};
+use herald_telemetry::TracingConfig;
 use herald_webhooks::{
     endpoint::{Endpoint, Format},
     filter::EventType,
@@ -34,6 +35,7 @@ pub(super) struct Sections {
     pub http: HttpApiConfig,
     pub grpc: GrpcConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetrySection,
     pub redis: RedisSection,
     pub events: EventsConfig,
     /// The Kafka event log; absent: an edge records no events (no webhooks).
@@ -92,6 +94,50 @@ impl ServerConfig {
 pub struct LogConfig {
     /// Log lines as JSON objects instead of text.
     pub json: bool,
+}
+
+/// `[telemetry]`: OpenTelemetry traces (see [`TracingConfig`] for what each means).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct TelemetrySection {
+    /// OTLP/gRPC endpoint of a collector; empty: no traces.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    pub sample_ratio: f64,
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub export_timeout: Duration,
+    pub max_queue_size: usize,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        let defaults = TracingConfig::default();
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: defaults.service_name,
+            sample_ratio: defaults.sample_ratio,
+            resource_attributes: Default::default(),
+            export_timeout: defaults.export_timeout,
+            max_queue_size: defaults.max_queue_size,
+        }
+    }
+}
+
+impl TelemetrySection {
+    pub fn build(self, errors: &mut Vec<String>) -> TracingConfig {
+        let config = TracingConfig {
+            otlp_endpoint: Some(self.otlp_endpoint).filter(|e| !e.is_empty()),
+            service_name: self.service_name,
+            sample_ratio: self.sample_ratio,
+            resource_attributes: self.resource_attributes.into_iter().collect(),
+            export_timeout: self.export_timeout,
+            max_queue_size: self.max_queue_size,
+        };
+        config.validate(errors);
+        duration::at_least(errors, "telemetry.export_timeout", config.export_timeout, 100 * MILLISECOND);
+        config
+    }
 }
 
 /// The Redis backbone that `herald edge` nodes share.

@@ -1,0 +1,74 @@
+//! A child process whose output a failing test shows: its stderr is read line by line
+//! (so the process never blocks on a full pipe) and kept, and printed when the
+//! process is dropped during a panic. Killed (SIGKILL) on drop.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+};
+
+/// How many of the last lines are kept and shown.
+const KEPT_LINES: usize = 1000;
+
+pub struct Process {
+    label: String,
+    child: Child,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts `command` (stdout discarded, stderr kept) and returns once a line of its
+    /// stderr contains `ready`, with that line. Panics with its output if it exits first.
+    pub fn start(label: &str, mut command: Command, ready: &str) -> (Self, String) {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        let stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let process = Self { label: label.to_owned(), child, output: output.clone() };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let ready = ready.to_owned();
+        std::thread::spawn(move || {
+            let mut ready_tx = Some(ready_tx);
+            for line in stderr.lines().map_while(Result::ok) {
+                if line.contains(&ready)
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(line.clone());
+                }
+                let mut kept = output.lock().unwrap();
+                if kept.len() == KEPT_LINES {
+                    kept.remove(0);
+                }
+                kept.push(line);
+            }
+        });
+        match ready_rx.recv() {
+            Ok(line) => (process, line),
+            Err(_) => panic!("{label} exited before it was ready:\n{}", process.output()),
+        }
+    }
+
+    /// The kept lines of its stderr.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    /// `kill -9`, and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("──── {} (last {KEPT_LINES} lines of stderr) ────\n{}", self.label, self.output());
+        }
+    }
+}
