@@ -11,6 +11,9 @@
 #   herald-t1  the same with server.edge_threads = 1 (one dedicated event loop)
 #   herald-base  $HERALD_BASE dev: another build of Herald (an earlier commit), to
 #            measure a change against the commit before it in the same run
+#   herald-otel, herald-otel-1pct  herald dev exporting traces ([telemetry], sample_ratio
+#            1.0 or 0.01) to `herald-loadtest otlp-sink` on $OTLP_PORT, which only counts
+#            spans (its counts go to $OUT/<server>-otlp.txt when the run ends)
 #   null     herald-loadtest null-server: the floor (one thread that only write()s)
 #   node     loadtest/node/ws-broadcast.mjs (Node.js + ws); needs `npm ci` there
 #   sockudo  any command in $SOCKUDO_CMD that starts Sockudo in the foreground on the
@@ -22,6 +25,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PORT="${PORT:-16101}"
+OTLP_PORT="${OTLP_PORT:-14317}"
+SINK_PID=
 OUT="${OUT:-loadtest/results}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
 mkdir -p "$OUT"
@@ -43,6 +48,14 @@ start_server() {
       --grpc-port 15151 >"$OUT/$1.log" 2>&1 & ;;
     herald-base) "${HERALD_BASE:?set HERALD_BASE to the herald binary to compare with}" dev --port "$PORT" \
       --metrics-port 19191 --grpc-port 15151 >"$OUT/$1.log" 2>&1 & ;;
+    herald-otel|herald-otel-1pct)
+      # Traces exported to an OTLP sink that only counts them (sample_ratio 1.0 or 0.01).
+      local ratio=1.0
+      [ "$1" = herald-otel-1pct ] && ratio=0.01
+      "$LOAD" otlp-sink --listen "127.0.0.1:$OTLP_PORT" --seconds 300 >>"$OUT/$1-otlp.txt" 2>"$OUT/$1-otlp.log" &
+      SINK_PID=$!
+      HERALD_TELEMETRY__OTLP_ENDPOINT="http://127.0.0.1:$OTLP_PORT" HERALD_TELEMETRY__SAMPLE_RATIO="$ratio" \
+        target/release/herald dev --port "$PORT" --metrics-port 19191 --grpc-port 15151 >"$OUT/$1.log" 2>&1 & ;;
     null) "$LOAD" null-server --listen "127.0.0.1:$PORT" --seconds 300 >"$OUT/$1.log" 2>&1 & ;;
     node) node loadtest/node/ws-broadcast.mjs --port "$PORT" >"$OUT/$1.log" 2>&1 & ;;
     sockudo) $SOCKUDO_CMD "$PORT" >"$OUT/$1.log" 2>&1 & ;;
@@ -66,6 +79,11 @@ stop_server() {
   done
   kill -9 "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
+  if [ -n "$SINK_PID" ]; then
+    kill "$SINK_PID" 2>/dev/null || true
+    wait "$SINK_PID" 2>/dev/null || true
+    SINK_PID=
+  fi
 }
 
 # run NAME SERVER ARGS...: one scenario against a fresh server (only the scenarios
@@ -92,4 +110,8 @@ for server in "${servers[@]}"; do
   run burst-8 "$server" fanout --connections 1000 --channels 1 --rate 800 --batch 8 "${fan[@]}" --plot "$OUT/$server-burst-8.svg"
   run churn "$server" churn --connections 5000 --channels 100 --rate 500 --churn 500 --churn-hold 0.5 "${fan[@]}"
   run max-1k-1ch "$server" fanout --connections 1000 --channels 1 --rate 20 --max --via http --seconds 2
+  # 10,000 publishes/s through gRPC over 100 channels of 10 subscribers (the traces
+  # overhead scenario of issue 14: compare herald, herald-otel, herald-otel-1pct).
+  run publish-10k "$server" fanout --connections 1000 --channels 100 --rate 10000 --via grpc \
+    --grpc 127.0.0.1:15151 --seconds "$SECONDS_PER_RUN"
 done

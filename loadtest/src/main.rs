@@ -10,10 +10,12 @@
 //! | `publish` | gRPC publishes per second (unary or stream) |
 //! | `null-server` | the fan-out floor the servers are compared against: a Pusher-speaking server that only `write()`s |
 //! | `webhooks` | the webhook dispatcher on one core: deliveries per second to a keep-alive sink, append→2xx latency |
+//! | `otlp-sink` | an OTLP/gRPC trace collector that only counts spans: the other end of a traced server |
 
 mod connect;
 mod fanout;
 mod null_server;
+mod otlp_sink;
 mod plot;
 mod publish;
 mod pusher;
@@ -43,6 +45,8 @@ enum Scenario {
     NullServer(null_server::NullServerArgs),
     /// Deliver webhooks with the dispatcher on one core; report rate and latency.
     Webhooks(webhooks::WebhooksArgs),
+    /// Serve OTLP/gRPC traces, counting spans; report the counts when stopped.
+    OtlpSink(otlp_sink::OtlpSinkArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
                     Scenario::Churn(_) => anyhow::bail!("churn needs --churn RATE (connections per second)"),
                     Scenario::Publish(args) => publish::run(args).await,
                     Scenario::Webhooks(args) => webhooks::run(args).await,
+                    Scenario::OtlpSink(args) => otlp_sink::run(args).await,
                     Scenario::NullServer(_) => anyhow::bail!("the null server runs on its own runtime"),
                 }
             })?

@@ -12,7 +12,12 @@ RENDERED_DIR holds one `helm template` output per values file of tests/helm/valu
     preStop + shutdown_grace, the pods are hardened, secrets stay out of the ConfigMap;
   - the rendered herald.toml, with the Secret's (or existing-secret.env's) variables and
     each pod's own env, passes the real `herald check-config` ($HERALD_BIN);
-  - dispatchers get their group.instance.id from their (distinct) pod names.
+  - dispatchers get their group.instance.id from their (distinct) pod names; every
+    edge, dev and dispatcher pod gets POD_NAME from its pod name (its spans' k8s.pod.name);
+  - [telemetry] is in herald.toml exactly when telemetry.otlpEndpoint is set, with the
+    values' keys under Herald's names, and the NetworkPolicies then let every pod reach
+    the collector (networkPolicy.otlpTo, on otlpPorts or the endpoint's port), else
+    nothing beyond DNS, the backbone and webhook endpoints.
 Writes <case>.json (the manifests as a JSON list) for tests/helm/run.test.mjs.
 Any failure exits 1 naming the case and the object.
 """
@@ -25,6 +30,7 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -120,6 +126,18 @@ def pod_env(container, pod_name):
     return env
 
 
+def case_values(case):
+    """The chart's values for a case: values.yaml with the case's file over it (maps
+    merged, as Helm does)."""
+    def merge(base, over):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    return merge(defaults, yaml.safe_load((HERE / "values" / f"{case}.yaml").read_text()) or {})
+
+
 def check_config(case, toml_text, env, role):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "herald.toml"
@@ -169,6 +187,10 @@ def check_workload(case, docs, w, toml, toml_text, role):
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     check(c["args"][1:3] == ["--config", "/etc/herald/herald.toml"] and mounts.get("/etc/herald") == "config",
           case, f"{name}: args {c['args']} / mounts {mounts} do not give /etc/herald/herald.toml")
+    # Spans name the pod: POD_NAME from the downward API, next to the chart's other env.
+    pod_name = [e for e in c.get("env", []) if e["name"] == "POD_NAME"]
+    check(len(pod_name) == 1 and pod_name[0].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+          case, f"{name}: POD_NAME is not the pod's metadata.name (downward API): {pod_name}")
     # The real binary accepts what the pod would run with.
     env = {**secret_env(case, docs, spec)}
     pods = [f"{w['metadata']['name']}-{i}" for i in range(w["spec"].get("replicas", 1))] or ["pod"]
@@ -251,6 +273,8 @@ def check_case(case, docs, version):
         check(opts.get("--ws", "").startswith(f"ws://{full}:") and opts.get("--http", "").startswith(f"http://{full}-api:")
               and opts.get("--grpc", "").startswith(f"http://{full}-api:"), case, f"helm test pod targets {opts}")
 
+    check_telemetry(case, docs, toml)
+
     # Case-specific expectations.
     redis = toml.get("redis", {})
     if case == "redis-shards":
@@ -272,6 +296,39 @@ def check_case(case, docs, version):
         check(not by_kind(docs, "PrometheusRule"), case, "a PrometheusRule rendered although it is off by default")
         check(not [m for m in by_kind(docs, "ConfigMap") if "grafana_dashboard" in m["metadata"].get("labels", {})],
               case, "a dashboard ConfigMap rendered although it is off by default")
+
+
+def check_telemetry(case, docs, toml):
+    """[telemetry] from the telemetry values, and egress to the collector."""
+    values = case_values(case)
+    tv, np = values["telemetry"], values["networkPolicy"]
+    endpoint = tv["otlpEndpoint"]
+    if endpoint:
+        want = {"otlp_endpoint": endpoint, "service_name": tv["serviceName"], "sample_ratio": tv["sampleRatio"],
+                "export_timeout": tv["exportTimeout"], "max_queue_size": tv["maxQueueSize"]}
+        if tv["resourceAttributes"]:
+            want["resource_attributes"] = tv["resourceAttributes"]
+        check(toml.get("telemetry") == want, case, f"[telemetry] {toml.get('telemetry')}, want {want}")
+    else:
+        check("telemetry" not in toml, case, f"[telemetry] rendered without telemetry.otlpEndpoint: {toml.get('telemetry')}")
+    policies = by_kind(docs, "NetworkPolicy")
+    check(bool(policies) == bool(np["enabled"]), case, f"{len(policies)} NetworkPolicies with networkPolicy.enabled={np['enabled']}")
+    if endpoint:
+        url = urlsplit(endpoint)
+        ports = np["otlpPorts"] or [url.port or (443 if url.scheme == "https" else 80)]
+        want = {"ports": [{"port": p, "protocol": "TCP"} for p in ports]}
+        if np["otlpTo"]:
+            want["to"] = np["otlpTo"]
+    for pol in policies:
+        name = f"NetworkPolicy/{pol['metadata']['name']}"
+        egress = pol["spec"]["egress"]
+        if endpoint:
+            check(want in egress, case, f"{name}: no egress to the collector {want}: {egress}")
+        else:
+            known = [{53}, set(np["backbonePorts"]), set(np["webhookPorts"])]
+            for rule in egress:
+                check({p["port"] for p in rule.get("ports", [])} in known, case,
+                      f"{name}: egress {rule} is neither DNS, the backbone nor webhooks (telemetry is off)")
 
 
 def check_observability(case, docs):

@@ -1,14 +1,21 @@
 // The operator assets of issue 14 (helm/herald/files/: the Grafana dashboard and the
 // Prometheus alert rules) against the metrics Herald really exports:
-//   - the dashboard is JSON with the expected shape (datasource variable, rows);
+//   - the dashboard is JSON with the expected shape (datasource variable, rows, panels
+//     on a 24-column grid without overlaps, each metric's panels in its row);
 //   - the rule file is a Prometheus rule-group file (PyYAML parses it, in
-//     scripts/helm-test.sh's Python) whose rules all have summary, description, severity;
+//     scripts/helm-test.sh's Python) whose rules all have summary, description, severity,
+//     dispatcher lag and slow fan-out among them;
 //   - every `herald_*` series name used in their expressions appears in the /metrics of
 //     a running `herald dev` (edge and in-process dispatcher), scraped here after traffic
 //     that records each metric at least once: clients connect, subscribe, send a client
-//     event and close; a publish through the HTTP API; a subscriber that stops reading
-//     (4100, slow consumer); webhooks to local receivers, one answering 500 then 200
-//     (attempts, a retry, the latency histogram), one always 500 (a dead letter).
+//     event and close; a publish through the HTTP API delivered to subscribers (the
+//     delivery latency histogram); a subscriber that stops reading (4100, slow consumer);
+//     webhooks to local receivers, one answering 500 then 200 (attempts, a retry held in
+//     the retry queue, the latency histogram), one always 500 (a dead letter); publishes
+//     of an app limited to 1 webhook/s (waits for the app's rate limit); the dispatcher's
+//     lag gauge, set at every commit;
+//   - the metrics table of deploy/observability/README.md lists exactly the metrics
+//     Herald declares.
 // Names are compared exactly, suffixes included: a histogram rendered as a summary
 // (no `_bucket`) would fail here.
 //
@@ -19,6 +26,7 @@ import assert from 'node:assert/strict';
 import { execFile as execFileCb } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
+import { createRequire } from 'node:module';
 import { connect } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
@@ -31,8 +39,15 @@ const execFile = promisify(execFileCb);
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const DASHBOARD = join(repoRoot, 'helm/herald/files/herald-dashboard.json');
 const RULES = join(repoRoot, 'helm/herald/files/herald-rules.yaml');
+const DOCS = join(repoRoot, 'deploy/observability/README.md');
 const PYTHON = process.env.HERALD_K8S_PYTHON ?? 'python3';
 const TRAFFIC_TIMEOUT_MS = 30_000;
+const PusherServer = createRequire(join(repoRoot, 'tests/compat/package.json'))('pusher');
+
+// An app whose webhooks may go at 1/s (burst 1): a few publishes at once make the
+// dispatcher wait for the app's limit.
+const LIMITED_APP = Object.freeze({ id: 'limited-app', key: 'limited-key', secret: 'limited-secret' });
+const LIMITED_PUBLISHES = 4;
 
 // Metrics `herald dev` cannot record, with the reason. Each is still checked to be a
 // name Herald declares (crates/herald-telemetry/src/lib.rs, `Metric::name`), so a
@@ -135,6 +150,7 @@ function stalledSubscriber(port, channel) {
 
 const flaky = await receiver((n) => (n === 1 ? 500 : 200));
 const broken = await receiver(() => 500);
+const limited = await receiver(() => 200);
 
 const config = (ports) => `${heraldConfig(ports)}
 [connection]
@@ -159,6 +175,19 @@ app_id = "${APP.id}"
 id = "broken"
 url = "${broken.url}"
 secret = "whsec_${randomBytes(32).toString('base64')}"
+
+[[apps]]
+id = "${LIMITED_APP.id}"
+key = "${LIMITED_APP.key}"
+secret = "${LIMITED_APP.secret}"
+limits = {webhooks_per_second = 1, webhooks_burst = 1}
+
+[[webhooks]]
+app_id = "${LIMITED_APP.id}"
+id = "limited"
+url = "${limited.url}"
+secret = "whsec_${randomBytes(32).toString('base64')}"
+event_types = ["channel.event"]
 `;
 
 const env = new CompatEnv({ config });
@@ -167,6 +196,7 @@ after(async () => {
   await env.stop();
   flaky.close();
   broken.close();
+  limited.close();
 });
 
 async function scrape() {
@@ -189,6 +219,39 @@ test('the dashboard is Grafana JSON on a datasource variable, with the edge, bac
     for (const target of panel.targets) assert.equal(target.datasource.uid, '${datasource}', `panel ${panel.title}`);
   }
   assert.equal(new Set(dashboard.panels.map((p) => p.id)).size, dashboard.panels.length, 'panel ids are not unique');
+
+  // Layout: a 24-column grid, rows full width, no two panels on the same cells.
+  const cells = new Map();
+  for (const panel of dashboard.panels) {
+    const { x, y, w, h } = panel.gridPos;
+    assert.ok(Number.isInteger(x) && Number.isInteger(y) && w > 0 && h > 0 && x + w <= 24, `panel ${panel.title}: gridPos ${JSON.stringify(panel.gridPos)}`);
+    if (panel.type === 'row') assert.deepEqual([x, w, h], [0, 24, 1], `row ${panel.title}: not a full-width row`);
+    for (let row = y; row < y + h; row++) {
+      for (let col = x; col < x + w; col++) {
+        const other = cells.get(`${row},${col}`);
+        assert.equal(other, undefined, `panels "${other}" and "${panel.title}" overlap`);
+        cells.set(`${row},${col}`, panel.title);
+      }
+    }
+  }
+  // Each panel is in the row above it (the nearest row with a smaller y).
+  const rowPanels = dashboard.panels.filter((p) => p.type === 'row').sort((a, b) => a.gridPos.y - b.gridPos.y);
+  const rowOf = (panel) => rowPanels.filter((r) => r.gridPos.y < panel.gridPos.y).at(-1)?.title;
+  const rowsUsing = (metric) =>
+    new Set(dashboard.panels.filter((p) => (p.targets ?? []).some((t) => metricNames(t.expr).has(metric))).map(rowOf));
+  const expectedRow = {
+    herald_delivery_latency_seconds_bucket: 'Edges',
+    herald_connections: 'Edges',
+    herald_backbone_down: 'Backbone',
+    herald_dispatcher_lag_seconds: 'Webhooks',
+    herald_webhook_waiting: 'Webhooks',
+    herald_webhook_throttled_total: 'Webhooks',
+    herald_webhook_throttle_wait_seconds_bucket: 'Webhooks',
+    herald_webhook_latency_seconds_bucket: 'Webhooks',
+  };
+  for (const [metric, row] of Object.entries(expectedRow)) {
+    assert.deepEqual([...rowsUsing(metric)], [row], `panels on ${metric} are not (only) in the ${row} row`);
+  }
 });
 
 test('the rule file is a Prometheus rule-group file; every rule has a severity, a summary and a description', async () => {
@@ -213,11 +276,24 @@ test('the rule file is a Prometheus rule-group file; every rule has a severity, 
     }
   }
   for (const alert of ['HeraldTargetDown', 'HeraldTargetsAbsent', 'HeraldBackboneDown', 'HeraldPublishErrors',
-    'HeraldWebhookFailureRate', 'HeraldWebhookDeadLetters']) {
+    'HeraldWebhookFailureRate', 'HeraldWebhookDeadLetters', 'HeraldDispatcherLag', 'HeraldSlowFanOut']) {
     assert.ok(names.has(alert), `no ${alert} rule`);
   }
-  // Dispatcher lag has no metric yet: the file must say so rather than invent one.
-  assert.match(await readFile(RULES, 'utf8'), /pending metric .*\(issue 14 item 5/);
+  const rule = (alert) => rules.groups.flatMap((g) => g.rules).find((r) => r.alert === alert);
+  assert.ok(metricNames(rule('HeraldDispatcherLag').expr).has('herald_dispatcher_lag_seconds'), 'HeraldDispatcherLag: not on herald_dispatcher_lag_seconds');
+  assert.ok(metricNames(rule('HeraldSlowFanOut').expr).has('herald_delivery_latency_seconds_bucket'), 'HeraldSlowFanOut: not on the delivery latency buckets');
+  // Every alert is in the header's list of thresholds, and no note of a pending metric is left.
+  const text = await readFile(RULES, 'utf8');
+  for (const alert of names) assert.match(text, new RegExp(`^#   ${alert} `, 'm'), `${alert} is not in the file's list of thresholds`);
+  assert.doesNotMatch(text, /pending metric/);
+});
+
+test('the metrics table of deploy/observability/README.md lists every metric Herald declares, and no other', async () => {
+  const declared = await declaredNames();
+  const text = await readFile(DOCS, 'utf8');
+  const documented = new Set([...text.matchAll(/^\| `(herald_[a-z_]+)` \|/gm)].map((m) => m[1]));
+  assert.deepEqual([...declared].filter((n) => !documented.has(n)), [], 'declared but not in the table');
+  assert.deepEqual([...documented].filter((n) => !declared.has(n)), [], 'in the table but not declared');
 });
 
 test('every metric the dashboard and the rules use is in the /metrics of a running herald dev', async () => {
@@ -233,6 +309,20 @@ test('every metric the dashboard and the rules use is in the /metrics of a runni
   await received;
   // A client that closes (herald_connections_closed_total).
   env.disconnect(alice);
+
+  // Publishes of the limited app (1 webhook/s, burst 1): all but the first delivery
+  // wait for the app's limit (herald_webhook_throttled_total{limit="app"} and the wait
+  // histogram). The flood below may hit the demo app's own limit too, but that depends
+  // on how many publishes it takes; this does not.
+  const limitedSdk = new PusherServer({
+    appId: LIMITED_APP.id,
+    key: LIMITED_APP.key,
+    secret: LIMITED_APP.secret,
+    host: '127.0.0.1',
+    port: String(env.herald.port),
+    useTLS: false,
+  });
+  for (let i = 0; i < LIMITED_PUBLISHES; i++) await limitedSdk.trigger('limited', 'tick', { i });
 
   // A subscriber that stops reading, and publishes until Herald drops it with 4100.
   const stalled = await stalledSubscriber(env.herald.port, 'flood');
@@ -250,8 +340,9 @@ test('every metric the dashboard and the rules use is in the /metrics of a runni
   }
 
   // Webhooks: channel_occupied / member events for the channels above reach both
-  // receivers; flaky answers 500 once (a retry) then 200, broken always 500 (after
-  // its one retry, a dead letter).
+  // receivers; flaky answers 500 once (a retry, waiting in the retry queue) then 200,
+  // broken always 500 (after its one retry, a dead letter); the limited app's
+  // deliveries wait for its limit. The dispatcher sets its lag at every commit.
   const want = [
     'herald_webhook_attempts_total',
     'herald_webhook_retries_total',
@@ -259,18 +350,26 @@ test('every metric the dashboard and the rules use is in the /metrics of a runni
     'herald_webhook_latency_seconds_count',
     'herald_client_events_total',
     'herald_connections_closed_total',
+    'herald_delivery_latency_seconds_bucket',
+    'herald_webhook_waiting',
+    'herald_dispatcher_lag_seconds',
+    'herald_webhook_throttled_total',
+    'herald_webhook_throttle_wait_seconds_bucket',
   ];
+  // With the labels the dashboard groups by.
+  const wantSeries = [/^herald_webhook_waiting\{[^}]*queue="retry"/m, /^herald_webhook_throttled_total\{[^}]*limit="app"/m];
   let names;
   let text;
   await waitFor(
     async () => {
       text = await scrape();
       names = scrapedNames(text);
-      return want.every((name) => names.has(name));
+      return want.every((name) => names.has(name)) && wantSeries.every((series) => series.test(text));
     },
     { timeoutMs: TRAFFIC_TIMEOUT_MS, intervalMs: 50, what: `all of ${want.join(', ')} in /metrics` },
   ).catch((err) => {
-    err.message += `\nmissing: ${want.filter((n) => !names?.has(n)).join(', ')}; flaky got ${flaky.requests}, broken ${broken.requests}`;
+    const series = wantSeries.filter((s) => !s.test(text ?? ''));
+    err.message += `\nmissing: ${[...want.filter((n) => !names?.has(n)), ...series].join(', ')}; flaky got ${flaky.requests}, broken ${broken.requests}, limited ${limited.requests}`;
     throw err;
   });
 
@@ -296,8 +395,12 @@ test('every metric the dashboard and the rules use is in the /metrics of a runni
     missing.push(`${name} (${[...new Set(where)].join('; ')})`);
   }
   assert.deepEqual(missing, [], `metrics used by the dashboard or the rules but absent from /metrics:\n  ${missing.join('\n  ')}`);
-  // The latency panel aggregates the histogram's buckets across pods.
-  assert.match(text, /^herald_webhook_latency_seconds_bucket\{[^}]*le="\+Inf"/m, 'the webhook latency has no buckets');
+  // The latency panels aggregate the histograms' buckets across pods.
+  for (const histogram of ['herald_webhook_latency_seconds', 'herald_delivery_latency_seconds', 'herald_webhook_throttle_wait_seconds']) {
+    assert.match(text, new RegExp(`^${histogram}_bucket\\{[^}]*le="\\+Inf"`, 'm'), `${histogram} has no buckets`);
+  }
+  // The delivery latency has the fan-out buckets (from 0.5 ms), not the webhooks' (from 5 ms).
+  assert.match(text, /^herald_delivery_latency_seconds_bucket\{[^}]*le="0\.0005"/m, 'herald_delivery_latency_seconds lacks its 0.5 ms bucket');
   // The exemptions stay honest: none is listed that herald dev does record.
   for (const name of Object.keys(NOT_IN_DEV)) assert.ok(!names.has(name), `${name} is recorded by herald dev: remove it from NOT_IN_DEV`);
 });

@@ -134,7 +134,8 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         loop {
             let claim = store.claim(&app.id, key, &mine.publication_id, self.idempotency_window);
-            match claim.instrument(tracing::info_span!(target: trace::TARGET, "idempotency.claim")).await? {
+            let span = trace::child(|| tracing::info_span!(target: trace::TARGET, "idempotency.claim"));
+            match claim.instrument(span).await? {
                 Claim::Won => break,
                 Claim::Done(publication_id) => {
                     return Ok(pb::PublishResponse { publication_id, duplicate: true, ..mine });

@@ -104,7 +104,7 @@ pub struct ValidEvent {
 /// the reason when it refuses.
 pub fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, PublishError> {
     use EventField::{Channels, Data, ExcludeSocketId, Name};
-    let _span = tracing::info_span!(target: trace::TARGET, "validate").entered();
+    let _span = trace::child(|| tracing::info_span!(target: trace::TARGET, "validate")).entered();
     let limits = &app.limits;
     let invalid = |field, reason: String| Err(PublishError::Invalid(Refusal::new(field, reason)));
     if request.name.is_empty() {
@@ -232,20 +232,22 @@ pub(crate) async fn publish_events<'a>(
             node.broker.publish_batch(messages).await
         }
     }
-    .instrument(
-        tracing::info_span!(target: trace::TARGET, "broker.publish", otel.kind = "producer", publications),
-    );
+    .instrument(trace::child(
+        || tracing::info_span!(target: trace::TARGET, "broker.publish", otel.kind = "producer", publications),
+    ));
     // Fan-out and the durable append run side by side: the publish takes as long
     // as the slower of the two, not their sum.
     let record = async {
         match records {
             Some((recorder, events)) => {
-                let span = tracing::info_span!(
-                    target: trace::TARGET,
-                    "events.append",
-                    otel.kind = "producer",
-                    events = events.len()
-                );
+                let span = trace::child(|| {
+                    tracing::info_span!(
+                        target: trace::TARGET,
+                        "events.append",
+                        otel.kind = "producer",
+                        events = events.len()
+                    )
+                });
                 recorder.record_publications(events).instrument(span).await
             }
             None => Ok(()),

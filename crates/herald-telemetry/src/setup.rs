@@ -143,7 +143,7 @@ pub fn init(json: bool, config: &TracingConfig, resource: Vec<(&'static str, Str
         None => tracing_subscriber::registry().with(logs).try_init().is_ok(),
     };
     if installed && provider.is_some() {
-        trace::enable();
+        trace::enable(config.sample_ratio);
     }
     Telemetry { provider }
 }
@@ -170,7 +170,9 @@ fn provider(
         .build();
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio))))
+        // Sampling is decided before a span is made (`trace::api_span`): every span that
+        // exists is recorded.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .build())
 }

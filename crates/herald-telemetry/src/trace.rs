@@ -14,7 +14,7 @@
 //! attempt), which is skipped when the publisher's trace is not sampled. What is
 //! handed on is [`context_of`] a span, or [`current`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use herald_core::TraceContext;
 use opentelemetry::{
@@ -30,26 +30,52 @@ pub const TARGET: &str = "herald::trace";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// `sample_ratio` (the bits of an `f64`).
+static SAMPLE_RATIO: AtomicU64 = AtomicU64::new(0);
+
 /// Whether spans are exported (an OTLP endpoint is configured).
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-pub(crate) fn enable() {
+pub(crate) fn enable(sample_ratio: f64) {
+    SAMPLE_RATIO.store(sample_ratio.to_bits(), Ordering::Relaxed);
     ENABLED.store(true, Ordering::Relaxed);
 }
 
 /// A span for a request that came from outside (an API call): `make` builds it, the
-/// caller's context `parent` (if any) becomes its parent. `Span::none()` when off.
+/// caller's context `parent` (if any) becomes its parent. The sampling decision is
+/// taken here, before any span exists: a caller's trace follows its sampled flag, a
+/// new one is recorded with probability `sample_ratio`. An unrecorded request gets
+/// `Span::none()` (and so do its children, see [`child`]): at 1 % sampling, 99 % of
+/// publishes cost no span at all. `Span::none()` when off.
 pub fn api_span(parent: Option<&TraceContext>, make: impl FnOnce() -> Span) -> Span {
     if !enabled() {
         return Span::none();
     }
-    let span = make();
-    if let Some(parent) = parent {
-        set_parent(&span, parent);
+    match parent {
+        Some(parent) if parent.sampled() => {
+            let span = make();
+            set_parent(&span, parent);
+            span
+        }
+        Some(_) => Span::none(),
+        None if fastrand::f64() < f64::from_bits(SAMPLE_RATIO.load(Ordering::Relaxed)) => make(),
+        None => Span::none(),
     }
-    span
+}
+
+/// A span for a step of the current span's work (`validate`, `broker.publish`): only
+/// inside one of Herald's recorded spans, so an unrecorded request makes none.
+pub fn child(make: impl FnOnce() -> Span) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    let current = Span::current();
+    match current.metadata() {
+        Some(metadata) if metadata.target() == TARGET => make(),
+        _ => Span::none(),
+    }
 }
 
 /// A span for work done on behalf of a publication traced elsewhere: only when its

@@ -57,6 +57,12 @@ impl Process {
         self.output.lock().unwrap().join("\n")
     }
 
+    /// SIGTERM (a graceful shutdown), and waits until it has exited.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+
     /// `kill -9`, and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

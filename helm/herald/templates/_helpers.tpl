@@ -143,6 +143,20 @@ Arguments: name (the table's dotted name) and table (a map).
 {{ include "herald.tomlTable" (dict "name" $section "table" .) }}
 {{- end }}
 {{- end }}
+{{- with .Values.telemetry }}
+{{- if .otlpEndpoint }}
+{{- $telemetry := dict "otlp_endpoint" .otlpEndpoint "service_name" .serviceName "sample_ratio" .sampleRatio "export_timeout" .exportTimeout "max_queue_size" .maxQueueSize }}
+{{- with .resourceAttributes }}
+{{- $attributes := dict }}
+{{- range $k, $v := . }}
+{{- $_ := set $attributes $k (toString $v) }}
+{{- end }}
+{{- $_ := set $telemetry "resource_attributes" $attributes }}
+{{- end }}
+
+{{ include "herald.tomlTable" (dict "name" "telemetry" "table" $telemetry) }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Volumes and mounts every Herald container uses. */}}
@@ -242,4 +256,33 @@ lifecycle:
   to:
     {{- toYaml . | nindent 4 }}
   {{- end -}}
+{{- end -}}
+
+{{/*
+Egress to the OpenTelemetry collector, when telemetry.otlpEndpoint is set: to
+networkPolicy.otlpTo on networkPolicy.otlpPorts, or on the endpoint's own port (443 or
+80 by its scheme when the URL names none).
+*/}}
+{{- define "herald.egressOtlp" -}}
+{{- $endpoint := .Values.telemetry.otlpEndpoint -}}
+{{- if $endpoint -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $ports := $np.otlpPorts -}}
+{{- if not $ports -}}
+{{- $url := urlParse $endpoint -}}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) -}}
+{{- if not $port -}}{{- $port = ternary "443" "80" (eq $url.scheme "https") -}}{{- end -}}
+{{- $ports = list (atoi $port) -}}
+{{- end -}}
+# The OpenTelemetry collector (telemetry.otlpEndpoint)
+- ports:
+    {{- range $ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $np.otlpTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
 {{- end -}}

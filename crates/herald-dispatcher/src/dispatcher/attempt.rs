@@ -185,6 +185,9 @@ impl Dispatcher {
         );
         // What follows is part of the attempt's span (its log lines carry its ids).
         let consequence = async {
+            if outcome != Outcome::Delivered {
+                tracing::debug!(webhook_id = %job.delivery.id, attempt = job.delivery.attempt, status, %error, "webhook attempt failed");
+            }
             match outcome {
                 Outcome::Delivered => {
                     let age = (now_ms() - job.delivery.created_ms).max(0) as f64 / 1000.0;
