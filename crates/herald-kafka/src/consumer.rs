@@ -3,7 +3,7 @@
 
 use std::{
     sync::{Arc, Weak},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -37,16 +37,47 @@ pub(crate) struct KafkaConsumer {
     topic: Arc<str>,
     /// Commits for the commit thread, which stops when this is dropped.
     commits: std::sync::mpsc::Sender<CommitRequest>,
+    /// When it last left and rejoined the group over a wrong assignment.
+    resubscribed: Option<Instant>,
 }
 
+/// Least time between two rejoins over a wrong assignment.
+const RESUBSCRIBE_EVERY: Duration = Duration::from_secs(5);
+
 impl KafkaConsumer {
+    /// Records of a topic this member does not subscribe to came in: the group gave it
+    /// partitions of another member's topic (a dispatcher's consumers share one group
+    /// with different subscriptions, and a broker that mixed those up would assign
+    /// wrongly). Handing them on would have the wrong reader finish and commit them,
+    /// losing them. They are dropped uncommitted, and the member leaves and rejoins the
+    /// group (at most every [`RESUBSCRIBE_EVERY`]) so that it rebalances.
+    fn assigned_elsewhere(&mut self, dropped: usize) {
+        let due = self.resubscribed.is_none_or(|at| at.elapsed() >= RESUBSCRIBE_EVERY);
+        tracing::warn!(
+            topic = %self.topic,
+            dropped,
+            rejoining = due,
+            "records of another topic were assigned to this consumer: left unread and uncommitted"
+        );
+        if !due {
+            return;
+        }
+        self.resubscribed = Some(Instant::now());
+        if let Some(consumer) = &self.consumer {
+            consumer.unsubscribe();
+            if let Err(e) = consumer.subscribe(&[&self.topic]) {
+                tracing::warn!(error = %e, topic = %self.topic, "could not subscribe again");
+            }
+        }
+    }
+
     pub(crate) fn subscribe(config: &KafkaConfig, group: &str, topic: &str) -> Result<Self> {
         let consumer: StreamConsumer =
             config.consumer(group, topic).create().map_err(|e| unavailable("creating a consumer", e))?;
         consumer.subscribe(&[topic]).map_err(|e| unavailable(&format!("subscribing to {topic}"), e))?;
         let consumer = Arc::new(consumer);
         let commits = spawn_committer(Arc::downgrade(&consumer))?;
-        Ok(Self { consumer: Some(consumer), topic: Arc::from(topic), commits })
+        Ok(Self { consumer: Some(consumer), topic: Arc::from(topic), commits, resubscribed: None })
     }
 
     fn consumer(&self) -> Result<&Arc<StreamConsumer>> {
@@ -130,8 +161,13 @@ impl LogConsumer for KafkaConsumer {
                 Err(_) => break,
             }
         }
+        let read = records.len();
+        records.retain(|record| record.topic == self.topic);
+        if records.len() < read {
+            self.assigned_elsewhere(read - records.len());
+        }
         match error {
-            Some(e) if records.is_empty() => Err(unavailable(&format!("reading {}", self.topic), e)),
+            Some(e) if read == 0 => Err(unavailable(&format!("reading {}", self.topic), e)),
             _ => Ok(records),
         }
     }

@@ -1,6 +1,7 @@
 //! A child process whose output a failing test shows: its stderr is read line by line
 //! (so the process never blocks on a full pipe) and kept, and printed when the
-//! process is dropped during a panic. Killed (SIGKILL) on drop.
+//! process is dropped during a panic (always, with `HERALD_TEST_OUTPUT` set). Killed
+//! (SIGKILL) on drop.
 
 use std::{
     io::{BufRead, BufReader},
@@ -73,7 +74,7 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("HERALD_TEST_OUTPUT").is_some() {
             eprintln!("──── {} (last {KEPT_LINES} lines of stderr) ────\n{}", self.label, self.output());
         }
     }

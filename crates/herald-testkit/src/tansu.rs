@@ -23,6 +23,8 @@ pub struct Tansu {
     child: Option<Child>,
     pub port: u16,
     storage: String,
+    /// How much of the log file was written before the current process started.
+    log_start: u64,
 }
 
 impl Tansu {
@@ -44,13 +46,13 @@ impl Tansu {
             |p| spawn(p[0], storage),
             |p| std::fs::read_to_string(log_path(p[0])).unwrap_or_default(),
         );
-        Self { child: Some(child), port: ports[0], storage: storage.to_owned() }
+        Self { child: Some(child), port: ports[0], storage: storage.to_owned(), log_start: 0 }
     }
 
     /// A broker on `port` with the storage engine `storage`; panics if it cannot
     /// listen there.
     pub fn start_on(port: u16, storage: &str) -> Self {
-        let mut tansu = Self { child: None, port, storage: storage.to_owned() };
+        let mut tansu = Self { child: None, port, storage: storage.to_owned(), log_start: 0 };
         tansu.respawn();
         tansu
     }
@@ -58,6 +60,7 @@ impl Tansu {
     /// Starts tansu again on its port (which a restart must keep).
     fn respawn(&mut self) {
         assert!(self.child.is_none(), "tansu is already running on port {}", self.port);
+        self.log_start = std::fs::metadata(self.log_path()).map_or(0, |m| m.len());
         let mut child = spawn(self.port, &self.storage);
         if let Err(e) = ports::wait_listening(&mut child, &[self.port], Duration::from_secs(10)) {
             let output = std::fs::read_to_string(self.log_path()).unwrap_or_default();
@@ -74,6 +77,16 @@ impl Tansu {
     /// `host:port`, as librdkafka's `bootstrap.servers` wants it.
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the running broker has panicked (its output says so). tansu 0.6's sqlite
+    /// storage can panic on a produce right after a restart ("more or less than one
+    /// row" in its idempotent-producer check) and then answers nothing: a broker
+    /// that is not back, whatever its clients do.
+    pub fn crashed(&self) -> bool {
+        let log = std::fs::read(self.log_path()).unwrap_or_default();
+        let start = usize::try_from(self.log_start).unwrap_or(usize::MAX).min(log.len());
+        String::from_utf8_lossy(&log[start..]).contains("panicked at")
     }
 
     /// Kills the broker (SIGKILL: no chance to flush anything).

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use herald_backbone::EventLog;
 
-use super::consumer::Queue;
 use crate::{
     client::ClientConfig,
     schedule::{RetryAfterBounds, RetrySchedule},
@@ -13,9 +12,7 @@ use crate::{
 /// Settings of the dispatcher (`[dispatcher]`).
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
-    /// The consumer group every replica joins to read the events topic; each topic a
-    /// delivery waits in (a retry tier, `parked`) is read by a group of its own,
-    /// `{group}.{topic}` (see [`DispatcherConfig::group_of`]).
+    /// The consumer group every replica joins.
     pub group: String,
     /// The topic channel events are read from.
     pub events_topic: String,
@@ -80,21 +77,6 @@ impl Topics {
             retries: (0..retry.delays.len().max(1)).map(|i| format!("{prefix}.retry.{i}")).collect(),
             parked: format!("{prefix}.parked"),
             dead: format!("{prefix}.dead"),
-        }
-    }
-}
-
-impl DispatcherConfig {
-    /// The consumer group that reads `topic`. One group per topic: a group whose members
-    /// subscribe to different topics rebalances all of them whenever any one joins or
-    /// leaves (under the eager protocol every member stops reading meanwhile), and
-    /// brokers handle such groups unevenly (tansu 0.6 could leave a member without its
-    /// partitions for minutes). The events topic keeps `group` itself, so its committed
-    /// positions survive upgrades.
-    pub(super) fn group_of(&self, queue: Queue, topic: &str) -> String {
-        match queue {
-            Queue::Events => self.group.clone(),
-            Queue::Retry | Queue::Parked => format!("{}.{topic}", self.group),
         }
     }
 }

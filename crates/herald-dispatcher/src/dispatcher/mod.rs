@@ -150,7 +150,7 @@ impl Dispatcher {
         topics.extend(self.topics.retries.iter().map(|t| (t.clone(), Queue::Retry)));
         topics.push((self.topics.parked.clone(), Queue::Parked));
         for (topic, queue) in topics {
-            let consumer = self.log.consume(&self.config.group_of(queue, &topic), &topic).await?;
+            let consumer = self.log.consume(&self.config.group, &topic).await?;
             let dispatcher = self.clone();
             let shutdown = shutdown.clone();
             consumers.spawn(async move { dispatcher.consume(consumer, queue, shutdown, grace).await });
