@@ -205,16 +205,16 @@ async function terminate(pod) {
   pod.proc.kill('SIGTERM');
   // /readyz turns 503 while Herald drains (until its listeners close).
   let notReadyAfterMs = null;
-  const watchReady = (async () => {
-    while (pod.exit() === null) {
-      const status = await probe(pod, 'readinessProbe').catch(() => null);
-      if (status === 503) {
-        notReadyAfterMs = Date.now() - started;
-        return;
-      }
-      await new Promise((r) => setTimeout(r, 20)); // poll interval, not synchronisation
-    }
-  })();
+  // Until /readyz answers 503 or the process is gone; bounded by the grace period.
+  const watchReady = waitFor(
+    async () => {
+      if (pod.exit() !== null) return true;
+      if ((await probe(pod, 'readinessProbe').catch(() => null)) !== 503) return false;
+      notReadyAfterMs = Date.now() - started;
+      return true;
+    },
+    { timeoutMs: graceMs, intervalMs: 20, what: `${pod.podName} /readyz to answer 503 after SIGTERM` },
+  );
   let timer;
   const deadline = new Promise((_, reject) => {
     timer = setTimeout(() => reject(new Error(`${pod.podName} still running ${graceMs} ms after SIGTERM (terminationGracePeriodSeconds)`)), graceMs);

@@ -5,7 +5,7 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use herald_backbone::{Claim, IdempotencyStore};
 use herald_core::{App, ChannelKind, ChannelName, TraceContext};
-use herald_node::{EventRequest, Node, ValidEvent, publish_failed, publish_span, validate_event};
+use herald_node::{EventRequest, Node, ValidEvent, publish_span, traced_publish, validate_event};
 use herald_proto::v1::{self as pb, publish_result, publisher_server::Publisher};
 use herald_telemetry::trace;
 use tokio::sync::mpsc;
@@ -63,21 +63,21 @@ impl Inner {
         event: Option<pb::Event>,
         caller: Option<&TraceContext>,
     ) -> Result<pb::PublishResponse> {
-        let span = publish_span("grpc", app, caller);
         let publish = async {
-            let (mut valid, key) = self.validate(app, event)?;
-            valid.trace = caller.cloned();
+            let (valid, key) = self.validate(app, event, caller)?;
             self.publish_valid(app, &valid, &key).await
         };
-        let outcome = publish.instrument(span.clone()).await;
-        if let Err(e) = &outcome {
-            publish_failed(&span, e);
-        }
-        outcome
+        traced_publish("grpc", app, caller, publish).await
     }
 
-    /// Checks an event against the app's limits; returns it with its idempotency key.
-    fn validate(&self, app: &App, event: Option<pb::Event>) -> Result<(ValidEvent, String)> {
+    /// Checks an event against the app's limits; returns it, carrying the caller's
+    /// trace context, with its idempotency key.
+    fn validate(
+        &self,
+        app: &App,
+        event: Option<pb::Event>,
+        caller: Option<&TraceContext>,
+    ) -> Result<(ValidEvent, String)> {
         let event = event.ok_or_else(|| Error::InvalidArgument("event: required".into()))?;
         let data = match event.payload {
             Some(pb::event::Payload::Data(data)) => data,
@@ -85,7 +85,7 @@ impl Inner {
                 .map_err(|_| Error::InvalidArgument("data_bytes: must be UTF-8".into()))?,
             None => return Err(Error::InvalidArgument("data: required (data or data_bytes)".into())),
         };
-        let valid = validate_event(
+        let mut valid = validate_event(
             app,
             EventRequest {
                 name: event.name,
@@ -94,6 +94,7 @@ impl Inner {
                 exclude_socket_id: Some(event.exclude_socket_id),
             },
         )?;
+        valid.trace = caller.cloned();
         Ok((valid, event.idempotency_key))
     }
 
@@ -167,23 +168,17 @@ impl Inner {
         caller: Option<&TraceContext>,
     ) -> Vec<pb::PublishResult> {
         let span = publish_span("grpc", app, caller);
-        self.publish_batch_in(app, events, caller).instrument(span).await
+        self.publish_checked(app, events, caller).instrument(span).await
     }
 
-    async fn publish_batch_in(
+    async fn publish_checked(
         &self,
         app: &App,
         events: Vec<pb::Event>,
         caller: Option<&TraceContext>,
     ) -> Vec<pb::PublishResult> {
-        let checked: Vec<Result<(ValidEvent, String)>> = events
-            .into_iter()
-            .map(|event| {
-                let (mut valid, key) = self.validate(app, Some(event))?;
-                valid.trace = caller.cloned();
-                Ok((valid, key))
-            })
-            .collect();
+        let checked: Vec<Result<(ValidEvent, String)>> =
+            events.into_iter().map(|event| self.validate(app, Some(event), caller)).collect();
         let mut results = Vec::with_capacity(checked.len());
         let mut rest = &checked[..];
         while let Some(first) = rest.first() {

@@ -17,9 +17,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use herald_node::{
-    EventRequest, HttpApiConfig, Node, PublishError, ValidEvent, publish_failed, publish_span, validate_event,
+    EventRequest, HttpApiConfig, Node, PublishError, ValidEvent, traced_publish, validate_event,
 };
-use tracing::Instrument;
 
 /// An API failure: the status and the message put in the JSON body.
 #[derive(Debug)]
@@ -29,6 +28,12 @@ struct ApiError {
     /// Close the connection after the answer: the request body was not read to its
     /// end, so nothing more can be read from the connection.
     close: bool,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl ApiError {
@@ -180,15 +185,13 @@ async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
         Endpoint::Trigger | Endpoint::Batch => {
             let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
             let caller = TraceContext::from_headers(header("traceparent"), header("tracestate"));
-            let span = publish_span("http", &app, caller.as_ref());
-            let published = match endpoint {
-                Endpoint::Trigger => trigger(node, &app, &body, caller).instrument(span.clone()).await,
-                _ => batch(node, &app, &body, caller).instrument(span.clone()).await,
+            let work = async {
+                match endpoint {
+                    Endpoint::Trigger => trigger(node, &app, &body, caller.clone()).await,
+                    _ => batch(node, &app, &body, caller.clone()).await,
+                }
             };
-            if let Err(e) = &published {
-                publish_failed(&span, &e.message);
-            }
-            published
+            traced_publish("http", &app, caller.as_ref(), work).await
         }
         Endpoint::Channels => channels(node, &app, param("filter_by_prefix"), param("info")).await,
         Endpoint::Channel(channel) => channel_info(node, &app, channel, param("info")).await,

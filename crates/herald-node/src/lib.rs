@@ -28,7 +28,7 @@ pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig, duration};
 pub use input_budget::InputBudget;
 pub use node::{Node, NodeBuilder};
 pub use publish::{
-    EventField, EventRequest, PublishError, Refusal, ValidEvent, publish_failed, publish_span, validate_event,
+    EventField, EventRequest, PublishError, Refusal, ValidEvent, publish_span, traced_publish, validate_event,
 };
 pub use recorder::{EventsConfig, RecordError, Recorder, channel_event, event_id};
 pub use share::Joined;

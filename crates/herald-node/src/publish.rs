@@ -2,7 +2,7 @@
 //! and its publication through the broker. The Pusher HTTP API and the gRPC API both
 //! call this, so they accept and refuse exactly the same events.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use herald_backbone::{Message, Topic};
 use herald_core::{App, ChannelKind, ChannelName, Publication, PublicationData, SocketId, TraceContext};
@@ -154,9 +154,28 @@ pub fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, Pu
     })
 }
 
-/// The span of one publish request (`api`: `http` or `grpc`), a child of the caller's
-/// span when it sent a trace context; its children are validation, the broker publish
-/// and the event-log append, and every node's fan-out and every webhook attempt.
+/// Runs one publish request's `work` (`api`: `http` or `grpc`) in its span, a child of
+/// the caller's span when it sent a trace context, and marks the span failed when the
+/// work fails. The span's children are validation, the broker publish and the
+/// event-log append, and every node's fan-out and every webhook attempt.
+pub async fn traced_publish<T, E: std::fmt::Display>(
+    api: &'static str,
+    app: &App,
+    caller: Option<&TraceContext>,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let span = publish_span(api, app, caller);
+    let outcome = work.instrument(span.clone()).await;
+    if let Err(e) = &outcome
+        && !span.is_disabled()
+    {
+        span.record("otel.status_code", "ERROR");
+        span.record("error", tracing::field::display(e));
+    }
+    outcome
+}
+
+/// The span of one publish request (see [`traced_publish`]).
 pub fn publish_span(api: &'static str, app: &App, caller: Option<&TraceContext>) -> tracing::Span {
     trace::api_span(caller, || {
         tracing::info_span!(
@@ -169,14 +188,6 @@ pub fn publish_span(api: &'static str, app: &App, caller: Option<&TraceContext>)
             error = tracing::field::Empty,
         )
     })
-}
-
-/// Marks a publish span failed.
-pub fn publish_failed(span: &tracing::Span, error: &dyn std::fmt::Display) {
-    if !span.is_disabled() {
-        span.record("otel.status_code", "ERROR");
-        span.record("error", tracing::field::display(error));
-    }
 }
 
 /// Publishes a validated event to each of its channels, on every node.

@@ -117,16 +117,7 @@ pub fn current() -> Option<TraceContext> {
 
 /// The trace and span ids (hex) of the current span, for log lines.
 pub(crate) fn current_ids() -> Option<(String, String)> {
-    if !enabled() {
-        return None;
-    }
-    let span = Span::current();
-    if span.is_disabled() {
-        return None;
-    }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+    current().map(|context| (context.trace_id().to_owned(), context.parent_id().to_owned()))
 }
 
 fn set_parent(span: &Span, parent: &TraceContext) {

@@ -53,6 +53,20 @@ impl Process {
         }
     }
 
+    /// `herald ROLE` (the binary at `binary`) on ports the kernel picks, with `env`,
+    /// running once it logged `ready`; with that line, whose `name=address` fields
+    /// [`address`] reads.
+    pub fn herald<'a>(
+        binary: &str,
+        role: &str,
+        env: impl IntoIterator<Item = (&'a str, &'a str)>,
+        ready: &str,
+    ) -> (Self, String) {
+        let mut command = Command::new(binary);
+        command.args([role, "--port", "0", "--metrics-port", "0", "--grpc-port", "0"]).envs(env);
+        Self::start(&format!("herald {role}"), command, ready)
+    }
+
     /// The kept lines of its stderr.
     pub fn output(&self) -> String {
         self.output.lock().unwrap().join("\n")
@@ -69,6 +83,15 @@ impl Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address a ready line names as `name=ADDRESS` (quotes allowed), if it does.
+pub fn address(ready_line: &str, name: &str) -> Option<std::net::SocketAddr> {
+    let prefix = format!("{name}=");
+    ready_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix))
+        .and_then(|a| a.trim_matches('"').parse().ok())
 }
 
 impl Drop for Process {

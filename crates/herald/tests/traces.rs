@@ -9,7 +9,6 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -21,7 +20,7 @@ use herald_core::auth;
 use herald_proto::v1::{ListEndpointsRequest, webhook_admin_client::WebhookAdminClient};
 use herald_testkit::{
     Client, app, http_request_with, now,
-    process::Process,
+    process::{self, Process},
     receiver::{Answer, Received, Receiver},
     redis::RedisServer,
     tansu::Tansu,
@@ -166,11 +165,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A herald process of `role` with `env`, running once it logged `ready`.
 fn herald(role: &str, env: &[(String, String)], ready: &str) -> (Process, String) {
-    let mut command = Command::new(HERALD);
-    command
-        .args([role, "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    Process::start(&format!("herald {role}"), command, ready)
+    Process::herald(HERALD, role, env.iter().map(|(k, v)| (k.as_str(), v.as_str())), ready)
 }
 
 fn ws_addr(ready_line: &str) -> SocketAddr {
@@ -178,8 +173,7 @@ fn ws_addr(ready_line: &str) -> SocketAddr {
 }
 
 fn address(ready_line: &str, name: &str) -> SocketAddr {
-    let prefix = format!("{name}=");
-    ready_line.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).unwrap().parse().unwrap()
+    process::address(ready_line, name).unwrap_or_else(|| panic!("no {name} in {ready_line:?}"))
 }
 
 /// Lists the app's webhook endpoints over gRPC (WebhookAdmin), in the caller's trace.

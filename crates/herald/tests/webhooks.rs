@@ -7,14 +7,13 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use herald_core::auth;
 use herald_testkit::{
     Client, app, http_request, now,
-    process::Process,
+    process::{self, Process},
     receiver::{Received, Receiver},
     redis::RedisServer,
     tansu::Tansu,
@@ -87,16 +86,9 @@ impl Cluster {
     }
 
     fn spawn(&self, role: &str, ready: &str) -> Herald {
-        let mut command = Command::new(HERALD);
-        command
-            .args([role, "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let (process, line) = Process::start(&format!("herald {role}"), command, ready);
-        let ws = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ws_addr="))
-            .map(|a| a.trim_matches('"').parse().unwrap());
-        Herald { process, ws }
+        let env = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let (process, line) = Process::herald(HERALD, role, env, ready);
+        Herald { process, ws: process::address(&line, "ws_addr") }
     }
 
     fn edge(&self) -> Herald {
