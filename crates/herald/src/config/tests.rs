@@ -738,3 +738,37 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_its_settings_are_checked() {
+    let config = Config::load(&Flags::default(), env(&[])).unwrap();
+    assert_eq!(config.telemetry.otlp_endpoint, None, "no exporter unless configured");
+    let errors = Config::load(
+        &Flags::default(),
+        env(&[
+            ("HERALD_TELEMETRY__OTLP_ENDPOINT", "collector:4317"),
+            ("HERALD_TELEMETRY__SAMPLE_RATIO", "1.5"),
+            ("HERALD_TELEMETRY__MAX_QUEUE_SIZE", "0"),
+            ("HERALD_TELEMETRY__EXPORT_TIMEOUT", "10ms"),
+        ]),
+    )
+    .unwrap_err();
+    for field in ["otlp_endpoint", "sample_ratio", "max_queue_size", "export_timeout"] {
+        assert!(errors.iter().any(|e| e.starts_with(&format!("telemetry.{field}"))), "{field}: {errors:#?}");
+    }
+    let config = Config::load(
+        &Flags::default(),
+        env(&[
+            ("HERALD_TELEMETRY__OTLP_ENDPOINT", "http://collector:4317"),
+            ("HERALD_TELEMETRY__SAMPLE_RATIO", "0.01"),
+            ("HERALD_TELEMETRY__RESOURCE_ATTRIBUTES", r#"{"deployment.environment" = "prod"}"#),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.telemetry.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+    assert_eq!(config.telemetry.sample_ratio, 0.01);
+    assert_eq!(
+        config.telemetry.resource_attributes,
+        [("deployment.environment".to_owned(), "prod".to_owned())]
+    );
+}
