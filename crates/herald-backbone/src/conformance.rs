@@ -4,7 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{future::Future, pin::Pin, sync::Arc, task::Poll, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::Poll,
+    time::{Duration, Instant},
+};
 
 use herald_core::{ChannelName, Publication, PublicationData, SocketId};
 use herald_test_util::{Deadline, WAIT, wait_until};
@@ -273,6 +279,18 @@ async fn is_pending<F: Future>(future: Pin<&mut F>) -> bool {
     .await
 }
 
+/// `future`'s output if its first poll completes it; else `None` (and it is dropped).
+async fn one_step<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match future.as_mut().poll(cx) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 fn append(key: &str, value: String) -> crate::Append {
     crate::Append { key: bytes::Bytes::copy_from_slice(key.as_bytes()), value: value.into() }
 }
@@ -362,6 +380,25 @@ pub async fn event_log_scenarios(log: &dyn crate::EventLog, topic_prefix: &str) 
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].value, "late".as_bytes());
     again.commit(&[position_after(&late[0])]).await.unwrap();
+
+    // A poll dropped before it returned (as a timeout around it does) has taken
+    // nothing: each poll here gets one step, and is dropped if that step is not the
+    // last. Every record is read all the same.
+    let cut: Vec<crate::Append> = (0..20).map(|i| append("app/cut", format!("cut {i}"))).collect();
+    log.append(&topic, cut).await.unwrap();
+    let mut read = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read.len() < 20 {
+        assert!(Instant::now() < deadline, "records taken by dropped polls: read {read:?}");
+        match one_step(again.poll(1000)).await {
+            Some(records) => read.extend(records.unwrap()),
+            // The next step after a pause: its length is the pace, not a condition.
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let values: Vec<String> = read.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()).collect();
+    assert_eq!(values, (0..20).map(|i| format!("cut {i}")).collect::<Vec<_>>(), "all of them, in order");
+    again.commit(&[position_after(&read[19])]).await.unwrap();
 
     // Nothing else is delivered (no record again, none twice). Proven with markers,
     // not a quiet period: one more record per key used above, so every partition that

@@ -139,8 +139,10 @@ impl LogConsumer for KafkaConsumer {
             }
             Err(e) => Some(e),
         };
-        // Then whatever librdkafka already queued, without waiting for more: a zero
-        // timeout still polls `recv` once, and a ready event comes back at once.
+        // Then whatever librdkafka already queued, without waiting for more. Taken in
+        // one step, with no await in between: from here on the records are this
+        // call's, and a caller that dropped it at an await (a timeout around `poll`
+        // firing) would drop them with it: read, uncommitted, and never handed over.
         //
         // While the brokers are away librdkafka queues an error for every failed
         // connection attempt, ahead of the records that come once they are back.
@@ -149,16 +151,16 @@ impl LogConsumer for KafkaConsumer {
         // than the outage itself lasted.
         let mut drained = 0;
         while records.len() < max && drained < MAX_DRAINED_ERRORS {
-            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                Ok(Ok(message)) => records.push(self.record(&message)),
+            match ready_now(consumer.recv()) {
+                Some(Ok(message)) => records.push(self.record(&message)),
                 // An error after records (a broker connection lost, say) is reported
                 // again by librdkafka if it persists; the records go out first.
-                Ok(Err(_)) if !records.is_empty() => break,
-                Ok(Err(e)) => {
+                Some(Err(_)) if !records.is_empty() => break,
+                Some(Err(e)) => {
                     error = Some(e);
                     drained += 1;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         let read = records.len();
@@ -196,6 +198,16 @@ impl LogConsumer for KafkaConsumer {
             Ok(Err(_)) => Err(Error::unavailable("kafka: the commit thread has stopped")),
             Err(_) => Err(Error::unavailable(format!("kafka: commit not stored within {COMMIT_TIMEOUT:?}"))),
         }
+    }
+}
+
+/// `future`'s output if it is ready at its first poll; else `None` (and it is
+/// dropped). `recv` is ready at once when librdkafka has a message or an error queued.
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }
 
