@@ -41,6 +41,10 @@ pub enum Metric {
     Connections,
     /// Counter: WebSocket connections accepted since start.
     ConnectionsAccepted,
+    /// Counter: connections turned away at once because the process was out of file
+    /// descriptors (so their clients reconnect elsewhere instead of waiting in the
+    /// accept queue), label `listener`.
+    ConnectionsShed,
     /// Counter: WebSocket connections closed, label `code`: the close code bucketed
     /// into a bounded set, since clients choose the code of closes they start:
     /// `normal` (1000, 1001), `protocol_error` (1002, 1003), `abnormal` (1006: no
@@ -107,9 +111,10 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 23] = [
+    pub const ALL: [Metric; 24] = [
         Metric::Connections,
         Metric::ConnectionsAccepted,
+        Metric::ConnectionsShed,
         Metric::ConnectionsClosed,
         Metric::Publications,
         Metric::Deliveries,
@@ -137,6 +142,7 @@ impl Metric {
         match self {
             Metric::Connections => "herald_connections",
             Metric::ConnectionsAccepted => "herald_connections_accepted_total",
+            Metric::ConnectionsShed => "herald_connections_shed_total",
             Metric::ConnectionsClosed => "herald_connections_closed_total",
             Metric::Publications => "herald_publications_total",
             Metric::Deliveries => "herald_deliveries_total",
@@ -165,6 +171,9 @@ impl Metric {
         match self {
             Metric::Connections => "Open WebSocket connections on this node.",
             Metric::ConnectionsAccepted => "WebSocket connections accepted since start.",
+            Metric::ConnectionsShed => {
+                "Connections turned away at once because the process was out of file descriptors."
+            }
             Metric::ConnectionsClosed => {
                 "WebSocket connections closed, by close code (bucketed: normal, protocol_error, abnormal, \
                  invalid_payload, message_too_large, try_again_later, Herald's 4xxx codes, 4xxx ranges, other)."

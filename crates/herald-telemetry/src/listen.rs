@@ -27,6 +27,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// A non-blocking listening socket with `SO_REUSEADDR` and `SO_REUSEPORT`.
 pub fn reuse_port_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    keep_reserve();
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -70,10 +71,57 @@ pub async fn accept(listener: &TcpListener, what: &'static str) -> TcpStream {
                 if let Some(failures) = with_log(what, |log| log.failed(Instant::now())) {
                     tracing::warn!(error = %e, listener = what, failures, "accept failed");
                 }
+                // Out of files, the connections waiting to be accepted would wait
+                // until their clients give up, while other processes sharing the port
+                // (`SO_REUSEPORT`) could take them: turn one away now.
+                if out_of_files(&e) && shed(listener) {
+                    metrics::counter!(crate::Metric::ConnectionsShed.name(), "listener" => what).increment(1);
+                    continue;
+                }
                 tokio::time::sleep(RETRY_AFTER).await;
             }
         }
     }
+}
+
+/// A file held in reserve, so that a process out of file descriptors can still
+/// accept a connection to turn it away (see [`shed`]).
+static RESERVE: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// Opens the reserve file if it is not open (while files are to be had).
+fn keep_reserve() {
+    let mut reserve = RESERVE.lock();
+    if reserve.is_none() {
+        *reserve = std::fs::File::open("/dev/null").ok();
+    }
+}
+
+fn out_of_files(e: &io::Error) -> bool {
+    // EMFILE (the process's limit) and ENFILE (the system's).
+    matches!(e.raw_os_error(), Some(24 | 23))
+}
+
+/// Accepts one waiting connection with the reserve file's descriptor and closes it at
+/// once, after a `503` for an HTTP client (a WebSocket client reconnects, and with
+/// `SO_REUSEPORT` most likely reaches another process). False if there was no
+/// reserve or nothing to accept.
+fn shed(listener: &TcpListener) -> bool {
+    let mut reserve = RESERVE.lock();
+    if reserve.take().is_none() {
+        return false;
+    }
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let shed = match listener.poll_accept(&mut cx) {
+        std::task::Poll::Ready(Ok((stream, _))) => {
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            );
+            true
+        }
+        _ => false,
+    };
+    *reserve = std::fs::File::open("/dev/null").ok();
+    shed
 }
 
 fn with_log<T>(what: &'static str, f: impl FnOnce(&mut FailureLog) -> T) -> T {
