@@ -388,6 +388,12 @@ test('channel info through any edge reports the cluster totals', async () => {
   }
   const readers = [await edges[1].connectedClient(), await edges[2].connectedClient()];
   for (const reader of readers) await subscribe(reader, 'info-news');
+  // Each edge sends its subscription counts to Redis in batches (server.occupancy_flush,
+  // 50 ms): the others' subscriptions are in the totals once their batches are.
+  const count = async (channel) =>
+    (await getJson(edges[0], `/channels/${channel}`, { info: 'subscription_count' })).subscription_count;
+  await waitFor(async () => (await count(presence)) === 4, { what: `four ${presence} subscriptions counted` });
+  await waitFor(async () => (await count('info-news')) === 2, { what: 'two info-news subscriptions counted' });
 
   for (const [i, edge] of edges.entries()) {
     const via = `through edge ${i + 1}`;

@@ -113,13 +113,16 @@ async function occupied(edge, channel) {
 async function plantCanary(node, user, expiresInMs) {
   const key = (what) => `herald:{${APP.id.length}:${APP.id}:${ROOM}}:${what}`;
   const socket = `${node}.1`;
-  const entry = (kind) => JSON.stringify([kind, APP.id, ROOM, socket]);
-  await redis.command(['SADD', key('subs'), socket]);
+  // Its count of the room (one connection) and that connection as a member.
+  await redis.command(['HSET', key('occupancy'), String(node), 1]);
+  await redis.command(['HINCRBY', key('occupancy'), 'all', 1]);
   await redis.command(['SADD', `herald:{${APP.id.length}:${APP.id}}:channels`, ROOM]);
   await redis.command(['HSET', key('sockets'), socket, user]);
   await redis.command(['HINCRBY', key('counts'), user, 1]);
   await redis.command(['HSET', key('members'), user, '{}']);
-  await redis.command(['SADD', `herald:node:${node}:entries`, entry('s'), entry('m')]);
+  const count = JSON.stringify(['c', APP.id, ROOM]);
+  const member = JSON.stringify(['m', APP.id, ROOM, socket]);
+  await redis.command(['SADD', `herald:node:${node}:entries`, count, member]);
   await redis.command(['ZADD', 'herald:nodes', Date.now() + expiresInMs, String(node)]);
 }
 

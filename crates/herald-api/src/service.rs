@@ -309,7 +309,7 @@ impl Publisher for PublisherService {
     ) -> Result<Response<pb::ChannelInfo>, Status> {
         let app = self.inner.app(&request, &request.get_ref().app_id)?;
         let channel = channel_name(&request.get_ref().channel)?;
-        let stats = self.inner.node.presence().channel(&app.id, &channel).await.map_err(Error::from)?;
+        let stats = self.inner.node.channel_stats(&app.id, &channel).await.map_err(Error::from)?;
         Ok(Response::new(channel_info(&channel, stats)))
     }
 
@@ -318,13 +318,8 @@ impl Publisher for PublisherService {
         request: Request<pb::ListChannelsRequest>,
     ) -> Result<Response<pb::ListChannelsResponse>, Status> {
         let app = self.inner.app(&request, &request.get_ref().app_id)?;
-        let channels = self
-            .inner
-            .node
-            .presence()
-            .channels(&app.id, &request.get_ref().prefix)
-            .await
-            .map_err(Error::from)?;
+        let channels =
+            self.inner.node.channel_list(&app.id, &request.get_ref().prefix).await.map_err(Error::from)?;
         let channels = channels.iter().map(|(name, stats)| channel_info(name, *stats)).collect();
         Ok(Response::new(pb::ListChannelsResponse { channels }))
     }

@@ -17,7 +17,10 @@ use herald_test_util::{Deadline, WAIT, wait_until};
 use parking_lot::Mutex;
 use serde_json::json;
 
-use crate::{Broker, Error, Member, MemberChange, Message, MessageHandler, PresenceManager, Topic};
+use crate::{
+    Broker, ChannelCount, CountChange, Error, Member, MemberChange, Message, MessageHandler, PresenceManager,
+    Topic,
+};
 
 /// A handler that records what it receives.
 #[derive(Default)]
@@ -156,20 +159,43 @@ fn member(user: &str) -> Member {
     Member { user_id: user.into(), user_info: json!({ "name": user }) }
 }
 
+fn count(app: &str, channel: &ChannelName, count: u64) -> ChannelCount {
+    ChannelCount { app_id: app.into(), channel: channel.clone(), count }
+}
+
+fn change(before: u64, after: u64) -> CountChange {
+    CountChange { before, after }
+}
+
+/// Sets one count of `node`.
+async fn set<P: PresenceManager>(p: &P, node: u32, app: &str, channel: &ChannelName, n: u64) -> CountChange {
+    p.set_counts(node, &[count(app, channel, n)]).await.unwrap()[0]
+}
+
 /// Occupancy counts, once-per-user membership, the member limit and listing.
 pub async fn presence_scenarios<P: PresenceManager>(p: &P) {
     let room = ChannelName::new("presence-room").unwrap();
     let news = ChannelName::new("news").unwrap();
 
-    assert_eq!(p.join("a1", &news, sid(1)).await.unwrap(), 1);
-    assert_eq!(p.join("a1", &news, sid(1)).await.unwrap(), 1, "same socket counts once");
-    assert_eq!(p.join("a1", &news, sid(2)).await.unwrap(), 2);
-    assert_eq!(p.join("a2", &news, sid(3)).await.unwrap(), 1, "apps are separate");
-    assert_eq!(p.channel("a1", &news).await.unwrap().subscription_count, 2);
+    // Counts are per node, absolute, and add up over nodes.
+    assert_eq!(set(p, 1, "a1", &news, 1).await, change(0, 1));
+    assert_eq!(set(p, 1, "a1", &news, 1).await, change(1, 1), "setting again is as once");
+    assert_eq!(set(p, 2, "a1", &news, 2).await, change(1, 3), "nodes add up");
+    assert_eq!(set(p, 1, "a2", &news, 1).await, change(0, 1), "apps are separate");
+    assert_eq!(p.channel("a1", &news).await.unwrap().subscription_count, 3);
+    assert_eq!(set(p, 2, "a1", &news, 1).await, change(3, 2), "a node's count goes down");
+
+    // One call sets several channels, answered in order.
+    let (b1, b2) = (ChannelName::new("batch-1").unwrap(), ChannelName::new("batch-2").unwrap());
+    let batch = [count("a1", &b1, 4), count("a1", &b2, 0), count("a1", &news, 2)];
+    assert_eq!(p.set_counts(3, &batch).await.unwrap(), [change(0, 4), change(0, 0), change(2, 4)]);
+    let batch = [count("a1", &b1, 0), count("a1", &news, 0)];
+    assert_eq!(p.set_counts(3, &batch).await.unwrap(), [change(4, 0), change(4, 2)]);
+    assert_eq!(p.channel("a1", &b1).await.unwrap().subscription_count, 0);
 
     // Alice with two connections is one member; Bob joins; Carol is over the limit.
+    set(p, 1, "a1", &room, 3).await;
     for (conn, user) in [(10, "alice"), (11, "alice"), (12, "bob")] {
-        p.join("a1", &room, sid(conn)).await.unwrap();
         let change = p.add_member("a1", &room, sid(conn), member(user), 2).await.unwrap();
         let expect_new = conn != 11;
         assert_eq!(change == MemberChange::Changed(member(user)), expect_new, "{conn} {user}");
@@ -202,10 +228,10 @@ pub async fn presence_scenarios<P: PresenceManager>(p: &P) {
     assert_eq!(presence_only[0].1.user_count, 1);
     for conn in [10, 11, 12] {
         p.remove_member("a1", &room, sid(conn)).await.unwrap();
-        p.leave("a1", &room, sid(conn)).await.unwrap();
     }
-    assert_eq!(p.leave("a1", &news, sid(1)).await.unwrap(), 1);
-    assert_eq!(p.leave("a1", &news, sid(99)).await.unwrap(), 1, "leaving unjoined is a no-op");
+    assert_eq!(set(p, 1, "a1", &room, 0).await, change(3, 0));
+    assert_eq!(set(p, 1, "a1", &news, 0).await, change(2, 1));
+    assert_eq!(set(p, 9, "a1", &news, 0).await, change(1, 1), "no count to clear: a no-op");
     let listed: Vec<_> =
         p.channels("a1", "").await.unwrap().into_iter().map(|(c, _)| c.to_string()).collect();
     assert_eq!(listed, ["news"]);
@@ -219,9 +245,9 @@ async fn lifecycle_scenarios<P: PresenceManager>(p: &P) {
     use crate::Lifecycle::{MemberAdded, MemberRemoved, Occupied, Vacated};
     let lobby = ChannelName::new("presence-lobby").unwrap();
     assert!(!p.announce("a1", &lobby, Vacated).await.unwrap(), "never occupied: nothing to vacate");
-    p.join("a1", &lobby, sid(20)).await.unwrap();
+    set(p, 1, "a1", &lobby, 1).await;
     assert!(p.announce("a1", &lobby, Occupied).await.unwrap());
-    p.join("a1", &lobby, sid(21)).await.unwrap();
+    set(p, 1, "a1", &lobby, 2).await;
     assert!(!p.announce("a1", &lobby, Occupied).await.unwrap(), "announced once");
     p.add_member("a1", &lobby, sid(20), member("dave"), 10).await.unwrap();
     assert!(p.announce("a1", &lobby, MemberAdded("dave")).await.unwrap());
@@ -230,25 +256,23 @@ async fn lifecycle_scenarios<P: PresenceManager>(p: &P) {
     // Dave's connection drops and comes back (as another socket) before the debounce:
     // the removal check finds him present and nothing is announced.
     p.remove_member("a1", &lobby, sid(20)).await.unwrap();
-    p.leave("a1", &lobby, sid(20)).await.unwrap();
-    p.join("a1", &lobby, sid(22)).await.unwrap();
+    set(p, 1, "a1", &lobby, 1).await;
+    set(p, 1, "a1", &lobby, 2).await;
     p.add_member("a1", &lobby, sid(22), member("dave"), 10).await.unwrap();
     assert!(!p.announce("a1", &lobby, MemberAdded("dave")).await.unwrap(), "reconnect: no member_added");
     assert!(!p.announce("a1", &lobby, MemberRemoved("dave")).await.unwrap(), "still present");
 
     // Now everyone leaves for good.
     p.remove_member("a1", &lobby, sid(22)).await.unwrap();
-    for conn in [21, 22] {
-        p.leave("a1", &lobby, sid(conn)).await.unwrap();
-    }
+    set(p, 1, "a1", &lobby, 0).await;
     assert!(p.announce("a1", &lobby, MemberRemoved("dave")).await.unwrap());
     assert!(!p.announce("a1", &lobby, MemberRemoved("dave")).await.unwrap(), "announced once");
     assert!(p.announce("a1", &lobby, Vacated).await.unwrap());
     assert!(!p.announce("a1", &lobby, Vacated).await.unwrap(), "announced once");
-    p.join("a1", &lobby, sid(23)).await.unwrap();
+    set(p, 2, "a1", &lobby, 1).await;
     assert!(!p.announce("a1", &lobby, Vacated).await.unwrap(), "occupied again: not vacated");
     assert!(p.announce("a1", &lobby, Occupied).await.unwrap(), "occupied again after a vacate");
-    p.leave("a1", &lobby, sid(23)).await.unwrap();
+    set(p, 2, "a1", &lobby, 0).await;
     assert!(p.announce("a1", &lobby, Vacated).await.unwrap());
     let listed: Vec<_> =
         p.channels("a1", "presence-lobby").await.unwrap().into_iter().map(|(c, _)| c.to_string()).collect();

@@ -25,14 +25,12 @@ pub struct Reaped {
     pub member: Option<Member>,
 }
 
-/// One entry the backend holds for a node: a subscription, or a presence connection.
+/// One entry the backend holds for a node: its subscription count of a channel, or
+/// one of its presence connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    pub app_id: String,
-    pub channel: ChannelName,
-    pub socket: SocketId,
-    /// A presence connection (its member), not the subscription itself.
-    pub member: bool,
+pub enum Held {
+    Count { app_id: String, channel: ChannelName },
+    Member { app_id: String, channel: ChannelName, socket: SocketId },
 }
 
 /// Why a node re-asserts its share.

@@ -182,6 +182,35 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     async fn release(&self, app_id: &str, key: &str) -> Result<()>;
 }
 
+/// One node's subscription count of one channel: how many of its connections are
+/// subscribed to it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelCount {
+    pub app_id: Arc<str>,
+    pub channel: ChannelName,
+    pub count: u64,
+}
+
+/// A channel's cluster-wide subscription count before and after a node's count of it
+/// was set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CountChange {
+    pub before: u64,
+    pub after: u64,
+}
+
+impl CountChange {
+    /// The channel had no subscriber and has one now (it may be announced occupied).
+    pub fn occupied(self) -> bool {
+        self.before == 0 && self.after > 0
+    }
+
+    /// The channel had subscribers and has none now (it may be announced vacated).
+    pub fn vacated(self) -> bool {
+        self.before > 0 && self.after == 0
+    }
+}
+
 /// A presence channel member: one user, however many connections it has.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
@@ -225,8 +254,11 @@ pub enum Lifecycle<'a> {
 /// Cluster-wide channel occupancy and presence membership.
 ///
 /// Contract, for every implementation:
-/// - Counts are per connection (`SocketId`); joining twice with the same connection
-///   counts once. Leaving a channel one never joined is a no-op.
+/// - **Occupancy is kept per node**: each node sets how many of its connections are
+///   subscribed to a channel ([`PresenceManager::set_counts`], batched: a node touches
+///   the backend when its own counts change, not once per client), and a channel's
+///   subscription count is the sum over nodes. Setting a count is absolute, so setting
+///   it twice is as once.
 /// - A user with several connections in a presence channel is one member: only its
 ///   first connection's join and its last connection's leave report
 ///   [`MemberChange::Changed`], so lifecycle events fire once per user cluster-wide.
@@ -236,14 +268,14 @@ pub enum Lifecycle<'a> {
 /// - Implementations with several nodes hold a per-node lease, so the connections of a
 ///   crashed node disappear within a bounded time, and never take a live node for a
 ///   crashed one because their own view was interrupted.
-/// - Writes are idempotent (joining, adding a member, leaving twice is as once), so a
+/// - Writes are idempotent (setting a count, adding a member, leaving twice is as once), so a
 ///   node can re-assert its whole share after any gap ([`LeaseHolder`]).
 #[async_trait]
 pub trait PresenceManager: Send + Sync + 'static {
-    /// Records that `socket` subscribed to `channel`; returns the new subscription count.
-    async fn join(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64>;
-    /// Records that `socket` left `channel`; returns the remaining subscription count.
-    async fn leave(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64>;
+    /// Sets `node`'s subscription count of each channel (0: it has none); returns, in
+    /// the same order, each channel's cluster-wide count before and after. On error a
+    /// part of them may be set (setting them again is harmless).
+    async fn set_counts(&self, node: u32, counts: &[ChannelCount]) -> Result<Vec<CountChange>>;
     async fn add_member(
         &self,
         app_id: &str,

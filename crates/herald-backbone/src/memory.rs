@@ -17,8 +17,8 @@ use herald_core::{
 use parking_lot::Mutex;
 
 use crate::{
-    Broker, ChannelStats, Error, Lifecycle, Member, MemberChange, Message, MessageHandler, PresenceManager,
-    Result, Topic,
+    Broker, ChannelCount, ChannelStats, CountChange, Error, Lifecycle, Member, MemberChange, Message,
+    MessageHandler, PresenceManager, Result, Topic,
 };
 
 /// The shared state of an in-process cluster. Each node gets its own [`MemoryBroker`];
@@ -146,7 +146,9 @@ impl Default for MemoryPresence {
 
 #[derive(Default)]
 struct ChannelState {
-    sockets: HashSet<SocketId>,
+    /// node -> its subscription count (never 0), and their sum.
+    nodes: HashMap<u32, u64>,
+    subscribers: u64,
     /// user id -> (member as its first connection announced it, its connections)
     members: HashMap<Arc<str>, (Member, HashSet<SocketId>)>,
     socket_user: HashMap<SocketId, Arc<str>>,
@@ -157,11 +159,11 @@ struct ChannelState {
 
 impl ChannelState {
     fn stats(&self) -> ChannelStats {
-        ChannelStats { subscription_count: self.sockets.len() as u64, user_count: self.members.len() as u64 }
+        ChannelStats { subscription_count: self.subscribers, user_count: self.members.len() as u64 }
     }
 
     fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
+        self.nodes.is_empty()
             && self.members.is_empty()
             && !self.announced_occupied
             && self.announced_members.is_empty()
@@ -193,18 +195,21 @@ impl MemoryPresence {
 
 #[async_trait]
 impl PresenceManager for MemoryPresence {
-    async fn join(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
-        Ok(self.with_channel(app_id, channel, |c| {
-            c.sockets.insert(socket);
-            c.sockets.len() as u64
-        }))
-    }
-
-    async fn leave(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
-        Ok(self.with_channel(app_id, channel, |c| {
-            c.sockets.remove(&socket);
-            c.sockets.len() as u64
-        }))
+    async fn set_counts(&self, node: u32, counts: &[ChannelCount]) -> Result<Vec<CountChange>> {
+        Ok(counts
+            .iter()
+            .map(|ChannelCount { app_id, channel, count }| {
+                self.with_channel(app_id, channel, |c| {
+                    let before = c.subscribers;
+                    let old = match *count {
+                        0 => c.nodes.remove(&node),
+                        n => c.nodes.insert(node, n),
+                    };
+                    c.subscribers = c.subscribers - old.unwrap_or(0) + count;
+                    CountChange { before, after: c.subscribers }
+                })
+            })
+            .collect())
     }
 
     async fn add_member(
@@ -273,7 +278,7 @@ impl PresenceManager for MemoryPresence {
                 shard
                     .iter()
                     .filter(|((app, name), c)| {
-                        &**app == app_id && name.as_str().starts_with(prefix) && !c.sockets.is_empty()
+                        &**app == app_id && name.as_str().starts_with(prefix) && c.subscribers > 0
                     })
                     .map(|((_, name), c)| (name.clone(), c.stats())),
             );
@@ -286,7 +291,7 @@ impl PresenceManager for MemoryPresence {
         Ok(self.with_channel(app_id, channel, |c| match change {
             Lifecycle::Occupied => !std::mem::replace(&mut c.announced_occupied, true),
             Lifecycle::Vacated => {
-                let due = c.announced_occupied && c.sockets.is_empty();
+                let due = c.announced_occupied && c.subscribers == 0;
                 if due {
                     c.announced_occupied = false;
                 }

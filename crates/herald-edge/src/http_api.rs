@@ -302,7 +302,7 @@ async fn attributes(
     channel: &ChannelName,
     info: &[String],
 ) -> ApiResult<Map<String, Value>> {
-    let stats = node.presence().channel(&app.id, channel).await?;
+    let stats = node.channel_stats(&app.id, channel).await?;
     Ok(attributes_of(&stats, channel, info))
 }
 
@@ -395,7 +395,7 @@ async fn channels(node: &Node, app: &App, prefix: Option<&str>, info: Option<&st
         return Err(ApiError::bad_request("info=user_count needs filter_by_prefix=presence-"));
     }
     let mut channels = Map::new();
-    for (channel, stats) in node.presence().channels(&app.id, prefix).await? {
+    for (channel, stats) in node.channel_list(&app.id, prefix).await? {
         let entry = if want_users { json!({ "user_count": stats.user_count }) } else { json!({}) };
         channels.insert(channel.to_string(), entry);
     }
@@ -409,7 +409,7 @@ async fn channel_info(node: &Node, app: &App, channel: &str, info: Option<&str>)
     if info.iter().any(|a| a == "user_count") && channel.kind() != ChannelKind::Presence {
         return Err(ApiError::bad_request("user_count is only available for presence channels"));
     }
-    let stats = node.presence().channel(&app.id, &channel).await?;
+    let stats = node.channel_stats(&app.id, &channel).await?;
     let mut out = json!({ "occupied": stats.subscription_count > 0 });
     for attribute in attributes_of(&stats, &channel, &info) {
         out[attribute.0] = attribute.1;

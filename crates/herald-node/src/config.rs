@@ -212,6 +212,9 @@ pub struct EdgeConfig {
     /// How long a graceful shutdown may take. Client connections are closed with a
     /// reconnect code spread over most of it, so clients do not all reconnect at once.
     pub shutdown_grace: Duration,
+    /// How long the node gathers changes of its subscription counts before sending
+    /// them to the backbone in one batch (0: as soon as the previous batch is done).
+    pub occupancy_flush: Duration,
 }
 
 #[cfg(test)]

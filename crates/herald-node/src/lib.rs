@@ -9,6 +9,7 @@
 //! | `recorder` | channel events into the event log: one appender per node, bounded |
 //! | `lifecycle` | subscription counts and occupied/vacated/member events, decided once per cluster |
 //! | `debounce` | lifecycle announcements waiting for the debounce, one entry per channel or user |
+//! | `occupancy` | the node's subscription counts, sent to the backbone in batches when they change |
 //! | `share` | the node's share of cluster presence, its re-assertion after any gap, reaped nodes |
 //! | `interest` | the broker topics the node subscribes to, kept equal to its local subscribers |
 //! | `input_budget` | the node-wide bound on unfinished client input (partial frames and messages) |
@@ -20,6 +21,7 @@ mod input_budget;
 mod interest;
 mod lifecycle;
 mod node;
+mod occupancy;
 mod publish;
 mod recorder;
 mod share;

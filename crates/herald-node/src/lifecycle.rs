@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use herald_backbone::Lifecycle;
+use herald_backbone::{CountChange, Lifecycle};
 use herald_core::ChannelName;
 use herald_proto::v1::{ChannelEvent, ChannelEventType};
 
@@ -18,27 +18,33 @@ pub(crate) fn record(node: &Node, event: impl FnOnce() -> ChannelEvent) {
     }
 }
 
-/// After a join that brought the channel to `count` subscribers (and, in a
-/// presence channel, maybe a new member): records `subscription_count`, and
-/// `channel_occupied` / `member_added` when the cluster had not announced them.
-pub(crate) async fn record_joined(
-    node: &Node,
-    app_id: &str,
-    channel: &ChannelName,
-    count: u64,
-    user: Option<&str>,
-) {
+/// After a join that made `user` a member of the presence channel: records
+/// `member_added` if the cluster had not announced it.
+pub(crate) async fn record_joined(node: &Node, app_id: &str, channel: &ChannelName, user: &str) {
+    if node.recorder().is_some() {
+        node.announce(app_id, channel, Lifecycle::MemberAdded(user)).await;
+    }
+}
+
+/// After this node's count of a channel reached the backbone, changing the channel's
+/// cluster-wide count as `change` says: records `subscription_count` and
+/// `channel_occupied` (when the cluster had not announced it) for a channel that
+/// gained subscribers, and what `record_left` records for one that lost some.
+pub(crate) async fn record_count(node: &Arc<Node>, app_id: &str, channel: &ChannelName, change: CountChange) {
     let Some(recorder) = node.recorder() else { return };
+    if change.after < change.before {
+        return record_left(node, app_id, channel, Some(change.after), None);
+    }
+    if change.after == change.before {
+        return;
+    }
     if recorder.config().subscription_count {
         let mut event = channel_event(app_id, channel.as_str(), ChannelEventType::SubscriptionCount);
-        event.subscription_count = count;
+        event.subscription_count = change.after;
         recorder.record(event);
     }
-    if count == 1 {
+    if change.occupied() {
         node.announce(app_id, channel, Lifecycle::Occupied).await;
-    }
-    if let Some(user) = user {
-        node.announce(app_id, channel, Lifecycle::MemberAdded(user)).await;
     }
 }
 

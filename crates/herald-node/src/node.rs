@@ -10,14 +10,15 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use herald_backbone::{
-    Broker, EventLog, IdempotencyStore, LeaseHolder, Lifecycle, Member, Message, PresenceManager, Topic,
+    Broker, ChannelStats, EventLog, IdempotencyStore, LeaseHolder, Lifecycle, Member, Message,
+    PresenceManager, Topic,
 };
 use herald_core::{App, Apps, ChannelName, Publication, SocketId, sharded::Sharded};
 use herald_hub::{ConnId, Hub, Outbox};
@@ -30,6 +31,7 @@ use crate::{
     input_budget::InputBudget,
     interest::Interest,
     lifecycle,
+    occupancy::Occupancy,
     publish::{self, PublishError, ValidEvent},
     recorder::{EventsConfig, Recorder},
     share::{self, Joined, Share},
@@ -37,6 +39,9 @@ use crate::{
 
 /// The shared state of one node. Cheap to share (`Arc<Node>`).
 pub struct Node {
+    /// Itself, for the work that outlives a call (recording what a batch of counts
+    /// changed).
+    this: Weak<Node>,
     pub(crate) id: u32,
     apps: Apps,
     config: EdgeConfig,
@@ -49,6 +54,8 @@ pub struct Node {
     recorder: Option<Arc<Recorder>>,
     /// This node's connections in channels: the truth the backbone's copy is rebuilt from.
     pub(crate) share: Share,
+    /// This node's subscription counts, and which changed since they were last sent.
+    pub(crate) occupancy: Arc<Occupancy>,
     next_conn: AtomicU64,
     /// Per app id: the id every connection of the app shares, and its open
     /// connections on this node (for `max_connections`).
@@ -106,7 +113,9 @@ impl NodeBuilder {
         let app_connections =
             self.apps.iter().map(|a| (a.id.clone(), (Arc::from(a.id.as_str()), AtomicU64::new(0)))).collect();
         let input_budget = InputBudget::new(self.config.connection.max_pending_input_bytes);
-        Arc::new(Node {
+        let window = self.config.occupancy_flush;
+        let node = Arc::new_cyclic(|this| Node {
+            this: this.clone(),
             id: self.id,
             apps: self.apps,
             config: self.config,
@@ -116,6 +125,7 @@ impl NodeBuilder {
             idempotency: self.idempotency,
             recorder,
             share: Share::new(),
+            occupancy: Arc::default(),
             next_conn: AtomicU64::new(1),
             app_connections,
             sessions: Sharded::new(64),
@@ -127,7 +137,10 @@ impl NodeBuilder {
             background,
             stop,
             input_budget,
-        })
+        });
+        let (weak, occupancy, stop) = (Arc::downgrade(&node), node.occupancy.clone(), node.stop.clone());
+        node.background.spawn(Occupancy::run(weak, occupancy, window, stop));
+        node
     }
 }
 
@@ -295,7 +308,7 @@ impl Node {
         channel: &ChannelName,
         socket: SocketId,
         member: bool,
-    ) -> (Option<u64>, Option<Member>) {
+    ) -> Option<Member> {
         share::leave_presence(self, app_id, channel, socket, member).await
     }
 
@@ -349,11 +362,45 @@ impl Node {
         lifecycle::record(self, event)
     }
 
-    /// After a join that brought the channel to `count` subscribers (and, in a
-    /// presence channel, maybe a new member): records `subscription_count`, and
-    /// `channel_occupied` / `member_added` when the cluster had not announced them.
-    pub async fn record_joined(&self, app_id: &str, channel: &ChannelName, count: u64, user: Option<&str>) {
-        lifecycle::record_joined(self, app_id, channel, count, user).await
+    /// After a join that made `user` a member of the presence channel: records
+    /// `member_added` if the cluster had not announced it, after the node's counts
+    /// (so `channel_occupied`, when due, comes first, as Pusher sends them).
+    pub async fn record_joined(&self, app_id: &str, channel: &ChannelName, user: &str) {
+        if self.recorder.is_some() {
+            self.flush_counts().await;
+        }
+        lifecycle::record_joined(self, app_id, channel, user).await
+    }
+
+    /// Sends this node's changed subscription counts to the backbone now, instead of
+    /// with the next batch.
+    pub async fn flush_counts(&self) {
+        if let Some(node) = self.this.upgrade() {
+            node.occupancy.flush(&node).await;
+        }
+    }
+
+    /// A channel's cluster-wide counts, this node's latest included (so a client
+    /// that subscribed through this node is counted in this node's answer at once;
+    /// other nodes' counts are at most `occupancy_flush` old).
+    pub async fn channel_stats(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> herald_backbone::Result<ChannelStats> {
+        self.flush_counts().await;
+        self.presence.channel(app_id, channel).await
+    }
+
+    /// Every occupied channel of an app whose name starts with `prefix`, with its
+    /// counts, this node's latest included.
+    pub async fn channel_list(
+        &self,
+        app_id: &str,
+        prefix: &str,
+    ) -> herald_backbone::Result<Vec<(ChannelName, ChannelStats)>> {
+        self.flush_counts().await;
+        self.presence.channels(app_id, prefix).await
     }
 
     /// After a leave that left `count` subscribers (and, in a presence channel, maybe
@@ -394,8 +441,10 @@ impl Node {
     /// announcement now, waits until they and everything queued before are in the
     /// event log, then stops the node's background work and waits for it, all
     /// within `within`.
-    pub async fn shutdown(&self, within: Duration) {
+    pub async fn shutdown(self: &Arc<Self>, within: Duration) {
         let stopped = async {
+            // The counts the closed sessions left go first: they decide `vacated`.
+            self.occupancy.flush(self).await;
             self.flush_events(within).await;
             self.stop.cancel();
             self.background.close();

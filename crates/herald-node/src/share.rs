@@ -32,6 +32,9 @@ struct Channels {
     list: Vec<(ChannelName, Option<Box<Member>>)>,
 }
 
+/// A member whose removal failed: app, channel, connection, user.
+type FailedLeave = (Arc<str>, ChannelName, SocketId, Arc<str>);
+
 /// A channel to (re-)join, as which member.
 type Joining = (ChannelName, Option<Member>);
 
@@ -42,6 +45,9 @@ pub(crate) struct Share {
     stripes: Box<[tokio::sync::Mutex<()>]>,
     /// A write to the backbone failed: its copy may be wrong until re-asserted.
     dirty: AtomicBool,
+    /// Members whose removal failed: the backbone may have made it anyway (a write
+    /// that timed out can still arrive), so the re-assertion tells their channels.
+    failed_leaves: parking_lot::Mutex<Vec<FailedLeave>>,
 }
 
 impl Share {
@@ -51,6 +57,7 @@ impl Share {
             hasher: RandomState::new(),
             stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             dirty: AtomicBool::new(false),
+            failed_leaves: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -68,14 +75,16 @@ impl Share {
         channels.list.push((channel.clone(), member.map(Box::new)));
     }
 
-    fn remove(&self, conn: ConnId, channel: &ChannelName) {
+    /// Removes a connection's channel; returns the member it was in it as.
+    fn remove(&self, conn: ConnId, channel: &ChannelName) -> Option<Box<Member>> {
         let mut shard = self.entries.shard(&conn);
-        if let Some(channels) = shard.get_mut(&conn) {
-            channels.list.retain(|(c, _)| c != channel);
-            if channels.list.is_empty() {
-                shard.remove(&conn);
-            }
+        let channels = shard.get_mut(&conn)?;
+        let at = channels.list.iter().position(|(c, _)| c == channel)?;
+        let (_, member) = channels.list.swap_remove(at);
+        if channels.list.is_empty() {
+            shard.remove(&conn);
         }
+        member
     }
 
     fn contains(&self, conn: ConnId, app_id: &str, channel: &ChannelName) -> bool {
@@ -98,7 +107,7 @@ impl Share {
         conns
     }
 
-    fn failed(&self, what: &str, e: &herald_backbone::Error) {
+    pub(crate) fn failed(&self, what: &str, e: &herald_backbone::Error) {
         tracing::warn!(error = %e, "presence {what} failed: re-asserting this node's share later");
         self.dirty.store(true, Ordering::Relaxed);
     }
@@ -106,14 +115,13 @@ impl Share {
 
 /// What a join did in the backbone.
 pub struct Joined {
-    /// The channel's subscription count after it.
-    pub count: u64,
     /// The user is new to the presence channel (announce `member_added`).
     pub added: Option<Member>,
 }
 
 /// Adds `socket` to `channel` (as `member`, in a presence channel) in the node's
-/// share and the backbone. On error nothing of it stays.
+/// share and its count of the channel (which reaches the backbone with the next
+/// batch), and the member to the backbone. On error nothing of it stays.
 pub(crate) async fn join_presence(
     node: &Node,
     app_id: &Arc<str>,
@@ -124,61 +132,56 @@ pub(crate) async fn join_presence(
 ) -> Result<Joined> {
     let _serialized = node.share.lock(socket.conn).await;
     node.share.insert(socket.conn, app_id, channel, member.clone());
-    let count = match node.presence.join(app_id, channel, socket).await {
-        Ok(count) => count,
+    let Some(member) = member else {
+        node.occupancy.add(app_id, channel);
+        return Ok(Joined { added: None });
+    };
+    let added = match node.presence.add_member(app_id, channel, socket, member, max_members).await {
+        Ok(MemberChange::Changed(member)) => Some(member),
+        Ok(MemberChange::Unchanged) => None,
         Err(e) => {
             node.share.remove(socket.conn, channel);
-            // The join may have happened before the error: the next re-assertion
-            // undoes it.
-            node.share.failed("join", &e);
+            if !matches!(e, herald_backbone::Error::PresenceFull { .. }) {
+                // The member may have been added before the error: the next
+                // re-assertion undoes it.
+                node.share.failed("member addition", &e);
+            }
             return Err(e);
         }
     };
-    let Some(member) = member else {
-        return Ok(Joined { count, added: None });
-    };
-    match node.presence.add_member(app_id, channel, socket, member, max_members).await {
-        Ok(MemberChange::Changed(member)) => Ok(Joined { count, added: Some(member) }),
-        Ok(MemberChange::Unchanged) => Ok(Joined { count, added: None }),
-        Err(e) => {
-            node.share.remove(socket.conn, channel);
-            if let Err(e) = node.presence.leave(app_id, channel, socket).await {
-                node.share.failed("leave", &e);
-            }
-            Err(e)
-        }
-    }
+    node.occupancy.add(app_id, channel);
+    Ok(Joined { added })
 }
 
-/// Removes `socket` from `channel` in the node's share and the backbone. Returns
-/// the channel's remaining subscription count and the member that left (its user's
-/// last connection), where the backbone could tell; what it could not do is done
-/// by the next re-assertion.
+/// Removes `socket` from `channel` in the node's share, its count of the channel
+/// and (in a presence channel) the backbone's members. Returns the member that left
+/// (its user's last connection), where the backbone could tell; what it could not do
+/// is done by the next re-assertion.
 pub(crate) async fn leave_presence(
     node: &Node,
     app_id: &Arc<str>,
     channel: &ChannelName,
     socket: SocketId,
     member: bool,
-) -> (Option<u64>, Option<Member>) {
+) -> Option<Member> {
     let _serialized = node.share.lock(socket.conn).await;
-    node.share.remove(socket.conn, channel);
-    let count = match node.presence.leave(app_id, channel, socket).await {
-        Ok(count) => Some(count),
+    let joined_as = node.share.remove(socket.conn, channel);
+    node.occupancy.remove(app_id, channel);
+    if !member {
+        return None;
+    }
+    match node.presence.remove_member(app_id, channel, socket).await {
+        Ok(MemberChange::Changed(member)) => Some(member),
+        Ok(MemberChange::Unchanged) => None,
         Err(e) => {
-            node.share.failed("leave", &e);
+            if let Some(member) = joined_as {
+                let leave = (app_id.clone(), channel.clone(), socket, member.user_id.clone());
+                node.share.failed_leaves.lock().push(leave);
+            }
+            node.share.failed("member removal", &e);
             None
         }
-    };
-    let mut removed = None;
-    if member {
-        match node.presence.remove_member(app_id, channel, socket).await {
-            Ok(MemberChange::Changed(member)) => removed = Some(member),
-            Ok(MemberChange::Unchanged) => {}
-            Err(e) => node.share.failed("member removal", &e),
-        }
     }
-    (count, removed)
 }
 
 /// A lease holder for this node: how the backbone's lease keeper reports reaped
@@ -189,59 +192,96 @@ pub(crate) fn lease_holder(node: &Arc<Node>) -> Arc<dyn LeaseHolder> {
 
 async fn reassert(node: &Arc<Node>, held: Vec<Held>, gap: Gap) -> Result<()> {
     let mut removed = 0usize;
+    let mut counted = Vec::new();
+    // Members whose removal failed: done now if it is still to do, and told either
+    // way if the user is gone (the failed write may have been made all the same,
+    // with nobody told).
+    let failed_leaves = std::mem::take(&mut *node.share.failed_leaves.lock());
+    for (at, (app_id, channel, socket, user_id)) in failed_leaves.iter().enumerate() {
+        let gone = match node.presence.remove_member(app_id, channel, *socket).await {
+            Ok(MemberChange::Changed(_)) => Ok(true),
+            Ok(MemberChange::Unchanged) => node
+                .presence
+                .members(app_id, channel)
+                .await
+                .map(|members| !members.iter().any(|m| m.user_id == *user_id)),
+            Err(e) => Err(e),
+        };
+        match gone {
+            Ok(true) => {
+                removed += 1;
+                node.tell_member_removed(app_id, channel, user_id).await;
+                node.record_left(app_id, channel, None, Some(user_id));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                node.share.failed_leaves.lock().extend(failed_leaves[at..].iter().cloned());
+                return Err(e);
+            }
+        }
+    }
     // What the backbone holds for this node that the node no longer has: leaves
     // whose write failed. They really left: tell their channels.
     for stale in held {
-        if stale.socket.node != node.id {
+        let (app_id, channel, socket) = match stale {
+            Held::Count { app_id, channel } => {
+                counted.push((Arc::from(app_id.as_str()), channel));
+                continue;
+            }
+            Held::Member { app_id, channel, socket } => (app_id, channel, socket),
+        };
+        if socket.node != node.id {
             continue;
         }
-        let _serialized = node.share.lock(stale.socket.conn).await;
-        if node.share.contains(stale.socket.conn, &stale.app_id, &stale.channel) {
+        let _serialized = node.share.lock(socket.conn).await;
+        if node.share.contains(socket.conn, &app_id, &channel) {
             continue;
         }
         removed += 1;
-        if stale.member {
-            if let MemberChange::Changed(member) =
-                node.presence.remove_member(&stale.app_id, &stale.channel, stale.socket).await?
-            {
-                node.tell_member_removed(&stale.app_id, &stale.channel, &member.user_id).await;
-                node.record_left(&stale.app_id, &stale.channel, None, Some(&member.user_id));
-            }
-        } else if node.presence.leave(&stale.app_id, &stale.channel, stale.socket).await? == 0 {
-            node.record_left(&stale.app_id, &stale.channel, Some(0), None);
+        if let MemberChange::Changed(member) = node.presence.remove_member(&app_id, &channel, socket).await? {
+            node.tell_member_removed(&app_id, &channel, &member.user_id).await;
+            node.record_left(&app_id, &channel, None, Some(&member.user_id));
         }
     }
-    // Everything the node has, added back where it is missing.
-    let (mut entries, mut members_added) = (0usize, 0usize);
+    // Every count the node has, and none of the others the backbone held.
+    let counts = node.occupancy.reassert(node, counted).await?;
+    for (count, change) in &counts {
+        if change.vacated() {
+            removed += 1;
+            node.record_left(&count.app_id, &count.channel, Some(0), None);
+        } else if change.after > 0 {
+            reannounce(node, &count.app_id, &count.channel, Lifecycle::Occupied, change.occupied(), gap)
+                .await;
+        }
+    }
+    // Every presence connection the node has, added back where it is missing.
+    let mut members_added = 0usize;
     for conn in node.share.connections() {
         let socket = SocketId { node: node.id, conn };
         let _serialized = node.share.lock(conn).await;
         let Some((app_id, channels)) = node.share.of(conn) else { continue };
         for (channel, member) in channels {
-            entries += 1;
-            let count = node.presence.join(&app_id, &channel, socket).await?;
-            let mut added = None;
-            if let Some(member) = member {
-                // Re-admitted whatever the limit: the member was admitted before.
-                if let MemberChange::Changed(member) =
-                    node.presence.add_member(&app_id, &channel, socket, member, usize::MAX).await?
-                {
-                    members_added += 1;
-                    // The backbone had lost the member: the channel's other clients
-                    // may have been told it left (a reap), or joined without seeing
-                    // it (after a restart). Either way they converge on this.
-                    let data = protocol::member_added_data(&member.user_id, &member.user_info);
-                    node.tell(&app_id, &channel, "pusher_internal:member_added", &data, Some(socket)).await;
-                    added = Some(member);
-                }
-            }
-            reannounce(node, &app_id, &channel, count, added.as_ref(), gap).await;
+            let Some(member) = member else { continue };
+            // Re-admitted whatever the limit: the member was admitted before.
+            let MemberChange::Changed(member) =
+                node.presence.add_member(&app_id, &channel, socket, member, usize::MAX).await?
+            else {
+                continue;
+            };
+            members_added += 1;
+            // The backbone had lost the member: the channel's other clients may have
+            // been told it left (a reap), or joined without seeing it (after a
+            // restart). Either way they converge on this.
+            let data = protocol::member_added_data(&member.user_id, &member.user_info);
+            node.tell(&app_id, &channel, "pusher_internal:member_added", &data, Some(socket)).await;
+            let user = Lifecycle::MemberAdded(&member.user_id);
+            reannounce(node, &app_id, &channel, user, true, gap).await;
         }
     }
     tracing::info!(
         node = node.id,
         gap = gap.as_str(),
-        entries,
+        counts = counts.len(),
         removed,
         members_added,
         "presence share re-asserted"
@@ -249,16 +289,17 @@ async fn reassert(node: &Arc<Node>, held: Vec<Held>, gap: Gap) -> Result<()> {
     Ok(())
 }
 
-/// The lifecycle announcements of a re-asserted entry. After a reap, the cluster
-/// may have announced the channel vacated (the member removed): announce it again
-/// if so, as any join would. After Redis lost its data nothing was announced, so
-/// the announcements are restored without a new event.
+/// The lifecycle announcement of a re-asserted count or member. After a reap, the
+/// cluster may have announced the channel vacated (the member removed): announce it
+/// again if the re-assertion brought it back (`new`), as any join would. After Redis
+/// lost its data nothing was announced, so the announcement is restored without a
+/// new event.
 async fn reannounce(
     node: &Node,
     app_id: &str,
     channel: &ChannelName,
-    count: u64,
-    added: Option<&Member>,
+    change: Lifecycle<'_>,
+    new: bool,
     gap: Gap,
 ) {
     if node.recorder().is_none() {
@@ -266,22 +307,12 @@ async fn reannounce(
     }
     match gap {
         Gap::Lost => {
-            for change in
-                [Lifecycle::Occupied].into_iter().chain(added.map(|m| Lifecycle::MemberAdded(&m.user_id)))
-            {
-                if let Err(e) = node.presence.announce(app_id, channel, change).await {
-                    tracing::warn!(error = %e, "could not restore a lifecycle announcement");
-                }
+            if let Err(e) = node.presence.announce(app_id, channel, change).await {
+                tracing::warn!(error = %e, "could not restore a lifecycle announcement");
             }
         }
-        Gap::Interrupted | Gap::Expired => {
-            if count == 1 {
-                node.announce(app_id, channel, Lifecycle::Occupied).await;
-            }
-            if let Some(member) = added {
-                node.announce(app_id, channel, Lifecycle::MemberAdded(&member.user_id)).await;
-            }
-        }
+        Gap::Interrupted | Gap::Expired if new => node.announce(app_id, channel, change).await,
+        Gap::Interrupted | Gap::Expired => {}
     }
 }
 

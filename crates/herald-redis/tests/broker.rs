@@ -30,7 +30,7 @@ async fn one_redis_conforms() {
 
 #[tokio::test]
 async fn presence_is_shared_by_every_node_of_the_cluster() {
-    use herald_backbone::{Member, MemberChange, PresenceManager};
+    use herald_backbone::{ChannelCount, CountChange, Member, MemberChange, PresenceManager};
     use herald_core::SocketId;
     let redis = RedisServer::start();
     let (a, b) = (
@@ -40,8 +40,10 @@ async fn presence_is_shared_by_every_node_of_the_cluster() {
     let room = ChannelName::new("presence-room").unwrap();
     let alice = Member { user_id: "alice".into(), user_info: serde_json::json!({ "n": 1 }) };
     let (on_a, on_b) = (SocketId { node: 1, conn: 1 }, SocketId { node: 2, conn: 1 });
-    assert_eq!(a.join("app", &room, on_a).await.unwrap(), 1);
-    assert_eq!(b.join("app", &room, on_b).await.unwrap(), 2, "counts are cluster-wide");
+    let one = [ChannelCount { app_id: "app".into(), channel: room.clone(), count: 1 }];
+    assert_eq!(a.set_counts(1, &one).await.unwrap(), [CountChange { before: 0, after: 1 }]);
+    let counted = b.set_counts(2, &one).await.unwrap();
+    assert_eq!(counted, [CountChange { before: 1, after: 2 }], "counts are cluster-wide");
     let first = a.add_member("app", &room, on_a, alice.clone(), 10).await.unwrap();
     let second = b.add_member("app", &room, on_b, alice.clone(), 10).await.unwrap();
     assert_eq!((first, second), (MemberChange::Changed(alice.clone()), MemberChange::Unchanged));
@@ -179,22 +181,20 @@ async fn an_outage_fails_publishes_then_delivery_resumes_after_resubscribing() {
 
 #[tokio::test]
 async fn every_redis_connection_recovers_from_a_restart() {
-    use herald_backbone::{Claim, IdempotencyStore, PresenceManager};
-    use herald_core::SocketId;
+    use herald_backbone::{ChannelCount, Claim, IdempotencyStore, PresenceManager};
     let mut redis = RedisServer::start();
     let presence = RedisPresence::connect(&config(&redis)).await.unwrap();
     let keys = RedisIdempotency::connect(&config(&redis)).await.unwrap();
     let broker = RedisBroker::connect(config(&redis), Arc::new(Recorder::default())).await.unwrap();
-    let room = ChannelName::new("room").unwrap();
-    let socket = SocketId { node: 1, conn: 1 };
-    presence.join("app", &room, socket).await.unwrap();
+    let one = [ChannelCount { app_id: "app".into(), channel: ChannelName::new("room").unwrap(), count: 1 }];
+    presence.set_counts(1, &one).await.unwrap();
     broker.publish(&topic("news"), publication("app1", "news", "e")).await.unwrap();
 
     redis.stop();
-    assert!(presence.join("app", &room, socket).await.is_err(), "down: a clear error");
+    assert!(presence.set_counts(1, &one).await.is_err(), "down: a clear error");
     let _redis = RedisServer::start_on(redis.port);
     // The first call after the restart finds its connection broken and reconnects.
-    assert_eq!(presence.join("app", &room, socket).await.unwrap(), 1);
+    assert_eq!(presence.set_counts(1, &one).await.unwrap()[0].after, 1);
     let window = Duration::from_secs(5);
     assert_eq!(keys.claim("app", "k", "id", window).await.unwrap(), Claim::Won);
     broker.publish(&topic("news"), publication("app1", "news", "e")).await.unwrap();

@@ -14,7 +14,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use herald_backbone::{Gap, Held, LeaseHolder, Member, PresenceManager, Reaped, Result};
+use herald_backbone::{ChannelCount, Gap, Held, LeaseHolder, Member, PresenceManager, Reaped, Result};
 use herald_core::{ChannelName, SocketId};
 use herald_redis::{RedisConfig, RedisPresence};
 use herald_testkit::redis::RedisServer;
@@ -62,10 +62,24 @@ impl TestNode {
         self.presence.keep_lease(self.id, TTL, self.clone())
     }
 
+    /// The node's count of each channel, as its truth says.
+    fn counts(&self) -> Vec<ChannelCount> {
+        let mut counts: Vec<ChannelCount> = Vec::new();
+        for (channel, _, _) in self.truth.lock().iter() {
+            match counts.iter_mut().find(|c| c.channel == *channel) {
+                Some(count) => count.count += 1,
+                None => {
+                    counts.push(ChannelCount { app_id: "app".into(), channel: channel.clone(), count: 1 })
+                }
+            }
+        }
+        counts
+    }
+
     async fn join(&self, channel: &ChannelName, conn: u64, member: Option<Member>) {
         let socket = SocketId { node: self.id, conn };
         self.truth.lock().push((channel.clone(), socket, member.clone()));
-        self.presence.join("app", channel, socket).await.unwrap();
+        self.presence.set_counts(self.id, &self.counts()).await.unwrap();
         if let Some(member) = member {
             self.presence.add_member("app", channel, socket, member, 100).await.unwrap();
         }
@@ -83,9 +97,9 @@ impl LeaseHolder for TestNode {
     }
 
     async fn reassert(&self, _held: Vec<Held>, gap: Gap) -> Result<()> {
+        self.presence.set_counts(self.id, &self.counts()).await?;
         let truth = self.truth.lock().clone();
         for (channel, socket, member) in truth {
-            self.presence.join("app", &channel, socket).await?;
             if let Some(member) = member {
                 self.presence.add_member("app", &channel, socket, member, usize::MAX).await?;
             }
@@ -99,7 +113,8 @@ impl LeaseHolder for TestNode {
 async fn plant_canary(redis: &RedisServer, id: u32, user: &str) {
     let presence = RedisPresence::connect(&config(redis)).await.unwrap();
     let socket = SocketId { node: id, conn: 1 };
-    presence.join("app", &room(), socket).await.unwrap();
+    let count = ChannelCount { app_id: "app".into(), channel: room(), count: 1 };
+    presence.set_counts(id, &[count]).await.unwrap();
     presence.add_member("app", &room(), socket, member(user), 100).await.unwrap();
     expire_leases(redis, &[id]).await;
 }

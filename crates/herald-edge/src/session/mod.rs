@@ -316,7 +316,9 @@ mod tests {
         };
         let news = ChannelName::new("news").unwrap();
         session.subscribe(SubscribeData { channel: "news".into(), auth: None, channel_data: None }).await;
-        assert_eq!(node.presence().channel("a", &news).await.unwrap().subscription_count, 1);
+        // The node's count reaches the backbone with its next batch.
+        let counted = || async { node.presence().channel("a", &news).await.unwrap().subscription_count == 1 };
+        herald_testkit::eventually_async("the channel counted", counted).await;
         assert_eq!(node.sessions().shard(&session.socket.conn).len(), 1);
         let conn = session.socket.conn;
 

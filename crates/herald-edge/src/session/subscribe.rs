@@ -65,7 +65,7 @@ impl Session {
             Err(refusal) => return self.refuse_subscription(channel.as_str(), refusal),
         };
         let presence_user = member.as_ref().map(|m| m.user_id.clone());
-        let (count, added) = match self.join(&channel, member).await {
+        let added = match self.join(&channel, member).await {
             Ok(joined) => joined,
             Err(refusal) => return self.refuse_subscription(channel.as_str(), refusal),
         };
@@ -77,7 +77,9 @@ impl Session {
         let joined_user = presence_user.clone().filter(|_| added.is_some());
         self.channels.push((channel.clone(), Subscription { presence_user }));
         self.acknowledge(&channel).await;
-        self.node.record_joined(&self.app.id, &channel, count, joined_user.as_deref()).await;
+        if let Some(user) = joined_user {
+            self.node.record_joined(&self.app.id, &channel, &user).await;
+        }
     }
 
     /// Step one, without I/O (nothing to undo): the connection's channel limit, then
@@ -102,20 +104,15 @@ impl Session {
 
     /// Step two: the local subscription (and the node's interest in the channel), then
     /// the presence share; when the second fails, the first is undone. Returns the
-    /// channel's subscription count and the member to announce, if the user is new to
-    /// the channel.
-    async fn join(
-        &self,
-        channel: &ChannelName,
-        member: Option<Member>,
-    ) -> Result<(u64, Option<Member>), Refusal> {
+    /// member to announce, if the user is new to the channel.
+    async fn join(&self, channel: &ChannelName, member: Option<Member>) -> Result<Option<Member>, Refusal> {
         let topic = Topic::channel(&self.app_id, channel);
         if let Err(e) = self.node.subscribe(&topic, self.socket.conn, self.outbox.clone()).await {
             return Err(Refusal::new("ServiceUnavailable", 503, e.to_string()));
         }
         let max = self.app.limits.max_presence_members;
         match self.node.join_presence(&self.app_id, channel, self.socket, member, max).await {
-            Ok(joined) => Ok((joined.count, joined.added)),
+            Ok(joined) => Ok(joined.added),
             Err(e) => {
                 self.node.unsubscribe(&topic, self.socket.conn);
                 let (kind, status) = match &e {
@@ -186,12 +183,11 @@ async fn leave_channel(
 ) {
     node.unsubscribe(&Topic::channel(app_id, channel), socket.conn);
     let member = subscription.presence_user.is_some();
-    let (count, removed) = node.leave_presence(app_id, channel, socket, member).await;
-    let removed = removed.map(|member| member.user_id);
-    if let Some(user_id) = &removed {
-        node.tell_member_removed(app_id, channel, user_id).await;
+    let removed = node.leave_presence(app_id, channel, socket, member).await;
+    if let Some(member) = removed {
+        node.tell_member_removed(app_id, channel, &member.user_id).await;
+        node.record_left(app_id, channel, None, Some(&member.user_id));
     }
-    node.record_left(app_id, channel, count, removed.as_deref());
 }
 
 /// Leaves every channel (emitting presence events) and the user topic.

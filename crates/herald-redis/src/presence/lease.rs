@@ -4,14 +4,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use herald_backbone::{Gap, Held, LeaseHolder, MemberChange, PresenceManager, Reaped, Result};
+use herald_backbone::{ChannelCount, Gap, Held, LeaseHolder, MemberChange, PresenceManager, Reaped, Result};
 use herald_telemetry::Metric;
 use tokio::{
     task::{JoinHandle, JoinSet},
     time::Instant,
 };
 
-use super::{Entry, RedisPresence, parse_entry};
+use super::{RedisPresence, parse_entry};
 use crate::{Connection, RunCommand, RunScript};
 
 /// KEYS: leases. ARGV: node, expiry, now. Renews the lease; returns {had, reaping}:
@@ -230,18 +230,31 @@ impl RedisPresence {
             }
             let held = self.held(node).await?;
             tracing::warn!(node, connections = held.len(), "node lease expired: removing its connections");
-            // Members first, while their subscriptions still count.
-            let mut held = held;
-            held.sort_by_key(|h| !h.member);
-            for Held { app_id, channel, socket, member } in held {
-                if member {
-                    if let MemberChange::Changed(member) =
-                        self.remove_member(&app_id, &channel, socket).await?
-                    {
-                        reaped.push(Reaped { app_id, channel, member: Some(member) });
+            // Members first, while their subscriptions still count; then the node's
+            // counts, all at once.
+            let mut counts = Vec::new();
+            for entry in held {
+                match entry {
+                    Held::Member { app_id, channel, socket } => {
+                        if let MemberChange::Changed(member) =
+                            self.remove_member(&app_id, &channel, socket).await?
+                        {
+                            reaped.push(Reaped { app_id, channel, member: Some(member) });
+                        }
                     }
-                } else if self.leave(&app_id, &channel, socket).await? == 0 {
-                    reaped.push(Reaped { app_id, channel, member: None });
+                    Held::Count { app_id, channel } => {
+                        counts.push(ChannelCount { app_id: Arc::from(app_id.as_str()), channel, count: 0 });
+                    }
+                }
+            }
+            let changes = self.set_counts(node, &counts).await?;
+            for (count, change) in counts.into_iter().zip(changes) {
+                if change.vacated() {
+                    reaped.push(Reaped {
+                        app_id: count.app_id.to_string(),
+                        channel: count.channel,
+                        member: None,
+                    });
                 }
             }
             for (connection, record) in &self.records_of(node).await? {
@@ -259,19 +272,12 @@ impl RedisPresence {
         Ok(reaped)
     }
 
-    /// What Redis holds for `node`: its subscriptions and presence connections.
+    /// What Redis holds for `node`: its subscription counts and presence connections.
     pub async fn held(&self, node: u32) -> Result<Vec<Held>> {
         let mut held = Vec::new();
         for (connection, record) in &self.records_of(node).await? {
             let entries: Vec<String> = redis::cmd("SMEMBERS").arg(record).run_on(connection).await?;
-            held.extend(entries.iter().filter_map(|e| parse_entry(e)).map(
-                |(kind, app_id, channel, socket)| Held {
-                    app_id,
-                    channel,
-                    socket,
-                    member: kind == Entry::Member,
-                },
-            ));
+            held.extend(entries.iter().filter_map(|e| parse_entry(e)));
         }
         Ok(held)
     }

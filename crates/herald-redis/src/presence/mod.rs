@@ -1,12 +1,20 @@
 //! [`RedisPresence`]: channel occupancy and presence members, cluster-wide, in Redis.
 //!
 //! Per channel (keys share one hash tag, so a channel's keys live together):
-//! `…:subs` the set of subscribed socket ids, `…:sockets` socket → user of presence
-//! connections, `…:counts` user → number of its connections, `…:members` user →
-//! `user_info`, `…:announced` the lifecycle webhook events announced (`#` occupied,
-//! `u:<user>` member). Per app, `…:channels` indexes the occupied channels. Every change is
-//! one Lua script, so concurrent nodes never see a half-made change and
-//! `member_added`/`member_removed` are decided once per user, cluster-wide.
+//! `…:occupancy` each node's subscription count and their sum (`all`), `…:sockets`
+//! socket → user of presence connections, `…:counts` user → number of its
+//! connections, `…:members` user → `user_info`, `…:announced` the lifecycle webhook
+//! events announced (`#` occupied, `u:<user>` member). Per app, `…:channels` indexes
+//! the occupied channels. Every change is one Lua script, so concurrent nodes never
+//! see a half-made change and `member_added`/`member_removed` are decided once per
+//! user, cluster-wide.
+//!
+//! **Occupancy is per node, not per connection**: a node sets its own count of each
+//! channel, in batches (one script run for up to [`COUNTS_PER_SCRIPT`] channels of an
+//! instance), when its counts change. A million clients on 10,000 channels cost
+//! Redis a hash field per channel and node, not a set member per client, and a burst
+//! of subscribes to one channel costs one write per batch. Presence connections are
+//! still recorded one by one (members are per user, decided once cluster-wide).
 //!
 //! **Leases**: every change is also recorded in a set per node (the node of the
 //! socket). Each node refreshes its lease in `…:nodes` (a sorted set of expiry times)
@@ -27,7 +35,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use herald_backbone::{ChannelStats, Error, Lifecycle, Member, MemberChange, PresenceManager, Result};
+use herald_backbone::{
+    ChannelCount, ChannelStats, CountChange, Error, Held, Lifecycle, Member, MemberChange, PresenceManager,
+    Result,
+};
 use herald_core::{ChannelName, SocketId};
 use redis::Script;
 
@@ -37,24 +48,49 @@ mod lease;
 
 use lease::{CLAIM, RENEW};
 
-/// KEYS: subs, app index, node entries. ARGV: socket, channel, entry. Returns the
-/// subscription count.
-const JOIN: &str = r"
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[3])
-return redis.call('SCARD', KEYS[1])
+/// KEYS: node entries, then per channel its occupancy hash and its app index. ARGV:
+/// node, then per channel its name, its entry and the node's count. Sets the node's
+/// count of each channel (the hash maps node → count, and `all` → their sum); lists
+/// the channel in its app's index while it has subscribers, and the entry in the
+/// node's while the node has some. Returns each channel's sum before and after.
+const SET_COUNTS: &str = r"
+local out = {}
+for i = 2, #KEYS, 2 do
+  local k = i - 1 + (i - 2) / 2
+  local channel, entry, count = ARGV[k + 1], ARGV[k + 2], tonumber(ARGV[k + 3])
+  local got = redis.call('HMGET', KEYS[i], ARGV[1], 'all')
+  local old, before = tonumber(got[1] or '0'), tonumber(got[2] or '0')
+  local after = before
+  if count ~= old then
+    after = redis.call('HINCRBY', KEYS[i], 'all', count - old)
+    if count > 0 then
+      redis.call('HSET', KEYS[i], ARGV[1], count)
+    else
+      redis.call('HDEL', KEYS[i], ARGV[1])
+    end
+    if after <= 0 then
+      redis.call('DEL', KEYS[i])
+      after = 0
+    end
+    if old == 0 then
+      redis.call('SADD', KEYS[1], entry)
+    elseif count == 0 then
+      redis.call('SREM', KEYS[1], entry)
+    end
+    if before == 0 and after > 0 then
+      redis.call('SADD', KEYS[i + 1], channel)
+    elseif before > 0 and after == 0 then
+      redis.call('SREM', KEYS[i + 1], channel)
+    end
+  end
+  out[#out + 1] = before
+  out[#out + 1] = after
+end
+return out
 ";
 
-/// KEYS: subs, app index, node entries. ARGV: socket, channel, entry. Returns the
-/// subscription count.
-const LEAVE: &str = r"
-redis.call('SREM', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[3])
-local n = redis.call('SCARD', KEYS[1])
-if n == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
-return n
-";
+/// Most channels one SET_COUNTS run sets: Redis runs nothing else meanwhile.
+const COUNTS_PER_SCRIPT: usize = 256;
 
 /// KEYS: sockets, counts, members, node entries. ARGV: socket, user, info, max
 /// members, entry. Returns 1 (new member), 0 (already a member), -1 (full).
@@ -87,7 +123,7 @@ redis.call('HDEL', KEYS[3], user)
 return {user, info or 'null'}
 ";
 
-/// KEYS: announced, subs, counts. ARGV: field (`#` for occupancy, `u:<user>`), user.
+/// KEYS: announced, occupancy, counts. ARGV: field (`#` for occupancy, `u:<user>`), user.
 /// Returns 1 if the presence was not announced yet (and now is).
 const ANNOUNCE_PRESENT: &str = r"
 return redis.call('HSETNX', KEYS[1], ARGV[1], 1)
@@ -97,7 +133,7 @@ return redis.call('HSETNX', KEYS[1], ARGV[1], 1)
 /// gone now (no subscriber; the user has no connection); the announcement is withdrawn.
 const ANNOUNCE_ABSENT: &str = r"
 if ARGV[2] == '' then
-  if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+  if tonumber(redis.call('HGET', KEYS[2], 'all') or '0') > 0 then return 0 end
 elseif redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
   return 0
 end
@@ -113,8 +149,7 @@ pub struct RedisPresence {
     /// and the node records are kept in per-channel keys plus global lists.
     cluster: bool,
     prefix: Arc<str>,
-    join: Script,
-    leave: Script,
+    set_counts: Script,
     add_member: Script,
     remove_member: Script,
     announce_present: Script,
@@ -129,8 +164,7 @@ impl RedisPresence {
             connections: Shards::open(config).await?,
             cluster: config.cluster,
             prefix: Arc::from(config.prefix.as_str()),
-            join: Script::new(JOIN),
-            leave: Script::new(LEAVE),
+            set_counts: Script::new(SET_COUNTS),
             add_member: Script::new(ADD_MEMBER),
             remove_member: Script::new(REMOVE_MEMBER),
             announce_present: Script::new(ANNOUNCE_PRESENT),
@@ -186,27 +220,6 @@ impl RedisPresence {
         redis::cmd("SADD").arg(self.node_records(node)).arg(record).run_on::<()>(connection).await
     }
 
-    /// Runs JOIN or LEAVE (same keys and arguments) for `socket`; returns the
-    /// channel's subscription count.
-    async fn subscription(
-        &self,
-        script: &Script,
-        app_id: &str,
-        channel: &ChannelName,
-        socket: SocketId,
-    ) -> Result<u64> {
-        let (index, entries) = self.script_keys(app_id, channel.as_str(), socket.node);
-        script
-            .key(self.key(app_id, channel.as_str(), "subs"))
-            .key(index)
-            .key(entries)
-            .arg(socket.to_string())
-            .arg(channel.as_str())
-            .arg(entry(Entry::Subscription, app_id, channel, socket))
-            .run(self.on(app_id, channel.as_str()))
-            .await
-    }
-
     /// Redis Cluster only: the per-channel record keys of a node.
     fn node_records(&self, node: u32) -> String {
         format!("{}:node:{node}:records", self.prefix)
@@ -222,10 +235,12 @@ impl RedisPresence {
             // A cluster pipeline must stay in one slot: ask channel by channel.
             for (i, channel) in channels.iter().enumerate() {
                 let connection = self.coordinator();
-                let subscription_count: u64 = redis::cmd("SCARD")
-                    .arg(self.key(app_id, channel.as_str(), "subs"))
+                let subscription_count: Option<u64> = redis::cmd("HGET")
+                    .arg(self.key(app_id, channel.as_str(), "occupancy"))
+                    .arg("all")
                     .run_on(connection)
                     .await?;
+                let subscription_count = subscription_count.unwrap_or(0);
                 let user_count: u64 = redis::cmd("HLEN")
                     .arg(self.key(app_id, channel.as_str(), "members"))
                     .run_on(connection)
@@ -243,17 +258,17 @@ impl RedisPresence {
             }
             let mut pipe = redis::pipe();
             for i in &here {
-                pipe.cmd("SCARD").arg(self.key(app_id, channels[*i].as_str(), "subs"));
+                pipe.cmd("HGET").arg(self.key(app_id, channels[*i].as_str(), "occupancy")).arg("all");
                 pipe.cmd("HLEN").arg(self.key(app_id, channels[*i].as_str(), "members"));
             }
             let pipe = &pipe;
-            let counts: Vec<u64> = connection
+            let counts: Vec<Option<u64>> = connection
                 .run(|mut connection| async move { pipe.query_async(&mut connection).await })
                 .await?;
             for (i, count) in here.iter().zip(counts.chunks(2)) {
                 stats[*i] = ChannelStats {
-                    subscription_count: count[0],
-                    user_count: count.get(1).copied().unwrap_or(0),
+                    subscription_count: count[0].unwrap_or(0),
+                    user_count: count.get(1).copied().flatten().unwrap_or(0),
                 };
             }
         }
@@ -261,36 +276,72 @@ impl RedisPresence {
     }
 }
 
-/// What a node's entry records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Entry {
-    Subscription,
-    Member,
+/// A node's record of its count of a channel, as JSON (app ids may hold any
+/// character).
+fn count_entry(app_id: &str, channel: &str) -> String {
+    serde_json::json!(["c", app_id, channel]).to_string()
 }
 
-/// A node's record of one subscription or presence connection, as JSON (app ids may
-/// hold any character).
-fn entry(kind: Entry, app_id: &str, channel: &ChannelName, socket: SocketId) -> String {
-    let kind = if kind == Entry::Member { "m" } else { "s" };
-    serde_json::json!([kind, app_id, channel.as_str(), socket.to_string()]).to_string()
+/// A node's record of one presence connection.
+fn member_entry(app_id: &str, channel: &ChannelName, socket: SocketId) -> String {
+    serde_json::json!(["m", app_id, channel.as_str(), socket.to_string()]).to_string()
 }
 
-fn parse_entry(text: &str) -> Option<(Entry, String, ChannelName, SocketId)> {
-    let (kind, app_id, channel, socket): (String, String, String, String) =
-        serde_json::from_str(text).ok()?;
-    let kind = if kind == "m" { Entry::Member } else { Entry::Subscription };
-    Some((kind, app_id, ChannelName::new(&channel).ok()?, socket.parse().ok()?))
+/// An entry, if it is one of this version's (subscription entries of earlier
+/// versions, one per connection, are skipped).
+fn parse_entry(text: &str) -> Option<Held> {
+    let parts: Vec<String> = serde_json::from_str(text).ok()?;
+    match parts.as_slice() {
+        [kind, app_id, channel] if kind == "c" => {
+            Some(Held::Count { app_id: app_id.clone(), channel: ChannelName::new(channel).ok()? })
+        }
+        [kind, app_id, channel, socket] if kind == "m" => Some(Held::Member {
+            app_id: app_id.clone(),
+            channel: ChannelName::new(channel).ok()?,
+            socket: socket.parse().ok()?,
+        }),
+        _ => None,
+    }
 }
 
 #[async_trait]
 impl PresenceManager for RedisPresence {
-    async fn join(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
-        self.register(app_id, channel.as_str(), socket.node).await?;
-        self.subscription(&self.join, app_id, channel, socket).await
-    }
-
-    async fn leave(&self, app_id: &str, channel: &ChannelName, socket: SocketId) -> Result<u64> {
-        self.subscription(&self.leave, app_id, channel, socket).await
+    async fn set_counts(&self, node: u32, counts: &[ChannelCount]) -> Result<Vec<CountChange>> {
+        let mut out = vec![CountChange::default(); counts.len()];
+        // The channels of one instance go together, a batch per script run; in a Redis
+        // Cluster a script may only touch one slot: a run per channel.
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.connections.items.len()];
+        for (i, c) in counts.iter().enumerate() {
+            groups[self.connections.index(&format!("{}:{}", c.app_id, c.channel))].push(i);
+        }
+        let per_run = if self.cluster { 1 } else { COUNTS_PER_SCRIPT };
+        for (shard, group) in groups.iter().enumerate() {
+            for batch in group.chunks(per_run) {
+                let mut invocation = self.set_counts.prepare_invoke();
+                let first = &counts[batch[0]];
+                let (_, entries) = self.script_keys(&first.app_id, first.channel.as_str(), node);
+                invocation.key(entries).arg(node);
+                for &i in batch {
+                    let ChannelCount { app_id, channel, count } = &counts[i];
+                    if self.cluster && *count > 0 {
+                        self.register(app_id, channel.as_str(), node).await?;
+                    }
+                    let (index, _) = self.script_keys(app_id, channel.as_str(), node);
+                    invocation.key(self.key(app_id, channel.as_str(), "occupancy")).key(index);
+                    invocation.arg(channel.as_str()).arg(count_entry(app_id, channel.as_str())).arg(*count);
+                }
+                let connection = if self.cluster {
+                    self.on(&first.app_id, first.channel.as_str())
+                } else {
+                    &self.connections.items[shard]
+                };
+                let sums: Vec<u64> = invocation.run(connection).await?;
+                for (&i, pair) in batch.iter().zip(sums.chunks(2)) {
+                    out[i] = CountChange { before: pair[0], after: pair.get(1).copied().unwrap_or(0) };
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn add_member(
@@ -313,7 +364,7 @@ impl PresenceManager for RedisPresence {
             .arg(&*member.user_id)
             .arg(member.user_info.to_string())
             .arg(max_members)
-            .arg(entry(Entry::Member, app_id, channel, socket))
+            .arg(member_entry(app_id, channel, socket))
             .run(self.on(app_id, channel.as_str()))
             .await?;
         match outcome {
@@ -337,7 +388,7 @@ impl PresenceManager for RedisPresence {
             .key(self.key(app_id, channel.as_str(), "members"))
             .key(entries)
             .arg(socket.to_string())
-            .arg(entry(Entry::Member, app_id, channel, socket))
+            .arg(member_entry(app_id, channel, socket))
             .run(self.on(app_id, channel.as_str()))
             .await?;
         Ok(match removed.as_slice() {
@@ -396,7 +447,7 @@ impl PresenceManager for RedisPresence {
         };
         let due: u32 = script
             .key(self.key(app_id, channel.as_str(), "announced"))
-            .key(self.key(app_id, channel.as_str(), "subs"))
+            .key(self.key(app_id, channel.as_str(), "occupancy"))
             .key(self.key(app_id, channel.as_str(), "counts"))
             .arg(field)
             .arg(user)

@@ -172,6 +172,7 @@ impl Config {
             http: self.http.clone(),
             shutdown_grace: self.server.shutdown_grace,
             threads: self.server.edge_threads,
+            occupancy_flush: self.server.occupancy_flush,
         }
     }
 

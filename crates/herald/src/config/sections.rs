@@ -66,6 +66,11 @@ pub struct ServerConfig {
     /// atomically) to this file; empty: none. With ports 0 the kernel picks free
     /// ports, and whoever started Herald reads them here (see `ready.rs`).
     pub ready_file: String,
+    /// How long an edge gathers changes of its channel subscription counts before
+    /// sending them to Redis in one batch. Longer: fewer Redis writes; shorter:
+    /// fresher counts in the HTTP API and `channel_occupied` sooner.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub occupancy_flush: Duration,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +83,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             edge_threads: 0,
             ready_file: String::new(),
+            occupancy_flush: Duration::from_millis(50),
         }
     }
 }
@@ -86,6 +92,9 @@ impl ServerConfig {
     pub(super) fn validate(&self, errors: &mut Vec<String>) {
         errors.extend(crate::ready::validate(&self.ready_file));
         duration::at_least(errors, "server.shutdown_grace", self.shutdown_grace, SECOND);
+        if self.occupancy_flush > Duration::from_secs(10) {
+            errors.push("server.occupancy_flush: at most 10s".into());
+        }
     }
 }
 
