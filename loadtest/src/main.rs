@@ -10,6 +10,7 @@
 //! | `publish` | gRPC publishes per second (unary or stream) |
 //! | `null-server` | the fan-out floor the servers are compared against: a Pusher-speaking server that only `write()`s |
 //! | `webhooks` | the webhook dispatcher on one core: deliveries per second to a keep-alive sink, append→2xx latency |
+//! | `scale` | a whole cluster (Redis, many edges, many load processes) holding N connections: connect rate, memory, broadcast and steady latency, kill -9 and rolling-restart recovery |
 //! | `otlp-sink` | an OTLP/gRPC trace collector that only counts spans: the other end of a traced server |
 
 mod connect;
@@ -19,6 +20,7 @@ mod otlp_sink;
 mod plot;
 mod publish;
 mod pusher;
+mod scale;
 mod server_stats;
 mod webhooks;
 
@@ -45,6 +47,11 @@ enum Scenario {
     NullServer(null_server::NullServerArgs),
     /// Deliver webhooks with the dispatcher on one core; report rate and latency.
     Webhooks(webhooks::WebhooksArgs),
+    /// Run a whole cluster at scale: connections, broadcasts, crashes, rolling restarts.
+    Scale(scale::ScaleArgs),
+    /// Internal: one load process of `scale`.
+    #[command(hide = true)]
+    ScaleWorker(scale::worker::WorkerArgs),
     /// Serve OTLP/gRPC traces, counting spans; report the counts when stopped.
     OtlpSink(otlp_sink::OtlpSinkArgs),
 }
@@ -53,6 +60,12 @@ fn main() -> anyhow::Result<()> {
     let scenario = Cli::parse().scenario;
     let report = match scenario {
         Scenario::NullServer(args) => null_server::run(args)?,
+        // A worker holds thousands of connections on one thread: no cross-thread
+        // wake-ups, and the machine's cores go to the servers being measured.
+        Scenario::ScaleWorker(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(scale::worker::run(args))?,
         scenario => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(async {
@@ -64,6 +77,8 @@ fn main() -> anyhow::Result<()> {
                     Scenario::Publish(args) => publish::run(args).await,
                     Scenario::Webhooks(args) => webhooks::run(args).await,
                     Scenario::OtlpSink(args) => otlp_sink::run(args).await,
+                    Scenario::Scale(args) => scale::run(args).await,
+                    Scenario::ScaleWorker(_) => anyhow::bail!("a scale worker runs on its own runtime"),
                     Scenario::NullServer(_) => anyhow::bail!("the null server runs on its own runtime"),
                 }
             })?

@@ -1,0 +1,60 @@
+//! The scale run (`herald-loadtest scale`), scaled down: Redis, four `herald edge`
+//! processes on one port and several load processes, through every phase. Asserts
+//! what was counted (every connection subscribed, every delivery made, every client
+//! of a killed or restarted edge back), never how fast.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{path::PathBuf, process::Command};
+
+use herald_testkit::redis::RedisServer;
+
+/// The `herald` binary the workspace's tests build (`cargo nextest run --workspace`
+/// builds every binary first).
+fn herald_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let binary = target.join("debug/herald");
+    assert!(
+        binary.exists(),
+        "{} is missing: build the workspace (cargo build --workspace)",
+        binary.display()
+    );
+    binary
+}
+
+#[test]
+fn a_cluster_of_four_edges_holds_every_connection_through_a_crash_and_a_rolling_restart() {
+    let redis = RedisServer::start();
+    let connections = 20_000u64;
+    let output = Command::new(env!("CARGO_BIN_EXE_herald-loadtest"))
+        .args(["scale", "--herald", herald_binary().to_str().unwrap()])
+        .args(["--redis", &redis.port.to_string(), "--port", "0"])
+        .args(["--connections", &connections.to_string(), "--edges", "4", "--per-worker", "5000"])
+        .args(["--channels", "1000", "--presence-every", "50", "--presence-channels", "40"])
+        .args(["--steady-rate", "5000", "--steady-seconds", "2", "--grace-seconds", "2"])
+        .args(["--phase-timeout", "300"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the scale run failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report.get("error").is_none(), "{report}\n{stderr}");
+
+    let count = |phase: &str, field: &str| report[phase][field].as_u64().unwrap_or(u64::MAX);
+    // Everyone subscribed: the connect phase ends only then.
+    assert_eq!(count("connect", "subscriptions"), connections * 2 + connections / 50, "{report}");
+    // One broadcast to the channel all share reached every connection, once.
+    assert_eq!(count("broadcast", "deliveries"), connections, "{report}");
+    // The steady phase lost nothing.
+    assert!(count("steady", "expected") > 0, "{report}");
+    assert_eq!(count("steady", "deliveries"), count("steady", "expected"), "{report}");
+    // kill -9 of an edge: its clients all came back (the phase ends when every
+    // connection is subscribed again).
+    assert!(count("kill", "dropped") > 0, "{report}");
+    assert_eq!(count("kill", "reconnected"), count("kill", "dropped"), "{report}");
+    // Every edge restarted in turn; every client it drained came back.
+    assert_eq!(count("rolling", "edges"), 4, "{report}");
+    assert!(count("rolling", "reconnected") >= connections, "{report}");
+}
