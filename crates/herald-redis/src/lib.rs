@@ -153,7 +153,9 @@ enum Target {
 
 /// A connection that is replaced when it breaks (Redis restarted or the network
 /// dropped it). A command that finds the connection already broken is sent once more
-/// on a fresh one; a failure after that is `Unavailable`.
+/// on a fresh one; a failure after that is `Unavailable`. A command that timed out is
+/// never sent again: Redis may have run it (slow, not gone), and a `PUBLISH` sent twice
+/// is delivered twice.
 pub(crate) struct Connection {
     target: Target,
     current: tokio::sync::Mutex<Option<AnyConnection>>,
@@ -209,6 +211,12 @@ impl Connection {
         loop {
             match command(self.get().await?).await {
                 Ok(value) => return Ok(value),
+                // Slow or cut off: the next command gets a fresh connection, but
+                // this one is not sent again (it may have run).
+                Err(e) if e.is_timeout() => {
+                    self.current.lock().await.take();
+                    return Err(unavailable(e));
+                }
                 Err(e) if e.is_connection_dropped() || e.is_io_error() => {
                     self.current.lock().await.take();
                     if retried {

@@ -214,3 +214,35 @@ async fn a_burst_of_500_arrives_whole_and_in_order() {
     let expected: Vec<String> = (0..500).map(|i| format!("e{i}")).collect();
     assert_eq!(recorder.wait_for(&news, 500).await, expected);
 }
+
+/// Fan-out is at most once: a publish Redis did not answer in time (stalled, not gone)
+/// fails, and is not sent again, since Redis may run it once it wakes up; sent twice it
+/// would reach every subscriber twice.
+#[tokio::test]
+async fn a_publish_that_timed_out_is_not_sent_again() {
+    let redis = RedisServer::start();
+    let received = Arc::new(Recorder::default());
+    let subscriber = RedisBroker::connect(config(&redis), received.clone()).await.unwrap();
+    subscriber.subscribe(&topic("news")).await.unwrap();
+    let publisher = RedisBroker::connect(config(&redis), Arc::new(Recorder::default())).await.unwrap();
+
+    // A stall longer than a command's answer may take (500 ms), shorter than a new
+    // connection may (1 s): a publish sent again on a fresh connection would get through.
+    redis.pause();
+    let stall = std::thread::spawn({
+        let pid = redis.pid();
+        move || {
+            std::thread::sleep(Duration::from_millis(700));
+            let resumed = std::process::Command::new("kill").args(["-s", "CONT", &pid.to_string()]).status();
+            assert!(resumed.unwrap().success());
+        }
+    });
+    let stalled = publisher.publish(&topic("news"), publication("app1", "news", "once")).await;
+    assert!(matches!(stalled, Err(Error::Unavailable(_))), "{stalled:?}");
+    stall.join().unwrap();
+    // Whatever Redis still runs of the stalled publish arrives before this one.
+    publisher.publish(&topic("news"), publication("app1", "news", "marker")).await.unwrap();
+    eventually_async("the marker", || async { received.events(&topic("news")).contains(&"marker".into()) })
+        .await;
+    assert_eq!(received.events(&topic("news")), ["once", "marker"], "the stalled publish ran once");
+}

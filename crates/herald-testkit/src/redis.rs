@@ -70,6 +70,10 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stalls the server (SIGSTOP): connections stay open, nothing is answered.
     pub fn pause(&self) {
         self.signal("STOP");
