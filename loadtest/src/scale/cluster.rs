@@ -154,6 +154,16 @@ pub fn script_calls(info: &[(String, String)]) -> u64 {
         .sum()
 }
 
+/// Calls of one command (`cmdstat_<name>`), scripts' own included.
+pub fn command_calls(info: &[(String, String)], name: &str) -> u64 {
+    let key = format!("cmdstat_{name}");
+    info.iter()
+        .filter(|(k, _)| *k == key)
+        .filter_map(|(_, v)| v.split(',').find_map(|kv| kv.strip_prefix("calls=")))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
 pub fn info_number(info: &[(String, String)], field: &str) -> f64 {
     info.iter().find(|(k, _)| k == field).and_then(|(_, v)| v.parse().ok()).unwrap_or(0.0)
 }

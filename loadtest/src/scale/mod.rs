@@ -289,6 +289,7 @@ struct Sample {
     redis_clients: u64,
     redis_commands: u64,
     redis_scripts: u64,
+    redis_publishes: u64,
     redis_commands_per_second: f64,
 }
 
@@ -337,6 +338,7 @@ impl Run {
             redis_clients: cluster::info_number(&info, "connected_clients") as u64,
             redis_commands: commands,
             redis_scripts: cluster::script_calls(&info),
+            redis_publishes: cluster::command_calls(&info, "publish"),
             redis_commands_per_second: per_second,
         };
         self.samples.lock().push(sample.clone());
@@ -500,14 +502,16 @@ async fn phases(
         run.workers.reset_latency().await?;
         let per_event = layout.subscribers(n as usize, 0).max(1) as f64;
         let events_per_second = run.args.steady_rate / per_event;
+        let publishes_before = run.sample().await?.0.redis_publishes;
         let (events, expected) = steady(run, &publisher, events_per_second).await?;
-        let (_, totals) = run.until("steady", |_, t| t.deliveries[STEADY] >= expected).await?;
+        let (done, totals) = run.until("steady", |_, t| t.deliveries[STEADY] >= expected).await?;
         let latency = run.workers.latency().await?;
         report["steady"] = json!({
             "events": events,
             "deliveries": totals.deliveries[STEADY],
             "expected": expected,
             "deliveries_per_second_target": run.args.steady_rate,
+            "redis_publishes": done.redis_publishes - publishes_before,
             "latency_ms": percentiles(&latency),
         });
         eprintln!("scale: steady {}", report["steady"]);
