@@ -34,7 +34,10 @@ impl Process {
         let ready = ready.to_owned();
         std::thread::spawn(move || {
             let mut ready_tx = Some(ready_tx);
-            for line in stderr.lines().map_while(Result::ok) {
+            // Bytes, not `lines()`: a line that is not UTF-8 must not stop the
+            // reading (the child would block once the pipe filled).
+            for line in stderr.split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line)).into_owned();
                 if line.contains(&ready)
                     && let Some(tx) = ready_tx.take()
                 {
@@ -100,5 +103,22 @@ impl Drop for Process {
         if std::thread::panicking() || std::env::var_os("HERALD_TEST_OUTPUT").is_some() {
             eprintln!("──── {} (last {KEPT_LINES} lines of stderr) ────\n{}", self.label, self.output());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line that is not UTF-8 neither stops the reading nor hides what follows.
+    #[test]
+    fn output_that_is_not_utf8_is_read_on() {
+        let mut command = Command::new("sh");
+        let script = "printf 'bad \\377 byte\\n' >&2; i=0; while [ $i -lt 5000 ]; do echo \"line $i\" >&2; i=$((i+1)); done; echo ready >&2; sleep 30";
+        command.args(["-c", script]);
+        let (mut process, line) = Process::start("sh", command, "ready");
+        assert_eq!(line, "ready");
+        assert!(process.output().contains("line 4999"));
+        process.kill();
     }
 }
