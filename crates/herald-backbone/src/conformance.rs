@@ -192,6 +192,14 @@ pub async fn presence_scenarios<P: PresenceManager>(p: &P) {
     let batch = [count("a1", &b1, 0), count("a1", &news, 0)];
     assert_eq!(p.set_counts(3, &batch).await.unwrap(), [change(4, 0), change(4, 2)]);
     assert_eq!(p.channel("a1", &b1).await.unwrap().subscription_count, 0);
+    // A batch larger than an implementation may send at once (Redis: 256 a script).
+    let bulk: Vec<ChannelName> = (0..600).map(|i| ChannelName::new(&format!("bulk-{i}")).unwrap()).collect();
+    let counts: Vec<ChannelCount> = bulk.iter().map(|c| count("a1", c, 2)).collect();
+    assert_eq!(p.set_counts(4, &counts).await.unwrap(), vec![change(0, 2); 600]);
+    assert_eq!(p.channels("a1", "bulk-").await.unwrap().len(), 600);
+    let counts: Vec<ChannelCount> = bulk.iter().map(|c| count("a1", c, 0)).collect();
+    assert_eq!(p.set_counts(4, &counts).await.unwrap(), vec![change(2, 0); 600]);
+    assert!(p.channels("a1", "bulk-").await.unwrap().is_empty());
 
     // Alice with two connections is one member; Bob joins; Carol is over the limit.
     set(p, 1, "a1", &room, 3).await;

@@ -226,23 +226,46 @@ async fn a_publish_that_timed_out_is_not_sent_again() {
     subscriber.subscribe(&topic("news")).await.unwrap();
     let publisher = RedisBroker::connect(config(&redis), Arc::new(Recorder::default())).await.unwrap();
 
-    // A stall longer than a command's answer may take (500 ms), shorter than a new
-    // connection may (1 s): a publish sent again on a fresh connection would get through.
+    // Redis stalls until the publish has failed (its answer timed out), or until a new
+    // connection reaches it: the one a publish sent again would go out on. Either way
+    // it then wakes up and runs whatever it was sent.
     redis.pause();
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stall = std::thread::spawn({
-        let pid = redis.pid();
+        let (pid, port, failed) = (redis.pid(), redis.port, failed.clone());
+        let before = connections_to(port);
         move || {
-            std::thread::sleep(Duration::from_millis(700));
+            while !failed.load(std::sync::atomic::Ordering::SeqCst) && connections_to(port).is_subset(&before)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let resumed = std::process::Command::new("kill").args(["-s", "CONT", &pid.to_string()]).status();
             assert!(resumed.unwrap().success());
         }
     });
     let stalled = publisher.publish(&topic("news"), publication("app1", "news", "once")).await;
-    assert!(matches!(stalled, Err(Error::Unavailable(_))), "{stalled:?}");
+    failed.store(true, std::sync::atomic::Ordering::SeqCst);
     stall.join().unwrap();
+    assert!(matches!(stalled, Err(Error::Unavailable(_))), "{stalled:?}");
     // Whatever Redis still runs of the stalled publish arrives before this one.
     publisher.publish(&topic("news"), publication("app1", "news", "marker")).await.unwrap();
     eventually_async("the marker", || async { received.events(&topic("news")).contains(&"marker".into()) })
         .await;
     assert_eq!(received.events(&topic("news")), ["once", "marker"], "the stalled publish ran once");
+}
+
+/// The clients (address:port, hex) of the established connections to `port` on this
+/// host, Redis's side of them, accepted or still in its queue, from /proc/net/tcp.
+fn connections_to(port: u16) -> std::collections::HashSet<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let ours = fields.get(1).is_some_and(|l| l.ends_with(&local)) && fields.get(3) == Some(&"01");
+            ours.then(|| fields[2].to_owned())
+        })
+        .collect()
 }

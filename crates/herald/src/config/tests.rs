@@ -100,6 +100,7 @@ fn reports_every_semantic_error_at_once() {
         [server]
         host = "not-an-ip"
         shutdown_grace = "0s"
+        occupancy_flush = "11s"
         [connection]
         pong_timeout = "999ms"
         [http]
@@ -115,8 +116,9 @@ fn reports_every_semantic_error_at_once() {
         "#,
     );
     let errors = Config::load(&flags, env(&[])).unwrap_err();
-    assert_eq!(errors.len(), 6, "{errors:#?}");
+    assert_eq!(errors.len(), 7, "{errors:#?}");
     assert!(errors.iter().any(|e| e == "http.body_timeout: must be at least 1s"), "{errors:#?}");
+    assert!(errors.iter().any(|e| e == "server.occupancy_flush: at most 10s"), "{errors:#?}");
     assert!(errors.iter().any(|e| e == "connection.pong_timeout: must be at least 1s"), "{errors:#?}");
 }
 
