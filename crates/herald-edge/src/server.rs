@@ -120,14 +120,29 @@ async fn accept_loop(listener: TcpListener, edge: Edge) {
             stream = accept(&listener, "edge") => stream,
         };
         let _ = stream.set_nodelay(true);
-        let connection = connection(edge.node.clone(), stream, edge.stop_http.clone());
-        local.spawn(edge.connections.track_future(connection));
+        let tasks = Tasks { local: local.clone(), all: edge.connections.clone() };
+        tasks.spawn(connection(edge.node.clone(), stream, edge.stop_http.clone(), tasks.clone()));
     }
     drop(listener);
     local.close();
     tokio::select! {
         _ = local.wait() => {}
         _ = edge.abandon.cancelled() => {}
+    }
+}
+
+/// Where an edge thread's connection tasks run: on its own event loop, counted by the
+/// thread (which waits for them when it stops accepting) and by the edge (whose
+/// graceful shutdown waits for all of them).
+#[derive(Clone)]
+struct Tasks {
+    local: TaskTracker,
+    all: TaskTracker,
+}
+
+impl Tasks {
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.local.spawn(self.all.track_future(task));
     }
 }
 
@@ -187,17 +202,17 @@ enum HeadError {
 
 /// One accepted connection. Its first request decides what it is: a WebSocket upgrade
 /// becomes a session, anything else is HTTP, served by hyper from the bytes already
-/// read. The session runs on in this task, whose size is what an idle connection
-/// costs, so the first request is handled in a boxed future of its own: it does not
-/// enlarge every session.
-async fn connection(node: Arc<Node>, stream: TcpStream, stop: CancellationToken) {
-    if let Some(upgrade) = Box::pin(first_request(&node, stream, stop)).await {
+/// read. A session is a task of its own, started when this one ends: a task is as
+/// large as its future's largest state, and that task is what every idle connection
+/// costs for as long as it lives, so it must not also carry this one's.
+async fn connection(node: Arc<Node>, stream: TcpStream, stop: CancellationToken, tasks: Tasks) {
+    if let Some(upgrade) = first_request(&node, stream, stop).await {
         let Upgrade { outbox, admission, handshake, input } = upgrade;
         match admission {
-            Ok(app) => session::run(node, app, outbox, handshake, input).await,
+            Ok(app) => tasks.spawn(session::run(node, app, outbox, handshake, input)),
             // Refused connections are upgraded too, then sent their `pusher:error`
             // and close code, because that is how Pusher clients learn why.
-            Err(close) => Box::pin(session::refuse(node, outbox, handshake, close)).await,
+            Err(close) => session::refuse(node, outbox, handshake, close).await,
         }
     }
 }

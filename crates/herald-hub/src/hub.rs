@@ -16,39 +16,68 @@ use crate::{Close, Outbox, Push, frame};
 pub type ConnId = u64;
 
 /// Local subscribers of one topic. A list to iterate fast on fan-out, shared
-/// copy-on-write so a fan-out writes to its sockets without holding the hub's lock;
-/// with an index for O(1) removal.
+/// copy-on-write so a fan-out writes to its sockets without holding the hub's lock.
+/// A long list has an index for O(1) removal; a short one (most topics: a channel with
+/// a few subscribers on this node) is searched, and costs no map.
 #[derive(Default)]
 struct Subscribers {
     list: Arc<Vec<(ConnId, Arc<Outbox>)>>,
-    index: HashMap<ConnId, usize>,
+    /// Boxed: one pointer in every topic, rather than a map's 48 bytes in topics that
+    /// have none.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<ConnId, usize>>>,
 }
 
 type Snapshot = Arc<Vec<(ConnId, Arc<Outbox>)>>;
 
+/// Lists longer than this are indexed.
+const INDEX_FROM: usize = 32;
+
 impl Subscribers {
+    fn position(&self, conn: ConnId) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&conn).copied(),
+            None => self.list.iter().position(|(c, _)| *c == conn),
+        }
+    }
+
     fn insert(&mut self, conn: ConnId, outbox: Arc<Outbox>) -> bool {
-        if self.index.contains_key(&conn) {
+        if self.position(conn).is_some() {
             return false;
         }
         let list = Arc::make_mut(&mut self.list);
-        self.index.insert(conn, list.len());
         list.push((conn, outbox));
+        match &mut self.index {
+            Some(index) => {
+                index.insert(conn, list.len() - 1);
+            }
+            None if list.len() > INDEX_FROM => {
+                self.index = Some(Box::new(list.iter().enumerate().map(|(at, (c, _))| (*c, at)).collect()));
+            }
+            None => {}
+        }
         true
     }
 
     fn remove(&mut self, conn: ConnId) -> bool {
-        let Some(at) = self.index.remove(&conn) else {
+        let Some(at) = self.position(conn) else {
             return false;
         };
         let list = Arc::make_mut(&mut self.list);
         list.swap_remove(at);
-        if let Some((moved, _)) = list.get(at) {
-            self.index.insert(*moved, at);
+        if let Some(index) = &mut self.index {
+            index.remove(&conn);
+            if let Some((moved, _)) = list.get(at) {
+                index.insert(*moved, at);
+            }
+            // A crowd that left gives its memory back.
+            if list.len() <= INDEX_FROM / 2 {
+                self.index = None;
+            } else {
+                shrink_map(index);
+            }
         }
-        // A crowd that left gives its memory back.
         shrink_vec(list);
-        shrink_map(&mut self.index);
         true
     }
 }
@@ -303,6 +332,49 @@ mod tests {
             all.push((outbox, client));
         }
         all
+    }
+
+    /// Short lists are searched, long ones indexed: adding and removing across that
+    /// threshold, in any order, keeps every subscriber findable exactly once.
+    #[tokio::test]
+    async fn subscribers_stay_consistent_across_the_index_threshold() {
+        let (outbox, _client) = pair(1 << 20).await;
+        let outbox = Arc::new(outbox);
+        let mut subscribers = Subscribers::default();
+        let check = |subscribers: &Subscribers, expected: &[u64]| {
+            assert_eq!(subscribers.list.len(), expected.len());
+            for conn in expected {
+                let at = subscribers.position(*conn).expect("findable");
+                assert_eq!(subscribers.list[at].0, *conn);
+            }
+            let len = subscribers.list.len();
+            if len > INDEX_FROM {
+                assert!(subscribers.index.is_some(), "{len} subscribers are indexed");
+            }
+            if len <= INDEX_FROM / 2 {
+                assert!(subscribers.index.is_none(), "{len} subscribers are searched");
+            }
+        };
+        let mut expected: Vec<u64> = Vec::new();
+        for conn in 0..3 * INDEX_FROM as u64 {
+            assert!(subscribers.insert(conn, outbox.clone()));
+            assert!(!subscribers.insert(conn, outbox.clone()), "a second insert is refused");
+            expected.push(conn);
+            check(&subscribers, &expected);
+        }
+        assert!(subscribers.index.is_some(), "a long list is indexed");
+        // Every third, from the middle out, then the rest from the front.
+        let mut order: Vec<u64> = expected.iter().copied().filter(|c| c % 3 == 1).rev().collect();
+        order.extend(expected.iter().copied().filter(|c| c % 3 != 1));
+        for conn in order {
+            assert!(subscribers.remove(conn));
+            assert!(!subscribers.remove(conn), "a second remove finds nothing");
+            expected.retain(|c| *c != conn);
+            check(&subscribers, &expected);
+            assert!(subscribers.position(conn).is_none());
+        }
+        assert!(subscribers.index.is_none(), "an emptied list drops its index");
+        assert!(subscribers.insert(5, outbox.clone()) && subscribers.position(5) == Some(0));
     }
 
     #[tokio::test]

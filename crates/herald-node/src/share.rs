@@ -1,9 +1,11 @@
-//! The node's share of the cluster's presence: which of its connections are in which
-//! channels (and as which member). The node is the source of truth for it; the
-//! backbone ([`herald_backbone::PresenceManager`]) holds a copy that the node
-//! re-asserts whenever that copy may be wrong ([`LeaseHolder::reassert`]): after a
-//! stall, a partition, a Redis restart with or without its data, a write that failed,
-//! or after another node took this one for crashed and reaped it.
+//! The node's share of the cluster's presence: which of its connections are members of
+//! which presence channels, and as whom (a subscription to any channel is also one in
+//! the channel's count, which the node keeps per channel: `crate::occupancy`). The
+//! node is the source of truth for it; the backbone
+//! ([`herald_backbone::PresenceManager`]) holds a copy that the node re-asserts
+//! whenever that copy may be wrong ([`LeaseHolder::reassert`]): after a stall, a
+//! partition, a Redis restart with or without its data, a write that failed, or after
+//! another node took this one for crashed and reaped it.
 //!
 //! Every change of a connection's share and every re-assertion of it holds that
 //! connection's stripe of an async lock, so a re-assertion never races a join or a
@@ -25,18 +27,18 @@ use herald_hub::ConnId;
 
 use crate::node::Node;
 
-/// One connection's channels. Kept small (it is paid per subscribed connection): the
-/// app once, a channel name (one pointer), and the member boxed (presence only).
+/// One connection's presence channels, and as which member. Kept small (it is paid per
+/// member): the app once, a channel name (one pointer), and the member boxed.
 struct Channels {
     app_id: Arc<str>,
-    list: Vec<(ChannelName, Option<Box<Member>>)>,
+    list: Vec<(ChannelName, Box<Member>)>,
 }
 
 /// A member whose removal failed: app, channel, connection, user.
 type FailedLeave = (Arc<str>, ChannelName, SocketId, Arc<str>);
 
-/// A channel to (re-)join, as which member.
-type Joining = (ChannelName, Option<Member>);
+/// A presence channel to (re-)join, as which member.
+type Joining = (ChannelName, Member);
 
 pub(crate) struct Share {
     /// Connection → its channels. Only connections with at least one channel.
@@ -66,16 +68,16 @@ impl Share {
         self.stripes[stripe].lock().await
     }
 
-    fn insert(&self, conn: ConnId, app_id: &Arc<str>, channel: &ChannelName, member: Option<Member>) {
+    fn insert(&self, conn: ConnId, app_id: &Arc<str>, channel: &ChannelName, member: Member) {
         let mut shard = self.entries.shard(&conn);
         let channels =
             shard.entry(conn).or_insert_with(|| Channels { app_id: app_id.clone(), list: Vec::new() });
         // Grown one at a time: most connections are in one or two channels.
         channels.list.reserve_exact(1);
-        channels.list.push((channel.clone(), member.map(Box::new)));
+        channels.list.push((channel.clone(), Box::new(member)));
     }
 
-    /// Removes a connection's channel; returns the member it was in it as.
+    /// Removes a connection from a presence channel; returns the member it was.
     fn remove(&self, conn: ConnId, channel: &ChannelName) -> Option<Box<Member>> {
         let mut shard = self.entries.shard(&conn);
         let channels = shard.get_mut(&conn)?;
@@ -84,7 +86,7 @@ impl Share {
         if channels.list.is_empty() {
             shard.remove(&conn);
         }
-        member
+        Some(member)
     }
 
     fn contains(&self, conn: ConnId, app_id: &str, channel: &ChannelName) -> bool {
@@ -96,7 +98,7 @@ impl Share {
     /// A connection's app and channels as they are now.
     fn of(&self, conn: ConnId) -> Option<(Arc<str>, Vec<Joining>)> {
         self.entries.shard(&conn).get(&conn).map(|channels| {
-            let list = channels.list.iter().map(|(c, m)| (c.clone(), m.as_deref().cloned())).collect();
+            let list = channels.list.iter().map(|(c, m)| (c.clone(), Member::clone(m))).collect();
             (channels.app_id.clone(), list)
         })
     }
@@ -130,12 +132,14 @@ pub(crate) async fn join_presence(
     member: Option<Member>,
     max_members: usize,
 ) -> Result<Joined> {
-    let _serialized = node.share.lock(socket.conn).await;
-    node.share.insert(socket.conn, app_id, channel, member.clone());
+    // Only members are kept per connection: a subscription is one in the channel's
+    // count, which the node keeps per channel (and re-asserts from there).
     let Some(member) = member else {
         node.occupancy.add(app_id, channel);
         return Ok(Joined { added: None });
     };
+    let _serialized = node.share.lock(socket.conn).await;
+    node.share.insert(socket.conn, app_id, channel, member.clone());
     let added = match node.presence.add_member(app_id, channel, socket, member, max_members).await {
         Ok(MemberChange::Changed(member)) => Some(member),
         Ok(MemberChange::Unchanged) => None,
@@ -164,12 +168,12 @@ pub(crate) async fn leave_presence(
     socket: SocketId,
     member: bool,
 ) -> Option<Member> {
-    let _serialized = node.share.lock(socket.conn).await;
-    let joined_as = node.share.remove(socket.conn, channel);
     node.occupancy.remove(app_id, channel);
     if !member {
         return None;
     }
+    let _serialized = node.share.lock(socket.conn).await;
+    let joined_as = node.share.remove(socket.conn, channel);
     match node.presence.remove_member(app_id, channel, socket).await {
         Ok(MemberChange::Changed(member)) => Some(member),
         Ok(MemberChange::Unchanged) => None,
@@ -261,7 +265,6 @@ async fn reassert(node: &Arc<Node>, held: Vec<Held>, gap: Gap) -> Result<()> {
         let _serialized = node.share.lock(conn).await;
         let Some((app_id, channels)) = node.share.of(conn) else { continue };
         for (channel, member) in channels {
-            let Some(member) = member else { continue };
             // Re-admitted whatever the limit: the member was admitted before.
             let MemberChange::Changed(member) =
                 node.presence.add_member(&app_id, &channel, socket, member, usize::MAX).await?
