@@ -28,7 +28,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use herald_node::Node;
-use herald_telemetry::accept;
+use herald_telemetry::{Metric, accept};
 
 use crate::{
     http_api, liveness, session,
@@ -49,8 +49,15 @@ const MIN_PROTOCOL_VERSION: u32 = 5;
 /// a connection then lives on the thread that accepted it. Either way, fan-out writes
 /// into any connection's socket from wherever the publication arrives.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    let file_limit = herald_telemetry::listen::raise_file_limit();
+    let max_connections = match node.config().max_connections {
+        0 => herald_telemetry::listen::default_max_connections(file_limit),
+        max => max,
+    };
+    tracing::info!(max_connections, file_limit, "edge connection cap");
     let edge = Edge {
         node: node.clone(),
+        max_connections,
         connections: TaskTracker::new(),
         stop_accept: CancellationToken::new(),
         stop_http: CancellationToken::new(),
@@ -102,6 +109,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
 #[derive(Clone)]
 struct Edge {
     node: Arc<Node>,
+    /// At this many connections the edge leaves its port ([`accept_loop`]).
+    max_connections: usize,
     /// Every connection, for the graceful shutdown to wait on.
     connections: TaskTracker,
     stop_accept: CancellationToken,
@@ -112,22 +121,101 @@ struct Edge {
 
 /// Accepts and serves connections until shutdown, then waits for them to finish, or
 /// for the grace period to end (when they are dropped with this future).
+///
+/// At the edge's connection cap the listener is closed: the kernel then spreads new
+/// connections over the other processes sharing the port (`SO_REUSEPORT`) instead of
+/// queueing them here, where they would wait for a file or be turned away, and
+/// `/readyz` says "at capacity" so a load balancer does the same. Once the edge is
+/// down to [`REJOIN_AT`] of its cap it listens again. (With
+/// `net.ipv4.tcp_migrate_req = 1` the kernel hands connections still queued on a
+/// closed listener to another; those already queued are taken first either way.)
 async fn accept_loop(listener: TcpListener, edge: Edge) {
     let local = TaskTracker::new();
+    let tasks = Tasks { local: local.clone(), all: edge.connections.clone() };
+    let mut listener = Some(listener);
+    let mut addr = None;
     loop {
+        let Some(listening) = &listener else {
+            // Out at the cap: back once the edge is down to its rejoin mark.
+            let Some(rejoined) = rejoin(&edge, addr).await else { break };
+            listener = Some(rejoined);
+            continue;
+        };
         let stream = tokio::select! {
             _ = edge.stop_accept.cancelled() => break,
-            stream = accept(&listener, "edge") => stream,
+            stream = accept(listening, "edge") => stream,
         };
-        let _ = stream.set_nodelay(true);
-        let tasks = Tasks { local: local.clone(), all: edge.connections.clone() };
-        tasks.spawn(connection(edge.node.clone(), stream, edge.stop_http.clone(), tasks.clone()));
+        take(&edge, &tasks, stream);
+        if edge.connections.len() >= edge.max_connections {
+            // Whatever already waits in this socket's queue is served: closing it would
+            // reset them (unless the kernel migrates them).
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            while let Poll::Ready(Ok((stream, _))) = listening.poll_accept(&mut cx) {
+                take(&edge, &tasks, stream);
+            }
+            addr = listening.local_addr().ok();
+            listener = None;
+            edge.node.set_listener_full(true);
+            metrics::gauge!(Metric::ListenersFull.name()).increment(1);
+            tracing::warn!(
+                connections = edge.connections.len(),
+                max_connections = edge.max_connections,
+                "at the connection cap: left the port to the other edges until down to 95%"
+            );
+        }
     }
     drop(listener);
     local.close();
     tokio::select! {
         _ = local.wait() => {}
         _ = edge.abandon.cancelled() => {}
+    }
+}
+
+/// Starts serving an accepted connection.
+fn take(edge: &Edge, tasks: &Tasks, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    tasks.spawn(connection(edge.node.clone(), stream, edge.stop_http.clone(), tasks.clone()));
+}
+
+/// An edge that left its port at the cap listens again at this share of it.
+const REJOIN_AT: f64 = 0.95;
+
+/// How often an edge out at its cap looks at its connection count.
+const CAPACITY_CHECK: Duration = Duration::from_millis(50);
+
+/// Waits until the edge is down to its rejoin mark and listens on `addr` again; `None`
+/// at shutdown. A failed bind is retried.
+async fn rejoin(edge: &Edge, addr: Option<std::net::SocketAddr>) -> Option<TcpListener> {
+    let mark = (edge.max_connections as f64 * REJOIN_AT) as usize;
+    loop {
+        tokio::select! {
+            _ = edge.stop_accept.cancelled() => break None,
+            _ = tokio::time::sleep(CAPACITY_CHECK) => {}
+        }
+        if edge.connections.len() > mark {
+            continue;
+        }
+        let Some(addr) = addr else {
+            tracing::error!("the edge listener's address is unknown: it cannot listen again");
+            break None;
+        };
+        let bound = herald_telemetry::listen::reuse_port_listener(addr).and_then(TcpListener::from_std);
+        match bound {
+            Ok(listener) => {
+                edge.node.set_listener_full(false);
+                metrics::gauge!(Metric::ListenersFull.name()).decrement(1);
+                tracing::info!(
+                    connections = edge.connections.len(),
+                    "below the connection cap: listening again"
+                );
+                break Some(listener);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, %addr, "could not listen again after the connection cap; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

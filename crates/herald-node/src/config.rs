@@ -215,6 +215,10 @@ pub struct EdgeConfig {
     /// How long the node gathers changes of its subscription counts before sending
     /// them to the backbone in one batch (0: as soon as the previous batch is done).
     pub occupancy_flush: Duration,
+    /// Connections (WebSocket and HTTP) the edge holds before it leaves its port to
+    /// the others sharing it, until it is down to 95% of this (0: the open-file
+    /// limit less a reserve, [`herald_telemetry::listen::default_max_connections`]).
+    pub max_connections: usize,
 }
 
 #[cfg(test)]

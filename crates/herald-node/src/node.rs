@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -63,6 +63,8 @@ pub struct Node {
     /// Every open session's outbox, so shutdown and the liveness sweep reach them.
     sessions: Sharded<ConnId, Arc<Outbox>>,
     ready: AtomicBool,
+    /// Edge listeners out of their port because the edge is at its connection cap.
+    listeners_full: AtomicUsize,
     interest: Arc<Interest>,
     /// Debounced lifecycle announcements waiting for their time, and the signal to
     /// decide them at once (shutdown).
@@ -130,6 +132,7 @@ impl NodeBuilder {
             app_connections,
             sessions: Sharded::new(64),
             ready: AtomicBool::new(true),
+            listeners_full: AtomicUsize::new(0),
             interest: Arc::new(Interest::new()),
             lifecycle: TaskTracker::new(),
             lifecycle_now: CancellationToken::new(),
@@ -216,8 +219,25 @@ impl Node {
         self.input_budget.held()
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    /// Whether the node takes new clients (`/readyz`); if not, why.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("shutting down");
+        }
+        if self.listeners_full.load(Ordering::Relaxed) > 0 {
+            return Err("at capacity");
+        }
+        Ok(())
+    }
+
+    /// An edge listener left its port at the connection cap (`true`), or rejoined it
+    /// (`false`): not ready while any is out.
+    pub fn set_listener_full(&self, full: bool) {
+        if full {
+            self.listeners_full.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.listeners_full.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// From now on `/readyz` says no: the node is draining.

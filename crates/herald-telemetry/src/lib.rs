@@ -45,6 +45,9 @@ pub enum Metric {
     /// descriptors (so their clients reconnect elsewhere instead of waiting in the
     /// accept queue), label `listener`.
     ConnectionsShed,
+    /// Gauge: edge listeners closed because the edge holds `server.max_connections`
+    /// (it left its port to the other edges and says not ready until down to 95%).
+    ListenersFull,
     /// Counter: WebSocket connections closed, label `code`: the close code bucketed
     /// into a bounded set, since clients choose the code of closes they start:
     /// `normal` (1000, 1001), `protocol_error` (1002, 1003), `abnormal` (1006: no
@@ -111,10 +114,11 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 24] = [
+    pub const ALL: [Metric; 25] = [
         Metric::Connections,
         Metric::ConnectionsAccepted,
         Metric::ConnectionsShed,
+        Metric::ListenersFull,
         Metric::ConnectionsClosed,
         Metric::Publications,
         Metric::Deliveries,
@@ -143,6 +147,7 @@ impl Metric {
             Metric::Connections => "herald_connections",
             Metric::ConnectionsAccepted => "herald_connections_accepted_total",
             Metric::ConnectionsShed => "herald_connections_shed_total",
+            Metric::ListenersFull => "herald_edge_listeners_full",
             Metric::ConnectionsClosed => "herald_connections_closed_total",
             Metric::Publications => "herald_publications_total",
             Metric::Deliveries => "herald_deliveries_total",
@@ -173,6 +178,9 @@ impl Metric {
             Metric::ConnectionsAccepted => "WebSocket connections accepted since start.",
             Metric::ConnectionsShed => {
                 "Connections turned away at once because the process was out of file descriptors."
+            }
+            Metric::ListenersFull => {
+                "Edge listeners closed because the edge holds server.max_connections (not ready until down to 95%)."
             }
             Metric::ConnectionsClosed => {
                 "WebSocket connections closed, by close code (bucketed: normal, protocol_error, abnormal, \

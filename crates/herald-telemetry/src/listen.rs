@@ -84,6 +84,28 @@ pub async fn accept(listener: &TcpListener, what: &'static str) -> TcpStream {
     }
 }
 
+/// Raises the process's soft limit on open files to its hard limit (as the Go runtime
+/// does: the soft limit is often 1,024 where the hard one is far higher, and every
+/// connection is a file) and returns the limit in force (`u64::MAX`: unlimited).
+pub fn raise_file_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+    let current = match limit.current != limit.maximum && setrlimit(Resource::Nofile, raised).is_ok() {
+        true => limit.maximum,
+        false => limit.current,
+    };
+    current.unwrap_or(u64::MAX)
+}
+
+/// An edge's connection cap when none is configured: its open-file limit less a
+/// reserve (a tenth, at most 1,000) for what else it holds open — Redis, the gRPC
+/// API, the operations listener, the event log.
+pub fn default_max_connections(file_limit: u64) -> usize {
+    let reserve = (file_limit / 10).min(1_000);
+    usize::try_from(file_limit - reserve).unwrap_or(usize::MAX).max(1)
+}
+
 /// A file held in reserve, so that a process out of file descriptors can still
 /// accept a connection to turn it away (see [`shed`]).
 static RESERVE: Mutex<Option<std::fs::File>> = Mutex::new(None);
@@ -211,6 +233,24 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_cap_leaves_a_reserve_of_files() {
+        assert_eq!(default_max_connections(20_000), 19_000);
+        assert_eq!(default_max_connections(1_048_576), 1_047_576);
+        assert_eq!(default_max_connections(1_024), 922);
+        assert_eq!(default_max_connections(64), 58);
+        assert_eq!(default_max_connections(0), 1);
+        assert!(default_max_connections(u64::MAX) > 1 << 40, "unlimited");
+    }
+
+    #[test]
+    fn the_file_limit_is_raised_to_the_hard_limit() {
+        let limit = raise_file_limit();
+        let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(now.current, now.maximum);
+        assert_eq!(limit, now.maximum.unwrap_or(u64::MAX));
+    }
 
     #[test]
     fn failures_are_logged_once_per_interval_with_a_count() {

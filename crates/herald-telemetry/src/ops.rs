@@ -1,5 +1,6 @@
-//! The operations listener of every role: `/healthz` (alive), `/readyz` (ready for traffic; 503 while
-//! shutting down) and `/metrics` (Prometheus text format).
+//! The operations listener of every role: `/healthz` (alive), `/readyz` (ready for traffic; 503 with
+//! the reason while shutting down, or while an edge is at its connection cap) and `/metrics`
+//! (Prometheus text format).
 
 use std::{convert::Infallible, future::Future, sync::Arc};
 
@@ -15,8 +16,8 @@ use tokio::task::JoinSet;
 
 use crate::listen::accept;
 
-/// Whether a process is ready for traffic (`/readyz`).
-pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Whether a process is ready for traffic (`/readyz`); if not, why (the answer's body).
+pub type Readiness = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
 
 /// Serves health and metrics of a role until `shutdown` resolves; `ready` answers
 /// `/readyz`. The connections it serves end with it.
@@ -46,11 +47,17 @@ pub async fn serve_ops(
     }
 }
 
-fn respond(ready: bool, metrics: &PrometheusHandle, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    ready: Result<(), &'static str>,
+    metrics: &PrometheusHandle,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (status, body, content_type) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
-        "/readyz" if ready => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_string(), "text/plain"),
+        "/readyz" => match ready {
+            Ok(()) => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"), "text/plain"),
+        },
         "/metrics" => (StatusCode::OK, metrics.render(), "text/plain; version=0.0.4"),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string(), "text/plain"),
     };

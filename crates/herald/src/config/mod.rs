@@ -173,6 +173,7 @@ impl Config {
             shutdown_grace: self.server.shutdown_grace,
             threads: self.server.edge_threads,
             occupancy_flush: self.server.occupancy_flush,
+            max_connections: self.server.max_connections,
         }
     }
 

@@ -71,6 +71,12 @@ pub struct ServerConfig {
     /// fresher counts in the HTTP API and `channel_occupied` sooner.
     #[serde(deserialize_with = "duration::deserialize")]
     pub occupancy_flush: Duration,
+    /// Connections (WebSocket clients and HTTP API) an edge holds before it stops
+    /// taking new ones: it closes its listener, leaving the port to the edges that
+    /// share it (`SO_REUSEPORT`) and saying not ready on `/readyz`, and listens again
+    /// once down to 95% of it. 0: the open-file limit (raised to its hard limit at
+    /// start) less a reserve for Redis, gRPC and the rest: a tenth, at most 1,000.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +90,7 @@ impl Default for ServerConfig {
             edge_threads: 0,
             ready_file: String::new(),
             occupancy_flush: Duration::from_millis(50),
+            max_connections: 0,
         }
     }
 }

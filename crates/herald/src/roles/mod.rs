@@ -52,7 +52,10 @@ impl Ready {
 
     fn readiness(&self) -> Readiness {
         let ready = self.0.clone();
-        Arc::new(move || ready.load(std::sync::atomic::Ordering::Relaxed))
+        Arc::new(move || match ready.load(std::sync::atomic::Ordering::Relaxed) {
+            true => Ok(()),
+            false => Err("shutting down"),
+        })
     }
 
     fn clear(&self) {

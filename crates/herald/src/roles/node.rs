@@ -109,7 +109,7 @@ pub(super) async fn serve(
     let bound = ready::Addresses { ws: Some(edge_addr), grpc: Some(grpc_addr), metrics: Some(ops_addr) };
     let ready = {
         let node = node.clone();
-        Arc::new(move || node.is_ready())
+        Arc::new(move || node.readiness())
     };
     let ops = Ops::start(ops, ready, metrics);
     let grpc = tokio::spawn(herald_api::serve(
