@@ -30,6 +30,11 @@ raise() {
 raise fs.file-max 2500000
 raise net.core.somaxconn 4096
 raise net.ipv4.tcp_max_syn_backlog 4096
+# Connections queued on an edge's listener when it closes it (at its connection cap,
+# or draining) move to another edge on the port instead of being reset (Linux 5.14+).
+if [[ "$(sysctl -n net.ipv4.tcp_migrate_req 2>/dev/null || echo 1)" != 1 ]]; then
+  sysctl -qw net.ipv4.tcp_migrate_req=1 2>/dev/null || echo "scale.sh: could not set net.ipv4.tcp_migrate_req=1" >&2
+fi
 if [[ "$(sysctl -n net.ipv4.ip_local_port_range | awk '{print $1}')" -gt 10000 ]]; then
   sysctl -qw net.ipv4.ip_local_port_range="10000 65000" 2>/dev/null || true
 fi

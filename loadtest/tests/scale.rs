@@ -1,7 +1,10 @@
 //! The scale run (`herald-loadtest scale`), scaled down: Redis, four `herald edge`
 //! processes on one port and several load processes, through every phase. Asserts
 //! what was counted (every connection subscribed, every delivery made, every client
-//! of a killed or restarted edge back), never how fast.
+//! of a killed or restarted edge back, every member of a crowded presence channel
+//! counted), never how fast. The edges' connection cap leaves three of them just
+//! enough room for everyone, so a crash and each restart fill the others to their cap,
+//! and they must leave the port to the rest.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,6 +36,8 @@ fn a_cluster_of_four_edges_holds_every_connection_through_a_crash_and_a_rolling_
         .args(["--redis", &redis.port.to_string(), "--port", "0"])
         .args(["--connections", &connections.to_string(), "--edges", "4", "--per-worker", "5000"])
         .args(["--channels", "1000", "--presence-every", "50", "--presence-channels", "40"])
+        .args(["--presence-crowd", "300"])
+        .args(["--edge-env", "HERALD_SERVER__MAX_CONNECTIONS=7000"])
         .args(["--steady-rate", "5000", "--steady-seconds", "2", "--grace-seconds", "2"])
         .args(["--phase-timeout", "300"])
         .output()
@@ -44,7 +49,10 @@ fn a_cluster_of_four_edges_holds_every_connection_through_a_crash_and_a_rolling_
 
     let count = |phase: &str, field: &str| report[phase][field].as_u64().unwrap_or(u64::MAX);
     // Everyone subscribed: the connect phase ends only then.
-    assert_eq!(count("connect", "subscriptions"), connections * 2 + connections / 50, "{report}");
+    assert_eq!(count("connect", "subscriptions"), connections * 2 + connections / 50 + 300, "{report}");
+    // The crowd's members all counted, across the edges (the run checks it is whole
+    // again after the restarts).
+    assert_eq!(report["connect"]["presence_crowd"]["user_count"].as_u64(), Some(300), "{report}");
     // One broadcast to the channel all share reached every connection, once.
     assert_eq!(count("broadcast", "deliveries"), connections, "{report}");
     // The steady phase lost nothing.

@@ -79,8 +79,9 @@ impl Process {
         self.child.id().unwrap_or(0)
     }
 
-    pub fn rss(&self) -> u64 {
-        server_stats::sample(self.pid()).map(|s| s.rss).unwrap_or(0)
+    /// Resident and anonymous memory, bytes.
+    pub fn memory(&self) -> (u64, u64) {
+        server_stats::sample(self.pid()).map(|s| (s.rss, s.anon)).unwrap_or_default()
     }
 
     /// `kill -9`, and waits for it.

@@ -6,7 +6,8 @@
 //!
 //! Phases, each measured and bounded in time:
 //! 1. **connect**: every connection subscribed to one of `--channels` channels, to the
-//!    channel all share, and (one in `--presence-every`) to a presence channel;
+//!    channel all share, (one in `--presence-every`) to a presence channel, and (the
+//!    first `--presence-crowd`) to one presence channel they all are members of;
 //! 2. **broadcast**: one publish to the shared channel: time to the last delivery,
 //!    latency percentiles across every connection, none lost;
 //! 3. **steady**: `--steady-rate` deliveries per second over the channels for
@@ -34,7 +35,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use herald_proto::v1::{Event, PublishBatchRequest, event::Payload, publisher_client::PublisherClient};
+use herald_proto::v1::{
+    Event, GetChannelRequest, PublishBatchRequest, event::Payload, publisher_client::PublisherClient,
+};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::{
@@ -54,6 +57,8 @@ const BROADCAST: usize = 1;
 const STEADY: usize = 2;
 
 const APP_ID: &str = "scale";
+/// The presence channel of `--presence-crowd`.
+const CROWD: &str = "presence-crowd";
 const KEY: &str = "scale-key";
 const SECRET: &str = "scale-secret";
 const TOKEN: &str = "scale-run-api-token";
@@ -73,6 +78,10 @@ pub struct Layout {
     /// Presence channels those are spread over.
     #[arg(long, default_value_t = 1_000)]
     pub presence_channels: usize,
+    /// The first this many connections are also members of `presence-crowd` (each a
+    /// user of its own: every join is announced to all the members before it).
+    #[arg(long, default_value_t = 0)]
+    pub presence_crowd: usize,
 }
 
 impl Layout {
@@ -80,6 +89,9 @@ impl Layout {
         let mut channels = vec![format!("c{}", i % self.channels.max(1)), self.shared.clone()];
         if self.presence_every > 0 && i.is_multiple_of(self.presence_every) {
             channels.push(format!("presence-p{}", (i / self.presence_every) % self.presence_channels.max(1)));
+        }
+        if i < self.presence_crowd {
+            channels.push(CROWD.to_owned());
         }
         channels
     }
@@ -206,6 +218,7 @@ impl Workers {
                 .args(["--channels", &args.layout.channels.to_string(), "--shared", &args.layout.shared])
                 .args(["--presence-every", &args.layout.presence_every.to_string()])
                 .args(["--presence-channels", &args.layout.presence_channels.to_string()])
+                .args(["--presence-crowd", &args.layout.presence_crowd.to_string()])
                 .args(["--concurrency", &args.concurrency.to_string()])
                 .args(["--reconnect-jitter-ms", &args.reconnect_jitter_ms.to_string()])
                 .stdin(Stdio::piped())
@@ -281,6 +294,7 @@ struct Sample {
     reconnects: u64,
     failures: u64,
     edges_rss: u64,
+    edges_anon: u64,
     workers_rss: u64,
     kernel_tcp_mem: u64,
     kernel_socket_slabs: u64,
@@ -306,8 +320,9 @@ struct Run {
 }
 
 impl Run {
-    fn edges_rss(&self) -> u64 {
-        self.edges.iter().flatten().map(|e| e.process.rss()).sum()
+    /// The edges' resident and anonymous memory, summed.
+    fn edges_memory(&self) -> (u64, u64) {
+        edges_memory(&self.edges)
     }
 
     async fn sample(&mut self) -> anyhow::Result<(Sample, Totals)> {
@@ -329,7 +344,8 @@ impl Run {
             subscribed: totals.subscribed,
             reconnects: totals.reconnects,
             failures: totals.failures,
-            edges_rss: self.edges_rss(),
+            edges_rss: self.edges_memory().0,
+            edges_anon: self.edges_memory().1,
             workers_rss: totals.rss,
             kernel_tcp_mem: tcp_mem,
             kernel_socket_slabs: cluster::kernel_socket_slabs(),
@@ -380,7 +396,8 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
     let n = args.connections;
     let edges_wanted = if args.edges == 0 { n.div_ceil(18_000) + 1 } else { args.edges };
     let apps = format!(
-        r#"[{{id = "{APP_ID}", key = "{KEY}", secret = "{SECRET}", api_tokens = ["{TOKEN}"], limits = {{ max_presence_members = 1000 }}}}]"#
+        r#"[{{id = "{APP_ID}", key = "{KEY}", secret = "{SECRET}", api_tokens = ["{TOKEN}"], limits = {{ max_presence_members = {} }}}}]"#,
+        args.layout.presence_crowd.max(1000)
     );
     let (redis, redis_port) = match args.redis {
         Some(port) => (None, port),
@@ -402,10 +419,14 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
         edges.push(Some(edge));
     }
     let target = SocketAddr::from(([127, 0, 0, 1], edge_config.port));
-    let baseline_rss: u64 = edges.iter().flatten().map(|e| e.process.rss()).sum();
-    let (baseline_tcp, _) = cluster::kernel_tcp();
-    let baseline_slabs = cluster::kernel_socket_slabs();
-    let baseline_redis = cluster::info_number(&cluster::redis_info(redis_port).await?, "used_memory");
+    let (edges_rss, edges_anon) = edges_memory(&edges);
+    let baseline = Baseline {
+        edges_rss,
+        edges_anon,
+        tcp: cluster::kernel_tcp().0,
+        slabs: cluster::kernel_socket_slabs(),
+        redis: cluster::info_number(&cluster::redis_info(redis_port).await?, "used_memory"),
+    };
     eprintln!("scale: redis and {edges_wanted} edges up on {target}; opening {n} connections");
 
     let workers = Workers::start(&args, target).await?;
@@ -421,8 +442,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
         args,
     };
     let mut report = json!({ "scenario": "scale", "connections": n, "edges": edges_wanted, "workers": run.workers.0.len() });
-    let result =
-        phases(&mut run, &mut report, baseline_rss, baseline_tcp, baseline_slabs, baseline_redis).await;
+    let result = phases(&mut run, &mut report, baseline).await;
     if let Some(out) = &run.args.out {
         write_outputs(out, &run.samples.lock(), &report)?;
     }
@@ -437,14 +457,20 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
     Ok(report)
 }
 
-async fn phases(
-    run: &mut Run,
-    report: &mut Value,
-    baseline_rss: u64,
-    baseline_tcp: u64,
-    baseline_slabs: u64,
-    baseline_redis: f64,
-) -> anyhow::Result<()> {
+fn edges_memory(edges: &[Option<Edge>]) -> (u64, u64) {
+    edges.iter().flatten().map(|e| e.process.memory()).fold((0, 0), |(r, a), (rss, anon)| (r + rss, a + anon))
+}
+
+/// What the idle cluster held before any client came.
+struct Baseline {
+    edges_rss: u64,
+    edges_anon: u64,
+    tcp: u64,
+    slabs: u64,
+    redis: f64,
+}
+
+async fn phases(run: &mut Run, report: &mut Value, baseline: Baseline) -> anyhow::Result<()> {
     let n = run.args.connections as u64;
     let layout = run.args.layout.clone();
 
@@ -456,18 +482,21 @@ async fn phases(
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (held, totals) = run.sample().await?;
     let presence = if layout.presence_every > 0 { n.div_ceil(layout.presence_every as u64) } else { 0 };
-    let subscriptions = n * 2 + presence;
+    let crowd = layout.presence_crowd.min(n as usize) as u64;
+    let subscriptions = n * 2 + presence + crowd;
     report["connect"] = json!({
         "seconds": seconds,
         "connections_per_second": n as f64 / seconds,
         "subscriptions": subscriptions,
         "failures": totals.failures,
         "edges_rss_bytes": held.edges_rss,
-        "edges_rss_bytes_per_connection": held.edges_rss.saturating_sub(baseline_rss) as f64 / n as f64,
-        "kernel_tcp_mem_bytes": held.kernel_tcp_mem.saturating_sub(baseline_tcp),
-        "kernel_socket_slab_bytes_per_connection": held.kernel_socket_slabs.saturating_sub(baseline_slabs) as f64 / n as f64,
+        "edges_rss_bytes_per_connection": held.edges_rss.saturating_sub(baseline.edges_rss) as f64 / n as f64,
+        "edges_anon_bytes": held.edges_anon,
+        "edges_anon_bytes_per_connection": held.edges_anon.saturating_sub(baseline.edges_anon) as f64 / n as f64,
+        "kernel_tcp_mem_bytes": held.kernel_tcp_mem.saturating_sub(baseline.tcp),
+        "kernel_socket_slab_bytes_per_connection": held.kernel_socket_slabs.saturating_sub(baseline.slabs) as f64 / n as f64,
         "workers_rss_bytes_per_connection": held.workers_rss as f64 / n as f64,
-        "redis_memory_bytes": held.redis_memory as f64 - baseline_redis,
+        "redis_memory_bytes": held.redis_memory as f64 - baseline.redis,
         "redis_clients": held.redis_clients,
         "redis_commands": held.redis_commands - before.redis_commands,
         "redis_commands_per_subscription": (held.redis_commands - before.redis_commands) as f64 / subscriptions as f64,
@@ -475,10 +504,19 @@ async fn phases(
         "redis_peak_commands_per_second": run.peak("connect", |s| s.redis_commands_per_second),
     });
     eprintln!("scale: connect {}", report["connect"]);
+    let publisher = Publisher::connect(run.edges.iter().flatten().next().context("no edge")?.grpc).await?;
+    if crowd > 0 {
+        // Every member in, as the whole cluster counts them.
+        let (subscriptions, users) = publisher.channel(CROWD).await?;
+        report["connect"]["presence_crowd"] =
+            json!({ "members": crowd, "subscription_count": subscriptions, "user_count": users });
+        if users != crowd {
+            bail!("presence crowd: {users} users counted of {crowd}");
+        }
+    }
 
     // 2. One broadcast to the channel all share.
     run.phase = "broadcast";
-    let publisher = Publisher::connect(run.edges.iter().flatten().next().context("no edge")?.grpc).await?;
     run.workers.reset_latency().await?;
     let sent = Instant::now();
     publisher.publish(&[(layout.shared.clone(), stamped(BROADCAST))]).await?;
@@ -503,14 +541,18 @@ async fn phases(
         let per_event = layout.subscribers(n as usize, 0).max(1) as f64;
         let events_per_second = run.args.steady_rate / per_event;
         let publishes_before = run.sample().await?.0.redis_publishes;
-        let (events, expected) = steady(run, &publisher, events_per_second).await?;
+        let published = steady(run, &publisher, events_per_second).await?;
+        let expected = published.expected;
         let (done, totals) = run.until("steady", |_, t| t.deliveries[STEADY] >= expected).await?;
         let latency = run.workers.latency().await?;
         report["steady"] = json!({
-            "events": events,
+            "events": published.events,
+            "failed_events": published.failed_events,
+            "publish_errors": published.errors,
             "deliveries": totals.deliveries[STEADY],
             "expected": expected,
             "deliveries_per_second_target": run.args.steady_rate,
+            "deliveries_per_second": expected as f64 / published.seconds,
             "redis_publishes": done.redis_publishes - publishes_before,
             "latency_ms": percentiles(&latency),
         });
@@ -566,7 +608,11 @@ async fn phases(
             .windows(2)
             .map(|w| (w[1].reconnects.saturating_sub(w[0].reconnects)) as f64 / (w[1].t - w[0].t).max(1e-3))
             .fold(0.0, f64::max);
+        // The first publisher's edge was restarted: ask a live one.
+        let grpc = run.edges.iter().flatten().next().context("no edge")?.grpc;
+        let crowd_back = crowd_back(&Publisher::connect(grpc).await?, crowd, run.args.phase_timeout).await?;
         report["rolling"] = json!({
+            "presence_crowd_seconds_until_whole": crowd_back,
             "edges": rolling,
             "seconds": started.elapsed().as_secs_f64(),
             "reconnected": totals.reconnects - before.reconnects,
@@ -579,59 +625,100 @@ async fn phases(
     Ok(())
 }
 
-/// Publishes `events_per_second` events over the channels for the steady phase;
-/// returns the events and the deliveries they make.
-async fn steady(run: &mut Run, publisher: &Publisher, events_per_second: f64) -> anyhow::Result<(u64, u64)> {
+/// Waits until the presence crowd's user count is whole again (its members that
+/// reconnected are back, those that left while dropped are gone); returns how long that
+/// took, in seconds.
+async fn crowd_back(publisher: &Publisher, crowd: u64, timeout: f64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    if crowd == 0 {
+        return Ok(0.0);
+    }
+    loop {
+        let (_, users) = publisher.channel(CROWD).await?;
+        if users == crowd {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed().as_secs_f64() > timeout {
+            bail!("presence crowd: {users} users of {crowd} after {timeout:.0} s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What the steady phase published.
+#[derive(Default)]
+struct Published {
+    events: u64,
+    /// Deliveries the events that were accepted make.
+    expected: u64,
+    /// Events in calls that failed (not counted in `expected`: a call that timed out
+    /// may or may not have been published).
+    failed_events: u64,
+    errors: std::collections::BTreeMap<String, u64>,
+    /// How long publishing took (longer than asked if calls could not keep up).
+    seconds: f64,
+}
+
+/// Publishes `events_per_second` events over the channels for the steady phase, on a
+/// task of its own, while the coordinator samples; returns what it published.
+async fn steady(run: &mut Run, publisher: &Publisher, events_per_second: f64) -> anyhow::Result<Published> {
     let layout = run.args.layout.clone();
     let n = run.args.connections;
     let seconds = run.args.steady_seconds;
-    // Batches of events every 10 ms, each event to the next channel.
-    let tick = Duration::from_millis(10);
-    let per_tick = events_per_second * tick.as_secs_f64();
-    let started = Instant::now();
-    let mut interval = tokio::time::interval(tick);
-    let (mut events, mut expected, mut owed, mut next_channel) = (0u64, 0u64, 0.0, 0usize);
-    let mut next_sample = Instant::now();
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
-    let failed: Arc<Mutex<Option<String>>> = Arc::default();
-    while started.elapsed().as_secs_f64() < seconds {
-        interval.tick().await;
-        owed += per_tick;
-        let mut batch = Vec::new();
-        while owed >= 1.0 {
-            owed -= 1.0;
-            let channel = next_channel % layout.channels.max(1);
-            next_channel += 1;
-            expected += layout.subscribers(n, channel);
-            batch.push((format!("c{channel}"), stamped(STEADY)));
+    let publisher = publisher.clone();
+    let mut publishing = tokio::spawn(async move {
+        // Batches of events every 10 ms, each event to the next channel.
+        let tick = Duration::from_millis(10);
+        let per_tick = events_per_second * tick.as_secs_f64();
+        let started = Instant::now();
+        let mut interval = tokio::time::interval(tick);
+        let (mut owed, mut next_channel) = (0.0, 0usize);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+        let published = Arc::new(Mutex::new(Published::default()));
+        while started.elapsed().as_secs_f64() < seconds {
+            interval.tick().await;
+            owed += per_tick;
+            let mut batch = Vec::new();
+            while owed >= 1.0 {
+                owed -= 1.0;
+                let channel = next_channel % layout.channels.max(1);
+                next_channel += 1;
+                batch.push((format!("c{channel}"), stamped(STEADY), layout.subscribers(n, channel)));
+            }
+            // The API takes at most 10 events a call; calls go out side by side.
+            for chunk in batch.chunks(10) {
+                let permit = in_flight.clone().acquire_owned().await?;
+                let (publisher, published) = (publisher.clone(), published.clone());
+                let events: Vec<(String, String)> =
+                    chunk.iter().map(|(c, d, _)| (c.clone(), d.clone())).collect();
+                let deliveries: u64 = chunk.iter().map(|(_, _, d)| d).sum();
+                tokio::spawn(async move {
+                    let result = publisher.publish(&events).await;
+                    let mut published = published.lock();
+                    published.events += events.len() as u64;
+                    match result {
+                        Ok(()) => published.expected += deliveries,
+                        Err(e) => {
+                            published.failed_events += events.len() as u64;
+                            *published.errors.entry(format!("{e:#}")).or_insert(0) += 1;
+                        }
+                    }
+                    drop(permit);
+                });
+            }
         }
-        events += batch.len() as u64;
-        // The API takes at most 10 events a call; calls go out side by side.
-        for chunk in batch.chunks(10) {
-            let (permit, publisher, chunk) =
-                (in_flight.clone().acquire_owned().await?, publisher.clone(), chunk.to_vec());
-            let failed = failed.clone();
-            tokio::spawn(async move {
-                if let Err(e) = publisher.publish(&chunk).await {
-                    failed.lock().get_or_insert(format!("{e:#}"));
-                }
-                drop(permit);
-            });
-        }
-        if let Some(e) = failed.lock().take() {
-            bail!("steady: a publish failed: {e}");
-        }
-        if Instant::now() >= next_sample {
-            run.sample().await?;
-            next_sample += Duration::from_secs(1);
+        // Every call answered before the deliveries are counted.
+        let _all = in_flight.acquire_many(256).await?;
+        let mut published = std::mem::take(&mut *published.lock());
+        published.seconds = started.elapsed().as_secs_f64();
+        anyhow::Ok(published)
+    });
+    loop {
+        tokio::select! {
+            done = &mut publishing => return done?,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => { run.sample().await?; }
         }
     }
-    // Every call answered before the deliveries are counted.
-    let _all = in_flight.acquire_many(64).await?;
-    if let Some(e) = failed.lock().take() {
-        bail!("steady: a publish failed: {e}");
-    }
-    Ok((events, expected))
 }
 
 fn stamped(phase: usize) -> String {
@@ -678,6 +765,13 @@ impl Publisher {
         let request = PublishBatchRequest { app_id: APP_ID.into(), events };
         self.client.clone().publish_batch(authed(request, &self.token)).await.context("publishing")?;
         Ok(())
+    }
+
+    /// A channel's subscription and user counts, across the cluster.
+    async fn channel(&self, channel: &str) -> anyhow::Result<(u64, u64)> {
+        let request = GetChannelRequest { app_id: APP_ID.into(), channel: channel.into() };
+        let info = self.client.clone().get_channel(authed(request, &self.token)).await?.into_inner();
+        Ok((info.subscription_count, info.user_count))
     }
 }
 
