@@ -40,6 +40,9 @@ pub struct RedisConfig {
     /// `urls` are nodes of one Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`)
     /// and keys spread by slot, instead of independent instances.
     pub cluster: bool,
+    /// How long a command may wait for its answer before it fails (`Unavailable`; it
+    /// is not sent again: Redis may still run it).
+    pub command_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -50,9 +53,19 @@ impl RedisConfig {
     /// Channels spread over several independent Redis instances. Every node of a
     /// cluster must list the same URLs in the same order.
     pub fn sharded(urls: Vec<String>) -> Self {
-        Self { urls, prefix: "herald".into(), max_backoff: Duration::from_secs(5), cluster: false }
+        Self {
+            urls,
+            prefix: "herald".into(),
+            max_backoff: Duration::from_secs(5),
+            cluster: false,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
     }
 }
+
+/// [`RedisConfig::command_timeout`] by default: long enough for a Redis busy with a
+/// reconnection storm, short enough to tell a publisher soon that Redis is gone.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most messages handed to the handler at once.
 const MAX_BATCH: usize = 256;
@@ -90,7 +103,7 @@ impl RedisBroker {
         let mut receivers = Vec::with_capacity(config.urls.len());
         for url in &config.urls {
             let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
-            let publisher = Connection::open(url).await?;
+            let publisher = Connection::open(url, config.command_timeout).await?;
             let pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
             let inner = Arc::new(Inner {
                 client,

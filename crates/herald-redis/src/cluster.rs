@@ -29,6 +29,7 @@ impl ClusterBroker {
         let client = ClusterClientBuilder::new(config.urls.clone())
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(pushes)
+            .response_timeout(config.command_timeout)
             .build()
             .map_err(unavailable)?;
         let connection = client.get_async_connection().await.map_err(unavailable)?;

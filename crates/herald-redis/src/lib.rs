@@ -22,11 +22,13 @@ mod presence;
 mod webhooks;
 mod wire;
 
-pub use broker::{RedisBroker, RedisConfig};
+pub use broker::{DEFAULT_COMMAND_TIMEOUT, RedisBroker, RedisConfig};
 pub use idempotency::RedisIdempotency;
 pub use limiter::{REDIS_GCRA_SCRIPT, RedisRateLimiter};
 pub use presence::RedisPresence;
 pub use webhooks::RedisWebhookStore;
+
+use std::time::Duration;
 
 use herald_backbone::{Error, Result};
 use redis::{
@@ -50,10 +52,10 @@ impl Shards<Connection> {
     pub(crate) async fn open(config: &RedisConfig) -> Result<Self> {
         let mut connections = Vec::with_capacity(config.urls.len());
         if config.cluster {
-            connections.push(Connection::open_cluster(&config.urls).await?);
+            connections.push(Connection::open_cluster(&config.urls, config.command_timeout).await?);
         } else {
             for url in &config.urls {
-                connections.push(Connection::open(url).await?);
+                connections.push(Connection::open(url, config.command_timeout).await?);
             }
         }
         Shards::new(connections)
@@ -147,7 +149,7 @@ impl redis::aio::ConnectionLike for AnyConnection {
 
 /// Where a [`Connection`] connects.
 enum Target {
-    Single(redis::Client),
+    Single(Box<(redis::Client, redis::AsyncConnectionConfig)>),
     Cluster(Box<ClusterClient>),
 }
 
@@ -162,18 +164,21 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) async fn open(url: &str) -> Result<Self> {
+    pub(crate) async fn open(url: &str, timeout: Duration) -> Result<Self> {
         let client = redis::Client::open(url).map_err(unavailable)?;
-        let first = client.get_multiplexed_async_connection().await.map_err(unavailable)?;
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
+        let first =
+            client.get_multiplexed_async_connection_with_config(&config).await.map_err(unavailable)?;
         Ok(Self {
-            target: Target::Single(client),
+            target: Target::Single(Box::new((client, config))),
             current: tokio::sync::Mutex::new(Some(AnyConnection::Single(first))),
         })
     }
 
     /// A connection to the Redis Cluster that `urls` (some of its nodes) belong to.
-    pub(crate) async fn open_cluster(urls: &[String]) -> Result<Self> {
-        let client = ClusterClient::new(urls.to_vec()).map_err(unavailable)?;
+    pub(crate) async fn open_cluster(urls: &[String], timeout: Duration) -> Result<Self> {
+        let client =
+            ClusterClient::builder(urls.to_vec()).response_timeout(timeout).build().map_err(unavailable)?;
         let first = client.get_async_connection().await.map_err(unavailable)?;
         Ok(Self {
             target: Target::Cluster(Box::new(client)),
@@ -187,8 +192,11 @@ impl Connection {
             return Ok(connection.clone());
         }
         let fresh = match &self.target {
-            Target::Single(client) => {
-                AnyConnection::Single(client.get_multiplexed_async_connection().await.map_err(unavailable)?)
+            Target::Single(single) => {
+                let (client, config) = single.as_ref();
+                AnyConnection::Single(
+                    client.get_multiplexed_async_connection_with_config(config).await.map_err(unavailable)?,
+                )
             }
             Target::Cluster(client) => {
                 AnyConnection::Cluster(client.get_async_connection().await.map_err(unavailable)?)

@@ -224,7 +224,8 @@ async fn a_publish_that_timed_out_is_not_sent_again() {
     let received = Arc::new(Recorder::default());
     let subscriber = RedisBroker::connect(config(&redis), received.clone()).await.unwrap();
     subscriber.subscribe(&topic("news")).await.unwrap();
-    let publisher = RedisBroker::connect(config(&redis), Arc::new(Recorder::default())).await.unwrap();
+    let quick = RedisConfig { command_timeout: Duration::from_millis(300), ..config(&redis) };
+    let publisher = RedisBroker::connect(quick, Arc::new(Recorder::default())).await.unwrap();
 
     // Redis stalls until the publish has failed (its answer timed out), or until a new
     // connection reaches it: the one a publish sent again would go out on. Either way

@@ -46,6 +46,7 @@ pub(crate) fn redis_config(config: &Config) -> RedisConfig {
     RedisConfig {
         prefix: config.redis.prefix.clone(),
         cluster: config.redis.cluster,
+        command_timeout: config.redis.command_timeout(),
         ..RedisConfig::sharded(config.redis.urls())
     }
 }

@@ -276,3 +276,23 @@ async fn kill_with_a_member(doomed: &mut Edge, alice: &mut Client, bob: &mut Cli
     let removed = bob.recv_event("pusher_internal:member_removed").await;
     assert!(removed["data"].to_string().contains("alice"), "{removed}");
 }
+
+#[tokio::test]
+async fn an_edge_that_starts_while_redis_does_not_answer_waits_for_it() {
+    let redis = RedisServer::start();
+    // Stalled: connections are made, nothing is answered, every command times out.
+    redis.pause();
+    let mut command = Command::new(HERALD);
+    command
+        .args(["edge", "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
+        .env("HERALD_REDIS__URL", redis.url())
+        .env("HERALD_REDIS__COMMAND_TIMEOUT", "200ms")
+        .env("HERALD_REDIS__LEASE", "30s");
+    let (edge, _) =
+        herald_testkit::process::Process::start("herald edge", command, "Redis is not answering yet");
+    redis.resume();
+    herald_testkit::eventually("the edge running once Redis answers", || {
+        edge.output().contains("herald edge is running")
+    })
+    .await;
+}

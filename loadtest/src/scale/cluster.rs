@@ -117,6 +117,20 @@ pub async fn redis(port: u16) -> anyhow::Result<Process> {
     command_out.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
     let child = command_out.spawn().context("starting redis-server (is it installed?)")?;
     let process = Process { name: "redis".into(), child, output: Arc::default() };
+    // In production Redis has cores of its own; here it shares two with a hundred
+    // busy processes, and the scheduler would give it a hundredth of them. A higher
+    // priority stands in for its own host (best effort: it needs root).
+    let reniced = Command::new("renice")
+        .args(["-n", "-10", "-p", &process.pid().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    if !reniced.is_ok_and(|status| status.success()) {
+        eprintln!(
+            "scale: could not raise redis-server's priority (renice -10): it competes with the edges for CPU"
+        );
+    }
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         if started.elapsed() > Duration::from_secs(10) {
@@ -153,6 +167,17 @@ pub fn script_calls(info: &[(String, String)]) -> u64 {
         .filter_map(|(_, v)| v.split(',').find_map(|kv| kv.strip_prefix("calls=")))
         .filter_map(|n| n.parse::<u64>().ok())
         .sum()
+}
+
+/// Calls of every command (`cmdstat_<name>`), scripts' own included, by name.
+pub fn calls_by_command(info: &[(String, String)]) -> std::collections::BTreeMap<String, u64> {
+    info.iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("cmdstat_")?;
+            let calls = v.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
 }
 
 /// Calls of one command (`cmdstat_<name>`), scripts' own included.

@@ -36,7 +36,8 @@ use std::{
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use herald_proto::v1::{
-    Event, GetChannelRequest, PublishBatchRequest, event::Payload, publisher_client::PublisherClient,
+    Event, GetChannelRequest, PublishBatchRequest, event::Payload, publish_result,
+    publisher_client::PublisherClient,
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -375,10 +376,11 @@ impl Run {
             }
             if started.elapsed().as_secs_f64() > self.args.phase_timeout {
                 bail!(
-                    "{what}: not done after {:.0} s (subscribed {} of {}, failures {}: {:?})",
+                    "{what}: not done after {:.0} s (subscribed {} of {}, deliveries by phase {:?}, failures {}: {:?})",
                     self.args.phase_timeout,
                     totals.subscribed,
                     self.args.connections,
+                    totals.deliveries,
                     totals.failures,
                     totals.errors
                 );
@@ -476,11 +478,23 @@ async fn phases(run: &mut Run, report: &mut Value, baseline: Baseline) -> anyhow
 
     // 1. Connect.
     let before = run.sample().await?.0;
+    let calls_before = cluster::calls_by_command(&cluster::redis_info(run.redis_port).await?);
     let (connected, _) = run.until("connect", |s, _| s.subscribed >= n).await?;
     let seconds = connected.t;
     // Let handshake buffers go before measuring what held connections cost.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (held, totals) = run.sample().await?;
+    // What Redis ran while clients connected, by command: the edges send the scripts
+    // (`evalsha`) and pub/sub interest; the scripts run the rest.
+    let calls_by_command: std::collections::BTreeMap<String, u64> =
+        cluster::calls_by_command(&cluster::redis_info(run.redis_port).await?)
+            .into_iter()
+            .map(|(name, calls)| {
+                let before = calls_before.get(&name).copied().unwrap_or(0);
+                (name, calls - before.min(calls))
+            })
+            .filter(|(name, calls)| *calls > 0 && name != "info")
+            .collect();
     let presence = if layout.presence_every > 0 { n.div_ceil(layout.presence_every as u64) } else { 0 };
     let crowd = layout.presence_crowd.min(n as usize) as u64;
     let subscriptions = n * 2 + presence + crowd;
@@ -502,6 +516,7 @@ async fn phases(run: &mut Run, report: &mut Value, baseline: Baseline) -> anyhow
         "redis_commands_per_subscription": (held.redis_commands - before.redis_commands) as f64 / subscriptions as f64,
         "redis_scripts_per_subscription": (held.redis_scripts - before.redis_scripts) as f64 / subscriptions as f64,
         "redis_peak_commands_per_second": run.peak("connect", |s| s.redis_commands_per_second),
+        "redis_calls_by_command": calls_by_command,
     });
     eprintln!("scale: connect {}", report["connect"]);
     let publisher = Publisher::connect(run.edges.iter().flatten().next().context("no edge")?.grpc).await?;
@@ -519,7 +534,9 @@ async fn phases(run: &mut Run, report: &mut Value, baseline: Baseline) -> anyhow
     run.phase = "broadcast";
     run.workers.reset_latency().await?;
     let sent = Instant::now();
-    publisher.publish(&[(layout.shared.clone(), stamped(BROADCAST))]).await?;
+    if let Some(Err(e)) = publisher.publish(&[(layout.shared.clone(), stamped(BROADCAST))]).await.pop() {
+        bail!("broadcast: the publish failed: {e}");
+    }
     let expected = n;
     let (_, totals) = run.until("broadcast", |_, t| t.deliveries[BROADCAST] >= expected).await?;
     let latency = run.workers.latency().await?;
@@ -543,7 +560,17 @@ async fn phases(run: &mut Run, report: &mut Value, baseline: Baseline) -> anyhow
         let publishes_before = run.sample().await?.0.redis_publishes;
         let published = steady(run, &publisher, events_per_second).await?;
         let expected = published.expected;
-        let (done, totals) = run.until("steady", |_, t| t.deliveries[STEADY] >= expected).await?;
+        // Until every delivery is made, or none has been for 30 s: then the report says
+        // how many are missing, and the run goes on.
+        let (mut seen, mut progress) = (0, Instant::now());
+        let (done, totals) = run
+            .until("steady", |_, t| {
+                if t.deliveries[STEADY] > seen {
+                    (seen, progress) = (t.deliveries[STEADY], Instant::now());
+                }
+                t.deliveries[STEADY] >= expected || progress.elapsed() > Duration::from_secs(30)
+            })
+            .await?;
         let latency = run.workers.latency().await?;
         report["steady"] = json!({
             "events": published.events,
@@ -691,16 +718,18 @@ async fn steady(run: &mut Run, publisher: &Publisher, events_per_second: f64) ->
                 let (publisher, published) = (publisher.clone(), published.clone());
                 let events: Vec<(String, String)> =
                     chunk.iter().map(|(c, d, _)| (c.clone(), d.clone())).collect();
-                let deliveries: u64 = chunk.iter().map(|(_, _, d)| d).sum();
+                let deliveries: Vec<u64> = chunk.iter().map(|(_, _, d)| *d).collect();
                 tokio::spawn(async move {
-                    let result = publisher.publish(&events).await;
+                    let outcomes = publisher.publish(&events).await;
                     let mut published = published.lock();
                     published.events += events.len() as u64;
-                    match result {
-                        Ok(()) => published.expected += deliveries,
-                        Err(e) => {
-                            published.failed_events += events.len() as u64;
-                            *published.errors.entry(format!("{e:#}")).or_insert(0) += 1;
+                    for (outcome, deliveries) in outcomes.into_iter().zip(deliveries) {
+                        match outcome {
+                            Ok(()) => published.expected += deliveries,
+                            Err(e) => {
+                                published.failed_events += 1;
+                                *published.errors.entry(e).or_insert(0) += 1;
+                            }
                         }
                     }
                     drop(permit);
@@ -752,8 +781,10 @@ impl Publisher {
         Ok(Self { client, token: format!("Bearer {TOKEN}").parse()? })
     }
 
-    async fn publish(&self, events: &[(String, String)]) -> anyhow::Result<()> {
-        let events = events
+    /// Publishes a batch; each event's outcome (a batch call answers per event: the
+    /// call succeeds when some of its events did not).
+    async fn publish(&self, events: &[(String, String)]) -> Vec<Result<(), String>> {
+        let events: Vec<Event> = events
             .iter()
             .map(|(channel, data)| Event {
                 name: "e".into(),
@@ -762,9 +793,21 @@ impl Publisher {
                 ..Default::default()
             })
             .collect();
+        let count = events.len();
         let request = PublishBatchRequest { app_id: APP_ID.into(), events };
-        self.client.clone().publish_batch(authed(request, &self.token)).await.context("publishing")?;
-        Ok(())
+        match self.client.clone().publish_batch(authed(request, &self.token)).await {
+            Ok(response) => response
+                .into_inner()
+                .results
+                .into_iter()
+                .map(|result| match result.result {
+                    Some(publish_result::Result::Published(_)) => Ok(()),
+                    Some(publish_result::Result::Error(e)) => Err(format!("{} (code {})", e.message, e.code)),
+                    None => Err("no result".into()),
+                })
+                .collect(),
+            Err(status) => vec![Err(format!("{} ({:?})", status.message(), status.code())); count],
+        }
     }
 
     /// A channel's subscription and user counts, across the cluster.

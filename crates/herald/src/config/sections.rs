@@ -176,12 +176,26 @@ pub struct RedisSection {
     /// this time plus a third.
     #[serde(deserialize_with = "duration::deserialize")]
     pub lease: Duration,
+    /// How long a Redis command may wait for its answer. One that takes longer fails
+    /// (a publish with 503 / UNAVAILABLE) and is not sent again, since Redis may still
+    /// run it. 0: 2s, or a third of `lease` if that is less; else at least 100ms and
+    /// at most a third of `lease`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub command_timeout: Duration,
 }
 
 impl RedisSection {
     /// The instances to use: `shards`, or `url` alone.
     pub fn urls(&self) -> Vec<String> {
         if self.shards.is_empty() { vec![self.url.clone()] } else { self.shards.clone() }
+    }
+
+    /// The command timeout in force (see `command_timeout`).
+    pub fn command_timeout(&self) -> Duration {
+        match self.command_timeout.is_zero() {
+            true => herald_redis::DEFAULT_COMMAND_TIMEOUT.min(self.lease / 3),
+            false => self.command_timeout,
+        }
     }
 
     pub(super) fn validate(&self, errors: &mut Vec<String>) {
@@ -194,6 +208,17 @@ impl RedisSection {
             }
         }
         duration::at_least(errors, "redis.lease", self.lease, SECOND);
+        if !self.command_timeout.is_zero() {
+            duration::at_least(
+                errors,
+                "redis.command_timeout",
+                self.command_timeout,
+                Duration::from_millis(100),
+            );
+            if self.command_timeout > self.lease / 3 {
+                errors.push("redis.command_timeout: at most a third of redis.lease".into());
+            }
+        }
         if self.prefix.is_empty() {
             errors.push("redis.prefix: must not be empty".into());
         }
@@ -208,6 +233,7 @@ impl Default for RedisSection {
             cluster: false,
             prefix: "herald".into(),
             lease: Duration::from_secs(15),
+            command_timeout: Duration::ZERO,
         }
     }
 }

@@ -150,6 +150,24 @@ fn durations_are_strings_in_the_file_and_the_environment() {
 }
 
 #[test]
+fn the_redis_command_timeout_defaults_to_2s_or_a_third_of_the_lease() {
+    let (_file, flags) = with_file("");
+    let load = |vars: &[(&str, &str)]| Config::load(&flags, env(vars));
+    assert_eq!(load(&[]).unwrap().redis.command_timeout(), 2 * SECOND);
+    let short_lease = load(&[("HERALD_REDIS__LEASE", "1500ms")]).unwrap();
+    assert_eq!(short_lease.redis.command_timeout(), Duration::from_millis(500));
+    let set = load(&[("HERALD_REDIS__COMMAND_TIMEOUT", "750ms")]).unwrap();
+    assert_eq!(set.redis.command_timeout(), Duration::from_millis(750));
+    let errors = load(&[("HERALD_REDIS__COMMAND_TIMEOUT", "6s")]).unwrap_err();
+    assert!(
+        errors.iter().any(|e| e == "redis.command_timeout: at most a third of redis.lease"),
+        "{errors:#?}"
+    );
+    let errors = load(&[("HERALD_REDIS__COMMAND_TIMEOUT", "50ms")]).unwrap_err();
+    assert!(errors.iter().any(|e| e.starts_with("redis.command_timeout")), "{errors:#?}");
+}
+
+#[test]
 fn the_old_names_still_work_in_their_old_units() {
     let (_file, flags) = with_file(
         r#"
