@@ -22,7 +22,7 @@ use herald_core::time::Backoff;
 use herald_telemetry::Metric;
 use parking_lot::Mutex;
 use redis::aio::PubSubSink;
-use tokio::task::JoinHandle;
+use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_stream::{Stream, StreamExt};
 
 use crate::{Connection, Shards, cluster::ClusterBroker, unavailable, wire};
@@ -88,6 +88,9 @@ struct Inner {
     subscriber: tokio::sync::Mutex<Option<PubSubSink>>,
     /// The topics this node wants, by Redis channel name.
     wanted: Mutex<HashMap<String, Topic>>,
+    /// Channels waiting to be subscribed, and who waits for each: whoever next holds
+    /// `subscriber` sends them all in one `SUBSCRIBE`.
+    pending: Mutex<Vec<(String, oneshot::Sender<Result<()>>)>>,
     handler: Arc<dyn MessageHandler>,
 }
 
@@ -111,6 +114,7 @@ impl RedisBroker {
                 publisher,
                 subscriber: tokio::sync::Mutex::new(None),
                 wanted: Mutex::new(HashMap::new()),
+                pending: Mutex::new(Vec::new()),
                 handler: handler.clone(),
             });
             let (sink, stream) = pubsub.split();
@@ -189,18 +193,33 @@ impl Broker for RedisBroker {
         if let Some(cluster) = &self.cluster {
             return cluster.subscribe(topic).await;
         }
+        // Subscriptions that wait for the connection together go in one command: a
+        // node taking an interest in thousands of channels (clients arriving after a
+        // restart) sends a few `SUBSCRIBE`s, not one per channel.
         let shard = self.shard(topic);
         let channel = shard.channel(topic);
         shard.wanted.lock().insert(channel.clone(), topic.clone());
+        let (done, subscribed) = oneshot::channel();
+        shard.pending.lock().push((channel, done));
         let mut subscriber = shard.subscriber.lock().await;
-        let result = match subscriber.as_mut() {
-            Some(sink) => sink.subscribe(&channel).await.map_err(unavailable),
-            None => Err(Error::unavailable("redis: reconnecting")),
-        };
-        if result.is_err() {
-            shard.wanted.lock().remove(&channel);
+        // Ours, unless whoever held the connection before took it with theirs.
+        let batch = std::mem::take(&mut *shard.pending.lock());
+        if !batch.is_empty() {
+            let channels: Vec<&str> = batch.iter().map(|(channel, _)| channel.as_str()).collect();
+            let result = match subscriber.as_mut() {
+                Some(sink) => sink.subscribe(&channels).await.map_err(unavailable),
+                None => Err(Error::unavailable("redis: reconnecting")),
+            };
+            if result.is_err() {
+                let mut wanted = shard.wanted.lock();
+                batch.iter().for_each(|(channel, _)| drop(wanted.remove(channel)));
+            }
+            for (_, done) in batch {
+                let _ = done.send(result.clone());
+            }
         }
-        result
+        drop(subscriber);
+        subscribed.await.unwrap_or_else(|_| Err(Error::unavailable("redis: subscription abandoned")))
     }
 
     async fn unsubscribe(&self, topic: &Topic) -> Result<()> {

@@ -270,3 +270,46 @@ fn connections_to(port: u16) -> std::collections::HashSet<String> {
         })
         .collect()
 }
+
+/// Subscriptions that wait for the connection together go to Redis as one
+/// `SUBSCRIBE`: an edge taking an interest in many channels at once (its clients
+/// arriving together) does not send a command per channel, and every one of them is
+/// subscribed.
+#[tokio::test]
+async fn subscriptions_made_together_are_sent_together() {
+    let redis = RedisServer::start();
+    let received = Arc::new(Recorder::default());
+    let broker = Arc::new(RedisBroker::connect(config(&redis), received.clone()).await.unwrap());
+    let subscribes = || async {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let stats: String =
+            redis::cmd("INFO").arg("commandstats").query_async(&mut connection).await.unwrap();
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_subscribe:calls="))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse::<u64>().unwrap())
+    };
+    let before = subscribes().await;
+    let mut all = tokio::task::JoinSet::new();
+    for n in 0..200 {
+        let broker = broker.clone();
+        all.spawn(async move { broker.subscribe(&topic(&format!("c{n}"))).await });
+    }
+    while let Some(subscribed) = all.join_next().await {
+        subscribed.unwrap().unwrap();
+    }
+    let sent = subscribes().await - before;
+    assert!((1..20).contains(&sent), "200 subscriptions made together took {sent} SUBSCRIBE commands");
+    let publisher = RedisBroker::connect(config(&redis), Arc::new(Recorder::default())).await.unwrap();
+    for n in 0..200 {
+        publisher
+            .publish(&topic(&format!("c{n}")), publication("app1", &format!("c{n}"), "hello"))
+            .await
+            .unwrap();
+    }
+    eventually_async("a publication on every channel", || async {
+        (0..200).all(|n| !received.events(&topic(&format!("c{n}"))).is_empty())
+    })
+    .await;
+}
