@@ -132,8 +132,8 @@ struct Edge {
 async fn accept_loop(listener: TcpListener, edge: Edge) {
     let local = TaskTracker::new();
     let tasks = Tasks { local: local.clone(), all: edge.connections.clone() };
+    let addr = listener.local_addr().ok();
     let mut listener = Some(listener);
-    let mut addr = None;
     loop {
         let Some(listening) = &listener else {
             // Out at the cap: back once the edge is down to its rejoin mark.
@@ -153,7 +153,6 @@ async fn accept_loop(listener: TcpListener, edge: Edge) {
             while let Poll::Ready(Ok((stream, _))) = listening.poll_accept(&mut cx) {
                 take(&edge, &tasks, stream);
             }
-            addr = listening.local_addr().ok();
             listener = None;
             edge.node.set_listener_full(true);
             metrics::gauge!(Metric::ListenersFull.name()).increment(1);

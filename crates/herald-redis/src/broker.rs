@@ -212,7 +212,9 @@ impl Broker for RedisBroker {
             };
             if result.is_err() {
                 let mut wanted = shard.wanted.lock();
-                batch.iter().for_each(|(channel, _)| drop(wanted.remove(channel)));
+                for (channel, _) in &batch {
+                    wanted.remove(channel);
+                }
             }
             for (_, done) in batch {
                 let _ = done.send(result.clone());

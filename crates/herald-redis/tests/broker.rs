@@ -313,3 +313,38 @@ async fn subscriptions_made_together_are_sent_together() {
     })
     .await;
 }
+
+/// A batch of subscriptions made while Redis is down fails as a whole, every waiter
+/// told (none hangs); once Redis is back, the same channels subscribe and deliver.
+#[tokio::test]
+async fn subscriptions_made_together_while_redis_is_down_all_fail_then_work_after() {
+    let mut redis = RedisServer::start();
+    let received = Arc::new(Recorder::default());
+    let broker = Arc::new(RedisBroker::connect(config(&redis), received.clone()).await.unwrap());
+    redis.stop();
+    let mut all = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        let broker = broker.clone();
+        all.spawn(async move { broker.subscribe(&topic(&format!("down-{n}"))).await });
+    }
+    while let Some(subscribed) = all.join_next().await {
+        let subscribed = subscribed.unwrap();
+        assert!(matches!(subscribed, Err(Error::Unavailable(_))), "{subscribed:?}");
+    }
+
+    let _redis = RedisServer::start_on(redis.port);
+    let publisher = RedisBroker::connect(config(&redis), Arc::new(Recorder::default())).await.unwrap();
+    let news = topic("down-7");
+    let deadline = Deadline::after(Duration::from_secs(10));
+    while broker.subscribe(&news).await.is_err() {
+        deadline.poll_again(|| "a subscription once Redis is back".into()).await;
+    }
+    // The failed ones were not taken up again by the resubscription that came first.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let channels: Vec<String> =
+        redis::cmd("PUBSUB").arg("CHANNELS").query_async(&mut connection).await.unwrap();
+    assert_eq!(channels.len(), 1, "{channels:?}");
+    publisher.publish(&news, publication("app1", "down-7", "back")).await.unwrap();
+    received.wait_for(&news, 1).await;
+}
