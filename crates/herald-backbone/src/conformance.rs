@@ -18,8 +18,8 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::{
-    Broker, ChannelCount, CountChange, Error, Member, MemberChange, Message, MessageHandler, PresenceManager,
-    Topic,
+    Broker, ChannelCount, CountChange, Direction, Error, HistoryQuery, Member, MemberChange, Message,
+    MessageHandler, PresenceManager, Retention, Topic,
 };
 
 /// A handler that records what it receives.
@@ -43,6 +43,19 @@ impl Recorder {
             .map(|(_, m)| match m {
                 Message::Publication(p) => p.event.to_string(),
                 Message::TerminateUser { user_id } => format!("terminate:{user_id}"),
+            })
+            .collect()
+    }
+
+    /// The offsets of the publications `topic` received, in order (0: none given).
+    pub fn offsets(&self, topic: &Topic) -> Vec<u64> {
+        self.received
+            .lock()
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .filter_map(|(_, m)| match m {
+                Message::Publication(p) => Some(p.position.as_ref().map_or(0, |at| at.offset)),
+                Message::TerminateUser { .. } => None,
             })
             .collect()
     }
@@ -75,6 +88,7 @@ pub fn publication(app: &str, channel: &str, event: &str) -> Message {
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             Some("vendor=value"),
         ),
+        position: None,
     })
 }
 
@@ -149,6 +163,168 @@ pub async fn broker_scenarios<B: Broker, F: Future<Output = (B, B)>>(
     assert_eq!(rb.wait_for(&news, 111).await[101..], in_order[..]);
     assert!(rb.events(&sports).is_empty(), "b never subscribed to sports");
     assert_eq!(ra.events(&news).len(), 101, "a unsubscribed from news");
+}
+
+fn kept(topic: &Topic, event: &str) -> Publication {
+    match publication(&topic.app_id, &topic.name, event) {
+        Message::Publication(p) => p,
+        Message::TerminateUser { .. } => unreachable!(),
+    }
+}
+
+/// Publishes `events` to `topic`, kept, one call each; returns their offsets.
+async fn publish_kept<B: Broker>(
+    broker: &B,
+    topic: &Topic,
+    retention: Retention,
+    events: &[String],
+) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    for event in events {
+        let positions =
+            broker.publish_kept(vec![(topic.clone(), kept(topic, event), retention)]).await.unwrap();
+        offsets.push(positions[0].offset);
+    }
+    offsets
+}
+
+fn names(n: std::ops::RangeInclusive<usize>, prefix: &str) -> Vec<String> {
+    n.map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Channel history: offsets within an epoch, what is kept (size, age), reads in both
+/// directions, offset order under concurrent publishers, the merge guarantee, and a new
+/// epoch when the store lost its history (`forget` makes it lose everything).
+pub async fn history_scenarios<B: Broker, F: Future<Output = (B, B)>, G: Future<Output = ()>>(
+    new_cluster: impl FnOnce(Arc<dyn MessageHandler>, Arc<dyn MessageHandler>) -> F,
+    forget: impl FnOnce() -> G,
+) {
+    let (ra, rb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let (a, b) = new_cluster(ra.clone(), rb.clone()).await;
+    let keep = Retention { size: 5, ttl: Duration::from_secs(600), meta_ttl: Duration::from_secs(3600) };
+    let chat = topic("app1", "chat");
+
+    // A channel nobody published to yet has an epoch as soon as it is read, and keeps it.
+    let fresh = a.history(&chat, keep, HistoryQuery::position()).await.unwrap();
+    assert_eq!((fresh.position.offset, fresh.first), (0, 1));
+    assert!(fresh.publications.is_empty());
+    let epoch = fresh.position.epoch.clone();
+    assert!(!epoch.is_empty());
+
+    // Offsets 1, 2, 3 in that epoch, delivered with their positions, from either node.
+    a.subscribe(&chat).await.unwrap();
+    assert_eq!(publish_kept(&b, &chat, keep, &names(1..=3, "h")).await, [1, 2, 3]);
+    assert_eq!(ra.wait_for(&chat, 3).await, names(1..=3, "h"));
+    assert_eq!(ra.offsets(&chat), [1, 2, 3]);
+    let delivered = ra.received.lock().iter().find_map(|(_, m)| match m {
+        Message::Publication(p) => p.position.clone(),
+        Message::TerminateUser { .. } => None,
+    });
+    assert_eq!(delivered.map(|p| p.epoch), Some(epoch.clone()));
+
+    // A read after 1: 2 and 3, whole, with their positions; 1 is still kept.
+    let page = b.history(&chat, keep, HistoryQuery::after(1, 100)).await.unwrap();
+    assert_eq!((page.position.offset, page.position.epoch.clone(), page.first), (3, epoch.clone(), 1));
+    let read: Vec<(String, u64)> = page
+        .publications
+        .iter()
+        .map(|p| (p.event.to_string(), p.position.as_ref().unwrap().offset))
+        .collect();
+    assert_eq!(read, [("h2".to_owned(), 2), ("h3".to_owned(), 3)]);
+    let mut expected = kept(&chat, "h2");
+    expected.position = page.publications[0].position.clone();
+    assert_eq!(page.publications[0], expected, "kept as published");
+
+    // Only the last `size` are kept.
+    assert_eq!(publish_kept(&a, &chat, keep, &names(4..=10, "h")).await, (4..=10).collect::<Vec<_>>());
+    let page = a.history(&chat, keep, HistoryQuery::after(0, 100)).await.unwrap();
+    assert_eq!(page.first, 6);
+    assert_eq!(page.publications.iter().map(|p| p.event.to_string()).collect::<Vec<_>>(), names(6..=10, "h"));
+    let at = |offset| herald_core::StreamPosition::new(offset, epoch.clone());
+    assert!(page.recovers(&at(5)) && page.recovers(&at(10)));
+    assert!(!page.recovers(&at(4)), "6 is the oldest kept");
+
+    // Limits from either end.
+    let query = |since, limit, direction| HistoryQuery { since, limit, direction };
+    let offsets = |page: crate::HistoryPage| {
+        page.publications.iter().map(|p| p.position.as_ref().unwrap().offset).collect::<Vec<_>>()
+    };
+    let newest = a.history(&chat, keep, query(None, 2, Direction::Backward)).await.unwrap();
+    assert_eq!(offsets(newest), [10, 9]);
+    let oldest = a.history(&chat, keep, query(None, 2, Direction::Forward)).await.unwrap();
+    assert_eq!(offsets(oldest), [6, 7]);
+    let after = a.history(&chat, keep, query(Some(8), 1, Direction::Backward)).await.unwrap();
+    assert_eq!(offsets(after), [10]);
+    let none = a.history(&chat, keep, query(Some(10), 5, Direction::Forward)).await.unwrap();
+    assert!(none.publications.is_empty() && none.recovers(&at(10)));
+
+    // Channels and apps count on their own; a batch keeps its order.
+    let other = topic("app2", "chat");
+    let batch = vec![
+        (other.clone(), kept(&other, "o1"), keep),
+        (chat.clone(), kept(&chat, "h11"), keep),
+        (other.clone(), kept(&other, "o2"), keep),
+    ];
+    let positions: Vec<u64> = b.publish_kept(batch).await.unwrap().iter().map(|p| p.offset).collect();
+    assert_eq!(positions, [1, 11, 2]);
+
+    // Two publishers at once: every subscriber gets the channel in offset order, each
+    // offset once.
+    b.subscribe(&chat).await.unwrap();
+    let (from_a, from_b) = (names(1..=150, "a"), names(1..=150, "b"));
+    let (offsets_a, offsets_b) =
+        tokio::join!(publish_kept(&a, &chat, keep, &from_a), publish_kept(&b, &chat, keep, &from_b));
+    let mut all: Vec<u64> = offsets_a.into_iter().chain(offsets_b).collect();
+    all.sort_unstable();
+    assert_eq!(all, (12..=311).collect::<Vec<_>>(), "each offset given once");
+    ra.wait_for(&chat, 311).await;
+    rb.wait_for(&chat, 300).await;
+    assert_eq!(ra.offsets(&chat), (1..=311).collect::<Vec<_>>(), "a: in offset order");
+    assert_eq!(rb.offsets(&chat), (12..=311).collect::<Vec<_>>(), "b: in offset order");
+
+    // The merge guarantee: a node that subscribes while publications flow, then reads,
+    // has every offset: up to the read's position from the read, the rest delivered.
+    let room = topic("app1", "room");
+    let wide = Retention { size: 10_000, ..keep };
+    let since = b.history(&room, wide, HistoryQuery::position()).await.unwrap().position.offset;
+    let publisher = async {
+        publish_kept(&a, &room, wide, &names(1..=300, "r")).await;
+    };
+    let recovery = async {
+        // Let some go by before this node subscribes.
+        wait_until(WAIT, || {
+            if ra.offsets(&room).len() >= 20 { Ok(()) } else { Err("20 publications to room".to_owned()) }
+        })
+        .await;
+        b.subscribe(&room).await.unwrap();
+        b.history(&room, wide, HistoryQuery::after(since, 10_000)).await.unwrap()
+    };
+    a.subscribe(&room).await.unwrap();
+    let ((), page) = tokio::join!(publisher, recovery);
+    let read: Vec<u64> = page.publications.iter().map(|p| p.position.as_ref().unwrap().offset).collect();
+    assert_eq!(read, (since + 1..=page.position.offset).collect::<Vec<_>>(), "the read has no gap");
+    rb.wait_for(&room, (300 - page.position.offset) as usize).await;
+    let live: Vec<u64> = rb.offsets(&room).into_iter().filter(|o| *o > page.position.offset).collect();
+    assert_eq!(live, (page.position.offset + 1..=300).collect::<Vec<_>>(), "the rest delivered");
+
+    // Publications older than `ttl` are no longer kept; the position stays.
+    let brief = Retention { ttl: Duration::from_secs(1), ..keep };
+    let blink = topic("app1", "blink");
+    publish_kept(&a, &blink, brief, &names(1..=2, "x")).await;
+    herald_test_util::eventually_async("publications older than the ttl to be dropped", || async {
+        let page = a.history(&blink, brief, HistoryQuery::after(0, 10)).await.unwrap();
+        page.publications.is_empty() && page.first == 3 && page.position.offset == 2
+    })
+    .await;
+    let page = a.history(&blink, brief, HistoryQuery::position()).await.unwrap();
+    assert!(page.recovers(&herald_core::StreamPosition::new(2, page.position.epoch.clone())));
+
+    // A store that lost everything starts a new epoch.
+    forget().await;
+    let lost = a.history(&chat, keep, HistoryQuery::position()).await.unwrap();
+    assert_eq!(lost.position.offset, 0);
+    assert_ne!(lost.position.epoch, epoch, "a new epoch");
+    assert!(!lost.recovers(&at(311)));
 }
 
 fn sid(conn: u64) -> SocketId {

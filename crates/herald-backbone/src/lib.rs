@@ -8,16 +8,18 @@
 use std::{borrow::Cow, fmt, sync::Arc};
 
 use async_trait::async_trait;
-use herald_core::{ChannelName, Publication, SocketId};
+use herald_core::{ChannelName, Publication, SocketId, StreamPosition};
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 mod event_log;
+mod history;
 mod lease;
 pub mod memory;
 mod memory_log;
 
 pub use event_log::{Append, EventLog, LogConsumer, LogRecord, Position};
+pub use history::{Direction, HistoryPage, HistoryQuery, Retention};
 pub use lease::{Gap, Held, LeaseHolder, Reaped};
 pub use memory::{MemoryBackbone, MemoryBroker, MemoryPresence};
 pub use memory_log::{DEFAULT_MAX_RECORDS, MemoryEventLog};
@@ -156,6 +158,28 @@ pub trait Broker: Send + Sync + 'static {
 
     async fn subscribe(&self, topic: &Topic) -> Result<()>;
     async fn unsubscribe(&self, topic: &Topic) -> Result<()>;
+
+    /// Publishes publications of channels that keep history: each is kept in its
+    /// channel's history under its retention and given the channel's next offset **in
+    /// the same step that publishes it**, so every node receives a channel's
+    /// publications in offset order, whichever nodes published them, and each arrives
+    /// with its [`Publication::position`] set. Returns the positions given, in order.
+    /// On error, a prefix of them may have been published (and kept).
+    async fn publish_kept(
+        &self,
+        publications: Vec<(Topic, Publication, Retention)>,
+    ) -> Result<Vec<StreamPosition>>;
+
+    /// Reads a channel's history ([`HistoryQuery`]): the kept publications (trimmed to
+    /// the last `retention.size`, none older than `retention.ttl`) with their
+    /// positions, and the channel's latest position. A channel without an epoch gets
+    /// one, and a read keeps its offset and epoch for another `retention.meta_ttl`, so
+    /// the position a reader was given stays valid for the publications that follow.
+    ///
+    /// **The merge guarantee** recovery is built on: when this node had subscribed to
+    /// the topic before the call, every publication of the topic with an offset above
+    /// the returned position reaches this node's handler.
+    async fn history(&self, topic: &Topic, retention: Retention, query: HistoryQuery) -> Result<HistoryPage>;
 }
 
 /// The outcome of [`IdempotencyStore::claim`].

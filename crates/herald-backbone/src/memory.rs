@@ -2,23 +2,24 @@
 //! and a model of the contracts that the Redis implementations are tested against.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 use herald_core::{
-    ChannelName, SocketId,
+    ChannelName, Publication, SocketId, StreamPosition,
     sharded::{Sharded, shrink_map},
 };
 use parking_lot::Mutex;
 
 use crate::{
-    Broker, ChannelCount, ChannelStats, CountChange, Error, Lifecycle, Member, MemberChange, Message,
-    MessageHandler, PresenceManager, Result, Topic,
+    Broker, ChannelCount, ChannelStats, CountChange, Direction, Error, HistoryPage, HistoryQuery, Lifecycle,
+    Member, MemberChange, Message, MessageHandler, PresenceManager, Result, Retention, Topic,
 };
 
 /// The shared state of an in-process cluster. Each node gets its own [`MemoryBroker`];
@@ -34,6 +35,95 @@ struct BrokerState {
     next_node: AtomicU64,
     nodes: Mutex<HashMap<u64, Arc<dyn MessageHandler>>>,
     interest: Mutex<HashMap<Topic, HashSet<u64>>>,
+    /// The history of every channel that keeps one. Held while a kept publication is
+    /// delivered, so the order of offsets is the order of delivery.
+    histories: Mutex<Histories>,
+}
+
+#[derive(Default)]
+struct Histories {
+    channels: HashMap<Topic, ChannelHistory>,
+    /// Writes since the last sweep of channels whose epoch expired.
+    writes: u32,
+}
+
+/// Sweep the channels that nobody touched for their `meta_ttl` once every this many
+/// writes: memory stays bounded by the channels in use, at a cost spread thin.
+const SWEEP_EVERY: u32 = 1024;
+
+/// One channel's history.
+struct ChannelHistory {
+    epoch: Arc<str>,
+    /// The offset of the last publication (0: none in this epoch).
+    top: u64,
+    /// The kept publications, oldest first, with when they were kept.
+    kept: VecDeque<(Instant, Publication)>,
+    /// Last published to or read.
+    touched: Instant,
+    /// The retention it was last touched with, for the sweep.
+    meta_ttl: Duration,
+}
+
+impl ChannelHistory {
+    fn new(now: Instant, retention: Retention) -> Self {
+        Self {
+            epoch: StreamPosition::new_epoch(),
+            top: 0,
+            kept: VecDeque::new(),
+            touched: now,
+            meta_ttl: retention.meta_ttl,
+        }
+    }
+
+    /// Drops what `retention` no longer keeps; a channel untouched for longer than its
+    /// `meta_ttl` starts a new epoch (as a Redis key that expired would).
+    fn trim(&mut self, retention: Retention, now: Instant) {
+        if now.duration_since(self.touched) > self.meta_ttl {
+            *self = Self::new(now, retention);
+        }
+        self.meta_ttl = retention.meta_ttl;
+        while self.kept.len() > retention.size
+            || self.kept.front().is_some_and(|(at, _)| now.duration_since(*at) > retention.ttl)
+        {
+            self.kept.pop_front();
+        }
+    }
+
+    fn page(&self, query: HistoryQuery) -> HistoryPage {
+        let first =
+            self.kept.front().and_then(|(_, p)| p.position.as_ref()).map_or(self.top + 1, |p| p.offset);
+        let after = query.since.unwrap_or(0);
+        let newer = self
+            .kept
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.position.as_ref().is_some_and(|at| at.offset > after));
+        let publications = match query.direction {
+            Direction::Forward => newer.take(query.limit).cloned().collect(),
+            Direction::Backward => {
+                let newer: Vec<&Publication> = newer.collect();
+                newer.iter().rev().take(query.limit).map(|p| (*p).clone()).collect()
+            }
+        };
+        HistoryPage { position: StreamPosition::new(self.top, self.epoch.clone()), first, publications }
+    }
+}
+
+impl Histories {
+    /// The channel's history, trimmed to `retention` as of `now` and marked touched.
+    fn touch(&mut self, topic: &Topic, retention: Retention, now: Instant) -> &mut ChannelHistory {
+        self.writes += 1;
+        if self.writes >= SWEEP_EVERY {
+            self.writes = 0;
+            self.channels.retain(|_, h| now.duration_since(h.touched) <= h.meta_ttl);
+            shrink_map(&mut self.channels);
+        }
+        let history =
+            self.channels.entry(topic.clone()).or_insert_with(|| ChannelHistory::new(now, retention));
+        history.trim(retention, now);
+        history.touched = now;
+        history
+    }
 }
 
 impl MemoryBackbone {
@@ -50,6 +140,12 @@ impl MemoryBackbone {
 
     pub fn presence(&self) -> Arc<MemoryPresence> {
         self.presence.clone()
+    }
+
+    /// Loses every channel's history, as a restart would (tests of new epochs).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn forget_history(&self) {
+        self.inner.histories.lock().channels.clear();
     }
 }
 
@@ -93,25 +189,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish_batch(&self, messages: Vec<(Topic, Message)>) -> Result<()> {
-        // Each node's share of the batch, in order; handed over after the locks are gone.
-        let mut shares: Vec<(Arc<dyn MessageHandler>, Vec<(Topic, Message)>)> = Vec::new();
-        {
-            let interest = self.state.interest.lock();
-            let all = self.state.nodes.lock();
-            for (topic, message) in messages {
-                let Some(nodes) = interest.get(&topic) else { continue };
-                for node in nodes {
-                    let Some(handler) = all.get(node) else { continue };
-                    match shares.iter_mut().find(|(h, _)| Arc::ptr_eq(h, handler)) {
-                        Some((_, share)) => share.push((topic.clone(), message.clone())),
-                        None => shares.push((handler.clone(), vec![(topic.clone(), message.clone())])),
-                    }
-                }
-            }
-        }
-        for (handler, share) in shares {
-            handler.handle_batch(share);
-        }
+        self.deliver(messages);
         Ok(())
     }
 
@@ -130,6 +208,64 @@ impl Broker for MemoryBroker {
             }
         }
         Ok(())
+    }
+
+    async fn publish_kept(
+        &self,
+        publications: Vec<(Topic, Publication, Retention)>,
+    ) -> Result<Vec<StreamPosition>> {
+        let now = Instant::now();
+        let mut histories = self.state.histories.lock();
+        let mut positions = Vec::with_capacity(publications.len());
+        let mut messages = Vec::with_capacity(publications.len());
+        for (topic, mut publication, retention) in publications {
+            let history = histories.touch(&topic, retention, now);
+            history.top += 1;
+            let position = StreamPosition::new(history.top, history.epoch.clone());
+            publication.position = Some(position.clone());
+            history.kept.push_back((now, publication.clone()));
+            history.trim(retention, now);
+            positions.push(position);
+            messages.push((topic, Message::Publication(publication)));
+        }
+        // Delivered before the lock is released: no other publication to these
+        // channels can take an offset and overtake them.
+        self.deliver(messages);
+        drop(histories);
+        Ok(positions)
+    }
+
+    async fn history(&self, topic: &Topic, retention: Retention, query: HistoryQuery) -> Result<HistoryPage> {
+        Ok(self.state.histories.lock().touch(topic, retention, Instant::now()).page(query))
+    }
+}
+
+/// A node's handler and the messages for it.
+type NodeShare = (Arc<dyn MessageHandler>, Vec<(Topic, Message)>);
+
+impl MemoryBroker {
+    /// Hands messages to every subscribed node's handler, each node's share in order
+    /// and in one batch.
+    fn deliver(&self, messages: Vec<(Topic, Message)>) {
+        // Each node's share of the batch, in order; handed over after the locks are gone.
+        let mut shares: Vec<NodeShare> = Vec::new();
+        {
+            let interest = self.state.interest.lock();
+            let all = self.state.nodes.lock();
+            for (topic, message) in messages {
+                let Some(nodes) = interest.get(&topic) else { continue };
+                for node in nodes {
+                    let Some(handler) = all.get(node) else { continue };
+                    match shares.iter_mut().find(|(h, _)| Arc::ptr_eq(h, handler)) {
+                        Some((_, share)) => share.push((topic.clone(), message.clone())),
+                        None => shares.push((handler.clone(), vec![(topic.clone(), message.clone())])),
+                    }
+                }
+            }
+        }
+        for (handler, share) in shares {
+            handler.handle_batch(share);
+        }
     }
 }
 
@@ -316,6 +452,17 @@ mod tests {
             let backbone = MemoryBackbone::new();
             (backbone.broker(handler_a), backbone.broker(handler_b))
         })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn memory_history_conforms() {
+        let backbone = MemoryBackbone::new();
+        let cluster = backbone.clone();
+        conformance::history_scenarios(
+            |handler_a, handler_b| async move { (cluster.broker(handler_a), cluster.broker(handler_b)) },
+            || async move { backbone.forget_history() },
+        )
         .await;
     }
 

@@ -4,6 +4,8 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde::Deserialize;
 
+use crate::{ChannelName, HistoryRule};
+
 /// One app (tenant): the credentials its clients and backends sign with, and its limits.
 /// Every limit has Pusher's default where Pusher documents one.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -27,6 +29,10 @@ pub struct App {
     /// Limits, in the `[apps.limits]` table under the app.
     #[serde(default)]
     pub limits: AppLimits,
+    /// Which channels keep their recent publications, so clients recover what they
+    /// missed while disconnected (`[[apps.history]]`; none by default).
+    #[serde(default)]
+    pub history: Vec<HistoryRule>,
 }
 
 /// Per-app limits (`[apps.limits]` in the config file).
@@ -88,6 +94,7 @@ impl std::fmt::Debug for App {
             .field("enable_client_events", &self.enable_client_events)
             .field("api_tokens", &format_args!("<{} redacted>", self.api_tokens.len()))
             .field("limits", &self.limits)
+            .field("history", &self.history)
             .finish()
     }
 }
@@ -108,7 +115,13 @@ impl App {
             enable_client_events: false,
             api_tokens: vec![],
             limits: AppLimits::default(),
+            history: vec![],
         }
+    }
+
+    /// The history rule of `channel`, if it keeps history (the first rule matching it).
+    pub fn history_for(&self, channel: &ChannelName) -> Option<&HistoryRule> {
+        self.history.iter().find(|rule| rule.channels.matches(channel.as_str()))
     }
 }
 
@@ -151,8 +164,10 @@ impl Apps {
                     errors.push(format!("{at}.{field}: must not be empty"));
                 }
             }
-            if app.id.contains('/') {
-                errors.push(format!("{at}.id: must not contain '/'"));
+            // '/' would split HTTP API paths; braces would make Redis hash tags of part
+            // of the id and split a channel's keys from its pub/sub slot.
+            if app.id.contains(['/', '{', '}']) {
+                errors.push(format!("{at}.id: must not contain '/', '{{' or '}}'"));
             }
             if app.api_tokens.iter().any(|t| t.len() < 16) {
                 errors.push(format!("{at}.api_tokens: tokens must be at least 16 characters"));
@@ -169,6 +184,9 @@ impl Apps {
             }
             if app.limits.max_batch_events == 0 {
                 errors.push(format!("{at}.max_batch_events: must be at least 1"));
+            }
+            for (i, rule) in app.history.iter().enumerate() {
+                errors.extend(rule.problems(&format!("{at}.history[{i}]")));
             }
             let app = Arc::new(app);
             if registry.by_id.insert(app.id.clone(), app.clone()).is_some() {

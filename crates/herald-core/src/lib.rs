@@ -8,6 +8,8 @@
 pub mod app;
 pub mod auth;
 pub mod channel;
+pub mod history;
+pub mod pattern;
 pub mod protocol;
 pub mod publication;
 pub mod sharded;
@@ -17,6 +19,8 @@ pub mod trace;
 
 pub use app::{App, AppLimits, Apps};
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
+pub use history::{HistoryRule, StreamPosition};
+pub use pattern::ChannelPattern;
 pub use protocol::ErrorCode;
 pub use publication::{Publication, PublicationData};
 pub use socket_id::SocketId;

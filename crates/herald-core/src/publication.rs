@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::{ChannelName, SocketId, TraceContext};
+use crate::{ChannelName, SocketId, StreamPosition, TraceContext};
 
 /// The `data` of an event, kept as the raw JSON text it arrived as: a JSON string for
 /// events published through the HTTP API (Pusher double-encodes), any JSON value for
@@ -57,11 +57,15 @@ pub struct Publication {
     pub published_us: i64,
     /// The trace it belongs to, when the publisher or Herald traces it.
     pub trace: Option<TraceContext>,
+    /// Its place in the channel's history, when the channel keeps one: clients see it
+    /// as the message's `offset` and `epoch`, and resume from it.
+    pub position: Option<StreamPosition>,
 }
 
 impl Publication {
     /// The Pusher protocol message clients receive:
-    /// `{"event":..,"channel":..,"data":..[,"user_id":..]}`.
+    /// `{"event":..,"channel":..,"data":..[,"user_id":..][,"offset":..,"epoch":..]}`.
+    /// Pusher's clients read the fields they know and ignore the others.
     pub fn to_message(&self) -> String {
         serde_json::to_string(&Message(self)).unwrap_or_default()
     }
@@ -80,6 +84,10 @@ impl Serialize for Message<'_> {
         map.serialize_entry("data", raw)?;
         if let Some(user_id) = &p.user_id {
             map.serialize_entry("user_id", &**user_id)?;
+        }
+        if let Some(position) = &p.position {
+            map.serialize_entry("offset", &position.offset)?;
+            map.serialize_entry("epoch", &*position.epoch)?;
         }
         map.end()
     }
@@ -100,6 +108,7 @@ mod tests {
             exclude: None,
             published_us: 0,
             trace: None,
+            position: None,
         };
         assert_eq!(
             p.to_message(),
@@ -110,6 +119,12 @@ mod tests {
         assert_eq!(
             p.to_message(),
             r#"{"event":"client-typing","channel":"presence-room","data":"{\"some\":\"data\"}","user_id":"u1"}"#
+        );
+        p.user_id = None;
+        p.position = Some(StreamPosition::new(42, "e1"));
+        assert_eq!(
+            p.to_message(),
+            r#"{"event":"client-typing","channel":"presence-room","data":"{\"some\":\"data\"}","offset":42,"epoch":"e1"}"#
         );
     }
 }

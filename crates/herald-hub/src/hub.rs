@@ -316,6 +316,7 @@ mod tests {
             exclude,
             published_us: 0,
             trace: None,
+            position: None,
         })
     }
 

@@ -221,6 +221,7 @@ pub(crate) async fn publish_events<'a>(
                     exclude: event.exclude,
                     published_us,
                     trace: traced.clone().or_else(|| event.trace.clone()),
+                    position: None,
                 };
                 (Topic::channel(&app_id, channel), Message::Publication(publication))
             })

@@ -337,6 +337,7 @@ pub(crate) async fn tell(
         exclude,
         published_us: herald_core::time::now_us(),
         trace: None,
+        position: None,
     };
     if let Err(e) = node.publish(publication).await {
         tracing::warn!(error = %e, event, "could not publish a presence event");

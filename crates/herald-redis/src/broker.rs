@@ -17,15 +17,17 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use herald_backbone::{Broker, Error, Message, MessageHandler, Result, Topic};
-use herald_core::time::Backoff;
+use herald_backbone::{
+    Broker, Error, HistoryPage, HistoryQuery, Message, MessageHandler, Result, Retention, Topic,
+};
+use herald_core::{Publication, StreamPosition, time::Backoff};
 use herald_telemetry::Metric;
 use parking_lot::Mutex;
 use redis::aio::PubSubSink;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_stream::{Stream, StreamExt};
 
-use crate::{Connection, Shards, cluster::ClusterBroker, unavailable, wire};
+use crate::{Connection, Shards, cluster::ClusterBroker, history::HistoryScripts, unavailable, wire};
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
@@ -76,6 +78,7 @@ pub struct RedisBroker {
     shards: Shards<Arc<Inner>>,
     receivers: Vec<JoinHandle<()>>,
     cluster: Option<ClusterBroker>,
+    history: HistoryScripts,
 }
 
 /// The broker's share of one Redis.
@@ -100,7 +103,12 @@ impl RedisBroker {
     pub async fn connect(config: RedisConfig, handler: Arc<dyn MessageHandler>) -> Result<Self> {
         if config.cluster {
             let cluster = ClusterBroker::connect(&config, handler).await?;
-            return Ok(Self { shards: Shards::empty(), receivers: Vec::new(), cluster: Some(cluster) });
+            return Ok(Self {
+                shards: Shards::empty(),
+                receivers: Vec::new(),
+                cluster: Some(cluster),
+                history: HistoryScripts::default(),
+            });
         }
         let mut shards = Vec::with_capacity(config.urls.len());
         let mut receivers = Vec::with_capacity(config.urls.len());
@@ -122,7 +130,12 @@ impl RedisBroker {
             receivers.push(tokio::spawn(receive(inner.clone(), stream)));
             shards.push(inner);
         }
-        Ok(Self { shards: Shards::new(shards)?, receivers, cluster: None })
+        Ok(Self {
+            shards: Shards::new(shards)?,
+            receivers,
+            cluster: None,
+            history: HistoryScripts::default(),
+        })
     }
 
     /// The shard that carries `topic`.
@@ -238,6 +251,47 @@ impl Broker for RedisBroker {
         }
         shard.wanted.lock().remove(&channel);
         Ok(())
+    }
+
+    async fn publish_kept(
+        &self,
+        publications: Vec<(Topic, Publication, Retention)>,
+    ) -> Result<Vec<StreamPosition>> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.publish_kept(&self.history, &publications).await;
+        }
+        // One pipeline per shard, each in the batch's order; the positions are put
+        // back in the order of the publications.
+        let mut by_shard: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (at, (topic, _, _)) in publications.iter().enumerate() {
+            let index = self.shards.index(&format!("{}:{}", topic.app_id, topic.name));
+            match by_shard.iter_mut().find(|(i, _)| *i == index) {
+                Some((_, ats)) => ats.push(at),
+                None => by_shard.push((index, vec![at])),
+            }
+        }
+        let mut positions = vec![None; publications.len()];
+        for (index, ats) in by_shard {
+            let shard = &self.shards.items[index];
+            let share: Vec<_> = ats.iter().map(|at| publications[*at].clone()).collect();
+            let given =
+                self.history.publish(&shard.publisher, "PUBLISH", |t| shard.channel(t), &share).await?;
+            for (at, position) in ats.into_iter().zip(given) {
+                positions[at] = Some(position);
+            }
+        }
+        positions
+            .into_iter()
+            .map(|p| p.ok_or_else(|| Error::unavailable("redis: a position is missing")))
+            .collect()
+    }
+
+    async fn history(&self, topic: &Topic, retention: Retention, query: HistoryQuery) -> Result<HistoryPage> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.history(&self.history, topic, retention, query).await;
+        }
+        let shard = self.shard(topic);
+        self.history.read(&shard.publisher, &shard.channel(topic), retention, query).await
     }
 }
 

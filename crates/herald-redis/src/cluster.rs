@@ -5,18 +5,21 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use herald_backbone::{Message, MessageHandler, Result, Topic};
+use herald_backbone::{HistoryPage, HistoryQuery, Message, MessageHandler, Result, Retention, Topic};
+use herald_core::{Publication, StreamPosition};
 use parking_lot::Mutex;
 use redis::{PushKind, Value, cluster::ClusterClientBuilder, cluster_async::ClusterConnection};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::{RedisConfig, unavailable, wire};
+use crate::{Connection, RedisConfig, history::HistoryScripts, unavailable, wire};
 
 /// Most messages handed to the handler at once.
 const MAX_BATCH: usize = 256;
 
 pub(crate) struct ClusterBroker {
     connection: ClusterConnection,
+    /// Runs the history scripts (reconnecting when it breaks).
+    commands: Connection,
     prefix: String,
     /// The topics this node wants, by Redis channel name.
     wanted: Arc<Mutex<HashMap<String, Topic>>>,
@@ -33,9 +36,10 @@ impl ClusterBroker {
             .build()
             .map_err(unavailable)?;
         let connection = client.get_async_connection().await.map_err(unavailable)?;
+        let commands = Connection::open_cluster(&config.urls, config.command_timeout).await?;
         let wanted = Arc::new(Mutex::new(HashMap::new()));
         let receiver = tokio::spawn(receive(received, wanted.clone(), handler));
-        Ok(Self { connection, prefix: config.prefix.clone(), wanted, receiver })
+        Ok(Self { connection, commands, prefix: config.prefix.clone(), wanted, receiver })
     }
 
     pub(crate) fn channel(&self, topic: &Topic) -> String {
@@ -60,6 +64,35 @@ impl ClusterBroker {
             at += run;
         }
         Ok(())
+    }
+
+    /// Publishes and keeps in order, a run of publications to one topic (one slot) as
+    /// one pipeline.
+    pub(crate) async fn publish_kept(
+        &self,
+        scripts: &HistoryScripts,
+        publications: &[(Topic, Publication, Retention)],
+    ) -> Result<Vec<StreamPosition>> {
+        let mut positions = Vec::with_capacity(publications.len());
+        let mut at = 0;
+        while at < publications.len() {
+            let topic = &publications[at].0;
+            let run = publications[at..].iter().take_while(|(t, _, _)| t == topic).count();
+            let run = &publications[at..at + run];
+            positions.extend(scripts.publish(&self.commands, "SPUBLISH", |t| self.channel(t), run).await?);
+            at += run.len();
+        }
+        Ok(positions)
+    }
+
+    pub(crate) async fn history(
+        &self,
+        scripts: &HistoryScripts,
+        topic: &Topic,
+        retention: Retention,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage> {
+        scripts.read(&self.commands, &self.channel(topic), retention, query).await
     }
 
     pub(crate) async fn subscribe(&self, topic: &Topic) -> Result<()> {

@@ -16,6 +16,7 @@
 
 mod broker;
 mod cluster;
+mod history;
 mod idempotency;
 mod limiter;
 mod presence;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use herald_backbone::Message;
-use herald_core::{ChannelName, Publication, PublicationData, SocketId, TraceContext};
+use herald_core::{ChannelName, Publication, PublicationData, SocketId, StreamPosition, TraceContext};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -35,6 +35,12 @@ struct Wire<'a> {
     tp: Option<&'a str>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     ts: Option<&'a str>,
+    /// Offset and epoch in the channel's history. Never encoded here: the history
+    /// script appends them, as it gives the offset (see `history.rs`).
+    #[serde(default, skip_serializing)]
+    o: u64,
+    #[serde(default, borrow, skip_serializing)]
+    e: Option<&'a str>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -55,6 +61,8 @@ pub(crate) fn encode(app_id: &str, message: &Message) -> Vec<u8> {
             t: p.published_us,
             tp: p.trace.as_ref().map(|t| t.traceparent()),
             ts: p.trace.as_ref().and_then(|t| t.tracestate()),
+            o: 0,
+            e: None,
         },
         Message::TerminateUser { user_id } => Wire {
             a: app_id,
@@ -67,6 +75,8 @@ pub(crate) fn encode(app_id: &str, message: &Message) -> Vec<u8> {
             t: 0,
             tp: None,
             ts: None,
+            o: 0,
+            e: None,
         },
     };
     serde_json::to_vec(&wire).unwrap_or_default()
@@ -87,6 +97,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Message> {
         exclude: wire.exclude.and_then(|s| s.parse::<SocketId>().ok()),
         published_us: wire.t,
         trace: TraceContext::from_headers(wire.tp, wire.ts),
+        position: wire.e.filter(|_| wire.o > 0).map(|epoch| StreamPosition::new(wire.o, epoch)),
     }))
 }
 
@@ -108,12 +119,17 @@ mod tests {
                 Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
                 Some("vendor=value"),
             ),
+            position: None,
         });
         let terminate = Message::TerminateUser { user_id: "u:1".into() };
         for message in [publication, terminate] {
             assert_eq!(decode(&encode("app", &message)), Some(message));
         }
         assert_eq!(decode(b"not json"), None);
+        // What the history script makes of a message: offset and epoch appended.
+        let kept = br#"{"a":"app","channel":"chat","event":"e","data":1,"o":7,"e":"ep"}"#;
+        let Some(Message::Publication(p)) = decode(kept) else { panic!("not decoded") };
+        assert_eq!(p.position, Some(StreamPosition::new(7, "ep")));
         assert_eq!(decode(br#"{"a":"app","channel":"bad name","event":"e","data":1}"#), None);
     }
 }

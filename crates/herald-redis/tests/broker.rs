@@ -25,7 +25,7 @@ fn topic(channel: &str) -> Topic {
 #[tokio::test]
 async fn one_redis_conforms() {
     let redis = RedisServer::start();
-    conforms(&config(&redis)).await;
+    conforms(&config(&redis), vec![redis.url()]).await;
 }
 
 #[tokio::test]
@@ -83,14 +83,33 @@ async fn an_idempotency_key_is_claimed_once_by_the_whole_cluster() {
     .await;
 }
 
-/// The broker and presence conformance scenarios over `config`.
-async fn conforms(config: &RedisConfig) {
+/// The broker, history and presence conformance scenarios over `config`; `instances`
+/// are every Redis behind it (flushed to make the history's store lose everything).
+async fn conforms(config: &RedisConfig, instances: Vec<String>) {
     let shared = config.clone();
     conformance::broker_scenarios(|a, b| async move {
         let a = RedisBroker::connect(shared.clone(), a).await.unwrap();
         let b = RedisBroker::connect(shared, b).await.unwrap();
         (a, b)
     })
+    .await;
+    let shared = config.clone();
+    conformance::history_scenarios(
+        |a, b| async move {
+            let a = RedisBroker::connect(shared.clone(), a).await.unwrap();
+            let b = RedisBroker::connect(shared, b).await.unwrap();
+            (a, b)
+        },
+        || async move {
+            for url in instances {
+                let client = redis::Client::open(url).unwrap();
+                let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+                // A replica of a Redis Cluster refuses (READONLY): its master's flush
+                // reaches it.
+                let _: redis::RedisResult<()> = redis::cmd("FLUSHALL").query_async(&mut connection).await;
+            }
+        },
+    )
     .await;
     conformance::presence_scenarios(&RedisPresence::connect(config).await.unwrap()).await;
 }
@@ -102,7 +121,7 @@ async fn sharded_over_three_instances_the_backbone_conforms_and_spreads() {
         max_backoff: Duration::from_millis(200),
         ..RedisConfig::sharded(instances.iter().map(RedisServer::url).collect())
     };
-    conforms(&sharded).await;
+    conforms(&sharded, instances.iter().map(RedisServer::url).collect()).await;
 
     // Topics really are spread: every instance carries some of 60 channels.
     let broker = RedisBroker::connect(sharded, Arc::new(Recorder::default())).await.unwrap();
@@ -123,7 +142,8 @@ async fn over_a_redis_cluster_the_backbone_conforms_with_sharded_pubsub() {
     use herald_backbone::{Claim, IdempotencyStore};
     let cluster = RedisCluster::start();
     let config = RedisConfig { cluster: true, ..RedisConfig::sharded(cluster.urls()) };
-    conforms(&config).await;
+    let flushed = cluster.ports.iter().map(|port| format!("redis://127.0.0.1:{port}/")).collect();
+    conforms(&config, flushed).await;
     let keys = RedisIdempotency::connect(&config).await.unwrap();
     let window = Duration::from_secs(5);
     assert_eq!(keys.claim("app", "k", "id", window).await.unwrap(), Claim::Won);

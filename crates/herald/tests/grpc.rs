@@ -298,6 +298,20 @@ impl herald_backbone::Broker for SlowBroker {
     async fn unsubscribe(&self, topic: &herald_backbone::Topic) -> herald_backbone::Result<()> {
         self.0.unsubscribe(topic).await
     }
+    async fn publish_kept(
+        &self,
+        publications: Vec<(herald_backbone::Topic, herald_core::Publication, herald_backbone::Retention)>,
+    ) -> herald_backbone::Result<Vec<herald_core::StreamPosition>> {
+        self.0.publish_kept(publications).await
+    }
+    async fn history(
+        &self,
+        topic: &herald_backbone::Topic,
+        retention: herald_backbone::Retention,
+        query: herald_backbone::HistoryQuery,
+    ) -> herald_backbone::Result<herald_backbone::HistoryPage> {
+        self.0.history(topic, retention, query).await
+    }
 }
 
 #[tokio::test]
@@ -461,6 +475,20 @@ impl herald_backbone::Broker for DownBroker {
     }
     async fn unsubscribe(&self, topic: &herald_backbone::Topic) -> herald_backbone::Result<()> {
         self.0.unsubscribe(topic).await
+    }
+    async fn publish_kept(
+        &self,
+        publications: Vec<(herald_backbone::Topic, herald_core::Publication, herald_backbone::Retention)>,
+    ) -> herald_backbone::Result<Vec<herald_core::StreamPosition>> {
+        self.0.publish_kept(publications).await
+    }
+    async fn history(
+        &self,
+        topic: &herald_backbone::Topic,
+        retention: herald_backbone::Retention,
+        query: herald_backbone::HistoryQuery,
+    ) -> herald_backbone::Result<herald_backbone::HistoryPage> {
+        self.0.history(topic, retention, query).await
     }
 }
 

@@ -35,6 +35,7 @@ impl Session {
             exclude: Some(self.socket),
             published_us: herald_core::time::now_us(),
             trace: None,
+            position: None,
         };
         match self.node.publish(publication.clone()).await {
             Ok(()) => {

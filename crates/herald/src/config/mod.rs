@@ -212,5 +212,6 @@ pub fn demo_app() -> App {
         enable_client_events: true,
         api_tokens: vec!["herald-demo-api-token".into()],
         limits: AppLimits::default(),
+        history: vec![],
     }
 }

@@ -222,6 +222,11 @@ impl RedisSection {
         if self.prefix.is_empty() {
             errors.push("redis.prefix: must not be empty".into());
         }
+        if self.prefix.contains(['{', '}']) {
+            // Braces would make a hash tag of part of it and split a channel's keys
+            // from its pub/sub slot in a Redis Cluster.
+            errors.push("redis.prefix: must not contain '{' or '}'".into());
+        }
     }
 }
 

@@ -616,6 +616,7 @@ mod properties {
                     enable_client_events: client_events,
                     api_tokens,
                     limits,
+                    history: vec![],
                 })
                 .collect()
         })
