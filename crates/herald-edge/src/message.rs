@@ -26,6 +26,17 @@ pub(crate) struct SubscribeData {
     pub(crate) auth: Option<String>,
     #[serde(default)]
     pub(crate) channel_data: Option<String>,
+    /// Where the client left off in the channel's history, to recover what it missed
+    /// (Herald's extension; Pusher's clients never send it).
+    #[serde(default)]
+    pub(crate) since: Option<Since>,
+}
+
+/// A position in a channel's history, as a client sends it.
+#[derive(Deserialize)]
+pub(crate) struct Since {
+    pub(crate) offset: u64,
+    pub(crate) epoch: String,
 }
 
 #[derive(Deserialize)]

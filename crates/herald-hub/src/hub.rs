@@ -26,6 +26,54 @@ struct Subscribers {
     /// have none.
     #[allow(clippy::box_collection)]
     index: Option<Box<HashMap<ConnId, usize>>>,
+    /// Connections catching up on the topic's history ([`Hub::begin_catch_up`]): not
+    /// subscribers yet, what is fanned out meanwhile is kept for them. Boxed, as
+    /// `index`: almost every topic has none.
+    #[allow(clippy::box_collection)]
+    catching_up: Option<Box<Vec<CatchUp>>>,
+}
+
+/// What was fanned out to a topic while one connection caught up on its history:
+/// each frame with its offset in the channel's history (`None`: not kept there).
+struct CatchUp {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    frames: Vec<(Option<u64>, Bytes)>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+impl CatchUp {
+    /// Keeps frames for later, up to the connection's outbound limit; past it the
+    /// connection is a slow consumer (4100), as it would have been as a subscriber.
+    fn keep(&mut self, frames: &[(Option<u64>, Bytes)]) {
+        if self.overflowed {
+            return;
+        }
+        let bytes: usize = frames.iter().map(|(_, f)| f.len()).sum();
+        if self.bytes + bytes > self.outbox.limit() {
+            self.overflowed = true;
+            self.frames = Vec::new();
+            self.outbox.close(Close::error(ErrorCode::OverCapacity, CATCH_UP_OVERFLOW));
+            return;
+        }
+        self.bytes += bytes;
+        self.frames.extend(frames.iter().cloned());
+    }
+}
+
+const CATCH_UP_OVERFLOW: &str =
+    "over capacity: the channel published more than the connection may queue while it caught up";
+
+/// How [`Hub::finish_catch_up`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaughtUp {
+    /// The connection is a subscriber now, everything in order in its outbox.
+    Subscribed,
+    /// More was published meanwhile than the connection may queue: it was closed (4100).
+    Overflowed,
+    /// The catch-up had been abandoned (or never begun).
+    Missing,
 }
 
 type Snapshot = Arc<Vec<(ConnId, Arc<Outbox>)>>;
@@ -57,6 +105,21 @@ impl Subscribers {
             None => {}
         }
         true
+    }
+
+    /// No subscriber and no one catching up: the topic can go.
+    fn is_empty(&self) -> bool {
+        self.list.is_empty() && self.catching_up.is_none()
+    }
+
+    fn take_catch_up(&mut self, conn: ConnId) -> Option<CatchUp> {
+        let catching_up = self.catching_up.as_mut()?;
+        let at = catching_up.iter().position(|c| c.conn == conn)?;
+        let catch_up = catching_up.swap_remove(at);
+        if catching_up.is_empty() {
+            self.catching_up = None;
+        }
+        Some(catch_up)
     }
 
     fn remove(&mut self, conn: ConnId) -> bool {
@@ -116,7 +179,68 @@ impl Hub {
         let Some(subscribers) = shard.get_mut(topic) else {
             return false;
         };
-        if !subscribers.remove(conn) || !subscribers.list.is_empty() {
+        if !subscribers.remove(conn) || !subscribers.is_empty() {
+            return false;
+        }
+        shard.remove(topic);
+        metrics::gauge!(Metric::LocalChannels.name()).decrement(1);
+        true
+    }
+
+    /// Starts a subscription that first catches up on the channel's history: until
+    /// [`Hub::finish_catch_up`], what is fanned out to `topic` is kept for `conn`
+    /// instead of written to it. Like [`Hub::subscribe`], returns true when the topic
+    /// is new on this node (the node needs the broker topic).
+    pub fn begin_catch_up(&self, topic: &Topic, conn: ConnId, outbox: Arc<Outbox>) -> bool {
+        let mut shard = self.topics.shard(topic);
+        let first = !shard.contains_key(topic);
+        let subscribers = shard.entry(topic.clone()).or_default();
+        let catching_up = subscribers.catching_up.get_or_insert_with(Box::default);
+        catching_up.retain(|c| c.conn != conn);
+        catching_up.push(CatchUp { conn, outbox, frames: Vec::new(), bytes: 0, overflowed: false });
+        if first {
+            metrics::gauge!(Metric::LocalChannels.name()).increment(1);
+        }
+        first
+    }
+
+    /// Ends `conn`'s catch-up, atomically with respect to fan-out: writes `first` (the
+    /// history it missed, and its subscription ack), then what was fanned out meanwhile
+    /// that is not in `first` (an offset above `after`, or none), and makes it a
+    /// subscriber. So it gets the channel in order, without a gap or a duplicate.
+    pub fn finish_catch_up(&self, topic: &Topic, conn: ConnId, after: u64, first: Vec<Bytes>) -> CaughtUp {
+        let mut shard = self.topics.shard(topic);
+        let Some(subscribers) = shard.get_mut(topic) else {
+            return CaughtUp::Missing;
+        };
+        let Some(catch_up) = subscribers.take_catch_up(conn) else {
+            return CaughtUp::Missing;
+        };
+        if catch_up.overflowed {
+            if subscribers.is_empty() {
+                shard.remove(topic);
+                metrics::gauge!(Metric::LocalChannels.name()).decrement(1);
+            }
+            return CaughtUp::Overflowed;
+        }
+        let missed = catch_up.frames.into_iter().filter(|(offset, _)| offset.is_none_or(|o| o > after));
+        let all: Vec<Bytes> = first.into_iter().chain(missed.map(|(_, frame)| frame)).collect();
+        if !all.is_empty() {
+            // One buffer: one write, as a burst of a fan-out is.
+            catch_up.outbox.push(Bytes::from(all.concat()));
+        }
+        subscribers.insert(conn, catch_up.outbox);
+        CaughtUp::Subscribed
+    }
+
+    /// Abandons `conn`'s catch-up (its history could not be read, or it left). Returns
+    /// true when the topic has no one left on this node, as [`Hub::unsubscribe`].
+    pub fn abandon_catch_up(&self, topic: &Topic, conn: ConnId) -> bool {
+        let mut shard = self.topics.shard(topic);
+        let Some(subscribers) = shard.get_mut(topic) else {
+            return false;
+        };
+        if subscribers.take_catch_up(conn).is_none() || !subscribers.is_empty() {
             return false;
         }
         shard.remove(topic);
@@ -134,23 +258,47 @@ impl Hub {
         self.topics.shard(topic).get(topic).map(|s| s.list.clone())
     }
 
+    /// The topic's subscribers as they are now, `frames` kept for the connections
+    /// catching up on it (but `exclude`) under the same lock, so a frame reaches each
+    /// connection once: as a subscriber, or from its catch-up.
+    fn snapshot_keeping(
+        &self,
+        topic: &Topic,
+        frames: &[(Option<u64>, Bytes)],
+        exclude: Option<ConnId>,
+    ) -> Option<Snapshot> {
+        let mut shard = self.topics.shard(topic);
+        let subscribers = shard.get_mut(topic)?;
+        if let Some(catching_up) = &mut subscribers.catching_up {
+            catching_up.iter_mut().filter(|c| Some(c.conn) != exclude).for_each(|c| c.keep(frames));
+        }
+        Some(subscribers.list.clone())
+    }
+
     /// Writes an already-encoded frame to every local subscriber of `topic` except
     /// `exclude`: straight into each socket that has nothing queued, one `write`
     /// each. Returns the number of subscribers it was handed to.
     pub fn fan_out(&self, topic: &Topic, frame: &Bytes, exclude: Option<ConnId>) -> usize {
-        self.fan_out_counted(topic, frame, 1, exclude)
+        self.fan_out_counted(topic, frame, &[(None, frame.clone())], exclude)
     }
 
-    /// [`Hub::fan_out`] of `bytes` holding `frames` whole frames (a burst: still one
-    /// `write` per subscriber).
-    fn fan_out_counted(&self, topic: &Topic, bytes: &Bytes, frames: usize, exclude: Option<ConnId>) -> usize {
-        let Some(subscribers) = self.snapshot(topic) else {
+    /// [`Hub::fan_out`] of `bytes`, the concatenation of `frames` (each with its history
+    /// offset, for connections catching up): a burst is still one `write` per
+    /// subscriber.
+    fn fan_out_counted(
+        &self,
+        topic: &Topic,
+        bytes: &Bytes,
+        frames: &[(Option<u64>, Bytes)],
+        exclude: Option<ConnId>,
+    ) -> usize {
+        let Some(subscribers) = self.snapshot_keeping(topic, frames, exclude) else {
             return 0;
         };
         let mut tally = Tally::default();
         for (conn, outbox) in subscribers.iter() {
             if Some(*conn) != exclude {
-                tally.count(outbox.push(bytes.clone()), frames);
+                tally.count(outbox.push(bytes.clone()), frames.len());
             }
         }
         tally.record()
@@ -175,18 +323,21 @@ impl Hub {
             let span = fan_out_span(&publication);
             let _entered = span.enter();
             let (frame, exclude) = self.encode(&publication);
-            frames.push(frame);
+            frames.push((offset(&publication), frame));
             while let Some((next_topic, Message::Publication(next))) = messages.peek() {
                 if *next_topic != topic || self.excluded(next) != exclude {
                     break;
                 }
-                frames.push(self.encode(next).0);
+                frames.push((offset(next), self.encode(next).0));
                 messages.next();
             }
             // One buffer for the whole run, shared by every subscriber: one `write`
             // each, as cheap as a single frame's.
-            let run = if frames.len() == 1 { frames[0].clone() } else { Bytes::from(frames.concat()) };
-            let delivered = self.fan_out_counted(&topic, &run, frames.len(), exclude);
+            let run = match frames.as_slice() {
+                [(_, one)] => one.clone(),
+                _ => Bytes::from(frames.iter().flat_map(|(_, f)| f.iter().copied()).collect::<Vec<u8>>()),
+            };
+            let delivered = self.fan_out_counted(&topic, &run, &frames, exclude);
             fanned_out(&span, &publication, delivered / frames.len().max(1), run.len());
             frames.clear();
         }
@@ -204,6 +355,11 @@ impl Hub {
     fn excluded(&self, publication: &Publication) -> Option<ConnId> {
         publication.exclude.filter(|socket| socket.node == self.node).map(|socket| socket.conn)
     }
+}
+
+/// A publication's offset in its channel's history, if it is kept there.
+fn offset(publication: &Publication) -> Option<u64> {
+    publication.position.as_ref().map(|p| p.offset)
 }
 
 /// Deliveries and slow consumers of one fan-out, recorded once at its end.
@@ -279,7 +435,8 @@ impl MessageHandler for Hub {
                 let span = fan_out_span(&publication);
                 let _entered = span.enter();
                 let (frame, exclude) = self.encode(&publication);
-                let delivered = self.fan_out(topic, &frame, exclude);
+                let frames = [(offset(&publication), frame.clone())];
+                let delivered = self.fan_out_counted(topic, &frame, &frames, exclude);
                 fanned_out(&span, &publication, delivered, frame.len());
             }
             Message::TerminateUser { .. } => {
@@ -474,6 +631,76 @@ mod tests {
         assert_eq!(slow.status().closing, Some(4100));
         assert!(!fast.is_closing());
         assert_eq!(fast.queued_bytes(), 0, "the fast one got every frame");
+    }
+
+    fn kept_at(offset: u64) -> Message {
+        let Message::Publication(mut p) = publication(None) else { unreachable!() };
+        p.event = format!("e{offset}").into();
+        p.position = Some(herald_core::StreamPosition::new(offset, "ep"));
+        Message::Publication(p)
+    }
+
+    fn frame_of(message: &Message) -> Bytes {
+        let Message::Publication(p) = message else { unreachable!() };
+        frame::text(p.to_message().as_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_gets_history_then_what_was_published_meanwhile_then_live() {
+        let hub = Hub::new(1);
+        let (outbox, mut client) = pair(1 << 20).await;
+        let outbox = Arc::new(outbox);
+        let news = topic("news");
+        assert!(hub.begin_catch_up(&news, 1, outbox.clone()), "the topic is new here");
+        assert!(hub.has_subscribers(&news), "the node keeps the topic while it catches up");
+        // 2..=5 are fanned out while the history (up to 3) is read: kept, not written.
+        hub.handle_batch((2..=3).map(|o| (news.clone(), kept_at(o))).collect());
+        hub.handle(&news, kept_at(4));
+        hub.handle(&news, publication(None));
+        hub.handle(&news, kept_at(5));
+        assert_eq!(outbox.queued_bytes(), 0);
+        let history: Vec<Bytes> = (1..=3).map(|o| frame_of(&kept_at(o))).collect();
+        let ack = frame::text(b"ack");
+        let first: Vec<Bytes> = history.iter().cloned().chain([ack.clone()]).collect();
+        assert_eq!(hub.finish_catch_up(&news, 1, 3, first), CaughtUp::Subscribed);
+        hub.handle(&news, kept_at(6));
+        // 2 and 3 came with the history, not again; the unkept one is not lost.
+        let expected: Vec<Bytes> = history
+            .into_iter()
+            .chain([ack, frame_of(&kept_at(4)), frame::text(publication_bytes()), frame_of(&kept_at(5))])
+            .chain([frame_of(&kept_at(6))])
+            .collect();
+        let expected = expected.concat();
+        let mut got = vec![0; expected.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(hub.finish_catch_up(&news, 1, 0, vec![]), CaughtUp::Missing, "once");
+        assert!(hub.unsubscribe(&news, 1), "a subscriber like any other");
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_that_overflows_closes_and_an_abandoned_one_leaves_nothing() {
+        let hub = Hub::new(1);
+        let news = topic("news");
+        let (small, _client) = pair(200).await;
+        let small = Arc::new(small);
+        hub.begin_catch_up(&news, 1, small.clone());
+        for o in 1..=10 {
+            hub.handle(&news, kept_at(o));
+        }
+        assert_eq!(small.status().closing, Some(4100));
+        assert_eq!(hub.finish_catch_up(&news, 1, 0, vec![]), CaughtUp::Overflowed);
+        assert!(!hub.has_subscribers(&news), "nothing left of it");
+
+        let (outbox, _client) = pair(1 << 20).await;
+        let outbox = Arc::new(outbox);
+        assert!(hub.begin_catch_up(&news, 2, outbox.clone()));
+        hub.subscribe(&news, 3, outbox.clone());
+        assert!(!hub.abandon_catch_up(&news, 2), "a subscriber is left");
+        assert!(hub.unsubscribe(&news, 3), "the last one");
+        assert!(hub.begin_catch_up(&news, 2, outbox));
+        assert!(hub.abandon_catch_up(&news, 2));
+        assert!(!hub.has_subscribers(&news));
     }
 
     #[tokio::test]

@@ -11,5 +11,5 @@ pub mod frame;
 mod hub;
 mod outbox;
 
-pub use hub::{ConnId, Hub};
+pub use hub::{CaughtUp, ConnId, Hub};
 pub use outbox::{Close, Outbox, Push, Status, Wake, millis};

@@ -173,6 +173,11 @@ impl Outbox {
         }
     }
 
+    /// The most bytes it queues.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// The connection's socket, for the session to read from and wait on.
     pub fn socket(&self) -> &TcpStream {
         &self.socket

@@ -16,12 +16,13 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use herald_backbone::{
-    Broker, ChannelStats, EventLog, IdempotencyStore, LeaseHolder, Lifecycle, Member, Message,
-    PresenceManager, Topic,
+    Broker, ChannelStats, EventLog, HistoryPage, HistoryQuery, IdempotencyStore, LeaseHolder, Lifecycle,
+    Member, Message, PresenceManager, Retention, Topic,
 };
 use herald_core::{App, Apps, ChannelName, Publication, SocketId, sharded::Sharded};
-use herald_hub::{ConnId, Hub, Outbox};
+use herald_hub::{CaughtUp, ConnId, Hub, Outbox};
 use herald_proto::v1::ChannelEvent;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -287,12 +288,62 @@ impl Node {
         Ok(())
     }
 
+    /// Starts a subscription that catches up on the channel's history first
+    /// ([`Hub::begin_catch_up`]), and makes sure the node receives the topic before
+    /// returning: a history read after this misses nothing published since (the
+    /// broker's merge guarantee). On error nothing of it stays.
+    pub async fn begin_catch_up(
+        &self,
+        topic: &Topic,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+    ) -> herald_backbone::Result<()> {
+        self.hub.begin_catch_up(topic, conn, outbox);
+        if let Err(e) = self.interest.reconcile(&self.hub, self.broker.as_ref(), topic).await {
+            self.abandon_catch_up(topic, conn);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Reads a channel's history (a catch-up, the HTTP and gRPC history APIs).
+    pub async fn history(
+        &self,
+        topic: &Topic,
+        retention: Retention,
+        query: HistoryQuery,
+    ) -> herald_backbone::Result<HistoryPage> {
+        self.broker.history(topic, retention, query).await
+    }
+
+    /// Ends a catch-up: `first` (the missed history and the subscription ack), then what
+    /// was published meanwhile above offset `after`, then live ([`Hub::finish_catch_up`]).
+    pub fn finish_catch_up(&self, topic: &Topic, conn: ConnId, after: u64, first: Vec<Bytes>) -> CaughtUp {
+        let caught_up = self.hub.finish_catch_up(topic, conn, after, first);
+        if caught_up == CaughtUp::Overflowed {
+            self.reconcile_later(topic);
+        }
+        caught_up
+    }
+
+    /// Abandons a catch-up; the broker unsubscription (if no one else is left)
+    /// happens in the background, retried.
+    pub fn abandon_catch_up(&self, topic: &Topic, conn: ConnId) {
+        if self.hub.abandon_catch_up(topic, conn) {
+            self.reconcile_later(topic);
+        }
+    }
+
+    fn reconcile_later(&self, topic: &Topic) {
+        let (hub, broker) = (self.hub.clone(), self.broker.clone());
+        self.interest.reconcile_later(&self.background, &self.stop, hub, broker, topic.clone());
+    }
+
     /// Removes a local subscriber; the broker unsubscription (after the last one)
     /// happens in the background, retried.
     pub fn unsubscribe(&self, topic: &Topic, conn: ConnId) {
         if self.hub.unsubscribe(topic, conn) {
-            let (hub, broker) = (self.hub.clone(), self.broker.clone());
-            self.interest.reconcile_later(&self.background, &self.stop, hub, broker, topic.clone());
+            self.reconcile_later(topic);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use herald_backbone::{Message, Topic};
+use herald_backbone::{Message, Retention, Topic};
 use herald_core::{App, ChannelKind, ChannelName, Publication, PublicationData, SocketId, TraceContext};
 use herald_telemetry::trace;
 use tracing::Instrument;
@@ -208,7 +208,7 @@ pub(crate) async fn publish_events<'a>(
     // Traced here: every node's fan-out and every webhook attempt are children of the
     // caller's span (the API's publish span); else the caller's context, as it came.
     let traced = trace::current();
-    let mut messages: Vec<(Topic, Message)> = events
+    let messages: Vec<(Topic, Message)> = events
         .into_iter()
         .flat_map(|event| {
             event.channels.iter().map(|channel| {
@@ -235,13 +235,33 @@ pub(crate) async fn publish_events<'a>(
         (recorder.clone(), events.collect::<Vec<_>>())
     });
     let publications = messages.len();
+    // Publications of channels that keep history go through the broker's history, which
+    // gives them their offsets as it publishes them; the rest are published as they are.
+    let (kept, mut messages): (Vec<_>, Vec<_>) = messages.into_iter().partition(
+        |(_, message)| matches!(message, Message::Publication(p) if app.history_for(&p.channel).is_some()),
+    );
+    let kept: Vec<(Topic, Publication, Retention)> = kept
+        .into_iter()
+        .filter_map(|(topic, message)| match message {
+            Message::Publication(p) => {
+                let retention = Retention::from(app.history_for(&p.channel)?);
+                Some((topic, p, retention))
+            }
+            Message::TerminateUser { .. } => None,
+        })
+        .collect();
     let fan_out = async {
+        if !kept.is_empty() {
+            node.broker.publish_kept(kept).await?;
+        }
         if messages.len() == 1
             && let Some((topic, message)) = messages.pop()
         {
             node.broker.publish(&topic, message).await
-        } else {
+        } else if !messages.is_empty() {
             node.broker.publish_batch(messages).await
+        } else {
+            Ok(())
         }
     }
     .instrument(trace::child(

@@ -319,7 +319,9 @@ mod tests {
             panic!("admitted")
         };
         let news = ChannelName::new("news").unwrap();
-        session.subscribe(SubscribeData { channel: "news".into(), auth: None, channel_data: None }).await;
+        session
+            .subscribe(SubscribeData { channel: "news".into(), auth: None, channel_data: None, since: None })
+            .await;
         // The node's count reaches the backbone with its next batch.
         let counted = || async { node.presence().channel("a", &news).await.unwrap().subscription_count == 1 };
         herald_testkit::eventually_async("the channel counted", counted).await;

@@ -1,21 +1,24 @@
-//! `pusher:subscribe` in three steps, authorize → join → acknowledge, each undoing
-//! what it did when it fails; `pusher:unsubscribe`; and leaving channels when a
-//! connection ends.
+//! `pusher:subscribe` in steps, authorize → receive the channel (catching up on its
+//! history, when it keeps one) → join its presence → acknowledge, each undoing what
+//! it did when it fails; `pusher:unsubscribe`; and leaving channels when a connection
+//! ends.
 
 use std::sync::Arc;
 
-use herald_backbone::{Member, Topic};
+use bytes::Bytes;
+use herald_backbone::{HistoryQuery, Member, Retention, Topic};
 use herald_core::{
-    ChannelKind, ChannelName, SocketId,
+    ChannelKind, ChannelName, SocketId, StreamPosition,
     auth::{self, PresenceMember, SubscriptionError},
     protocol,
 };
+use herald_hub::frame;
 use serde_json::{Value, json};
 
 use super::Session;
 use herald_node::Node;
 
-use crate::message::SubscribeData;
+use crate::message::{Since, SubscribeData};
 
 /// One subscribed channel.
 pub(super) struct Subscription {
@@ -42,6 +45,27 @@ impl From<SubscriptionError> for Refusal {
     }
 }
 
+/// What a catch-up read of a channel's history found.
+struct HistoryRead {
+    /// The channel's latest position when it was read.
+    position: StreamPosition,
+    /// Whether what the client missed is replayed (`None`: it gave no position).
+    recovered: Option<bool>,
+    /// The frames of what it missed, in order.
+    replay: Vec<Bytes>,
+}
+
+impl HistoryRead {
+    /// Adds `position` (and `recovered`) to the subscription ack's data: the client
+    /// resumes from there, even if it receives nothing before its next reconnect.
+    fn describe(&self, data: &mut Value) {
+        data["position"] = json!({ "offset": self.position.offset, "epoch": &*self.position.epoch });
+        if let Some(recovered) = self.recovered {
+            data["recovered"] = Value::Bool(recovered);
+        }
+    }
+}
+
 /// The member the backbone keeps, from the one the subscription rules read.
 fn backbone_member(member: PresenceMember) -> Member {
     Member { user_id: member.user_id, user_info: member.user_info }
@@ -65,9 +89,31 @@ impl Session {
             Err(refusal) => return self.refuse_subscription(channel.as_str(), refusal),
         };
         let presence_user = member.as_ref().map(|m| m.user_id.clone());
+        let topic = Topic::channel(&self.app_id, &channel);
+        // A channel that keeps history is joined catching up on it, so the client gets
+        // what it missed and then the live channel, in order, without a gap.
+        let catch_up = match self.app.history_for(&channel).map(Retention::from) {
+            Some(retention) => match self.catch_up(&topic, retention, request.since.as_ref()).await {
+                Ok(read) => Some(read),
+                Err(refusal) => return self.refuse_subscription(channel.as_str(), refusal),
+            },
+            None => match self.node.subscribe(&topic, self.socket.conn, self.outbox.clone()).await {
+                Ok(()) => None,
+                Err(e) => {
+                    let refusal = Refusal::new("ServiceUnavailable", 503, e.to_string());
+                    return self.refuse_subscription(channel.as_str(), refusal);
+                }
+            },
+        };
         let added = match self.join(&channel, member).await {
             Ok(joined) => joined,
-            Err(refusal) => return self.refuse_subscription(channel.as_str(), refusal),
+            Err(refusal) => {
+                match catch_up {
+                    Some(_) => self.node.abandon_catch_up(&topic, self.socket.conn),
+                    None => self.node.unsubscribe(&topic, self.socket.conn),
+                }
+                return self.refuse_subscription(channel.as_str(), refusal);
+            }
         };
         if let Some(member) = &added {
             self.announce_member(&channel, member).await;
@@ -76,10 +122,62 @@ impl Session {
         self.channels.reserve_exact(1);
         let joined_user = presence_user.clone().filter(|_| added.is_some());
         self.channels.push((channel.clone(), Subscription { presence_user }));
-        self.acknowledge(&channel).await;
+        let mut data = self.acknowledgement(&channel).await;
+        match catch_up {
+            Some(read) => {
+                read.describe(&mut data);
+                let mut first = read.replay;
+                first.push(frame::text(protocol::subscription_succeeded(channel.as_str(), &data).as_bytes()));
+                // Overflowed: the connection was closed (4100); it leaves at its end.
+                self.node.finish_catch_up(&topic, self.socket.conn, read.position.offset, first);
+            }
+            None => {
+                if request.since.is_some() {
+                    // The channel keeps no history: nothing can be recovered.
+                    data["recovered"] = Value::Bool(false);
+                }
+                self.send(protocol::subscription_succeeded(channel.as_str(), &data));
+            }
+        }
         if let Some(user) = joined_user {
             self.node.record_joined(&self.app.id, &channel, &user).await;
         }
+    }
+
+    /// Begins catching up on a channel's history: the node receives the channel (kept
+    /// for this connection meanwhile), then the history since `since` is read. What
+    /// the client missed is replayed if it is all there, in the same epoch.
+    async fn catch_up(
+        &self,
+        topic: &Topic,
+        retention: Retention,
+        since: Option<&Since>,
+    ) -> Result<HistoryRead, Refusal> {
+        let unavailable = |e: herald_backbone::Error| Refusal::new("ServiceUnavailable", 503, e.to_string());
+        let conn = self.socket.conn;
+        self.node.begin_catch_up(topic, conn, self.outbox.clone()).await.map_err(unavailable)?;
+        let query = match since {
+            Some(since) => HistoryQuery::after(since.offset, retention.size),
+            None => HistoryQuery::position(),
+        };
+        let page = match self.node.history(topic, retention, query).await {
+            Ok(page) => page,
+            Err(e) => {
+                self.node.abandon_catch_up(topic, conn);
+                return Err(unavailable(e));
+            }
+        };
+        let recovered = since.map(|s| page.recovers(&StreamPosition::new(s.offset, s.epoch.as_str())));
+        let mut replay = Vec::new();
+        if recovered == Some(true) {
+            replay = page.publications.iter().map(|p| frame::text(p.to_message().as_bytes())).collect();
+        }
+        // A replay larger than the connection may queue would close it as a slow
+        // consumer each time it came back: it is told to reload instead.
+        if replay.iter().map(Bytes::len).sum::<usize>() > self.outbox.limit() {
+            return Ok(HistoryRead { position: page.position, recovered: Some(false), replay: Vec::new() });
+        }
+        Ok(HistoryRead { position: page.position, recovered, replay })
     }
 
     /// Step one, without I/O (nothing to undo): the connection's channel limit, then
@@ -102,19 +200,13 @@ impl Session {
         Ok(member.map(backbone_member))
     }
 
-    /// Step two: the local subscription (and the node's interest in the channel), then
-    /// the presence share; when the second fails, the first is undone. Returns the
-    /// member to announce, if the user is new to the channel.
+    /// Step two, once the connection receives the channel: the presence share. Returns
+    /// the member to announce, if the user is new to the channel.
     async fn join(&self, channel: &ChannelName, member: Option<Member>) -> Result<Option<Member>, Refusal> {
-        let topic = Topic::channel(&self.app_id, channel);
-        if let Err(e) = self.node.subscribe(&topic, self.socket.conn, self.outbox.clone()).await {
-            return Err(Refusal::new("ServiceUnavailable", 503, e.to_string()));
-        }
         let max = self.app.limits.max_presence_members;
         match self.node.join_presence(&self.app_id, channel, self.socket, member, max).await {
             Ok(joined) => Ok(joined.added),
             Err(e) => {
-                self.node.unsubscribe(&topic, self.socket.conn);
                 let (kind, status) = match &e {
                     herald_backbone::Error::PresenceFull { .. } => ("LimitReached", 403),
                     _ => ("ServiceUnavailable", 503),
@@ -131,25 +223,29 @@ impl Session {
         self.node.tell(&self.app.id, channel, event, &data, Some(self.socket)).await;
     }
 
-    /// Step three: `pusher_internal:subscription_succeeded`, with the member set on
-    /// presence channels.
+    /// `pusher_internal:subscription_succeeded` again, for a channel already subscribed.
     async fn acknowledge(&self, channel: &ChannelName) {
-        let data = if channel.kind() == ChannelKind::Presence {
-            let members = match self.node.presence().members(&self.app.id, channel).await {
-                Ok(members) => members,
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence members unavailable");
-                    Vec::new()
-                }
-            };
-            let ids: Vec<&str> = members.iter().map(|m| &*m.user_id).collect();
-            let hash: serde_json::Map<String, Value> =
-                members.iter().map(|m| (m.user_id.to_string(), m.user_info.clone())).collect();
-            json!({ "presence": { "ids": ids, "hash": hash, "count": members.len() } })
-        } else {
-            json!({})
-        };
+        let data = self.acknowledgement(channel).await;
         self.send(protocol::subscription_succeeded(channel.as_str(), &data));
+    }
+
+    /// Step three: the data of `pusher_internal:subscription_succeeded`, with the member
+    /// set on presence channels.
+    async fn acknowledgement(&self, channel: &ChannelName) -> Value {
+        if channel.kind() != ChannelKind::Presence {
+            return json!({});
+        }
+        let members = match self.node.presence().members(&self.app.id, channel).await {
+            Ok(members) => members,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence members unavailable");
+                Vec::new()
+            }
+        };
+        let ids: Vec<&str> = members.iter().map(|m| &*m.user_id).collect();
+        let hash: serde_json::Map<String, Value> =
+            members.iter().map(|m| (m.user_id.to_string(), m.user_info.clone())).collect();
+        json!({ "presence": { "ids": ids, "hash": hash, "count": members.len() } })
     }
 
     fn refuse_subscription(&self, channel: &str, refusal: Refusal) {

@@ -1,0 +1,183 @@
+//! Channel history on the wire, through a real socket against a real server: offsets
+//! and epochs on the messages of channels that keep history, the position in the
+//! subscription ack, and recovery (`since`) with everything missed replayed in order,
+//! exactly once, before the live channel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use herald_core::{App, ChannelPattern, HistoryRule};
+use herald_node::{EventRequest, validate_event};
+use herald_testkit::*;
+use serde_json::{Value, json};
+
+fn history_app(size: usize) -> App {
+    App {
+        history: vec![HistoryRule {
+            channels: ChannelPattern::new("history-*").unwrap(),
+            size,
+            ttl: Duration::from_secs(300),
+            meta_ttl: Duration::from_secs(3600),
+        }],
+        ..app("app")
+    }
+}
+
+async fn subscribe_since(client: &mut Client, channel: &str, since: Option<(u64, &str)>) -> Vec<Value> {
+    let mut data = json!({ "channel": channel });
+    if let Some((offset, epoch)) = since {
+        data["since"] = json!({ "offset": offset, "epoch": epoch });
+    }
+    client.send(json!({ "event": "pusher:subscribe", "data": data })).await;
+    // Everything up to and including the ack.
+    let mut messages = Vec::new();
+    loop {
+        let message = client.recv().await;
+        let done = message["event"] == "pusher_internal:subscription_succeeded"
+            || message["event"] == "pusher:subscription_error";
+        messages.push(message);
+        if done {
+            return messages;
+        }
+    }
+}
+
+fn offsets(messages: &[Value]) -> Vec<u64> {
+    messages.iter().filter_map(|m| m["offset"].as_u64()).collect()
+}
+
+#[tokio::test]
+async fn history_channels_carry_offsets_and_a_reconnecting_client_recovers_what_it_missed() {
+    let server = Server::start(vec![history_app(5)], config()).await;
+    let mut first = server.connect().await;
+    let acked = subscribe_since(&mut first, "history-room", None).await;
+    let ack = data(acked.last().unwrap());
+    assert_eq!(ack["position"]["offset"], 0, "{ack}");
+    assert!(ack.get("recovered").is_none(), "no position was given: {ack}");
+    let epoch = ack["position"]["epoch"].as_str().unwrap().to_owned();
+
+    for i in 1..=3 {
+        server.trigger(&["history-room"], "e", &format!("m{i}")).await;
+    }
+    for i in 1..=3u64 {
+        let message = first.recv_event("e").await;
+        assert_eq!((message["offset"].as_u64(), message["epoch"].as_str()), (Some(i), Some(epoch.as_str())));
+        assert_eq!(message["data"], format!("m{i}"), "the data as published");
+    }
+
+    // Gone after offset 1: 2 and 3 come back, in order, before the ack.
+    let mut back = server.connect().await;
+    let recovered = subscribe_since(&mut back, "history-room", Some((1, &epoch))).await;
+    assert_eq!(offsets(&recovered), [2, 3]);
+    assert_eq!(recovered.iter().map(|m| m["data"].clone()).take(2).collect::<Vec<_>>(), ["m2", "m3"]);
+    let ack = data(recovered.last().unwrap());
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(ack["position"], json!({ "offset": 3, "epoch": epoch }));
+    // Then live, nothing twice.
+    server.trigger(&["history-room"], "e", "m4").await;
+    assert_eq!(back.recv_event("e").await["offset"], 4);
+    assert!(back.sync().await.is_empty(), "nothing else");
+
+    // Nothing missed: nothing replayed, recovered.
+    let mut current = server.connect().await;
+    let acked = subscribe_since(&mut current, "history-room", Some((4, &epoch))).await;
+    assert_eq!((acked.len(), data(&acked[0])["recovered"].clone()), (1, json!(true)));
+
+    // More missed than is kept (5), another epoch, or a position ahead of the channel:
+    // nothing replayed, recovered false, the current position to resume from.
+    for i in 5..=9 {
+        server.trigger(&["history-room"], "e", &format!("m{i}")).await;
+    }
+    for since in [(3, epoch.as_str()), (8, "another-epoch"), (42, epoch.as_str())] {
+        let mut late = server.connect().await;
+        let acked = subscribe_since(&mut late, "history-room", Some(since)).await;
+        assert_eq!(acked.len(), 1, "no replay for {since:?}: {acked:?}");
+        let ack = data(&acked[0]);
+        assert_eq!(ack["recovered"], false, "{since:?}");
+        assert_eq!(ack["position"], json!({ "offset": 9, "epoch": epoch }));
+    }
+    let mut in_time = server.connect().await;
+    assert_eq!(
+        offsets(&subscribe_since(&mut in_time, "history-room", Some((4, &epoch))).await),
+        [5, 6, 7, 8, 9]
+    );
+}
+
+#[tokio::test]
+async fn channels_without_history_are_as_before() {
+    let server = Server::start(vec![history_app(5)], config()).await;
+    let mut client = server.connect().await;
+    let acked = subscribe_since(&mut client, "plain", None).await;
+    assert_eq!(data(&acked[0]), json!({}));
+    server.trigger(&["plain"], "e", "d").await;
+    let message = client.recv_event("e").await;
+    assert_eq!(message, json!({ "event": "e", "channel": "plain", "data": "d" }), "no offset, no epoch");
+    // A position for a channel that keeps none cannot be recovered.
+    let mut other = server.connect().await;
+    let acked = subscribe_since(&mut other, "plain", Some((3, "e"))).await;
+    assert_eq!(data(&acked[0]), json!({ "recovered": false }));
+}
+
+#[tokio::test]
+async fn presence_channels_with_history_ack_members_and_position() {
+    let mut app = history_app(10);
+    app.history[0].channels = ChannelPattern::new("presence-history-*").unwrap();
+    let server = Server::start(vec![app.clone()], config()).await;
+    let mut client = server.connect().await;
+    let ack = client.subscribe_presence(&app, "presence-history-room", "u1").await;
+    let ack = data(&ack);
+    assert_eq!(ack["presence"]["count"], 1, "{ack}");
+    assert_eq!(ack["position"]["offset"], 0, "{ack}");
+}
+
+/// While publications flow, clients recover again and again: each gets an unbroken,
+/// duplicate-free run of offsets from its position to the live channel. On two
+/// threads, so publications land while a subscription is between its history read and
+/// its first live message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
+    let server = Server::start(vec![history_app(10_000)], config()).await;
+    let mut watcher = server.connect().await;
+    let epoch =
+        data(subscribe_since(&mut watcher, "history-busy", None).await.last().unwrap())["position"]["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let publisher = {
+        let (node, app) = (server.node.clone(), server.app().clone());
+        tokio::spawn(async move {
+            for i in 1..=400 {
+                let request = EventRequest {
+                    name: "e".into(),
+                    data: i.to_string(),
+                    channels: vec!["history-busy".into()],
+                    exclude_socket_id: None,
+                };
+                let event = validate_event(&app, request).unwrap();
+                node.publish_event(&app, &event).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let (mut since, mut recoveries) = (0, 0);
+    while since < 400 {
+        let mut client = server.connect().await;
+        let messages = subscribe_since(&mut client, "history-busy", Some((since, &epoch))).await;
+        let ack = data(messages.last().unwrap());
+        assert_eq!(ack["recovered"], true, "{ack}");
+        let position = ack["position"]["offset"].as_u64().unwrap();
+        let mut got = offsets(&messages);
+        // Then some live ones.
+        let until = (position.max(since) + 3).min(400);
+        while got.last().copied().unwrap_or(since) < until {
+            got.push(client.recv_event("e").await["offset"].as_u64().unwrap());
+        }
+        let expected: Vec<u64> = (since + 1..=since + got.len() as u64).collect();
+        assert_eq!(got, expected, "recovery {recoveries} from {since} (position {position})");
+        since = got.last().copied().unwrap_or(since);
+        recoveries += 1;
+    }
+    publisher.await.unwrap();
+    assert!(recoveries > 3, "{recoveries} recoveries");
+}
