@@ -3,7 +3,9 @@
 #   - tests/compat: the Pusher compatibility suite (the official pusher-js
 #     client and pusher server SDK);
 #   - loadtest/node: the plain Node.js `ws` broadcast server used as a
-#     baseline in the benchmarks.
+#     baseline in the benchmarks;
+#   - clients/js: the @herald/pusher-recovery client module (its tests run
+#     pusher-js and Laravel Echo against a scripted server).
 #
 # Idempotent: for each directory, runs `npm ci` only when its node_modules is
 # missing or older than its package-lock.json, so CI and the README can call
@@ -11,7 +13,7 @@
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-node_dirs=(tests/compat loadtest/node)
+node_dirs=(tests/compat loadtest/node clients/js)
 
 die() {
   echo "install-node-deps: error: $*" >&2

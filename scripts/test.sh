@@ -8,7 +8,8 @@
 #      the release build itself (scripts/image-check.sh),
 #   5. RFC 6455 conformance: the Autobahn testsuite's fuzzing client against an echo
 #      harness on the edge's own frame code (scripts/autobahn.sh),
-#   6. the compatibility suite: unmodified pusher-js and the official pusher server
+#   6. clients/js (the recovery module for pusher-js) and the compatibility suite:
+#      unmodified pusher-js and the official pusher server
 #      SDK against a real `herald dev` process and `herald edge` clusters, webhooks
 #      checked by the official Standard Webhooks library and the pusher SDK, in dev
 #      and over tansu + Redis with a separate `herald dispatcher`,
@@ -39,6 +40,9 @@ scripts/image-check.sh
 
 echo "== Autobahn testsuite (RFC 6455) against the edge's frame reader and outbox"
 scripts/autobahn.sh
+
+echo "== clients/js: the recovery module's own tests (real pusher-js and Laravel Echo)"
+(cd clients/js && npm test)
 
 echo "== compatibility suite (pusher-js, pusher server SDK, grpcio, grpcurl)"
 cargo build --locked -p herald

@@ -28,16 +28,20 @@ import {
   CompatEnv,
   heraldConfig,
   nextEvent,
+  outage,
   record,
   recordFrames,
   roundTrip,
   startAuthServer,
   startHerald,
   startOnPorts,
+  startProxy,
   subscribe,
   userInfo,
   waitFor,
+  withHistory,
 } from './harness.mjs';
+import { withRecovery } from '../../clients/js/index.js';
 
 const REDIS_SERVER = process.env.REDIS_SERVER ?? 'redis-server';
 // The backbone the edges share: `single` (one redis-server), `sharded` (three
@@ -48,6 +52,8 @@ const EDGES = 3;
 // Presence lease of every edge: a killed edge's members are removed within
 // about 4/3 of it.
 const LEASE_SECS = 1;
+// History kept for the app's `history-*` channels.
+const HISTORY_SIZE = 5;
 const REAP_TIMEOUT_MS = 10_000;
 
 // ---------------------------------------------------------------------------
@@ -84,7 +90,12 @@ async function startRedis(extraArgs = () => [], extraPorts = 0) {
     command: REDIS_SERVER,
     count: 1 + extraPorts,
     args: ([port, ...rest]) => [
-      '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extraArgs(port, rest),
+      '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+      // A replica of a Redis Cluster writes what its master sends it to an RDB file:
+      // never in the working directory (the repository), where the next Redis started
+      // there would load it.
+      '--dir', tmpdir(), '--dbfilename', `herald-compat-${port}.rdb`,
+      ...extraArgs(port, rest),
     ],
     ready: async ([port]) => (await ping(port)) === '+PONG',
   });
@@ -161,6 +172,8 @@ async function startBackbone() {
 
 let backbone = null;
 let auth = null;
+/** The edges' `[redis] prefix`: every key and channel of this file's cluster starts with it. */
+const redisPrefix = `compat-${randomBytes(4).toString('hex')}`;
 const heralds = [];
 /** One CompatEnv per edge: `edges[0]` is edge 1, and so on. */
 const edges = [];
@@ -172,12 +185,15 @@ before(async () => {
   const redisSection = `
 [redis]
 ${backbone.section}
-prefix = "compat-${randomBytes(4).toString('hex')}"
+prefix = "${redisPrefix}"
 lease_secs = ${LEASE_SECS}
 `;
   const started = await Promise.allSettled(
     Array.from({ length: EDGES }, () =>
-      startHerald({ command: 'edge', config: (ports) => heraldConfig(ports) + redisSection }),
+      startHerald({
+        command: 'edge',
+        config: (ports) => withHistory(heraldConfig(ports), { size: HISTORY_SIZE }) + redisSection,
+      }),
     ),
   );
   for (const result of started) if (result.status === 'fulfilled') heralds.push(result.value);
@@ -482,6 +498,101 @@ test('terminateUserConnections through edge 1 closes the user on edge 3 (and edg
     await roundTrip(bystander);
     assert.equal(bystander.connection.state, 'connected');
   }
+});
+
+/** Every event of a pusher-js channel, in order, as `event` or `event n`. */
+function recordSummary(channel) {
+  const seen = [];
+  channel.bind_global((event, data) => seen.push(typeof data?.n === 'number' ? `${event} ${data.n}` : event));
+  return seen;
+}
+
+/**
+ * A recovering pusher-js client on edge 1 behind a proxy (closed after the test),
+ * subscribed to `channelName`, after one live event published through edge 2.
+ */
+async function recoveringClient(t, channelName) {
+  const proxy = await startProxy(edges[0].herald.port);
+  t.after(() => proxy.close());
+  const client = withRecovery(edges[0].clientVia(proxy.port));
+  const log = recordSummary(client.subscribe(channelName));
+  await subscribe(client, channelName);
+  await trigger(channelName, 1);
+  await waitFor(() => log.includes('my-event 1'), { what: 'the first live event' });
+  return { proxy, client, log };
+}
+
+async function trigger(channelName, n) {
+  const res = await edges[1].sdk().trigger(channelName, 'my-event', { n });
+  assert.equal(res.status, 200, `trigger ${n} on ${channelName} through edge 2`);
+}
+
+test('a client cut off from edge 1 recovers on edge 3 what was published through edge 2 meanwhile', async (t) => {
+  const { proxy, client, log } = await recoveringClient(t, 'history-cluster');
+  await outage(proxy, async () => {
+    proxy.target = edges[2].herald.port;
+    for (const n of [2, 3, 4]) await trigger('history-cluster', n);
+  });
+  await waitFor(() => log.includes('herald:recovered'), { what: `herald:recovered (so far: ${log})` });
+  await trigger('history-cluster', 5);
+  await waitFor(() => log.includes('my-event 5'), { what: 'the live event after the recovery' });
+  await edges[1].sentinel('history-cluster', [client.channel('history-cluster')]);
+  assert.deepEqual(log.filter((e) => e !== 'compat-sentinel'), [
+    'pusher:subscription_succeeded',
+    'my-event 1',
+    'my-event 2',
+    'my-event 3',
+    'my-event 4',
+    'pusher:subscription_succeeded',
+    'herald:recovered',
+    'my-event 5',
+  ]);
+});
+
+test(`across edges, more missed than the history keeps (${HISTORY_SIZE}) is unrecoverable`, async (t) => {
+  const { proxy, log } = await recoveringClient(t, 'history-cluster-long');
+  await outage(proxy, async () => {
+    proxy.target = edges[2].herald.port;
+    for (let n = 2; n <= HISTORY_SIZE + 3; n++) await trigger('history-cluster-long', n);
+  });
+  await waitFor(() => log.includes('herald:unrecoverable'), { what: `herald:unrecoverable (so far: ${log})` });
+  assert.deepEqual(log, ['pusher:subscription_succeeded', 'my-event 1', 'pusher:subscription_succeeded', 'herald:unrecoverable']);
+});
+
+test('a channel whose history Redis lost (a new epoch) is unrecoverable, then recovers again', async (t) => {
+  const channelName = 'history-cluster-lost';
+  const { proxy, client, log } = await recoveringClient(t, channelName);
+  const before = client.recovery.position(channelName);
+  await outage(proxy, async () => {
+    // What a Redis restarted empty would have lost: the channel's offset, epoch and list.
+    const channel = `${redisPrefix}:${APP.id.length}:${APP.id}:${channelName}`;
+    for (const server of backbone.servers) {
+      const deleted = spawnSync('redis-cli', ['-c', '-p', String(server.port), 'DEL', `{${channel}}:meta`, `{${channel}}:list`], {
+        encoding: 'utf8',
+        timeout: 10_000,
+      });
+      assert.equal(deleted.status, 0, `redis-cli DEL: ${deleted.stderr}`);
+    }
+    await trigger(channelName, 2);
+  });
+  await waitFor(() => log.includes('herald:unrecoverable'), { what: `herald:unrecoverable (so far: ${log})` });
+  const after = client.recovery.position(channelName);
+  assert.notEqual(after.epoch, before.epoch, 'a new epoch');
+  assert.equal(after.offset, 1, 'the one publication of the new epoch');
+  // From the new epoch's position on, recovery works again.
+  await outage(proxy, async () => {
+    await trigger(channelName, 3);
+  });
+  await waitFor(() => log.includes('herald:recovered'), { what: `herald:recovered (so far: ${log})` });
+  assert.deepEqual(log, [
+    'pusher:subscription_succeeded',
+    'my-event 1',
+    'pusher:subscription_succeeded',
+    'herald:unrecoverable',
+    'my-event 3',
+    'pusher:subscription_succeeded',
+    'herald:recovered',
+  ]);
 });
 
 // Last: edge 2 stays dead.

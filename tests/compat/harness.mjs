@@ -24,7 +24,7 @@ import { randomBytes } from 'node:crypto';
 import { constants, createWriteStream } from 'node:fs';
 import { access, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
-import { createServer as createTcpServer } from 'node:net';
+import { connect, createServer as createTcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -557,6 +557,115 @@ export async function startAuthServer(app, encryptionMasterKeyBase64) {
   };
 }
 
+/**
+ * `config` (a config text from `heraldConfig`) with history for the compat app's
+ * channels matching `channels`. TOML attaches `[[apps.history]]` to the last
+ * `[[apps]]` above it, so it goes right after the compat app's table (which ends
+ * with its api_tokens line), not at the end, where the disabled app's table is.
+ */
+export function withHistory(config, { channels = 'history-*', size = 100, ttl = '5m' } = {}) {
+  const anchor = `api_tokens = ["${APP.apiToken}"]\n`;
+  if (config.split(anchor).length !== 2) throw new Error(`heraldConfig changed: no single line ${anchor.trim()}`);
+  return config.replace(
+    anchor,
+    `${anchor}
+[[apps.history]]
+channels = "${channels}"
+size = ${size}
+ttl = "${ttl}"
+`,
+  );
+}
+
+// ---------------------------------------------------------------------------
+// A proxy the test controls
+// ---------------------------------------------------------------------------
+
+/**
+ * A TCP proxy on 127.0.0.1 in front of port `target` (`proxy.target` can be
+ * changed: the next connections go there). `cut()` destroys both sides of
+ * every connection it carries. After `hold()`, new connections are accepted
+ * but left unanswered (their bytes wait in the socket) until `release()`
+ * sends them on.
+ */
+export async function startProxy(target) {
+  const carried = new Set();
+  const waiting = new Set();
+  let holding = false;
+
+  const forward = (client) => {
+    const upstream = connect({ host: '127.0.0.1', port: proxy.target });
+    const pair = { client, upstream };
+    carried.add(pair);
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+      carried.delete(pair);
+    };
+    for (const socket of [client, upstream]) socket.on('error', close).on('close', close);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  };
+
+  const server = createTcpServer((client) => {
+    if (!holding) {
+      forward(client);
+      return;
+    }
+    client.pause();
+    waiting.add(client);
+    client.on('error', () => client.destroy());
+    client.on('close', () => waiting.delete(client));
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+
+  const proxy = {
+    port: server.address().port,
+    target,
+    /** Connections accepted and not yet sent on. */
+    waiting: () => waiting.size,
+    hold() {
+      holding = true;
+    },
+    release() {
+      holding = false;
+      for (const client of waiting) forward(client);
+      waiting.clear();
+    },
+    cut() {
+      for (const { client, upstream } of carried) {
+        client.destroy();
+        upstream.destroy();
+      }
+      carried.clear();
+    },
+    close() {
+      proxy.cut();
+      for (const client of waiting) client.destroy();
+      waiting.clear();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+  return proxy;
+}
+
+/**
+ * Takes the client behind `proxy` away while `whileAway()` runs: cuts its
+ * connection and holds the reconnection pusher-js starts; once pusher-js is
+ * seen trying again (so it has noticed the loss), `whileAway` runs, then the
+ * reconnection goes through.
+ */
+export async function outage(proxy, whileAway) {
+  proxy.hold();
+  proxy.cut();
+  await waitFor(() => proxy.waiting() >= 1, { what: 'pusher-js to try to reconnect' });
+  await whileAway();
+  proxy.release();
+}
+
 // ---------------------------------------------------------------------------
 // Per-file environment
 // ---------------------------------------------------------------------------
@@ -621,6 +730,25 @@ export class CompatEnv {
       disableStats: true,
       channelAuthorization: { endpoint: this.auth.url(authPath), transport: 'ajax', params },
       userAuthentication: { endpoint: this.auth.url(userAuthPath), transport: 'ajax', params },
+    });
+    this.clients.add(client);
+    client.connection.bind('connected', () => this.sockets.add(client.connection.connection.transport.socket));
+    return client;
+  }
+
+  /**
+   * A pusher-js client like `client()`, connecting through 127.0.0.1:`port` (a
+   * proxy in front of Herald) instead of to Herald itself.
+   */
+  clientVia(port) {
+    const client = new PusherClient(APP.key, {
+      wsHost: '127.0.0.1',
+      wsPort: port,
+      forceTLS: false,
+      enabledTransports: ['ws'],
+      cluster: 'mt1',
+      disableStats: true,
+      channelAuthorization: { endpoint: this.auth.url('/pusher/auth'), transport: 'ajax' },
     });
     this.clients.add(client);
     client.connection.bind('connected', () => this.sockets.add(client.connection.connection.transport.socket));
