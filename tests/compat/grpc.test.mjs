@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import {
   APP,
   DISABLED_APP,
+  heraldConfig,
   nextEvent,
   record,
   recordErrors,
@@ -24,6 +25,7 @@ import {
   useHerald,
   userInfo,
   waitFor,
+  withHistory,
 } from './harness.mjs';
 
 const PYTHON = process.env.PYTHON ?? 'python3';
@@ -42,6 +44,8 @@ let news;
 let grpcurlBin;
 
 const env = useHerald({
+  // History for `history-*` channels (GetHistory).
+  config: (ports) => withHistory(heraldConfig(ports), { size: 5 }),
   async setup(env) {
     grpcurlBin = await locateGrpcurl();
     watcher = await env.connectedClient();
@@ -417,4 +421,36 @@ test('grpcurl Publish with a JSON request reaches a pusher-js subscriber', async
   assert.equal(JSON.parse(reply).channels, 1);
   await waitFor(() => seen.length > 0, { what: 'the event published with grpcurl' });
   assert.deepEqual(seen[0].data, payload);
+});
+
+test('GetHistory reads what was published, from either end, and says whether a position recovers', async () => {
+  const channel = 'history-grpc';
+  for (let n = 1; n <= 7; n++) {
+    await publisher('publish', { channel, event: 'tick', data: JSON.stringify({ n }) });
+  }
+  // The latest first by default; 5 kept of 7.
+  const latest = await publisher('get-history', { channel, limit: 2 });
+  assert.deepEqual(latest.publications.map((p) => [p.offset, p.event, JSON.parse(p.data).n]), [
+    [7, 'tick', 7],
+    [6, 'tick', 6],
+  ]);
+  assert.equal(latest.position.offset, 7);
+  assert.equal(latest.first_offset, 3);
+  assert.ok(latest.publications[0].published_ms > 1_700_000_000_000);
+  assert.equal('recovered' in latest, false);
+  const { epoch } = latest.position;
+
+  // After a position: what followed it, oldest first, and whether it is complete.
+  const after = await publisher('get-history', { channel, since: 4, epoch });
+  assert.deepEqual(after.publications.map((p) => p.offset), [5, 6, 7]);
+  assert.equal(after.recovered, true);
+  const trimmed = await publisher('get-history', { channel, since: 1, epoch });
+  assert.equal(trimmed.recovered, false, 'offset 2 is no longer kept');
+  const other = await publisher('get-history', { channel, since: 4, epoch: 'another' });
+  assert.equal(other.recovered, false, 'another epoch');
+
+  const refused = await publisher('get-history', { channel: 'grpc-news' }, { expectCode: 'FAILED_PRECONDITION' });
+  assert.match(refused.message, /keeps no history/);
+  await publisher('get-history', { channel, limit: 10001 }, { expectCode: 'INVALID_ARGUMENT' });
+  await publisher('get-history', { channel, epoch }, { expectCode: 'INVALID_ARGUMENT' });
 });

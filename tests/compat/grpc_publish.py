@@ -16,6 +16,7 @@ Commands (one RPC each; `COMMAND --help` for their options):
     list-channels        ListChannels
     list-presence-users  ListPresenceUsers
     terminate-user       TerminateUserConnections
+    get-history          GetHistory of --channel (--since, --epoch, --limit, --direction)
 
 Output is one JSON object on stdout: the response in protobuf's JSON mapping
 (field names as in the .proto, 64-bit integers as numbers), or, when the server
@@ -86,6 +87,17 @@ def call(pb, stub, args, metadata):
     if args.command == "terminate-user":
         request = pb.TerminateUserConnectionsRequest(app_id=args.app_id, user_id=args.user_id)
         return to_json(stub.TerminateUserConnections(request, **options))
+    if args.command == "get-history":
+        request = pb.GetHistoryRequest(
+            app_id=args.app_id,
+            channel=args.channel,
+            epoch=args.epoch,
+            limit=args.limit,
+            direction=pb.HistoryDirection.Value(f"HISTORY_DIRECTION_{args.direction}"),
+        )
+        if args.since is not None:
+            request.since = args.since
+        return to_json(stub.GetHistory(request, **options))
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -119,6 +131,12 @@ def parse_args():
         commands.add_parser(name, help=help_text).add_argument("--channel", required=True)
     commands.add_parser("list-channels", help="ListChannels").add_argument("--prefix", default="")
     commands.add_parser("terminate-user", help="TerminateUserConnections").add_argument("--user-id", required=True)
+    history = commands.add_parser("get-history", help="GetHistory")
+    history.add_argument("--channel", required=True)
+    history.add_argument("--since", type=int)
+    history.add_argument("--epoch", default="")
+    history.add_argument("--limit", type=int, default=0)
+    history.add_argument("--direction", choices=["UNSPECIFIED", "FORWARD", "BACKWARD"], default="UNSPECIFIED")
     return parser.parse_args()
 
 

@@ -242,3 +242,27 @@ test("Laravel Echo: .listen-ed events are recovered, then .herald:recovered, the
     'my-event 5',
   ]);
 });
+
+test('backends read a channel history through the Pusher HTTP API, signed by the pusher SDK', async () => {
+  for (const n of [1, 2, 3]) await trigger('history-api', n);
+  const get = async (path, params) => {
+    const res = await env.sdk().get({ path, params });
+    return { status: res.status, body: await res.json() };
+  };
+  const latest = await get('/channels/history-api/history', { limit: 2 });
+  assert.equal(latest.status, 200);
+  assert.deepEqual(latest.body.publications.map((p) => [p.offset, p.event, JSON.parse(p.data).n]), [
+    [3, 'my-event', 3],
+    [2, 'my-event', 2],
+  ]);
+  assert.equal(latest.body.position.offset, 3);
+  assert.equal(latest.body.first_offset, 1);
+  const { epoch } = latest.body.position;
+  const after = await get('/channels/history-api/history', { since: 1, epoch });
+  assert.deepEqual(after.body.publications.map((p) => p.offset), [2, 3]);
+  assert.equal(after.body.recovered, true);
+
+  const refused = await get('/channels/plain-api/history', {}).catch((e) => ({ status: e.status, body: e.body }));
+  assert.equal(refused.status, 400);
+  assert.match(String(refused.body), /keeps no history/);
+});

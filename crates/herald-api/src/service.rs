@@ -5,7 +5,10 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use herald_backbone::{Claim, IdempotencyStore};
 use herald_core::{App, ChannelKind, ChannelName, TraceContext};
-use herald_node::{EventRequest, Node, ValidEvent, publish_span, traced_publish, validate_event};
+use herald_node::{
+    EventRequest, HistoryError, HistoryRequest, Node, ValidEvent, publish_span, traced_publish,
+    validate_event,
+};
 use herald_proto::v1::{self as pb, publish_result, publisher_server::Publisher};
 use herald_telemetry::trace;
 use tokio::sync::mpsc;
@@ -350,6 +353,55 @@ impl Publisher for PublisherService {
         let app = self.inner.app(&request, &request.get_ref().app_id)?;
         self.inner.node.terminate_user(&app, &request.get_ref().user_id).await.map_err(Error::from)?;
         Ok(Response::new(pb::TerminateUserConnectionsResponse {}))
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<pb::GetHistoryResponse>, Status> {
+        let app = self.inner.app(&request, &request.get_ref().app_id)?;
+        let request = request.into_inner();
+        let direction = match pb::HistoryDirection::try_from(request.direction) {
+            Ok(pb::HistoryDirection::Unspecified) => None,
+            Ok(pb::HistoryDirection::Forward) => Some(herald_backbone::Direction::Forward),
+            Ok(pb::HistoryDirection::Backward) => Some(herald_backbone::Direction::Backward),
+            Err(_) => {
+                return Err(
+                    Error::InvalidArgument(format!("direction: {} is unknown", request.direction)).into()
+                );
+            }
+        };
+        let read = HistoryRequest {
+            channel: request.channel,
+            since: request.since,
+            epoch: Some(request.epoch).filter(|e| !e.is_empty()),
+            limit: Some(request.limit as usize).filter(|l| *l > 0),
+            direction,
+        };
+        let answer = self.inner.node.read_history(&app, read).await.map_err(|e| match e {
+            HistoryError::Invalid(_) => Error::InvalidArgument(e.to_string()),
+            HistoryError::NotKept(_) => Error::FailedPrecondition(e.to_string()),
+            HistoryError::Backbone(e) => Error::from(e),
+        })?;
+        let publications = answer
+            .page
+            .publications
+            .iter()
+            .map(|p| pb::HistoryPublication {
+                offset: p.position.as_ref().map_or(0, |at| at.offset),
+                event: p.event.to_string(),
+                data: p.data.to_text(),
+                user_id: p.user_id.as_deref().unwrap_or_default().to_owned(),
+                published_ms: p.published_us / 1000,
+            })
+            .collect();
+        let position = &answer.page.position;
+        Ok(Response::new(pb::GetHistoryResponse {
+            publications,
+            position: Some(pb::StreamPosition { offset: position.offset, epoch: position.epoch.to_string() }),
+            first_offset: answer.page.first,
+            recovered: answer.recovered,
+        }))
     }
 }
 

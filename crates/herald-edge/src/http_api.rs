@@ -17,7 +17,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use herald_node::{
-    EventRequest, HttpApiConfig, Node, PublishError, ValidEvent, traced_publish, validate_event,
+    EventRequest, HistoryError, HistoryRequest, HttpApiConfig, Node, PublishError, ValidEvent,
+    parse_direction, traced_publish, validate_event,
 };
 
 /// An API failure: the status and the message put in the JSON body.
@@ -102,6 +103,7 @@ enum Endpoint<'a> {
     Channels,
     Channel(&'a str),
     Users(&'a str),
+    History(&'a str),
     Terminate(&'a str),
 }
 
@@ -114,6 +116,7 @@ impl<'a> Endpoint<'a> {
             (&Method::GET, ["channels"]) => Ok(Self::Channels),
             (&Method::GET, ["channels", channel]) => Ok(Self::Channel(channel)),
             (&Method::GET, ["channels", channel, "users"]) => Ok(Self::Users(channel)),
+            (&Method::GET, ["channels", channel, "history"]) => Ok(Self::History(channel)),
             (&Method::POST, ["users", user_id, "terminate_connections"]) => Ok(Self::Terminate(user_id)),
             (_, ["events" | "batch_events" | "channels" | "users", ..]) => Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -196,6 +199,7 @@ async fn serve(node: &Node, request: Request<Incoming>) -> ApiResult<Value> {
         Endpoint::Channels => channels(node, &app, param("filter_by_prefix"), param("info")).await,
         Endpoint::Channel(channel) => channel_info(node, &app, channel, param("info")).await,
         Endpoint::Users(channel) => users(node, &app, channel).await,
+        Endpoint::History(channel) => history(node, &app, channel, &query).await,
         Endpoint::Terminate(user_id) => terminate(node, &app, user_id).await,
     }
 }
@@ -415,6 +419,66 @@ async fn channel_info(node: &Node, app: &App, channel: &str, info: Option<&str>)
         out[attribute.0] = attribute.1;
     }
     Ok(out)
+}
+
+/// `GET /apps/{id}/channels/{name}/history?since=&epoch=&limit=&direction=`: the
+/// channel's kept publications, its position, and (with `since` and `epoch`) whether
+/// nothing after that position is missing.
+async fn history(node: &Node, app: &App, channel: &str, query: &[(String, String)]) -> ApiResult<Value> {
+    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let number = |name: &str| -> ApiResult<Option<u64>> {
+        param(name)
+            .map(|text| {
+                text.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("{name}: {text:?} is not a number")))
+            })
+            .transpose()
+    };
+    let request = HistoryRequest {
+        channel: channel.to_owned(),
+        since: number("since")?,
+        epoch: param("epoch").map(str::to_owned),
+        limit: number("limit")?.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)),
+        direction: param("direction").map(parse_direction).transpose()?,
+    };
+    let answer = node.read_history(app, request).await?;
+    let publications: Vec<Value> = answer
+        .page
+        .publications
+        .iter()
+        .map(|p| {
+            let mut publication = json!({
+                "offset": p.position.as_ref().map_or(0, |at| at.offset),
+                "event": &*p.event,
+                "data": p.data.to_text(),
+                "published_ms": p.published_us / 1000,
+            });
+            if let Some(user_id) = &p.user_id {
+                publication["user_id"] = json!(&**user_id);
+            }
+            publication
+        })
+        .collect();
+    let position = &answer.page.position;
+    let mut out = json!({
+        "channel": answer.channel.as_str(),
+        "publications": publications,
+        "position": { "offset": position.offset, "epoch": &*position.epoch },
+        "first_offset": answer.page.first,
+    });
+    if let Some(recovered) = answer.recovered {
+        out["recovered"] = json!(recovered);
+    }
+    Ok(out)
+}
+
+impl From<HistoryError> for ApiError {
+    fn from(e: HistoryError) -> Self {
+        match e {
+            HistoryError::Invalid(_) | HistoryError::NotKept(_) => Self::bad_request(e.to_string()),
+            HistoryError::Backbone(e) => e.into(),
+        }
+    }
 }
 
 async fn users(node: &Node, app: &App, channel: &str) -> ApiResult<Value> {

@@ -181,3 +181,40 @@ async fn recovery_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
     publisher.await.unwrap();
     assert!(recoveries > 3, "{recoveries} recoveries");
 }
+
+#[tokio::test]
+async fn the_history_endpoint_reads_and_refuses_with_400() {
+    let server = Server::start(vec![history_app(5)], config()).await;
+    for i in 1..=3 {
+        server.trigger(&["history-log"], "e", &format!("m{i}")).await;
+    }
+    let path = "/apps/app/channels/history-log/history";
+    let (status, body) = server.api("GET", path, &[("direction", "forward"), ("limit", "2")], None).await;
+    assert_eq!(status, 200, "{body}");
+    let read: Vec<(u64, String)> = body["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["offset"].as_u64().unwrap(), p["data"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(read, [(1, "m1".to_owned()), (2, "m2".to_owned())]);
+    assert_eq!((body["position"]["offset"].as_u64(), body["first_offset"].as_u64()), (Some(3), Some(1)));
+    assert!(body.get("recovered").is_none());
+
+    for (query, expected) in [
+        (vec![("limit", "0")], "limit"),
+        (vec![("limit", "many")], "limit"),
+        (vec![("direction", "sideways")], "direction"),
+        (vec![("since", "-1")], "since"),
+        (vec![("epoch", "e")], "epoch"),
+    ] {
+        let (status, body) = server.api("GET", path, &query, None).await;
+        assert_eq!(status, 400, "{query:?}: {body}");
+        assert!(body["error"].as_str().unwrap().starts_with(expected), "{query:?}: {body}");
+    }
+    let (status, body) = server.api("GET", "/apps/app/channels/plain/history", &[], None).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("keeps no history"), "{body}");
+    let (status, _) = server.api("POST", path, &[], None).await;
+    assert_eq!(status, 405);
+}

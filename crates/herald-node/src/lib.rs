@@ -5,6 +5,7 @@
 //! | module | what |
 //! |---|---|
 //! | `node` | [`Node`], built whole by [`NodeBuilder`]; its whole API |
+//! | `history` | reads of a channel's history for backends (HTTP and gRPC), validated once |
 //! | `publish` | the one publish path of every API: validation (typed refusals) and publication |
 //! | `recorder` | channel events into the event log: one appender per node, bounded |
 //! | `lifecycle` | subscription counts and occupied/vacated/member events, decided once per cluster |
@@ -17,6 +18,7 @@
 
 mod config;
 mod debounce;
+mod history;
 mod input_budget;
 mod interest;
 mod lifecycle;
@@ -27,6 +29,7 @@ mod recorder;
 mod share;
 
 pub use config::{ConnectionConfig, EdgeConfig, HttpApiConfig, duration};
+pub use history::{DEFAULT_HISTORY_LIMIT, HistoryAnswer, HistoryError, HistoryRequest, parse_direction};
 pub use input_budget::InputBudget;
 pub use node::{Node, NodeBuilder};
 pub use publish::{

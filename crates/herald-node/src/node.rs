@@ -27,7 +27,7 @@ use herald_proto::v1::ChannelEvent;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    EdgeConfig,
+    EdgeConfig, HistoryAnswer, HistoryError, HistoryRequest,
     debounce::Debouncer,
     input_budget::InputBudget,
     interest::Interest,
@@ -314,6 +314,15 @@ impl Node {
         query: HistoryQuery,
     ) -> herald_backbone::Result<HistoryPage> {
         self.broker.history(topic, retention, query).await
+    }
+
+    /// A backend's read of a channel's history, validated as both APIs validate it.
+    pub async fn read_history(
+        &self,
+        app: &App,
+        request: HistoryRequest,
+    ) -> Result<HistoryAnswer, HistoryError> {
+        crate::history::read(self, app, request).await
     }
 
     /// Ends a catch-up: `first` (the missed history and the subscription ack), then what

@@ -200,6 +200,102 @@ pub struct TerminateUserConnectionsRequest {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TerminateUserConnectionsResponse {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetHistoryRequest {
+    #[prost(string, tag = "1")]
+    pub app_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub channel: ::prost::alloc::string::String,
+    /// Only publications with a greater offset.
+    #[prost(uint64, optional, tag = "3")]
+    pub since: ::core::option::Option<u64>,
+    /// The epoch of `since`: the response then says whether nothing after that
+    /// position is missing (`recovered`). Only with `since`.
+    #[prost(string, tag = "4")]
+    pub epoch: ::prost::alloc::string::String,
+    /// At most this many publications, 1 to 10000; 0 means 100.
+    #[prost(uint32, tag = "5")]
+    pub limit: u32,
+    #[prost(enumeration = "HistoryDirection", tag = "6")]
+    pub direction: i32,
+}
+/// A place in a channel's history: offsets count the channel's publications within
+/// an epoch, which changes whenever the history was lost.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StreamPosition {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(string, tag = "2")]
+    pub epoch: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HistoryPublication {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(string, tag = "2")]
+    pub event: ::prost::alloc::string::String,
+    /// The data as clients receive it (the string the publisher gave).
+    #[prost(string, tag = "3")]
+    pub data: ::prost::alloc::string::String,
+    /// Set on client events of presence channels.
+    #[prost(string, tag = "4")]
+    pub user_id: ::prost::alloc::string::String,
+    /// When the edge that accepted it did (milliseconds since the Unix epoch).
+    #[prost(int64, tag = "5")]
+    pub published_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetHistoryResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub publications: ::prost::alloc::vec::Vec<HistoryPublication>,
+    /// The channel's latest position (offset 0: nothing published in this epoch).
+    #[prost(message, optional, tag = "2")]
+    pub position: ::core::option::Option<StreamPosition>,
+    /// The oldest offset still kept (position.offset + 1 when none is).
+    #[prost(uint64, tag = "3")]
+    pub first_offset: u64,
+    /// With `since` and `epoch`: whether every publication after that position is kept.
+    #[prost(bool, optional, tag = "4")]
+    pub recovered: ::core::option::Option<bool>,
+}
+/// Which end of a channel's kept publications a read takes its limit from.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum HistoryDirection {
+    /// Forward when `since` is set (what followed it), else backward (the latest).
+    Unspecified = 0,
+    /// Oldest first.
+    Forward = 1,
+    /// Newest first.
+    Backward = 2,
+}
+impl HistoryDirection {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "HISTORY_DIRECTION_UNSPECIFIED",
+            Self::Forward => "HISTORY_DIRECTION_FORWARD",
+            Self::Backward => "HISTORY_DIRECTION_BACKWARD",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "HISTORY_DIRECTION_UNSPECIFIED" => Some(Self::Unspecified),
+            "HISTORY_DIRECTION_FORWARD" => Some(Self::Forward),
+            "HISTORY_DIRECTION_BACKWARD" => Some(Self::Backward),
+            _ => None,
+        }
+    }
+}
 /// Generated client implementations.
 pub mod publisher_client {
     #![allow(
@@ -461,6 +557,32 @@ pub mod publisher_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// The kept publications of a channel that keeps history (an [[apps.history]] rule
+        /// of the app matches it; else FAILED_PRECONDITION).
+        pub async fn get_history(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetHistoryResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.Publisher/GetHistory",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.Publisher", "GetHistory"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -535,6 +657,15 @@ pub mod publisher_server {
             request: tonic::Request<super::TerminateUserConnectionsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::TerminateUserConnectionsResponse>,
+            tonic::Status,
+        >;
+        /// The kept publications of a channel that keeps history (an [[apps.history]] rule
+        /// of the app matches it; else FAILED_PRECONDITION).
+        async fn get_history(
+            &self,
+            request: tonic::Request<super::GetHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetHistoryResponse>,
             tonic::Status,
         >;
     }
@@ -921,6 +1052,51 @@ pub mod publisher_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = TerminateUserConnectionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.Publisher/GetHistory" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetHistorySvc<T: Publisher>(pub Arc<T>);
+                    impl<
+                        T: Publisher,
+                    > tonic::server::UnaryService<super::GetHistoryRequest>
+                    for GetHistorySvc<T> {
+                        type Response = super::GetHistoryResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetHistoryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Publisher>::get_history(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetHistorySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
