@@ -338,6 +338,12 @@ fn the_example_config_is_valid_and_documents_the_defaults() {
     assert_dispatcher_defaults(&config.dispatcher);
     let app = config.apps.iter().next().unwrap();
     assert_eq!(app.limits, AppLimits::default());
+    // The history rule documents meta_ttl's default.
+    let rule = &app.history[..];
+    assert_eq!(rule.len(), 1, "{rule:?}");
+    let defaulted: herald_core::HistoryRule =
+        serde_json::from_value(serde_json::json!({ "channels": "x", "size": 1, "ttl": "1s" })).unwrap();
+    assert_eq!(rule[0].meta_ttl, defaulted.meta_ttl);
 }
 
 /// The dispatcher's own defaults, field by field (its settings have no `PartialEq`).
