@@ -11,10 +11,12 @@
 //! | `null-server` | the fan-out floor the servers are compared against: a Pusher-speaking server that only `write()`s |
 //! | `webhooks` | the webhook dispatcher on one core: deliveries per second to a keep-alive sink, append→2xx latency |
 //! | `scale` | a whole cluster (Redis, many edges, many load processes) holding N connections: connect rate, memory, broadcast and steady latency, kill -9 and rolling-restart recovery |
+//! | `history` | channel history: publish cost with it on and off, and a reconnect storm of clients each recovering what it missed |
 //! | `otlp-sink` | an OTLP/gRPC trace collector that only counts spans: the other end of a traced server |
 
 mod connect;
 mod fanout;
+mod history;
 mod null_server;
 mod otlp_sink;
 mod plot;
@@ -49,6 +51,8 @@ enum Scenario {
     Webhooks(webhooks::WebhooksArgs),
     /// Run a whole cluster at scale: connections, broadcasts, crashes, rolling restarts.
     Scale(scale::ScaleArgs),
+    /// Channel history: publish cost on and off, and a storm of recovering reconnects.
+    History(history::HistoryArgs),
     /// Internal: one load process of `scale`.
     #[command(hide = true)]
     ScaleWorker(scale::worker::WorkerArgs),
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
                     Scenario::Webhooks(args) => webhooks::run(args).await,
                     Scenario::OtlpSink(args) => otlp_sink::run(args).await,
                     Scenario::Scale(args) => scale::run(args).await,
+                    Scenario::History(args) => history::run(args).await,
                     Scenario::ScaleWorker(_) => anyhow::bail!("a scale worker runs on its own runtime"),
                     Scenario::NullServer(_) => anyhow::bail!("the null server runs on its own runtime"),
                 }

@@ -46,6 +46,24 @@ pub struct PublishArgs {
     seconds: f64,
 }
 
+impl PublishArgs {
+    /// `PublishStream` over 4 streams of one connection, 100-byte events to `channel`,
+    /// for `seconds` (another scenario's publisher).
+    pub fn stream(target: SocketAddr, token: &str, app_id: &str, channel: &str, seconds: f64) -> Self {
+        Self {
+            target,
+            token: token.into(),
+            app_id: app_id.into(),
+            channel: channel.into(),
+            mode: Mode::Stream,
+            concurrency: 4,
+            connections: 1,
+            payload: 100,
+            seconds,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum Mode {
     Unary,

@@ -23,6 +23,7 @@ import { withRecovery } from '../../clients/js/index.js';
 import {
   APP,
   heraldConfig,
+  nextEvent,
   outage,
   roundTrip,
   startProxy,
@@ -265,4 +266,22 @@ test('backends read a channel history through the Pusher HTTP API, signed by the
   const refused = await get('/channels/plain-api/history', {}).catch((e) => ({ status: e.status, body: e.body }));
   assert.equal(refused.status, 400);
   assert.match(String(refused.body), /keeps no history/);
+});
+
+test("cache channels: pusher-js's pusher:cache_miss on an empty one, the last event first to a new subscriber", async () => {
+  const first = await env.connectedClient();
+  const channel = first.subscribe('cache-compat');
+  await nextEvent(channel, 'pusher:cache_miss');
+  const seen = recordAll(channel);
+  await trigger('cache-compat', 1);
+  await trigger('cache-compat', 2);
+  await waitFor(() => seen.length === 2, { what: 'two live events' });
+
+  const second = await env.connectedClient();
+  const later = second.subscribe('cache-compat');
+  const log = recordAll(later);
+  await waitFor(() => log.length === 2, { what: `the ack and the cached event (so far: ${summary(log)})` });
+  await trigger('cache-compat', 3);
+  await waitFor(() => log.length === 3, { what: 'the live event' });
+  assert.deepEqual(summary(log), ['pusher:subscription_succeeded', 'my-event 2', 'my-event 3']);
 });

@@ -19,7 +19,7 @@ import { createServer } from 'node:http';
 import PusherServer from 'pusher';
 import { Webhook } from 'standardwebhooks';
 
-import { APP, heraldConfig, startHerald, startOnPorts, subscribe, useHerald, waitFor } from './harness.mjs';
+import { APP, heraldConfig, nextEvent, startHerald, startOnPorts, subscribe, useHerald, waitFor } from './harness.mjs';
 
 const SECRET = `whsec_${randomBytes(32).toString('base64')}`;
 const DEBOUNCE_MS = 500;
@@ -263,6 +263,17 @@ test('a presence subscription is announced as channel_occupied and member_added,
     const time = pusherVerifier.webhook(delivery).getTime().getTime();
     assert.ok(time >= subscribed - 1_000 && time <= Date.now() + 1_000, `time_ms ${time}`);
   }
+});
+
+test('subscriptions to an empty cache channel are announced as cache_miss, once, in both formats', async () => {
+  const channel = 'private-cache-hooks';
+  const clients = await Promise.all([1, 2, 3].map(() => env.connectedClient()));
+  // pusher-js's own pusher:cache_miss, on every client.
+  await Promise.all(clients.map((client) => nextEvent(client.subscribe(channel), 'pusher:cache_miss')));
+  const miss = await exactlyOne(() => standardOf('cache.miss', channel), 'cache.miss');
+  assert.equal(miss.data.app_id, APP.id);
+  const pusherMiss = await exactlyOne(() => pusherOf('cache_miss', channel), 'pusher cache_miss');
+  assert.deepEqual(pusherMiss, { name: 'cache_miss', channel });
 });
 
 test('a publication reaches the Standard Webhooks endpoint as channel.event, never the Pusher one', async () => {

@@ -119,9 +119,14 @@ impl App {
         }
     }
 
-    /// The history rule of `channel`, if it keeps history (the first rule matching it).
+    /// The history rule of `channel`, if it keeps history: the first rule matching it,
+    /// else, for a cache channel, [`cache_rule`](crate::history::cache_rule) (its last
+    /// event).
     pub fn history_for(&self, channel: &ChannelName) -> Option<&HistoryRule> {
-        self.history.iter().find(|rule| rule.channels.matches(channel.as_str()))
+        self.history
+            .iter()
+            .find(|rule| rule.channels.matches(channel.as_str()))
+            .or_else(|| channel.is_cache().then(crate::history::cache_rule))
     }
 }
 

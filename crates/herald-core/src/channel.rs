@@ -73,6 +73,16 @@ impl ChannelName {
         }
     }
 
+    /// A cache channel (`cache-`, `private-cache-`, `private-encrypted-cache-`,
+    /// `presence-cache-`): it remembers its last event and sends it to each new
+    /// subscriber, or `pusher:cache_miss` when it has none.
+    pub fn is_cache(&self) -> bool {
+        let name = self.as_str();
+        ["cache-", "private-cache-", "private-encrypted-cache-", "presence-cache-"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+    }
+
     /// The user id of a `#server-to-user-<id>` channel.
     pub fn server_to_user_id(&self) -> Option<&str> {
         self.as_str().strip_prefix(SERVER_TO_USER_PREFIX)

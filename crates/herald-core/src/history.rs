@@ -59,6 +59,24 @@ pub struct HistoryRule {
     pub meta_ttl: Duration,
 }
 
+/// How long a cache channel keeps its last event when no rule of the app says
+/// otherwise: Pusher's 30 minutes.
+pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// What a cache channel keeps when no `[[apps.history]]` rule matches it: its last
+/// event, for [`CACHE_TTL`]. A rule that matches it takes precedence (a longer
+/// history, another ttl), and the channel still sends its last event to each new
+/// subscriber.
+pub fn cache_rule() -> &'static HistoryRule {
+    static RULE: std::sync::LazyLock<HistoryRule> = std::sync::LazyLock::new(|| HistoryRule {
+        channels: ChannelPattern::everything(),
+        size: 1,
+        ttl: CACHE_TTL,
+        meta_ttl: CACHE_TTL,
+    });
+    &RULE
+}
+
 /// Most publications one rule may keep per channel: a recovering client gets at most
 /// this many at once.
 pub const MAX_HISTORY_SIZE: usize = 10_000;

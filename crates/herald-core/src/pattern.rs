@@ -36,6 +36,11 @@ impl ChannelPattern {
         Ok(Self(pattern.to_owned()))
     }
 
+    /// `*`: every channel.
+    pub(crate) fn everything() -> Self {
+        Self("*".to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

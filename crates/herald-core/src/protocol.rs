@@ -115,6 +115,11 @@ pub fn member_added_data(user_id: &str, user_info: &Value) -> String {
     json!({ "user_id": user_id, "user_info": user_info }).to_string()
 }
 
+/// `pusher:cache_miss`: a cache channel had no event to send a new subscriber.
+pub fn cache_miss(channel: &str) -> String {
+    json!({ "event": "pusher:cache_miss", "channel": channel }).to_string()
+}
+
 pub fn member_removed_data(user_id: &str) -> String {
     json!({ "user_id": user_id }).to_string()
 }

@@ -32,6 +32,7 @@ pub fn event_type(event: &ChannelEvent) -> Option<EventType> {
         ChannelEventType::MemberAdded => EventType::MemberAdded,
         ChannelEventType::MemberRemoved => EventType::MemberRemoved,
         ChannelEventType::SubscriptionCount => EventType::SubscriptionCount,
+        ChannelEventType::CacheMiss => EventType::CacheMiss,
         ChannelEventType::Unspecified => return None,
     })
 }
@@ -198,5 +199,9 @@ mod tests {
         );
         assert!(pusher_event(&event(ChannelEventType::Publication)).is_none());
         assert!(pusher_event(&event(ChannelEventType::Unspecified)).is_none());
+        // Pusher's cache_miss: the channel alone.
+        let miss = pusher_event(&event(ChannelEventType::CacheMiss)).unwrap();
+        assert_eq!(miss, json!({ "name": "cache_miss", "channel": "presence-room" }));
+        assert_eq!(standard_body(&event(ChannelEventType::CacheMiss))["type"], "cache.miss");
     }
 }

@@ -3,11 +3,11 @@
 
 use std::{
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
-use herald_backbone::ChannelStats;
+use herald_backbone::{ChannelStats, Direction, HistoryQuery, Retention, Topic};
 use herald_core::{App, ChannelKind, ChannelName, TraceContext, auth};
 use herald_telemetry::Metric;
 use http::{Method, Request, Response, StatusCode};
@@ -418,6 +418,11 @@ async fn channel_info(node: &Node, app: &App, channel: &str, info: Option<&str>)
     for attribute in attributes_of(&stats, &channel, &info) {
         out[attribute.0] = attribute.1;
     }
+    if channel.is_cache()
+        && let Some(cache) = cached(node, app, &channel).await?
+    {
+        out["cache"] = cache;
+    }
     Ok(out)
 }
 
@@ -479,6 +484,20 @@ impl From<HistoryError> for ApiError {
             HistoryError::Backbone(e) => e.into(),
         }
     }
+}
+
+/// A cache channel's cached event as Pusher's channel info shows it: its data and the
+/// seconds it has left.
+async fn cached(node: &Node, app: &App, channel: &ChannelName) -> ApiResult<Option<Value>> {
+    let Some(rule) = app.history_for(channel) else { return Ok(None) };
+    let topic = Topic::channel(&Arc::from(app.id.as_str()), channel);
+    let last = HistoryQuery { since: None, limit: 1, direction: Direction::Backward };
+    let page = node.history(&topic, Retention::from(rule), last).await?;
+    Ok(page.publications.first().map(|p| {
+        let age =
+            Duration::from_micros(u64::try_from(herald_core::time::now_us() - p.published_us).unwrap_or(0));
+        json!({ "data": p.data.to_text(), "ttl": rule.ttl.saturating_sub(age).as_secs() })
+    }))
 }
 
 async fn users(node: &Node, app: &App, channel: &str) -> ApiResult<Value> {

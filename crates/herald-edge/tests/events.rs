@@ -137,3 +137,24 @@ async fn debounced_announcements_are_recorded_at_shutdown() {
     assert_eq!(kinds(&next(log.as_mut(), 2).await), [MemberRemoved, ChannelVacated]);
     drop(bob);
 }
+
+#[tokio::test]
+async fn a_crowd_missing_a_cache_channel_records_one_cache_miss() {
+    use ChannelEventType::*;
+    let (server, mut log) = recording(100).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut client = server.connect().await;
+        client.subscribe("cache-price").await;
+        assert_eq!(client.recv().await["event"], "pusher:cache_miss", "each client is told");
+        clients.push(client);
+    }
+    // A publication after them marks the end of what they recorded.
+    server.trigger(&["cache-price"], "price", "42").await;
+    let events = until(log.as_mut(), |e| kind(e) == Publication).await;
+    // channel_occupied comes with the node's next count batch: before or after.
+    let misses: Vec<&ChannelEvent> = events.iter().filter(|e| kind(e) == CacheMiss).collect();
+    assert_eq!(misses.len(), 1, "one cache_miss: {events:?}");
+    assert_eq!(misses[0].channel, "cache-price");
+    assert_eq!(events.len(), 3, "occupied, cache_miss, the publication: {events:?}");
+}

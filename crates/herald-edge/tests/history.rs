@@ -144,10 +144,10 @@ async fn recovery_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
             .as_str()
             .unwrap()
             .to_owned();
-    let publisher = {
+    let publish = |count: u64| {
         let (node, app) = (server.node.clone(), server.app().clone());
         tokio::spawn(async move {
-            for i in 1..=400 {
+            for i in 0..count {
                 let request = EventRequest {
                     name: "e".into(),
                     data: i.to_string(),
@@ -160,26 +160,27 @@ async fn recovery_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
             }
         })
     };
-    let (mut since, mut recoveries) = (0, 0);
-    while since < 400 {
+    let (mut since, mut published) = (0, 0);
+    for recovery in 0..20 {
+        // A burst lands while the client reconnects and catches up...
+        let burst = publish(50);
         let mut client = server.connect().await;
         let messages = subscribe_since(&mut client, "history-busy", Some((since, &epoch))).await;
         let ack = data(messages.last().unwrap());
         assert_eq!(ack["recovered"], true, "{ack}");
         let position = ack["position"]["offset"].as_u64().unwrap();
+        burst.await.unwrap();
+        // ... and one more after it, so the client has a known last offset to reach.
+        publish(1).await.unwrap();
+        published += 51;
         let mut got = offsets(&messages);
-        // Then some live ones.
-        let until = (position.max(since) + 3).min(400);
-        while got.last().copied().unwrap_or(since) < until {
+        while got.last().copied().unwrap_or(since) < published {
             got.push(client.recv_event("e").await["offset"].as_u64().unwrap());
         }
-        let expected: Vec<u64> = (since + 1..=since + got.len() as u64).collect();
-        assert_eq!(got, expected, "recovery {recoveries} from {since} (position {position})");
-        since = got.last().copied().unwrap_or(since);
-        recoveries += 1;
+        let expected: Vec<u64> = (since + 1..=published).collect();
+        assert_eq!(got, expected, "recovery {recovery} from {since} (position {position})");
+        since = published;
     }
-    publisher.await.unwrap();
-    assert!(recoveries > 3, "{recoveries} recoveries");
 }
 
 #[tokio::test]
@@ -217,4 +218,42 @@ async fn the_history_endpoint_reads_and_refuses_with_400() {
     assert!(body["error"].as_str().unwrap().contains("keeps no history"), "{body}");
     let (status, _) = server.api("POST", path, &[], None).await;
     assert_eq!(status, 405);
+}
+
+#[tokio::test]
+async fn cache_channels_send_their_last_event_or_a_cache_miss_after_the_ack() {
+    // No history rule: cache channels keep their last event anyway.
+    let app = app("app");
+    let server = Server::start(vec![app.clone()], config()).await;
+    let mut first = server.connect().await;
+    let acked = subscribe_since(&mut first, "cache-score", None).await;
+    assert_eq!(acked.len(), 1);
+    let miss = first.recv().await;
+    assert_eq!(miss, json!({ "event": "pusher:cache_miss", "channel": "cache-score" }));
+
+    server.trigger(&["cache-score"], "goal", "1-0").await;
+    server.trigger(&["cache-score"], "goal", "2-0").await;
+    assert_eq!(first.recv_event("goal").await["data"], "1-0");
+    assert_eq!(first.recv_event("goal").await["data"], "2-0");
+
+    // A new subscriber: the ack, then the last event, then live ones.
+    let mut second = server.connect().await;
+    subscribe_since(&mut second, "cache-score", None).await;
+    let last = second.recv().await;
+    assert_eq!((last["event"].clone(), last["data"].clone()), (json!("goal"), json!("2-0")));
+    server.trigger(&["cache-score"], "goal", "3-0").await;
+    assert_eq!(second.recv_event("goal").await["data"], "3-0");
+    assert!(second.sync().await.is_empty());
+
+    // Private cache channels are authorized like private ones, and cache too.
+    let mut private = server.connect().await;
+    private.subscribe_private(&app, "private-cache-score").await;
+    assert_eq!(private.recv().await["event"], "pusher:cache_miss");
+
+    // The HTTP API shows the cached event and its time to live (Pusher's 30 minutes).
+    let (status, info) = server.api("GET", "/apps/app/channels/cache-score", &[], None).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["cache"]["data"], "3-0");
+    let ttl = info["cache"]["ttl"].as_u64().unwrap();
+    assert!((1_700..=1_800).contains(&ttl), "{info}");
 }

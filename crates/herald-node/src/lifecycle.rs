@@ -18,6 +18,44 @@ pub(crate) fn record(node: &Node, event: impl FnOnce() -> ChannelEvent) {
     }
 }
 
+/// How long a node records one `cache_miss` per channel: a crowd subscribing to an
+/// empty cache channel (a deploy's reconnect storm) asks the app's backend once to
+/// fill it, not once per client.
+pub(crate) const CACHE_MISS_WINDOW: Duration = Duration::from_secs(5);
+
+/// Channels whose `cache_miss` this node recorded lately, and when.
+#[derive(Default)]
+pub(crate) struct CacheMisses {
+    recent: parking_lot::Mutex<std::collections::HashMap<(Arc<str>, ChannelName), std::time::Instant>>,
+}
+
+impl CacheMisses {
+    /// Whether a miss of `channel` now is to be recorded (none was within the window).
+    fn due(&self, app_id: &Arc<str>, channel: &ChannelName) -> bool {
+        let now = std::time::Instant::now();
+        let mut recent = self.recent.lock();
+        // Bounded by the channels that missed within one window.
+        if recent.len() >= 1024 {
+            recent.retain(|_, at| now.duration_since(*at) < CACHE_MISS_WINDOW);
+        }
+        match recent.get(&(app_id.clone(), channel.clone())) {
+            Some(at) if now.duration_since(*at) < CACHE_MISS_WINDOW => false,
+            _ => {
+                recent.insert((app_id.clone(), channel.clone()), now);
+                true
+            }
+        }
+    }
+}
+
+/// A client subscribed to a cache channel with no cached event: records `cache_miss`
+/// (once per channel and node within [`CACHE_MISS_WINDOW`]).
+pub(crate) fn record_cache_miss(node: &Node, app_id: &Arc<str>, channel: &ChannelName) {
+    if node.recorder().is_some() && node.cache_misses.due(app_id, channel) {
+        record(node, || channel_event(app_id, channel.as_str(), ChannelEventType::CacheMiss));
+    }
+}
+
 /// After a join that made `user` a member of the presence channel: records
 /// `member_added` if the cluster had not announced it.
 pub(crate) async fn record_joined(node: &Node, app_id: &str, channel: &ChannelName, user: &str) {

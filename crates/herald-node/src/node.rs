@@ -80,6 +80,8 @@ pub struct Node {
     stop: CancellationToken,
     /// Unfinished client input held by this node's sessions, and its bound.
     input_budget: InputBudget,
+    /// Cache channels whose `cache_miss` was recorded lately.
+    pub(crate) cache_misses: lifecycle::CacheMisses,
 }
 
 /// Builds a [`Node`] with everything it works with, given at once.
@@ -141,6 +143,7 @@ impl NodeBuilder {
             background,
             stop,
             input_budget,
+            cache_misses: lifecycle::CacheMisses::default(),
         });
         let (weak, occupancy, stop) = (Arc::downgrade(&node), node.occupancy.clone(), node.stop.clone());
         node.background.spawn(Occupancy::run(weak, occupancy, window, stop));
@@ -440,6 +443,12 @@ impl Node {
     /// Hands a lifecycle or client event to the event log, if there is one.
     pub fn record(&self, event: impl FnOnce() -> ChannelEvent) {
         lifecycle::record(self, event)
+    }
+
+    /// A client subscribed to a cache channel that had no cached event: records
+    /// `cache_miss` for the app's webhooks (once per channel and node within 5 s).
+    pub fn record_cache_miss(&self, app_id: &Arc<str>, channel: &ChannelName) {
+        lifecycle::record_cache_miss(self, app_id, channel)
     }
 
     /// After a join that made `user` a member of the presence channel: records

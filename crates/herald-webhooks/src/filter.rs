@@ -29,14 +29,17 @@ pub enum EventType {
     /// A channel's subscriber count changed.
     #[serde(rename = "subscription.count")]
     SubscriptionCount,
+    /// A client subscribed to a cache channel with no cached event.
+    #[serde(rename = "cache.miss")]
+    CacheMiss,
 }
 
 /// The valid names, for error messages; a test keeps it in step with [`EventType::ALL`].
 const VALID_NAMES: &str = "channel.event, client.event, channel.occupied, channel.vacated, member.added, \
-                           member.removed, subscription.count";
+                           member.removed, subscription.count, cache.miss";
 
 impl EventType {
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 8] = [
         EventType::ChannelEvent,
         EventType::ClientEvent,
         EventType::ChannelOccupied,
@@ -44,6 +47,7 @@ impl EventType {
         EventType::MemberAdded,
         EventType::MemberRemoved,
         EventType::SubscriptionCount,
+        EventType::CacheMiss,
     ];
 
     /// The Standard Webhooks `type` value; the same string serde uses.
@@ -56,6 +60,7 @@ impl EventType {
             EventType::MemberAdded => "member.added",
             EventType::MemberRemoved => "member.removed",
             EventType::SubscriptionCount => "subscription.count",
+            EventType::CacheMiss => "cache.miss",
         }
     }
 
@@ -70,6 +75,7 @@ impl EventType {
             EventType::MemberAdded => Some("member_added"),
             EventType::MemberRemoved => Some("member_removed"),
             EventType::SubscriptionCount => Some("subscription_count"),
+            EventType::CacheMiss => Some("cache_miss"),
         }
     }
 }
@@ -134,7 +140,7 @@ mod tests {
         assert_eq!(names.join(", "), VALID_NAMES);
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 7);
+        assert_eq!(names.len(), 8);
 
         for bad in ["", "channel_occupied", "Channel.Occupied", "channel.occupied ", "member"] {
             let err = bad.parse::<EventType>().unwrap_err();
@@ -160,6 +166,7 @@ mod tests {
                 ("member.added", Some("member_added")),
                 ("member.removed", Some("member_removed")),
                 ("subscription.count", Some("subscription_count")),
+                ("cache.miss", Some("cache_miss")),
             ]
         );
     }

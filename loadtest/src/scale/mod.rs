@@ -22,7 +22,7 @@
 //! the kernel's socket memory, Redis memory, clients and commands per second. The
 //! report is one JSON line (stdout); `--out DIR` also gets the samples and SVG plots.
 
-mod cluster;
+pub(crate) mod cluster;
 pub mod worker;
 
 use std::{

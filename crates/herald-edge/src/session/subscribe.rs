@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_backbone::{HistoryQuery, Member, Retention, Topic};
+use herald_backbone::{Direction, HistoryQuery, Member, Retention, Topic};
 use herald_core::{
     ChannelKind, ChannelName, SocketId, StreamPosition,
     auth::{self, PresenceMember, SubscriptionError},
@@ -53,6 +53,9 @@ struct HistoryRead {
     recovered: Option<bool>,
     /// The frames of what it missed, in order.
     replay: Vec<Bytes>,
+    /// A cache channel's last event for a client that did not recover (`Some(None)`:
+    /// there is none, a cache miss); `None` for other channels or a recovery.
+    cached: Option<Option<herald_core::Publication>>,
 }
 
 impl HistoryRead {
@@ -93,7 +96,8 @@ impl Session {
         // A channel that keeps history is joined catching up on it, so the client gets
         // what it missed and then the live channel, in order, without a gap.
         let catch_up = match self.app.history_for(&channel).map(Retention::from) {
-            Some(retention) => match self.catch_up(&topic, retention, request.since.as_ref()).await {
+            Some(retention) => match self.catch_up(&channel, &topic, retention, request.since.as_ref()).await
+            {
                 Ok(read) => Some(read),
                 Err(refusal) => return self.refuse_subscription(channel.as_str(), refusal),
             },
@@ -128,6 +132,15 @@ impl Session {
                 read.describe(&mut data);
                 let mut first = read.replay;
                 first.push(frame::text(protocol::subscription_succeeded(channel.as_str(), &data).as_bytes()));
+                // A cache channel's last event (or its absence) comes right after the ack.
+                match &read.cached {
+                    Some(Some(last)) => first.push(frame::text(last.to_message().as_bytes())),
+                    Some(None) => {
+                        first.push(frame::text(protocol::cache_miss(channel.as_str()).as_bytes()));
+                        self.node.record_cache_miss(&self.app_id, &channel);
+                    }
+                    None => {}
+                }
                 // Overflowed: the connection was closed (4100); it leaves at its end.
                 self.node.finish_catch_up(&topic, self.socket.conn, read.position.offset, first);
             }
@@ -149,6 +162,7 @@ impl Session {
     /// the client missed is replayed if it is all there, in the same epoch.
     async fn catch_up(
         &self,
+        channel: &ChannelName,
         topic: &Topic,
         retention: Retention,
         since: Option<&Since>,
@@ -156,18 +170,25 @@ impl Session {
         let unavailable = |e: herald_backbone::Error| Refusal::new("ServiceUnavailable", 503, e.to_string());
         let conn = self.socket.conn;
         self.node.begin_catch_up(topic, conn, self.outbox.clone()).await.map_err(unavailable)?;
+        let cache = channel.is_cache();
+        // A cache channel's first read without a position is of its last event.
+        let last = HistoryQuery { since: None, limit: 1, direction: Direction::Backward };
         let query = match since {
             Some(since) => HistoryQuery::after(since.offset, retention.size),
+            None if cache => last,
             None => HistoryQuery::position(),
         };
-        let page = match self.node.history(topic, retention, query).await {
-            Ok(page) => page,
-            Err(e) => {
-                self.node.abandon_catch_up(topic, conn);
-                return Err(unavailable(e));
+        let read = |query| async move {
+            match self.node.history(topic, retention, query).await {
+                Ok(page) => Ok(page),
+                Err(e) => {
+                    self.node.abandon_catch_up(topic, conn);
+                    Err(unavailable(e))
+                }
             }
         };
-        let recovered = since.map(|s| page.recovers(&StreamPosition::new(s.offset, s.epoch.as_str())));
+        let mut page = read(query).await?;
+        let mut recovered = since.map(|s| page.recovers(&StreamPosition::new(s.offset, s.epoch.as_str())));
         let mut replay = Vec::new();
         if recovered == Some(true) {
             replay = page.publications.iter().map(|p| frame::text(p.to_message().as_bytes())).collect();
@@ -175,9 +196,19 @@ impl Session {
         // A replay larger than the connection may queue would close it as a slow
         // consumer each time it came back: it is told to reload instead.
         if replay.iter().map(Bytes::len).sum::<usize>() > self.outbox.limit() {
-            return Ok(HistoryRead { position: page.position, recovered: Some(false), replay: Vec::new() });
+            (recovered, replay) = (Some(false), Vec::new());
         }
-        Ok(HistoryRead { position: page.position, recovered, replay })
+        // A cache channel gives whoever did not recover its last event, as it gives a
+        // new subscriber. (Read again after a failed recovery: the later read's
+        // position is the one the live channel is merged from.)
+        let mut cached = None;
+        if cache && recovered != Some(true) {
+            if since.is_some() {
+                page = read(last).await?;
+            }
+            cached = Some(page.publications.into_iter().next());
+        }
+        Ok(HistoryRead { position: page.position, recovered, replay, cached })
     }
 
     /// Step one, without I/O (nothing to undo): the connection's channel limit, then

@@ -1240,6 +1240,8 @@ pub enum ChannelEventType {
     MemberRemoved = 6,
     /// The channel's subscription count changed. "subscription.count".
     SubscriptionCount = 7,
+    /// A client subscribed to a cache channel that has no cached event. "cache.miss".
+    CacheMiss = 8,
 }
 impl ChannelEventType {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -1256,6 +1258,7 @@ impl ChannelEventType {
             Self::MemberAdded => "CHANNEL_EVENT_TYPE_MEMBER_ADDED",
             Self::MemberRemoved => "CHANNEL_EVENT_TYPE_MEMBER_REMOVED",
             Self::SubscriptionCount => "CHANNEL_EVENT_TYPE_SUBSCRIPTION_COUNT",
+            Self::CacheMiss => "CHANNEL_EVENT_TYPE_CACHE_MISS",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -1269,6 +1272,7 @@ impl ChannelEventType {
             "CHANNEL_EVENT_TYPE_MEMBER_ADDED" => Some(Self::MemberAdded),
             "CHANNEL_EVENT_TYPE_MEMBER_REMOVED" => Some(Self::MemberRemoved),
             "CHANNEL_EVENT_TYPE_SUBSCRIPTION_COUNT" => Some(Self::SubscriptionCount),
+            "CHANNEL_EVENT_TYPE_CACHE_MISS" => Some(Self::CacheMiss),
             _ => None,
         }
     }
@@ -1284,7 +1288,7 @@ pub struct Endpoint {
     #[prost(string, tag = "3")]
     pub url: ::prost::alloc::string::String,
     /// Event types delivered ("channel.event", "client.event", "channel.occupied",
-    /// "channel.vacated", "member.added", "member.removed", "subscription.count");
+    /// "channel.vacated", "member.added", "member.removed", "subscription.count", "cache.miss");
     /// empty: all of them.
     #[prost(string, repeated, tag = "4")]
     pub event_types: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
