@@ -39,6 +39,7 @@ import {
   subscribe,
   userInfo,
   waitFor,
+  withAppOption,
   withHistory,
 } from './harness.mjs';
 import { withRecovery } from '../../clients/js/index.js';
@@ -192,7 +193,9 @@ lease_secs = ${LEASE_SECS}
     Array.from({ length: EDGES }, () =>
       startHerald({
         command: 'edge',
-        config: (ports) => withHistory(heraldConfig(ports), { size: HISTORY_SIZE }) + redisSection,
+        config: (ports) =>
+          withAppOption(withHistory(heraldConfig(ports), { size: HISTORY_SIZE }), 'enable_subscription_count = true') +
+          redisSection,
       }),
     ),
   );
@@ -526,6 +529,20 @@ async function trigger(channelName, n) {
   const res = await edges[1].sdk().trigger(channelName, 'my-event', { n });
   assert.equal(res.status, 200, `trigger ${n} on ${channelName} through edge 2`);
 }
+
+test("pusher-js's pusher:subscription_count follows the cluster-wide count across edges", async () => {
+  const channelName = 'cluster-counted';
+  const alice = await edges[0].connectedClient();
+  const aliceChannel = alice.subscribe(channelName);
+  const counts = record(aliceChannel, 'pusher:subscription_count');
+  await waitFor(() => aliceChannel.subscriptionCount === 1, { what: 'a count of 1 at alice' });
+  const bob = await edges[2].connectedClient();
+  await subscribe(bob, channelName);
+  await waitFor(() => aliceChannel.subscriptionCount === 2, { what: `a count of 2 at alice (told: ${JSON.stringify(counts)})` });
+  edges[2].disconnect(bob);
+  await waitFor(() => aliceChannel.subscriptionCount === 1, { what: 'a count of 1 again once bob left' });
+  assert.deepEqual(counts.map(({ data }) => data.subscription_count), [1, 2, 1]);
+});
 
 test('a client cut off from edge 1 recovers on edge 3 what was published through edge 2 meanwhile', async (t) => {
   const { proxy, client, log } = await recoveringClient(t, 'history-cluster');

@@ -557,6 +557,13 @@ export async function startAuthServer(app, encryptionMasterKeyBase64) {
   };
 }
 
+/** `config` (a config text from `heraldConfig`) with `line` (`key = value`) added to the compat app's table. */
+export function withAppOption(config, line) {
+  const anchor = `api_tokens = ["${APP.apiToken}"]\n`;
+  if (config.split(anchor).length !== 2) throw new Error(`heraldConfig changed: no single line ${anchor.trim()}`);
+  return config.replace(anchor, `${anchor}${line}\n`);
+}
+
 /**
  * `config` (a config text from `heraldConfig`) with history for the compat app's
  * channels matching `channels`. TOML attaches `[[apps.history]]` to the last

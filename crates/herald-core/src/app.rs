@@ -23,6 +23,11 @@ pub struct App {
     /// Whether connections may send `client-*` events on private and presence channels.
     #[serde(default)]
     pub enable_client_events: bool,
+    /// Whether subscribers of a (non-presence) channel are sent
+    /// `pusher_internal:subscription_count` when its cluster-wide count changes
+    /// (pusher-js: `pusher:subscription_count`). Pusher's "Subscription Count" setting.
+    #[serde(default)]
+    pub enable_subscription_count: bool,
     /// Bearer tokens accepted by the gRPC API for this app (compared in constant time).
     #[serde(default)]
     pub api_tokens: Vec<String>,
@@ -92,6 +97,7 @@ impl std::fmt::Debug for App {
             .field("secret", &"<redacted>")
             .field("enabled", &self.enabled)
             .field("enable_client_events", &self.enable_client_events)
+            .field("enable_subscription_count", &self.enable_subscription_count)
             .field("api_tokens", &format_args!("<{} redacted>", self.api_tokens.len()))
             .field("limits", &self.limits)
             .field("history", &self.history)
@@ -113,6 +119,7 @@ impl App {
             secret: secret.into(),
             enabled: true,
             enable_client_events: false,
+            enable_subscription_count: false,
             api_tokens: vec![],
             limits: AppLimits::default(),
             history: vec![],

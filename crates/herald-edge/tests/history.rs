@@ -257,3 +257,34 @@ async fn cache_channels_send_their_last_event_or_a_cache_miss_after_the_ack() {
     let ttl = info["cache"]["ttl"].as_u64().unwrap();
     assert!((1_700..=1_800).contains(&ttl), "{info}");
 }
+
+#[tokio::test]
+async fn subscribers_are_told_the_subscription_count_when_the_app_asks_for_it() {
+    let counting = App { enable_subscription_count: true, ..app("app") };
+    let server = Server::start(vec![counting.clone()], config()).await;
+    let count = |message: &Value| data(message)["subscription_count"].as_u64();
+    let mut a = server.connect().await;
+    a.subscribe("counted").await;
+    assert_eq!(count(&a.recv_event("pusher_internal:subscription_count").await), Some(1));
+    let mut b = server.connect().await;
+    b.subscribe("counted").await;
+    assert_eq!(count(&a.recv_event("pusher_internal:subscription_count").await), Some(2));
+    assert_eq!(count(&b.recv_event("pusher_internal:subscription_count").await), Some(2));
+    b.send(json!({ "event": "pusher:unsubscribe", "data": { "channel": "counted" } })).await;
+    assert_eq!(count(&a.recv_event("pusher_internal:subscription_count").await), Some(1));
+
+    // Not on presence channels, nor for apps that did not ask.
+    let mut p = server.connect().await;
+    p.subscribe_presence(&counting, "presence-counted", "u1").await;
+    let quiet = Server::start(vec![app("app")], config()).await;
+    let mut q = quiet.connect().await;
+    q.subscribe("counted").await;
+    // Counts are told when a node sends its batch of counts: once that is done, what
+    // they were told is in their queues, ahead of the pong.
+    server.node.flush_counts().await;
+    quiet.node.flush_counts().await;
+    for (client, name) in [(&mut p, "presence"), (&mut q, "quiet app")] {
+        let told = client.sync().await;
+        assert!(told.iter().all(|m| m["event"] != "pusher_internal:subscription_count"), "{name}: {told:?}");
+    }
+}

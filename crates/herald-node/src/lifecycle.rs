@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use herald_backbone::{CountChange, Lifecycle};
-use herald_core::ChannelName;
+use herald_core::{ChannelKind, ChannelName};
 use herald_proto::v1::{ChannelEvent, ChannelEventType};
 
 use crate::{debounce::Key, node::Node, recorder::channel_event};
@@ -23,25 +23,32 @@ pub(crate) fn record(node: &Node, event: impl FnOnce() -> ChannelEvent) {
 /// fill it, not once per client.
 pub(crate) const CACHE_MISS_WINDOW: Duration = Duration::from_secs(5);
 
-/// Channels whose `cache_miss` this node recorded lately, and when.
+/// How often a node tells a channel of more than [`COUNT_THROTTLE_ABOVE`] subscribers
+/// its subscription count, at most: Pusher's every 5 seconds while there is activity.
+pub(crate) const COUNT_THROTTLE: Duration = Duration::from_secs(5);
+pub(crate) const COUNT_THROTTLE_ABOVE: u64 = 100;
+
+/// Channels something was done for lately (a `cache_miss` recorded, a count told), and
+/// when: so it is done at most once per channel within a window.
 #[derive(Default)]
-pub(crate) struct CacheMisses {
-    recent: parking_lot::Mutex<std::collections::HashMap<(Arc<str>, ChannelName), std::time::Instant>>,
+pub(crate) struct Recently {
+    done: parking_lot::Mutex<std::collections::HashMap<(Arc<str>, ChannelName), std::time::Instant>>,
 }
 
-impl CacheMisses {
-    /// Whether a miss of `channel` now is to be recorded (none was within the window).
-    fn due(&self, app_id: &Arc<str>, channel: &ChannelName) -> bool {
+impl Recently {
+    /// Whether it is due for `channel` now (not done within `window`); if so, it counts
+    /// as done now.
+    fn due(&self, app_id: &Arc<str>, channel: &ChannelName, window: Duration) -> bool {
         let now = std::time::Instant::now();
-        let mut recent = self.recent.lock();
-        // Bounded by the channels that missed within one window.
-        if recent.len() >= 1024 {
-            recent.retain(|_, at| now.duration_since(*at) < CACHE_MISS_WINDOW);
+        let mut done = self.done.lock();
+        // Bounded by the channels done within one window.
+        if done.len() >= 1024 {
+            done.retain(|_, at| now.duration_since(*at) < window);
         }
-        match recent.get(&(app_id.clone(), channel.clone())) {
-            Some(at) if now.duration_since(*at) < CACHE_MISS_WINDOW => false,
+        match done.get(&(app_id.clone(), channel.clone())) {
+            Some(at) if now.duration_since(*at) < window => false,
             _ => {
-                recent.insert((app_id.clone(), channel.clone()), now);
+                done.insert((app_id.clone(), channel.clone()), now);
                 true
             }
         }
@@ -51,9 +58,27 @@ impl CacheMisses {
 /// A client subscribed to a cache channel with no cached event: records `cache_miss`
 /// (once per channel and node within [`CACHE_MISS_WINDOW`]).
 pub(crate) fn record_cache_miss(node: &Node, app_id: &Arc<str>, channel: &ChannelName) {
-    if node.recorder().is_some() && node.cache_misses.due(app_id, channel) {
+    if node.recorder().is_some() && node.cache_misses.due(app_id, channel, CACHE_MISS_WINDOW) {
         record(node, || channel_event(app_id, channel.as_str(), ChannelEventType::CacheMiss));
     }
+}
+
+/// After this node's count of a channel changed its cluster-wide count: tells the
+/// channel's subscribers on every node (`pusher_internal:subscription_count`), if the
+/// app asked for it and the channel is not a presence one (whose members tell more);
+/// above [`COUNT_THROTTLE_ABOVE`] subscribers at most once per [`COUNT_THROTTLE`].
+pub(crate) async fn tell_count(node: &Node, app_id: &Arc<str>, channel: &ChannelName, change: CountChange) {
+    if change.after == change.before || change.after == 0 || channel.kind() == ChannelKind::Presence {
+        return;
+    }
+    if !node.apps().by_id(app_id).is_some_and(|app| app.enable_subscription_count) {
+        return;
+    }
+    if change.after > COUNT_THROTTLE_ABOVE && !node.counts_told.due(app_id, channel, COUNT_THROTTLE) {
+        return;
+    }
+    let data = format!(r#"{{"subscription_count":{}}}"#, change.after);
+    node.tell(app_id, channel, "pusher_internal:subscription_count", &data, None).await;
 }
 
 /// After a join that made `user` a member of the presence channel: records

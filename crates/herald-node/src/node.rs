@@ -81,7 +81,9 @@ pub struct Node {
     /// Unfinished client input held by this node's sessions, and its bound.
     input_budget: InputBudget,
     /// Cache channels whose `cache_miss` was recorded lately.
-    pub(crate) cache_misses: lifecycle::CacheMisses,
+    pub(crate) cache_misses: lifecycle::Recently,
+    /// Busy channels whose subscription count was told lately.
+    pub(crate) counts_told: lifecycle::Recently,
 }
 
 /// Builds a [`Node`] with everything it works with, given at once.
@@ -143,7 +145,8 @@ impl NodeBuilder {
             background,
             stop,
             input_budget,
-            cache_misses: lifecycle::CacheMisses::default(),
+            cache_misses: lifecycle::Recently::default(),
+            counts_told: lifecycle::Recently::default(),
         });
         let (weak, occupancy, stop) = (Arc::downgrade(&node), node.occupancy.clone(), node.stop.clone());
         node.background.spawn(Occupancy::run(weak, occupancy, window, stop));

@@ -101,6 +101,7 @@ impl Occupancy {
                 // get `channel_occupied` recorded before its own event finds it so.
                 for (count, change) in counts.iter().zip(changes) {
                     lifecycle::record_count(node, &count.app_id, &count.channel, change).await;
+                    lifecycle::tell_count(node, &count.app_id, &count.channel, change).await;
                 }
                 drop(writing);
                 true

@@ -210,6 +210,7 @@ pub fn demo_app() -> App {
         secret: "demo-secret".into(),
         enabled: true,
         enable_client_events: true,
+        enable_subscription_count: false,
         api_tokens: vec!["herald-demo-api-token".into()],
         limits: AppLimits::default(),
         history: vec![],

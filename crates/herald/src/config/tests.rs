@@ -620,6 +620,7 @@ mod properties {
                     secret,
                     enabled,
                     enable_client_events: client_events,
+                    enable_subscription_count: false,
                     api_tokens,
                     limits,
                     history: vec![],
