@@ -193,9 +193,11 @@ lease_secs = ${LEASE_SECS}
     Array.from({ length: EDGES }, () =>
       startHerald({
         command: 'edge',
-        config: (ports) =>
-          withAppOption(withHistory(heraldConfig(ports), { size: HISTORY_SIZE }), 'enable_subscription_count = true') +
-          redisSection,
+        config: (ports) => {
+          const app = withHistory(heraldConfig(ports), { size: HISTORY_SIZE });
+          const counted = withAppOption(app, 'enable_subscription_count = true');
+          return withAppOption(counted, 'enable_watchlist_events = true') + redisSection;
+        },
       }),
     ),
   );
@@ -536,6 +538,23 @@ async function trigger(channelName, n) {
   assert.equal(res.status, 200, `trigger ${n} on ${channelName} through edge 2`);
 }
 
+test("pusher-js's pusher.user.watchlist hears a user on another edge come online and go offline", async () => {
+  const wanda = await edges[0].connectedClient({ userId: 'wanda', watchlist: ['wes'] });
+  const told = [];
+  for (const name of ['online', 'offline']) {
+    wanda.user.watchlist.bind(name, (event) => told.push(`${event.name} ${event.user_ids.join(',')}`));
+  }
+  wanda.signin();
+  await waitFor(() => told.length === 1, { what: 'the watchlist as it is at sign-in' });
+  const wes = await edges[2].signedInClient('wes');
+  const wesAgain = await edges[1].signedInClient('wes');
+  await waitFor(() => told.length === 2, { what: `wes online (told: ${told})` });
+  edges[2].disconnect(wes);
+  edges[1].disconnect(wesAgain);
+  await waitFor(() => told.length === 3, { what: `wes offline (told: ${told})` });
+  assert.deepEqual(told, ['offline wes', 'online wes', 'offline wes']);
+});
+
 test("pusher-js's pusher:subscription_count follows the cluster-wide count across edges", async () => {
   const channelName = 'cluster-counted';
   const alice = await edges[0].connectedClient();
@@ -624,6 +643,14 @@ test('after edge 2 is killed, its presence members leave everywhere and the rest
   const alice = await edges[0].connectedClient({ userId: 'alice' });
   const carol = await edges[2].connectedClient({ userId: 'carol' });
   const bob = await edges[1].connectedClient({ userId: 'bob' });
+  // Victor, signed in on edge 2 only, is watched from edge 1.
+  const wendy = await edges[0].connectedClient({ userId: 'wendy', watchlist: ['victor'] });
+  const watched = [];
+  wendy.user.watchlist.bind('online', (event) => watched.push(`online ${event.user_ids}`));
+  wendy.user.watchlist.bind('offline', (event) => watched.push(`offline ${event.user_ids}`));
+  await edges[1].signedInClient('victor');
+  wendy.signin();
+  await waitFor(() => watched.length === 1, { what: 'victor online at sign-in' });
   const aliceChannel = await subscribe(alice, channelName);
   const carolChannel = await subscribe(carol, channelName);
   const removedFrames = [alice, carol].map((client) => framesOf(client, channelName, 'pusher_internal:member_removed'));
@@ -649,6 +676,9 @@ test('after edge 2 is killed, its presence members leave everywhere and the rest
   edges[1].disconnectAll();
   await Promise.all(bobLeft);
   t.diagnostic(`member_removed for bob ${Date.now() - killedAt} ms after SIGKILL (lease ${LEASE_SECS} s)`);
+  // The crashed edge's signed-in user went offline for its watchers on other edges.
+  await waitFor(() => watched.length === 2, { timeoutMs: REAP_TIMEOUT_MS, what: `victor offline (told: ${watched})` });
+  assert.deepEqual(watched, ['online victor', 'offline victor']);
 
   for (const channel of [aliceChannel, carolChannel]) assert.deepEqual(memberIds(channel), ['alice', 'carol']);
   assert.deepEqual((await getJson(edges[2], `/channels/${channelName}/users`)).users.map((u) => u.id).sort(), [

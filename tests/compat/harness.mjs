@@ -518,7 +518,10 @@ export async function startAuthServer(app, encryptionMasterKeyBase64) {
   const authenticateUser = (sdk, form) => {
     const userId = form.get('user_id');
     if (!userId) throw new Error('user authentication needs a user_id');
-    return sdk.authenticateUser(form.get('socket_id'), { id: userId, ...userInfo(userId) });
+    // The users it watches, when the client asked for any (`watchlist=a,b`).
+    const watchlist = form.get('watchlist');
+    const extra = watchlist ? { watchlist: watchlist.split(',') } : {};
+    return sdk.authenticateUser(form.get('socket_id'), { id: userId, ...userInfo(userId), ...extra });
   };
 
   const routes = {
@@ -726,8 +729,9 @@ export class CompatEnv {
    * channel authorization and user authentication endpoints. The client
    * starts connecting immediately.
    */
-  client({ key = APP.key, userId, authPath = '/pusher/auth', userAuthPath = '/pusher/user-auth' } = {}) {
+  client({ key = APP.key, userId, watchlist, authPath = '/pusher/auth', userAuthPath = '/pusher/user-auth' } = {}) {
     const params = userId === undefined ? {} : { user_id: userId };
+    if (watchlist) params.watchlist = watchlist.join(',');
     const client = new PusherClient(key, {
       wsHost: '127.0.0.1',
       wsPort: this.herald.port,

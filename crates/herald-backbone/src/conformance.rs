@@ -43,6 +43,7 @@ impl Recorder {
             .map(|(_, m)| match m {
                 Message::Publication(p) => p.event.to_string(),
                 Message::TerminateUser { user_id } => format!("terminate:{user_id}"),
+                Message::Watchlist { user_id, online } => format!("watch:{user_id}:{online}"),
             })
             .collect()
     }
@@ -55,7 +56,7 @@ impl Recorder {
             .filter(|(t, _)| t == topic)
             .filter_map(|(_, m)| match m {
                 Message::Publication(p) => Some(p.position.as_ref().map_or(0, |at| at.offset)),
-                Message::TerminateUser { .. } => None,
+                Message::TerminateUser { .. } | Message::Watchlist { .. } => None,
             })
             .collect()
     }
@@ -145,6 +146,11 @@ pub async fn broker_scenarios<B: Broker, F: Future<Output = (B, B)>>(
     b.subscribe(&user).await.unwrap();
     a.publish(&user, Message::TerminateUser { user_id: "u1".into() }).await.unwrap();
     assert_eq!(rb.wait_for(&user, 1).await, ["terminate:u1"]);
+    let watchers = Topic::watchers(&Arc::from("app1"), "u2");
+    b.subscribe(&watchers).await.unwrap();
+    a.publish(&watchers, Message::Watchlist { user_id: "u2".into(), online: true }).await.unwrap();
+    a.publish(&watchers, Message::Watchlist { user_id: "u2".into(), online: false }).await.unwrap();
+    assert_eq!(rb.wait_for(&watchers, 2).await, ["watch:u2:true", "watch:u2:false"]);
 
     // A batch keeps its order per topic and reaches only interested nodes.
     let sports = topic("app1", "sports");
@@ -168,7 +174,7 @@ pub async fn broker_scenarios<B: Broker, F: Future<Output = (B, B)>>(
 fn kept(topic: &Topic, event: &str) -> Publication {
     match publication(&topic.app_id, &topic.name, event) {
         Message::Publication(p) => p,
-        Message::TerminateUser { .. } => unreachable!(),
+        Message::TerminateUser { .. } | Message::Watchlist { .. } => unreachable!(),
     }
 }
 
@@ -218,7 +224,7 @@ pub async fn history_scenarios<B: Broker, F: Future<Output = (B, B)>, G: Future<
     assert_eq!(ra.offsets(&chat), [1, 2, 3]);
     let delivered = ra.received.lock().iter().find_map(|(_, m)| match m {
         Message::Publication(p) => p.position.clone(),
-        Message::TerminateUser { .. } => None,
+        Message::TerminateUser { .. } | Message::Watchlist { .. } => None,
     });
     assert_eq!(delivered.map(|p| p.epoch), Some(epoch.clone()));
 
@@ -393,6 +399,9 @@ pub async fn presence_scenarios<P: PresenceManager>(p: &P) {
     let mut users: Vec<_> = p.members("a1", &room).await.unwrap().into_iter().map(|m| m.user_id).collect();
     users.sort();
     assert_eq!(users, [Arc::from("alice"), Arc::from("bob")]);
+    let asked: Vec<Arc<str>> = ["bob", "carol", "alice"].map(Arc::from).to_vec();
+    assert_eq!(p.are_members("a1", &room, &asked).await.unwrap(), [true, false, true]);
+    assert!(p.are_members("a1", &room, &[]).await.unwrap().is_empty());
     let stats = p.channel("a1", &room).await.unwrap();
     assert_eq!((stats.subscription_count, stats.user_count), (3, 2));
 

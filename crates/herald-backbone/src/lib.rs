@@ -100,6 +100,11 @@ impl Topic {
     pub fn user(app_id: &Arc<str>, user_id: &str) -> Self {
         Self { app_id: app_id.clone(), name: Arc::from(format!("#user:{user_id}")) }
     }
+
+    /// Online and offline news of one user, for the connections that watch it.
+    pub fn watchers(app_id: &Arc<str>, user_id: &str) -> Self {
+        Self { app_id: app_id.clone(), name: Arc::from(format!("#watch:{user_id}")) }
+    }
 }
 
 /// What nodes send each other through the broker.
@@ -109,6 +114,9 @@ pub enum Message {
     Publication(Publication),
     /// Close every connection signed in as this user (`terminate_connections`).
     TerminateUser { user_id: Arc<str> },
+    /// The user came online (its first signed-in connection, cluster-wide) or went
+    /// offline (its last): for the connections watching it.
+    Watchlist { user_id: Arc<str>, online: bool },
 }
 
 /// Receives the messages of the topics a node subscribed to. Called on the broker's
@@ -316,6 +324,16 @@ pub trait PresenceManager: Send + Sync + 'static {
     ) -> Result<MemberChange>;
     /// The members of a presence channel, one per user, in no particular order.
     async fn members(&self, app_id: &str, channel: &ChannelName) -> Result<Vec<Member>>;
+    /// Which of `user_ids` are members of the presence channel, in the same order.
+    async fn are_members(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        user_ids: &[Arc<str>],
+    ) -> Result<Vec<bool>> {
+        let members = self.members(app_id, channel).await?;
+        Ok(user_ids.iter().map(|user| members.iter().any(|m| m.user_id == *user)).collect())
+    }
     async fn channel(&self, app_id: &str, channel: &ChannelName) -> Result<ChannelStats>;
     /// Every occupied channel of an app whose name starts with `prefix`.
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<(ChannelName, ChannelStats)>>;

@@ -28,6 +28,12 @@ pub struct App {
     /// (pusher-js: `pusher:subscription_count`). Pusher's "Subscription Count" setting.
     #[serde(default)]
     pub enable_subscription_count: bool,
+    /// Whether signed-in users' `watchlist`s are honoured: each connection signed in
+    /// with one is sent `pusher_internal:watchlist_events` (`online` / `offline`) as the
+    /// users it watches come and go, cluster-wide (pusher-js: `pusher.user.watchlist`).
+    /// Pusher's "Watchlist events" setting.
+    #[serde(default)]
+    pub enable_watchlist_events: bool,
     /// Bearer tokens accepted by the gRPC API for this app (compared in constant time).
     #[serde(default)]
     pub api_tokens: Vec<String>,
@@ -62,6 +68,9 @@ pub struct AppLimits {
     pub max_presence_user_info_bytes: usize,
     /// `client-*` events one connection may send per second (Pusher: 10). Over it: 4301.
     pub client_events_per_second: u32,
+    /// User ids of a signed-in user's `watchlist` that are watched (Pusher: 100); the
+    /// rest are ignored, with `pusher:error` 4302.
+    pub max_watchlist_size: usize,
     /// Webhook deliveries per second to all of the app's endpoints together, across
     /// every dispatcher replica; 0 means unlimited. Deliveries over it wait (in a retry
     /// tier when the wait is long) without using up a retry attempt.
@@ -82,6 +91,7 @@ impl Default for AppLimits {
             max_presence_members: 100,
             max_presence_user_info_bytes: 1024,
             client_events_per_second: 10,
+            max_watchlist_size: 100,
             webhooks_per_second: 1_000,
             webhooks_burst: 100,
         }
@@ -98,6 +108,7 @@ impl std::fmt::Debug for App {
             .field("enabled", &self.enabled)
             .field("enable_client_events", &self.enable_client_events)
             .field("enable_subscription_count", &self.enable_subscription_count)
+            .field("enable_watchlist_events", &self.enable_watchlist_events)
             .field("api_tokens", &format_args!("<{} redacted>", self.api_tokens.len()))
             .field("limits", &self.limits)
             .field("history", &self.history)
@@ -120,6 +131,7 @@ impl App {
             enabled: true,
             enable_client_events: false,
             enable_subscription_count: false,
+            enable_watchlist_events: false,
             api_tokens: vec![],
             limits: AppLimits::default(),
             history: vec![],

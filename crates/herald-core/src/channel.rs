@@ -83,6 +83,19 @@ impl ChannelName {
             .any(|prefix| name.starts_with(prefix))
     }
 
+    /// The internal presence channel whose members are an app's signed-in users (for
+    /// watchlists). No client can name it: `#` is not a channel character.
+    pub fn online_users() -> Self {
+        Self(Arc::from("#online"))
+    }
+
+    /// A channel name as Herald stores it (in Redis): a client's, or an internal one
+    /// ([`ChannelName::online_users`]).
+    pub fn stored(name: &str) -> Option<Self> {
+        let online = Self::online_users();
+        if name == online.as_str() { Some(online) } else { Self::new(name).ok() }
+    }
+
     /// The user id of a `#server-to-user-<id>` channel.
     pub fn server_to_user_id(&self) -> Option<&str> {
         self.as_str().strip_prefix(SERVER_TO_USER_PREFIX)

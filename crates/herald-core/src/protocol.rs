@@ -38,6 +38,9 @@ pub enum ErrorCode {
     ClosedAfterInactivity = 4202,
     /// 4301: client events sent faster than the app's limit.
     ClientEventRateLimit = 4301,
+    /// 4302: a sign-in's watchlist was longer than the app's limit; the first ones are
+    /// watched.
+    WatchlistLimitExceeded = 4302,
 }
 
 impl ErrorCode {
@@ -50,7 +53,7 @@ impl ErrorCode {
         Self::ALL.into_iter().find(|e| e.code() == code)
     }
 
-    const ALL: [ErrorCode; 13] = [
+    const ALL: [ErrorCode; 14] = [
         Self::AppNotFound,
         Self::AppDisabled,
         Self::OverConnectionQuota,
@@ -64,6 +67,7 @@ impl ErrorCode {
         Self::PongNotReceived,
         Self::ClosedAfterInactivity,
         Self::ClientEventRateLimit,
+        Self::WatchlistLimitExceeded,
     ];
 }
 
@@ -113,6 +117,17 @@ pub fn signin_success(user_data: &str) -> String {
 /// `pusher_internal:member_added` / `member_removed` payloads, as JSON strings.
 pub fn member_added_data(user_id: &str, user_info: &Value) -> String {
     json!({ "user_id": user_id, "user_info": user_info }).to_string()
+}
+
+/// `pusher_internal:watchlist_events`: watched users that came `online` or went
+/// `offline` (an empty list is left out).
+pub fn watchlist_events(online: &[&str], offline: &[&str]) -> String {
+    let events: Vec<Value> = [("online", online), ("offline", offline)]
+        .into_iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(name, ids)| json!({ "name": name, "user_ids": ids }))
+        .collect();
+    event_with_string_data("pusher_internal:watchlist_events", None, &json!({ "events": events }))
 }
 
 /// `pusher:cache_miss`: a cache channel had no event to send a new subscriber.

@@ -288,3 +288,87 @@ async fn subscribers_are_told_the_subscription_count_when_the_app_asks_for_it() 
         assert!(told.iter().all(|m| m["event"] != "pusher_internal:subscription_count"), "{name}: {told:?}");
     }
 }
+
+fn watchlist_events(message: &Value) -> Vec<(String, Vec<String>)> {
+    data(message)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let ids = e["user_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned());
+            (e["name"].as_str().unwrap().to_owned(), ids.collect())
+        })
+        .collect()
+}
+
+async fn signin_watching(client: &mut Client, app: &App, user: &str, watchlist: &[&str]) {
+    let user_data = json!({ "id": user, "watchlist": watchlist }).to_string();
+    let auth = herald_core::auth::user_auth(app, &client.socket_id, &user_data);
+    client.send(json!({ "event": "pusher:signin", "data": { "auth": auth, "user_data": user_data } })).await;
+    assert_eq!(client.recv().await["event"], "pusher:signin_success");
+}
+
+/// Sessions open on the server: a closed one is counted out once it has cleaned up.
+fn open_sessions(server: &Server) -> usize {
+    let mut open = 0;
+    server.node.sessions().for_each_shard(|shard| open += shard.len());
+    open
+}
+
+#[tokio::test]
+async fn watchlists_hear_users_come_online_and_go_offline_once() {
+    let watching = App { enable_watchlist_events: true, ..app("app") };
+    let server = Server::start(vec![watching.clone()], config()).await;
+    let mut bob = server.connect().await;
+    signin_watching(&mut bob, &watching, "bob", &["alice", "carol"]).await;
+    let initial = bob.recv_event("pusher_internal:watchlist_events").await;
+    assert_eq!(watchlist_events(&initial), [("offline".into(), vec!["alice".to_owned(), "carol".into()])]);
+
+    // Alice on two connections: online once.
+    let mut alice = server.connect().await;
+    signin_watching(&mut alice, &watching, "alice", &["bob"]).await;
+    let told = alice.recv_event("pusher_internal:watchlist_events").await;
+    assert_eq!(watchlist_events(&told), [("online".into(), vec!["bob".to_owned()])], "alice sees bob online");
+    let mut alice_again = server.connect().await;
+    signin_watching(&mut alice_again, &watching, "alice", &[]).await;
+    assert_eq!(
+        watchlist_events(&bob.recv_event("pusher_internal:watchlist_events").await),
+        [("online".into(), vec!["alice".to_owned()])]
+    );
+    // Her first connection leaves: she is still online. Her last: offline.
+    let before = open_sessions(&server);
+    drop(alice);
+    eventually("alice's first connection cleaned up", || open_sessions(&server) < before).await;
+    let mut carol = server.connect().await;
+    signin_watching(&mut carol, &watching, "carol", &[]).await;
+    drop(alice_again);
+    let mut events = Vec::new();
+    for _ in 0..2 {
+        events.extend(watchlist_events(&bob.recv_event("pusher_internal:watchlist_events").await));
+    }
+    assert_eq!(
+        events,
+        [("online".into(), vec!["carol".to_owned()]), ("offline".into(), vec!["alice".to_owned()])]
+    );
+    drop(carol);
+    assert_eq!(
+        watchlist_events(&bob.recv_event("pusher_internal:watchlist_events").await),
+        [("offline".into(), vec!["carol".to_owned()])]
+    );
+
+    // Over the limit: the first ones are watched, and 4302 says so.
+    let mut long = server.connect().await;
+    let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    signin_watching(&mut long, &watching, "dave", &many).await;
+    let error = long.recv().await;
+    assert_eq!((error["event"].clone(), error["data"]["code"].clone()), (json!("pusher:error"), json!(4302)));
+    let initial = watchlist_events(&long.recv_event("pusher_internal:watchlist_events").await);
+    assert_eq!(initial[0].1.len(), 100);
+
+    // An app without watchlist events sends none.
+    let quiet = Server::start(vec![app("app")], config()).await;
+    let mut q = quiet.connect().await;
+    signin_watching(&mut q, &quiet.app().clone(), "q", &["x"]).await;
+    assert!(q.sync().await.is_empty());
+}

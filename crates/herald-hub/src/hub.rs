@@ -313,8 +313,8 @@ impl Hub {
         while let Some((topic, message)) = messages.next() {
             let publication = match message {
                 Message::Publication(publication) => publication,
-                terminate @ Message::TerminateUser { .. } => {
-                    self.handle(&topic, terminate);
+                control @ (Message::TerminateUser { .. } | Message::Watchlist { .. }) => {
+                    self.handle(&topic, control);
                     continue;
                 }
             };
@@ -443,6 +443,12 @@ impl MessageHandler for Hub {
                 if let Some(subscribers) = self.snapshot(topic) {
                     close_all(&subscribers, &terminated());
                 }
+            }
+            Message::Watchlist { user_id, online } => {
+                let ids = [&*user_id];
+                let (online, offline): (&[&str], &[&str]) = if online { (&ids, &[]) } else { (&[], &ids) };
+                let frame = frame::text(herald_core::protocol::watchlist_events(online, offline).as_bytes());
+                self.fan_out(topic, &frame, None);
             }
         }
     }

@@ -122,6 +122,10 @@ pub(crate) fn record_left(
     removed_user: Option<&str>,
 ) {
     let Some(recorder) = node.recorder() else { return };
+    if *channel == ChannelName::online_users() {
+        // Not a channel: who is online has no webhooks.
+        return;
+    }
     if let Some(count) = count
         && recorder.config().subscription_count
     {

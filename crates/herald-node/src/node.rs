@@ -398,6 +398,54 @@ impl Node {
         share::leave_presence(self, app_id, channel, socket, member).await
     }
 
+    /// A connection signed in as `user_id` (for watchlists): adds it to the app's
+    /// online users and, if the user was offline cluster-wide, tells its watchers.
+    pub async fn user_online(
+        &self,
+        app_id: &Arc<str>,
+        socket: SocketId,
+        user_id: &Arc<str>,
+    ) -> herald_backbone::Result<()> {
+        if share::join_online(self, app_id, socket, user_id).await? {
+            share::tell_watchers(self, app_id, user_id, true).await;
+        }
+        Ok(())
+    }
+
+    /// A signed-in connection ended: removes it from the app's online users and, if it
+    /// was its user's last anywhere, tells the user's watchers.
+    pub async fn user_offline(&self, app_id: &Arc<str>, socket: SocketId) {
+        if let Some(member) = share::leave_online(self, app_id, socket).await {
+            share::tell_watchers(self, app_id, &member.user_id, false).await;
+        }
+    }
+
+    /// Makes `conn` receive the online and offline news of each user of `watchlist`,
+    /// then returns which of them are online now (so nothing happening in between is
+    /// missed).
+    pub async fn watch(
+        &self,
+        app_id: &Arc<str>,
+        conn: ConnId,
+        outbox: &Arc<Outbox>,
+        watchlist: &[Arc<str>],
+    ) -> herald_backbone::Result<Vec<bool>> {
+        for (at, user) in watchlist.iter().enumerate() {
+            if let Err(e) = self.subscribe(&Topic::watchers(app_id, user), conn, outbox.clone()).await {
+                self.unwatch(app_id, conn, &watchlist[..at]);
+                return Err(e);
+            }
+        }
+        self.presence.are_members(app_id, &ChannelName::online_users(), watchlist).await
+    }
+
+    /// Stops `conn` receiving news of the users of `watchlist`.
+    pub fn unwatch(&self, app_id: &Arc<str>, conn: ConnId, watchlist: &[Arc<str>]) {
+        for user in watchlist {
+            self.unsubscribe(&Topic::watchers(app_id, user), conn);
+        }
+    }
+
     /// A lease holder for this node: how the backbone's lease keeper reports reaped
     /// nodes and asks for re-assertions.
     pub fn lease_holder(self: &Arc<Self>) -> Arc<dyn LeaseHolder> {

@@ -230,7 +230,7 @@ pub(crate) async fn publish_events<'a>(
     let records = node.recorder().map(|recorder| {
         let events = messages.iter().filter_map(|(_, message)| match message {
             Message::Publication(p) => Some(publication_event(p)),
-            Message::TerminateUser { .. } => None,
+            Message::TerminateUser { .. } | Message::Watchlist { .. } => None,
         });
         (recorder.clone(), events.collect::<Vec<_>>())
     });
@@ -247,7 +247,7 @@ pub(crate) async fn publish_events<'a>(
                 let retention = Retention::from(app.history_for(&p.channel)?);
                 Some((topic, p, retention))
             }
-            Message::TerminateUser { .. } => None,
+            Message::TerminateUser { .. } | Message::Watchlist { .. } => None,
         })
         .collect();
     let fan_out = async {

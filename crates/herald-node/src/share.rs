@@ -21,7 +21,9 @@ use std::{
 };
 
 use async_trait::async_trait;
-use herald_backbone::{Gap, Held, LeaseHolder, Lifecycle, Member, MemberChange, Reaped, Result};
+use herald_backbone::{
+    Gap, Held, LeaseHolder, Lifecycle, Member, MemberChange, Message, Reaped, Result, Topic,
+};
 use herald_core::{ChannelName, Publication, PublicationData, SocketId, protocol, sharded::Sharded};
 use herald_hub::ConnId;
 
@@ -138,11 +140,27 @@ pub(crate) async fn join_presence(
         node.occupancy.add(app_id, channel);
         return Ok(Joined { added: None });
     };
+    let added = join_member(node, app_id, channel, socket, member, max_members).await?;
+    node.occupancy.add(app_id, channel);
+    Ok(Joined { added })
+}
+
+/// Adds `socket` to `channel`'s members as `member`, in the node's share and the
+/// backbone; returns the member if the user is new to the channel. On error nothing
+/// of it stays.
+async fn join_member(
+    node: &Node,
+    app_id: &Arc<str>,
+    channel: &ChannelName,
+    socket: SocketId,
+    member: Member,
+    max_members: usize,
+) -> Result<Option<Member>> {
     let _serialized = node.share.lock(socket.conn).await;
     node.share.insert(socket.conn, app_id, channel, member.clone());
-    let added = match node.presence.add_member(app_id, channel, socket, member, max_members).await {
-        Ok(MemberChange::Changed(member)) => Some(member),
-        Ok(MemberChange::Unchanged) => None,
+    match node.presence.add_member(app_id, channel, socket, member, max_members).await {
+        Ok(MemberChange::Changed(member)) => Ok(Some(member)),
+        Ok(MemberChange::Unchanged) => Ok(None),
         Err(e) => {
             node.share.remove(socket.conn, channel);
             if !matches!(e, herald_backbone::Error::PresenceFull { .. }) {
@@ -150,11 +168,29 @@ pub(crate) async fn join_presence(
                 // re-assertion undoes it.
                 node.share.failed("member addition", &e);
             }
-            return Err(e);
+            Err(e)
         }
-    };
-    node.occupancy.add(app_id, channel);
-    Ok(Joined { added })
+    }
+}
+
+/// A connection signed in as `user_id`: adds it to the app's online users (the
+/// members of [`ChannelName::online_users`], kept and re-asserted like any presence
+/// share, but counted in no channel). Returns true if the user came online.
+pub(crate) async fn join_online(
+    node: &Node,
+    app_id: &Arc<str>,
+    socket: SocketId,
+    user_id: &Arc<str>,
+) -> Result<bool> {
+    let member = Member { user_id: user_id.clone(), user_info: Default::default() };
+    let added = join_member(node, app_id, &ChannelName::online_users(), socket, member, usize::MAX).await?;
+    Ok(added.is_some())
+}
+
+/// A signed-in connection ended (or signed in as another user): removes it from the
+/// app's online users; returns the user if that was its last connection.
+pub(crate) async fn leave_online(node: &Node, app_id: &Arc<str>, socket: SocketId) -> Option<Member> {
+    leave_member(node, app_id, &ChannelName::online_users(), socket).await
 }
 
 /// Removes `socket` from `channel` in the node's share, its count of the channel
@@ -172,6 +208,18 @@ pub(crate) async fn leave_presence(
     if !member {
         return None;
     }
+    leave_member(node, app_id, channel, socket).await
+}
+
+/// Removes `socket` from `channel`'s members in the node's share and the backbone;
+/// returns the member that left (its user's last connection), where the backbone could
+/// tell.
+async fn leave_member(
+    node: &Node,
+    app_id: &Arc<str>,
+    channel: &ChannelName,
+    socket: SocketId,
+) -> Option<Member> {
     let _serialized = node.share.lock(socket.conn).await;
     let joined_as = node.share.remove(socket.conn, channel);
     match node.presence.remove_member(app_id, channel, socket).await {
@@ -275,6 +323,10 @@ async fn reassert(node: &Arc<Node>, held: Vec<Held>, gap: Gap) -> Result<()> {
             // The backbone had lost the member: the channel's other clients may have
             // been told it left (a reap), or joined without seeing it (after a
             // restart). Either way they converge on this.
+            if channel == ChannelName::online_users() {
+                tell_watchers(node, &app_id, &member.user_id, true).await;
+                continue;
+            }
             let data = protocol::member_added_data(&member.user_id, &member.user_info);
             node.tell(&app_id, &channel, "pusher_internal:member_added", &data, Some(socket)).await;
             let user = Lifecycle::MemberAdded(&member.user_id);
@@ -319,6 +371,16 @@ async fn reannounce(
     }
 }
 
+/// Tells the connections watching `user_id`, on every node, that it came online or
+/// went offline.
+pub(crate) async fn tell_watchers(node: &Node, app_id: &str, user_id: &Arc<str>, online: bool) {
+    let topic = Topic::watchers(&Arc::from(app_id), user_id);
+    let message = Message::Watchlist { user_id: user_id.clone(), online };
+    if let Err(e) = node.broker.publish(&topic, message).await {
+        tracing::warn!(error = %e, online, "could not tell a user's watchers");
+    }
+}
+
 /// Publishes a presence event to a channel's subscribers on every node.
 pub(crate) async fn tell(
     node: &Node,
@@ -347,6 +409,9 @@ pub(crate) async fn tell(
 /// `pusher_internal:member_removed` for `user_id`, to the channel's subscribers on
 /// every node: its last connection left (here, or on a node that crashed).
 pub(crate) async fn tell_member_removed(node: &Node, app_id: &str, channel: &ChannelName, user_id: &str) {
+    if *channel == ChannelName::online_users() {
+        return tell_watchers(node, app_id, &Arc::from(user_id), false).await;
+    }
     let data = protocol::member_removed_data(user_id);
     node.tell(app_id, channel, "pusher_internal:member_removed", &data, None).await;
 }

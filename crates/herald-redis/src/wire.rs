@@ -8,7 +8,7 @@ use herald_core::{ChannelName, Publication, PublicationData, SocketId, StreamPos
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 struct Wire<'a> {
     /// App id.
     #[serde(borrow)]
@@ -16,6 +16,11 @@ struct Wire<'a> {
     /// Set: close this user's connections (`terminate_connections`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     terminate: Option<&'a str>,
+    /// Set: this user came online (`on`) or went offline, for its watchers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    watch: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    on: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     channel: Option<&'a str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,7 +57,6 @@ pub(crate) fn encode(app_id: &str, message: &Message) -> Vec<u8> {
     let wire = match message {
         Message::Publication(p) => Wire {
             a: app_id,
-            terminate: None,
             channel: Some(p.channel.as_str()),
             event: Some(&p.event),
             data: serde_json::from_str(p.data.as_json()).ok(),
@@ -61,23 +65,12 @@ pub(crate) fn encode(app_id: &str, message: &Message) -> Vec<u8> {
             t: p.published_us,
             tp: p.trace.as_ref().map(|t| t.traceparent()),
             ts: p.trace.as_ref().and_then(|t| t.tracestate()),
-            o: 0,
-            e: None,
+            ..Wire::default()
         },
-        Message::TerminateUser { user_id } => Wire {
-            a: app_id,
-            terminate: Some(user_id),
-            channel: None,
-            event: None,
-            data: None,
-            user: None,
-            exclude: None,
-            t: 0,
-            tp: None,
-            ts: None,
-            o: 0,
-            e: None,
-        },
+        Message::TerminateUser { user_id } => Wire { a: app_id, terminate: Some(user_id), ..Wire::default() },
+        Message::Watchlist { user_id, online } => {
+            Wire { a: app_id, watch: Some(user_id), on: *online, ..Wire::default() }
+        }
     };
     serde_json::to_vec(&wire).unwrap_or_default()
 }
@@ -87,6 +80,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Message> {
     let wire: Wire<'_> = serde_json::from_slice(bytes).ok()?;
     if let Some(user_id) = wire.terminate {
         return Some(Message::TerminateUser { user_id: Arc::from(user_id) });
+    }
+    if let Some(user_id) = wire.watch {
+        return Some(Message::Watchlist { user_id: Arc::from(user_id), online: wire.on });
     }
     Some(Message::Publication(Publication {
         app_id: Arc::from(wire.a),
@@ -122,7 +118,9 @@ mod tests {
             position: None,
         });
         let terminate = Message::TerminateUser { user_id: "u:1".into() };
-        for message in [publication, terminate] {
+        let online = Message::Watchlist { user_id: "u:2".into(), online: true };
+        let offline = Message::Watchlist { user_id: "u:2".into(), online: false };
+        for message in [publication, terminate, online, offline] {
             assert_eq!(decode(&encode("app", &message)), Some(message));
         }
         assert_eq!(decode(b"not json"), None);

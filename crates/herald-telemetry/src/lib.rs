@@ -54,7 +54,7 @@ pub enum Metric {
     /// close frame, the connection dropped), `invalid_payload` (1007),
     /// `message_too_large` (1009), `try_again_later` (1013: the node's unfinished
     /// input budget), Herald's Pusher codes by number (`4001` … `4009`, `4100`,
-    /// `4200`, `4201`, `4202`, `4301`), other codes of Pusher's ranges by range
+    /// `4200`, `4201`, `4202`, `4301`, `4302`), other codes of Pusher's ranges by range
     /// (`4000-4099`, `4100-4199`, `4200-4299`, `4300-4399`), and `other`.
     ConnectionsClosed,
     /// Counter: publications received from the broker and fanned out on this node.

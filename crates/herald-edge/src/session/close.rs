@@ -120,6 +120,7 @@ fn close_code_label(code: u16) -> &'static str {
         4201 => "4201",
         4202 => "4202",
         4301 => "4301",
+        4302 => "4302",
         // The rest of each range (a test keeps these in step with `ErrorCode`).
         4000 | 4002 | 4010..=4099 => "4000-4099",
         4101..=4199 => "4100-4199",

@@ -50,6 +50,7 @@ pub(crate) use self::close::refuse;
 use self::{
     client_event::TokenBucket,
     close::{Ending, finish},
+    signin::SignedIn,
     subscribe::{Subscription, leave_all},
 };
 use herald_node::Node;
@@ -102,6 +103,9 @@ struct Session {
     channels: Vec<(ChannelName, Subscription)>,
     /// Set by a successful `pusher:signin`.
     user_id: Option<Arc<str>>,
+    /// The users it watches (its sign-in's `watchlist`, when the app has watchlist
+    /// events). Boxed: one pointer, in sessions that have none.
+    watching: Option<Box<[Arc<str>]>>,
     client_events: TokenBucket,
     /// Puts the client's frames together into messages.
     assembler: MessageAssembler,
@@ -155,6 +159,7 @@ impl Session {
             outbox,
             channels: Vec::new(),
             user_id: None,
+            watching: None,
             assembler: MessageAssembler::new(),
             held_input: 0,
             ended: false,
@@ -238,12 +243,12 @@ impl Session {
         self.outbox.close(Close::plain(1011, "internal error"));
         self.deregister();
         let channels = std::mem::take(&mut self.channels);
-        let user_id = self.user_id.take();
+        let user = self.signed_in();
         let (node, app_id, socket, outbox) =
             (self.node.clone(), self.app_id.clone(), self.socket, self.outbox.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                leave_all(&node, &app_id, socket, channels, user_id).await;
+                leave_all(&node, &app_id, socket, channels, user).await;
                 finish(Ending { outbox, node }).await;
             });
         }
@@ -251,8 +256,15 @@ impl Session {
 
     /// Leaves every channel (emitting presence events) and the user topic.
     async fn cleanup(&mut self) {
-        let (channels, user_id) = (std::mem::take(&mut self.channels), self.user_id.take());
-        leave_all(&self.node, &self.app_id, self.socket, channels, user_id).await;
+        let (channels, user) = (std::mem::take(&mut self.channels), self.signed_in());
+        leave_all(&self.node, &self.app_id, self.socket, channels, user).await;
+    }
+
+    /// Takes what signing in gave the connection, for leaving it.
+    fn signed_in(&mut self) -> Option<SignedIn> {
+        let user_id = self.user_id.take()?;
+        let online = self.app.enable_watchlist_events;
+        Some(SignedIn { user_id, online, watching: self.watching.take() })
     }
 
     fn send(&self, message: String) {

@@ -15,7 +15,7 @@ use herald_core::{
 use herald_hub::frame;
 use serde_json::{Value, json};
 
-use super::Session;
+use super::{Session, signin::SignedIn};
 use herald_node::Node;
 
 use crate::message::{Since, SubscribeData};
@@ -317,18 +317,18 @@ async fn leave_channel(
     }
 }
 
-/// Leaves every channel (emitting presence events) and the user topic.
+/// Leaves every channel (emitting presence events), and what signing in gave it.
 pub(super) async fn leave_all(
     node: &Arc<Node>,
     app_id: &Arc<str>,
     socket: SocketId,
     channels: Vec<(ChannelName, Subscription)>,
-    user_id: Option<Arc<str>>,
+    user: Option<SignedIn>,
 ) {
     for (channel, subscription) in channels {
         leave_channel(node, app_id, socket, &channel, subscription).await;
     }
-    if let Some(user_id) = user_id {
-        node.unsubscribe(&Topic::user(app_id, &user_id), socket.conn);
+    if let Some(user) = user {
+        user.leave(node, app_id, socket).await;
     }
 }

@@ -293,11 +293,11 @@ fn parse_entry(text: &str) -> Option<Held> {
     let parts: Vec<String> = serde_json::from_str(text).ok()?;
     match parts.as_slice() {
         [kind, app_id, channel] if kind == "c" => {
-            Some(Held::Count { app_id: app_id.clone(), channel: ChannelName::new(channel).ok()? })
+            Some(Held::Count { app_id: app_id.clone(), channel: ChannelName::stored(channel)? })
         }
         [kind, app_id, channel, socket] if kind == "m" => Some(Held::Member {
             app_id: app_id.clone(),
-            channel: ChannelName::new(channel).ok()?,
+            channel: ChannelName::stored(channel)?,
             socket: socket.parse().ok()?,
         }),
         _ => None,
@@ -412,6 +412,23 @@ impl PresenceManager for RedisPresence {
                 user_info: serde_json::from_str(&info).unwrap_or(serde_json::Value::Null),
             })
             .collect())
+    }
+
+    async fn are_members(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        user_ids: &[Arc<str>],
+    ) -> Result<Vec<bool>> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.key(app_id, channel.as_str(), "members"))
+            .arg(user_ids.iter().map(|u| &**u).collect::<Vec<&str>>())
+            .run_on(self.on(app_id, channel.as_str()))
+            .await?;
+        Ok(found.into_iter().map(|info| info.is_some()).collect())
     }
 
     async fn channel(&self, app_id: &str, channel: &ChannelName) -> Result<ChannelStats> {

@@ -211,6 +211,7 @@ pub fn demo_app() -> App {
         enabled: true,
         enable_client_events: true,
         enable_subscription_count: false,
+        enable_watchlist_events: false,
         api_tokens: vec!["herald-demo-api-token".into()],
         limits: AppLimits::default(),
         history: vec![],

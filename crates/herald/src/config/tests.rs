@@ -563,6 +563,7 @@ mod properties {
             ("max_presence_members", l.max_presence_members.to_string()),
             ("max_presence_user_info_bytes", l.max_presence_user_info_bytes.to_string()),
             ("client_events_per_second", l.client_events_per_second.to_string()),
+            ("max_watchlist_size", l.max_watchlist_size.to_string()),
             ("webhooks_per_second", l.webhooks_per_second.to_string()),
             ("webhooks_burst", l.webhooks_burst.to_string()),
         ]);
@@ -600,6 +601,7 @@ mod properties {
                         max_presence_members: members,
                         max_presence_user_info_bytes: info,
                         client_events_per_second: client,
+                        max_watchlist_size: members,
                         webhooks_per_second: hooks,
                         webhooks_burst: burst,
                     }
@@ -621,6 +623,7 @@ mod properties {
                     enabled,
                     enable_client_events: client_events,
                     enable_subscription_count: false,
+                    enable_watchlist_events: false,
                     api_tokens,
                     limits,
                     history: vec![],
