@@ -41,9 +41,28 @@ struct CatchUp {
     frames: Vec<(Option<u64>, Bytes)>,
     bytes: usize,
     overflowed: bool,
+    /// Set once the catch-up is written ([`Hub::finish_catch_up`]): the offset its
+    /// history read reached. A publication the read already had may still be on its
+    /// way from the broker (published before the read, delivered after it): until one
+    /// above this floor arrives, frames at or below it are dropped, the rest written.
+    floor: Option<u64>,
 }
 
 impl CatchUp {
+    /// After the catch-up was written: writes the frames above the floor (or with no
+    /// offset), and says whether one above the floor came, so that nothing at or below
+    /// it can follow (a channel's publications reach a node in offset order).
+    fn drain(&self, floor: u64, frames: &[(Option<u64>, Bytes)]) -> bool {
+        let mut above = false;
+        for (offset, frame) in frames {
+            if offset.is_none_or(|o| o > floor) {
+                above |= offset.is_some();
+                self.outbox.push(frame.clone());
+            }
+        }
+        above
+    }
+
     /// Keeps frames for later, up to the connection's outbound limit; past it the
     /// connection is a slow consumer (4100), as it would have been as a subscriber.
     fn keep(&mut self, frames: &[(Option<u64>, Bytes)]) {
@@ -179,7 +198,9 @@ impl Hub {
         let Some(subscribers) = shard.get_mut(topic) else {
             return false;
         };
-        if !subscribers.remove(conn) || !subscribers.is_empty() {
+        // A connection past its catch-up may still be draining it.
+        let removed = subscribers.remove(conn) || subscribers.take_catch_up(conn).is_some();
+        if !removed || !subscribers.is_empty() {
             return false;
         }
         shard.remove(topic);
@@ -197,7 +218,14 @@ impl Hub {
         let subscribers = shard.entry(topic.clone()).or_default();
         let catching_up = subscribers.catching_up.get_or_insert_with(Box::default);
         catching_up.retain(|c| c.conn != conn);
-        catching_up.push(CatchUp { conn, outbox, frames: Vec::new(), bytes: 0, overflowed: false });
+        catching_up.push(CatchUp {
+            conn,
+            outbox,
+            frames: Vec::new(),
+            bytes: 0,
+            overflowed: false,
+            floor: None,
+        });
         if first {
             metrics::gauge!(Metric::LocalChannels.name()).increment(1);
         }
@@ -207,7 +235,9 @@ impl Hub {
     /// Ends `conn`'s catch-up, atomically with respect to fan-out: writes `first` (the
     /// history it missed, and its subscription ack), then what was fanned out meanwhile
     /// that is not in `first` (an offset above `after`, or none), and makes it a
-    /// subscriber. So it gets the channel in order, without a gap or a duplicate.
+    /// subscriber: at once if one above `after` came already, else once one comes,
+    /// dropping the publications at or below `after` still on their way meanwhile. So
+    /// it gets the channel in order, without a gap or a duplicate.
     pub fn finish_catch_up(&self, topic: &Topic, conn: ConnId, after: u64, first: Vec<Bytes>) -> CaughtUp {
         let mut shard = self.topics.shard(topic);
         let Some(subscribers) = shard.get_mut(topic) else {
@@ -223,13 +253,22 @@ impl Hub {
             }
             return CaughtUp::Overflowed;
         }
-        let missed = catch_up.frames.into_iter().filter(|(offset, _)| offset.is_none_or(|o| o > after));
+        let mut catch_up = catch_up;
+        let frames = std::mem::take(&mut catch_up.frames);
+        let above = frames.iter().any(|(offset, _)| offset.is_some_and(|o| o > after));
+        let missed = frames.into_iter().filter(|(offset, _)| offset.is_none_or(|o| o > after));
         let all: Vec<Bytes> = first.into_iter().chain(missed.map(|(_, frame)| frame)).collect();
         if !all.is_empty() {
             // One buffer: one write, as a burst of a fan-out is.
             catch_up.outbox.push(Bytes::from(all.concat()));
         }
-        subscribers.insert(conn, catch_up.outbox);
+        if above {
+            subscribers.insert(conn, catch_up.outbox);
+        } else {
+            catch_up.floor = Some(after);
+            catch_up.bytes = 0;
+            subscribers.catching_up.get_or_insert_with(Box::default).push(catch_up);
+        }
         CaughtUp::Subscribed
     }
 
@@ -269,10 +308,27 @@ impl Hub {
     ) -> Option<Snapshot> {
         let mut shard = self.topics.shard(topic);
         let subscribers = shard.get_mut(topic)?;
-        if let Some(catching_up) = &mut subscribers.catching_up {
-            catching_up.iter_mut().filter(|c| Some(c.conn) != exclude).for_each(|c| c.keep(frames));
+        let snapshot = subscribers.list.clone();
+        let Some(catching_up) = &mut subscribers.catching_up else {
+            return Some(snapshot);
+        };
+        // Catch-ups keep the frames; those past theirs drain them, and become
+        // subscribers (for the next fan-out: this one they have had) once one above
+        // their floor came.
+        let mut caught_up = Vec::new();
+        for catch_up in catching_up.iter_mut().filter(|c| Some(c.conn) != exclude) {
+            match catch_up.floor {
+                None => catch_up.keep(frames),
+                Some(floor) if catch_up.drain(floor, frames) => caught_up.push(catch_up.conn),
+                Some(_) => {}
+            }
         }
-        Some(subscribers.list.clone())
+        for conn in caught_up {
+            if let Some(catch_up) = subscribers.take_catch_up(conn) {
+                subscribers.insert(conn, catch_up.outbox);
+            }
+        }
+        Some(snapshot)
     }
 
     /// Writes an already-encoded frame to every local subscriber of `topic` except
@@ -682,6 +738,38 @@ mod tests {
         assert_eq!(got, expected);
         assert_eq!(hub.finish_catch_up(&news, 1, 0, vec![]), CaughtUp::Missing, "once");
         assert!(hub.unsubscribe(&news, 1), "a subscriber like any other");
+    }
+
+    /// A publication the history read already had can still be on its way from the
+    /// broker when the catch-up is written: it is dropped, until one above the read's
+    /// position shows nothing older can follow.
+    #[tokio::test]
+    async fn after_its_catch_up_a_connection_drops_what_the_history_had_until_a_newer_one() {
+        let hub = Hub::new(1);
+        let (outbox, mut client) = pair(1 << 20).await;
+        let outbox = Arc::new(outbox);
+        let news = topic("news");
+        hub.begin_catch_up(&news, 1, outbox.clone());
+        let ack = frame::text(b"ack");
+        assert_eq!(hub.finish_catch_up(&news, 1, 5, vec![ack.clone()]), CaughtUp::Subscribed);
+        hub.handle(&news, kept_at(4));
+        hub.handle(&news, kept_at(5));
+        hub.handle(&news, publication(None));
+        hub.handle_batch(vec![(news.clone(), kept_at(5)), (news.clone(), kept_at(6))]);
+        hub.handle(&news, kept_at(7));
+        let expected: Vec<Bytes> =
+            vec![ack, frame::text(publication_bytes()), frame_of(&kept_at(6)), frame_of(&kept_at(7))];
+        let expected = expected.concat();
+        let mut got = vec![0; expected.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        assert!(hub.unsubscribe(&news, 1), "a subscriber now, and the topic's last");
+
+        // Unsubscribing while it still drains leaves nothing either.
+        hub.begin_catch_up(&news, 2, outbox.clone());
+        hub.finish_catch_up(&news, 2, 9, vec![]);
+        assert!(hub.unsubscribe(&news, 2));
+        assert!(!hub.has_subscribers(&news));
     }
 
     #[tokio::test]

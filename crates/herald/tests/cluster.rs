@@ -60,7 +60,7 @@ impl Edge {
             .env(
                 "HERALD_APPS",
                 format!(
-                    r#"[{{id = "app", key = "app-key", secret = "app-secret", api_tokens = ["{TOKEN}"]}}]"#
+                    r#"[{{id = "app", key = "app-key", secret = "app-secret", api_tokens = ["{TOKEN}"], history = [{{channels = "history-*", size = 10000, ttl = "10m"}}]}}]"#
                 ),
             )
             .stdout(Stdio::null())
@@ -295,4 +295,54 @@ async fn an_edge_that_starts_while_redis_does_not_answer_waits_for_it() {
         edge.output().contains("herald edge is running")
     })
     .await;
+}
+
+/// Recoveries on alternating edges while both publish: each client gets an unbroken,
+/// duplicate-free run of offsets from its position through the live channel, with the
+/// history in Redis.
+#[tokio::test]
+async fn recovery_across_edges_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
+    let redis = RedisServer::start();
+    let (a, b) = (Edge::start(&redis), Edge::start(&redis));
+    let subscribe_since = |since: Option<(u64, String)>| {
+        let mut data = json!({ "channel": "history-busy" });
+        if let Some((offset, epoch)) = since {
+            data["since"] = json!({ "offset": offset, "epoch": epoch });
+        }
+        json!({ "event": "pusher:subscribe", "data": data })
+    };
+    let mut first = Client::connect(a.ws, "app-key").await;
+    first.send(subscribe_since(None)).await;
+    let ack = first.subscription_result("history-busy").await;
+    let epoch = herald_testkit::data(&ack)["position"]["epoch"].as_str().unwrap().to_owned();
+    let (mut since, mut published) = (0u64, 0u64);
+    for recovery in 0..10u64 {
+        // A burst through one edge while the client catches up through the other...
+        let (publish_to, recover_on) = if recovery % 2 == 0 { (a.ws, b.ws) } else { (b.ws, a.ws) };
+        let burst = tokio::spawn(async move {
+            for i in 0..20 {
+                trigger(publish_to, "history-busy", "e", &i.to_string()).await;
+            }
+        });
+        let mut client = Client::connect(recover_on, "app-key").await;
+        client.send(subscribe_since(Some((since, epoch.clone())))).await;
+        let mut got = Vec::new();
+        loop {
+            let message = client.recv().await;
+            if message["event"] == "pusher_internal:subscription_succeeded" {
+                assert_eq!(herald_testkit::data(&message)["recovered"], true, "{message}");
+                break;
+            }
+            got.push(message["offset"].as_u64().unwrap());
+        }
+        burst.await.unwrap();
+        // ... and one more, so the client has a known last offset to reach.
+        trigger(publish_to, "history-busy", "e", "last").await;
+        published += 21;
+        while got.last().copied().unwrap_or(since) < published {
+            got.push(client.recv_event("e").await["offset"].as_u64().unwrap());
+        }
+        assert_eq!(got, (since + 1..=published).collect::<Vec<_>>(), "recovery {recovery} from {since}");
+        since = published;
+    }
 }
