@@ -285,3 +285,26 @@ test("cache channels: pusher-js's pusher:cache_miss on an empty one, the last ev
   await waitFor(() => log.length === 3, { what: 'the live event' });
   assert.deepEqual(summary(log), ['pusher:subscription_succeeded', 'my-event 2', 'my-event 3']);
 });
+
+test('operators count recoveries in herald_recoveries_total, by outcome', async () => {
+  const count = async (outcome) => {
+    const res = await fetch(`http://127.0.0.1:${env.herald.metricsPort}/metrics`);
+    const line = (await res.text()).split('\n').find((l) => l.startsWith(`herald_recoveries_total{outcome="${outcome}"}`));
+    return line ? Number(line.split(' ').pop()) : 0;
+  };
+  const before = { recovered: await count('recovered'), unrecoverable: await count('unrecoverable') };
+  await trigger('history-metrics', 1);
+  const body = await (await env.sdk().get({ path: '/channels/history-metrics/history', params: {} })).json();
+  const client = await env.connectedClient();
+  // Raw subscribes with a position: one that recovers, one on a channel without history.
+  const acks = ['history-metrics', 'plain-metrics'].map((channel) =>
+    nextEvent(client.connection, 'message', {
+      filter: (frame) => frame.event === 'pusher_internal:subscription_succeeded' && frame.channel === channel,
+    }),
+  );
+  client.send_event('pusher:subscribe', { channel: 'history-metrics', since: body.position });
+  client.send_event('pusher:subscribe', { channel: 'plain-metrics', since: body.position });
+  await Promise.all(acks);
+  await waitFor(async () => (await count('recovered')) === before.recovered + 1, { what: 'one more recovered' });
+  assert.equal(await count('unrecoverable'), before.unrecoverable + 1);
+});

@@ -368,3 +368,28 @@ async fn subscriptions_made_together_while_redis_is_down_all_fail_then_work_afte
     publisher.publish(&news, publication("app1", "down-7", "back")).await.unwrap();
     received.wait_for(&news, 1).await;
 }
+
+/// A Redis that forgot the history scripts (restarted, or `SCRIPT FLUSH`) gets them
+/// loaded again: publishing and reading go on.
+#[tokio::test]
+async fn history_scripts_are_loaded_again_when_redis_forgot_them() {
+    use herald_backbone::{HistoryQuery, Message, Retention};
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(config(&redis), Arc::new(Recorder::default())).await.unwrap();
+    let chat = topic("history-chat");
+    let keep = Retention { size: 10, ttl: Duration::from_secs(60), meta_ttl: Duration::from_secs(3600) };
+    let kept = |event: &str| match publication("app1", "history-chat", event) {
+        Message::Publication(p) => (chat.clone(), p, keep),
+        other => panic!("{other:?}"),
+    };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let flush = || redis::cmd("SCRIPT").arg("FLUSH").clone();
+    assert_eq!(broker.publish_kept(vec![kept("a")]).await.unwrap()[0].offset, 1);
+    let _: () = flush().query_async(&mut raw).await.unwrap();
+    assert_eq!(broker.publish_kept(vec![kept("b"), kept("c")]).await.unwrap()[1].offset, 3);
+    let _: () = flush().query_async(&mut raw).await.unwrap();
+    let page = broker.history(&chat, keep, HistoryQuery::after(0, 10)).await.unwrap();
+    let events: Vec<String> = page.publications.iter().map(|p| p.event.to_string()).collect();
+    assert_eq!(events, ["a", "b", "c"]);
+}

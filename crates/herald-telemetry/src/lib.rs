@@ -63,6 +63,10 @@ pub enum Metric {
     Deliveries,
     /// Counter: subscribers disconnected because their queue overflowed (4100).
     SlowConsumers,
+    /// Counter: subscriptions that asked to resume a channel's history (`since`), label
+    /// `outcome`: `recovered` (what was missed was replayed) or `unrecoverable` (told
+    /// `recovered: false`: too old, another epoch, or too large to replay).
+    Recoveries,
     /// Counter: events accepted by the Pusher HTTP API, label `outcome`.
     HttpApiRequests,
     /// Counter: `client-*` events relayed.
@@ -114,7 +118,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 25] = [
+    pub const ALL: [Metric; 26] = [
         Metric::Connections,
         Metric::ConnectionsAccepted,
         Metric::ConnectionsShed,
@@ -123,6 +127,7 @@ impl Metric {
         Metric::Publications,
         Metric::Deliveries,
         Metric::SlowConsumers,
+        Metric::Recoveries,
         Metric::HttpApiRequests,
         Metric::ClientEvents,
         Metric::LocalChannels,
@@ -152,6 +157,7 @@ impl Metric {
             Metric::Publications => "herald_publications_total",
             Metric::Deliveries => "herald_deliveries_total",
             Metric::SlowConsumers => "herald_slow_consumers_total",
+            Metric::Recoveries => "herald_recoveries_total",
             Metric::HttpApiRequests => "herald_http_api_requests_total",
             Metric::ClientEvents => "herald_client_events_total",
             Metric::LocalChannels => "herald_local_channels",
@@ -189,6 +195,7 @@ impl Metric {
             Metric::Publications => "Publications fanned out on this node.",
             Metric::Deliveries => "Frames queued to local subscribers.",
             Metric::SlowConsumers => "Subscribers disconnected because their outbound queue overflowed.",
+            Metric::Recoveries => "Subscriptions that asked to resume a channel's history, by outcome.",
             Metric::HttpApiRequests => "Pusher HTTP API requests, by outcome.",
             Metric::ClientEvents => "client-* events relayed.",
             Metric::LocalChannels => "Channels with at least one subscriber on this node.",

@@ -13,6 +13,7 @@ use herald_core::{
     protocol,
 };
 use herald_hub::frame;
+use herald_telemetry::Metric;
 use serde_json::{Value, json};
 
 use super::{Session, signin::SignedIn};
@@ -148,6 +149,7 @@ impl Session {
                 if request.since.is_some() {
                     // The channel keeps no history: nothing can be recovered.
                     data["recovered"] = Value::Bool(false);
+                    metrics::counter!(Metric::Recoveries.name(), "outcome" => "unrecoverable").increment(1);
                 }
                 self.send(protocol::subscription_succeeded(channel.as_str(), &data));
             }
@@ -207,6 +209,10 @@ impl Session {
                 page = read(last).await?;
             }
             cached = Some(page.publications.into_iter().next());
+        }
+        if let Some(recovered) = recovered {
+            let outcome = if recovered { "recovered" } else { "unrecoverable" };
+            metrics::counter!(Metric::Recoveries.name(), "outcome" => outcome).increment(1);
         }
         Ok(HistoryRead { position: page.position, recovered, replay, cached })
     }
