@@ -46,6 +46,12 @@ export function withRecovery(pusher, options = {}) {
 
   /** Last position per channel name: the one to resume from. */
   const positions = new Map();
+  /**
+   * The socket id of the connection each position was received on: sent with
+   * `since`, so that what a backend excluded for that connection (Laravel's
+   * `toOthers()`) is not replayed to the client that sent it.
+   */
+  const socketOf = new Map();
   /** Channels whose subscribe carried `since` and is not acknowledged yet. */
   const pending = new Map();
 
@@ -59,11 +65,13 @@ export function withRecovery(pusher, options = {}) {
     // again, so a lower offset there is still the newer position.
     if (!known || known.epoch !== position.epoch || position.offset > known.offset) {
       positions.set(name, copyPosition(position));
+      socketOf.set(name, pusher.connection.socket_id);
     }
   };
 
   const forget = (name) => {
     positions.delete(name);
+    socketOf.delete(name);
     pending.delete(name);
   };
 
@@ -87,8 +95,12 @@ export function withRecovery(pusher, options = {}) {
       // The server's word replaces ours: resuming from the old position
       // would fail again on every reconnect. No position at all means the
       // channel keeps no history.
-      if (position) positions.set(name, position);
-      else positions.delete(name);
+      if (position) {
+        positions.set(name, position);
+        socketOf.set(name, pusher.connection.socket_id);
+      } else {
+        positions.delete(name);
+      }
       const info = { channel: name, since: copyPosition(wait.since), position: position && copyPosition(position) };
       channel.emit('herald:unrecoverable', info);
       options.onUnrecoverable?.(name, info);
@@ -145,7 +157,8 @@ export function withRecovery(pusher, options = {}) {
       return data;
     }
     pending.set(data.channel, { since: copyPosition(position), replayed: 0 });
-    return { ...data, since: copyPosition(position) };
+    const socket = socketOf.get(data.channel);
+    return { ...data, since: { ...copyPosition(position), ...(socket ? { socket_id: socket } : {}) } };
   };
 
   const sendEvent = pusher.send_event;

@@ -161,6 +161,31 @@ test(`more missed events than the history keeps (${HISTORY_SIZE}): herald:unreco
   assert.deepEqual(unrecoverable, [['history-b', info]]);
 });
 
+test("what the backend excluded for the client's old connection (Laravel's toOthers) is not replayed to it", async (t) => {
+  const proxy = await proxyFor(t);
+  const client = withRecovery(clientVia(proxy.port));
+  const log = recordAll(client.subscribe('history-others'));
+  await subscribe(client, 'history-others');
+  await trigger('history-others', 1);
+  await waitFor(() => log.length === 2, { what: 'the first live event' });
+  const oldSocket = client.connection.socket_id;
+  await outage(proxy, async () => {
+    // The client's own message, sent by its backend to the others only...
+    const res = await env.sdk().trigger('history-others', 'my-event', { n: 2 }, { socket_id: oldSocket });
+    assert.equal(res.status, 200);
+    // ... and someone else's.
+    await trigger('history-others', 3);
+  });
+  await waitFor(() => summary(log).includes('herald:recovered'), { what: `herald:recovered (so far: ${summary(log)})` });
+  assert.deepEqual(summary(log), [
+    'pusher:subscription_succeeded',
+    'my-event 1',
+    'my-event 3',
+    'pusher:subscription_succeeded',
+    'herald:recovered',
+  ]);
+});
+
 test('a client without the module sees the events as before: data intact, extra fields ignored', async () => {
   const client = await env.connectedClient();
   const frames = recordRawFrames(client);

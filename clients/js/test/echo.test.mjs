@@ -34,7 +34,7 @@ async function recoverThroughEcho(echo, server) {
   first.drop();
   const second = await server.connection(2);
   assert.deepEqual(await second.waitForSubscribes(1), [
-    { event: 'pusher:subscribe', data: { auth: '', channel: 'orders', since: { offset: 1, epoch: 'e1' } } },
+    { event: 'pusher:subscribe', data: { auth: '', channel: 'orders', since: { offset: 1, epoch: 'e1', socket_id: '1.100' } } },
   ]);
   second.publish('orders', 'order-shipped', { id: 2 }, { offset: 2, epoch: 'e1' });
   second.ack('orders', { recovered: true, position: { offset: 2, epoch: 'e1' } });

@@ -86,7 +86,7 @@ test('after a dropped connection the re-subscribe carries since; replay, herald:
   const second = await server.connection(2);
   // `since` on the channel with a position only; nothing else changes.
   assert.deepEqual(await second.waitForSubscribes(2), [
-    subscribeFrame({ auth: '', channel: 'chat-1', since: { offset: 2, epoch: 'e1' } }),
+    subscribeFrame({ auth: '', channel: 'chat-1', since: { offset: 2, epoch: 'e1', socket_id: '1.100' } }),
     subscribeFrame({ auth: '', channel: 'plain' }),
   ]);
 
@@ -134,7 +134,7 @@ test('an unrecoverable position emits herald:unrecoverable and resumes from the 
 
   const second = await server.connection(2);
   assert.deepEqual(await second.waitForSubscribes(1), [
-    subscribeFrame({ auth: '', channel: 'chat-1', since: { offset: 7, epoch: 'e1' } }),
+    subscribeFrame({ auth: '', channel: 'chat-1', since: { offset: 7, epoch: 'e1', socket_id: '1.100' } }),
   ]);
   // The server lost its history (new epoch): no replay, its position instead.
   second.ack('chat-1', { recovered: false, position: { offset: 3, epoch: 'e2' } });
@@ -149,7 +149,7 @@ test('an unrecoverable position emits herald:unrecoverable and resumes from the 
   second.drop();
   const third = await server.connection(3);
   assert.deepEqual(await third.waitForSubscribes(1), [
-    subscribeFrame({ auth: '', channel: 'chat-1', since: { offset: 3, epoch: 'e2' } }),
+    subscribeFrame({ auth: '', channel: 'chat-1', since: { offset: 3, epoch: 'e2', socket_id: '2.101' } }),
   ]);
   third.ack('chat-1', { recovered: true, position: { offset: 3, epoch: 'e2' } });
   await waitFor(() => events.length === 2, 'herald:recovered');
@@ -177,7 +177,7 @@ test('a message of a new epoch replaces a higher offset of the old one', async (
   first.drop();
   const second = await server.connection(2);
   assert.deepEqual(await second.waitForSubscribes(1), [
-    subscribeFrame({ auth: '', channel: 'chat-1', since: { offset: 1, epoch: 'e2' } }),
+    subscribeFrame({ auth: '', channel: 'chat-1', since: { offset: 1, epoch: 'e2', socket_id: '1.100' } }),
   ]);
 });
 
@@ -236,11 +236,11 @@ test('unsubscribing while disconnected forgets too (pusher-js sends no pusher:un
 
   const second = await server.connection(2);
   assert.deepEqual(await second.waitForSubscribes(1), [
-    subscribeFrame({ auth: '', channel: 'keep', since: { offset: 1, epoch: 'e1' } }),
+    subscribeFrame({ auth: '', channel: 'keep', since: { offset: 1, epoch: 'e1', socket_id: '1.100' } }),
   ]);
   pusher.subscribe('leave');
   assert.deepEqual(await second.waitForSubscribes(2), [
-    subscribeFrame({ auth: '', channel: 'keep', since: { offset: 1, epoch: 'e1' } }),
+    subscribeFrame({ auth: '', channel: 'keep', since: { offset: 1, epoch: 'e1', socket_id: '1.100' } }),
     subscribeFrame({ auth: '', channel: 'leave' }),
   ]);
   assert.deepEqual(
@@ -318,7 +318,7 @@ test('a presence channel: position from an ack with presence data; the re-subscr
       auth: `${KEY}:sig-${second.socketId}-presence-room`,
       channel_data: '{"user_id":"u1"}',
       channel: 'presence-room',
-      since: { offset: 2, epoch: 'e1' },
+      since: { offset: 2, epoch: 'e1', socket_id: '1.100' },
     }),
   ]);
   second.publish('presence-room', 'msg', { n: 3 }, { offset: 3, epoch: 'e1' });
@@ -369,7 +369,7 @@ test('withRecovery twice on one instance wraps it once', async (t) => {
 
   const second = await server.connection(2);
   assert.deepEqual(await second.waitForSubscribes(1), [
-    subscribeFrame({ auth: '', channel: 'chat-1', since: { offset: 1, epoch: 'e1' } }),
+    subscribeFrame({ auth: '', channel: 'chat-1', since: { offset: 1, epoch: 'e1', socket_id: '1.100' } }),
   ]);
   second.publish('chat-1', 'msg', { n: 2 }, { offset: 2, epoch: 'e1' });
   second.ack('chat-1', { recovered: true, position: { offset: 2, epoch: 'e1' } });

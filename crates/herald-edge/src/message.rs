@@ -37,6 +37,10 @@ pub(crate) struct SubscribeData {
 pub(crate) struct Since {
     pub(crate) offset: u64,
     pub(crate) epoch: String,
+    /// The socket id the client had when it received that position: publications a
+    /// backend excluded for it (`socket_id`, Laravel's `toOthers()`) are not replayed.
+    #[serde(default)]
+    pub(crate) socket_id: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -372,3 +372,42 @@ async fn watchlists_hear_users_come_online_and_go_offline_once() {
     signin_watching(&mut q, &quiet.app().clone(), "q", &["x"]).await;
     assert!(q.sync().await.is_empty());
 }
+
+/// A publication the backend excluded for the client's old connection (Laravel's
+/// `toOthers()`) is not replayed to it when it says which connection that was.
+#[tokio::test]
+async fn a_recovery_skips_what_was_excluded_for_the_clients_old_connection() {
+    let server = Server::start(vec![history_app(10)], config()).await;
+    let mut sender = server.connect().await;
+    let acked = subscribe_since(&mut sender, "history-chat", None).await;
+    let epoch = data(acked.last().unwrap())["position"]["epoch"].as_str().unwrap().to_owned();
+    let old_socket = sender.socket_id.clone();
+    let body =
+        json!({ "name": "said", "channels": ["history-chat"], "data": "mine", "socket_id": old_socket });
+    assert_eq!(server.api("POST", "/apps/app/events", &[], Some(body)).await.0, 200);
+    server.trigger(&["history-chat"], "said", "theirs").await;
+    assert_eq!(sender.recv_event("said").await["data"], "theirs", "excluded live, as Pusher does");
+
+    let resume = |socket_id: Option<&str>| {
+        let mut since = json!({ "offset": 0, "epoch": epoch });
+        if let Some(id) = socket_id {
+            since["socket_id"] = json!(id);
+        }
+        json!({ "event": "pusher:subscribe", "data": { "channel": "history-chat", "since": since } })
+    };
+    for (socket_id, expected) in [(Some(old_socket.as_str()), vec!["theirs"]), (None, vec!["mine", "theirs"])]
+    {
+        let mut back = server.connect().await;
+        back.send(resume(socket_id)).await;
+        let mut replayed = Vec::new();
+        loop {
+            let message = back.recv().await;
+            if message["event"] == "pusher_internal:subscription_succeeded" {
+                assert_eq!(data(&message)["recovered"], true);
+                break;
+            }
+            replayed.push(message["data"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(replayed, expected, "since with socket_id {socket_id:?}");
+    }
+}

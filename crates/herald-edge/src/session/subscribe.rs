@@ -193,7 +193,15 @@ impl Session {
         let mut recovered = since.map(|s| page.recovers(&StreamPosition::new(s.offset, s.epoch.as_str())));
         let mut replay = Vec::new();
         if recovered == Some(true) {
-            replay = page.publications.iter().map(|p| frame::text(p.to_message().as_bytes())).collect();
+            // Not what the backend excluded for the connection the client had then.
+            let excluded =
+                since.and_then(|s| s.socket_id.as_deref()).and_then(|id| id.parse::<SocketId>().ok());
+            replay = page
+                .publications
+                .iter()
+                .filter(|p| excluded.is_none() || p.exclude != excluded)
+                .map(|p| frame::text(p.to_message().as_bytes()))
+                .collect();
         }
         // A replay larger than the connection may queue would close it as a slow
         // consumer each time it came back: it is told to reload instead.
