@@ -186,7 +186,10 @@ pub trait Broker: Send + Sync + 'static {
     ///
     /// **The merge guarantee** recovery is built on: when this node had subscribed to
     /// the topic before the call, every publication of the topic with an offset above
-    /// the returned position reaches this node's handler.
+    /// the returned position reaches this node's handler. Publications at or below it
+    /// may reach the handler after the call too (published before the read, still on
+    /// their way): a reader that replays the page drops those (see `herald-hub`'s
+    /// catch-up).
     async fn history(&self, topic: &Topic, retention: Retention, query: HistoryQuery) -> Result<HistoryPage>;
 }
 
