@@ -43,12 +43,12 @@ struct BrokerState {
 #[derive(Default)]
 struct Histories {
     channels: HashMap<Topic, ChannelHistory>,
-    /// Writes since the last sweep of channels whose epoch expired.
-    writes: u32,
+    /// Reads and writes since the last sweep of channels whose epoch expired.
+    touches: u32,
 }
 
 /// Sweep the channels that nobody touched for their `meta_ttl` once every this many
-/// writes: memory stays bounded by the channels in use, at a cost spread thin.
+/// reads and writes: memory stays bounded by the channels in use, at a cost spread thin.
 const SWEEP_EVERY: u32 = 1024;
 
 /// One channel's history.
@@ -112,9 +112,9 @@ impl ChannelHistory {
 impl Histories {
     /// The channel's history, trimmed to `retention` as of `now` and marked touched.
     fn touch(&mut self, topic: &Topic, retention: Retention, now: Instant) -> &mut ChannelHistory {
-        self.writes += 1;
-        if self.writes >= SWEEP_EVERY {
-            self.writes = 0;
+        self.touches += 1;
+        if self.touches >= SWEEP_EVERY {
+            self.touches = 0;
             self.channels.retain(|_, h| now.duration_since(h.touched) <= h.meta_ttl);
             shrink_map(&mut self.channels);
         }

@@ -5,6 +5,9 @@ use std::{fmt, sync::Arc};
 /// Pusher's documented maximum channel name length.
 pub const MAX_CHANNEL_NAME_LEN: usize = 164;
 
+/// The name of [`ChannelName::online_users`].
+const ONLINE_USERS: &str = "#online";
+
 /// The prefix of the per-user channel that `pusher:signin` unlocks.
 pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 
@@ -86,14 +89,18 @@ impl ChannelName {
     /// The internal presence channel whose members are an app's signed-in users (for
     /// watchlists). No client can name it: `#` is not a channel character.
     pub fn online_users() -> Self {
-        Self(Arc::from("#online"))
+        Self(Arc::from(ONLINE_USERS))
+    }
+
+    /// Whether this is [`ChannelName::online_users`] (a comparison, no allocation).
+    pub fn is_online_users(&self) -> bool {
+        &*self.0 == ONLINE_USERS
     }
 
     /// A channel name as Herald stores it (in Redis): a client's, or an internal one
     /// ([`ChannelName::online_users`]).
     pub fn stored(name: &str) -> Option<Self> {
-        let online = Self::online_users();
-        if name == online.as_str() { Some(online) } else { Self::new(name).ok() }
+        if name == ONLINE_USERS { Some(Self::online_users()) } else { Self::new(name).ok() }
     }
 
     /// The user id of a `#server-to-user-<id>` channel.

@@ -243,7 +243,7 @@ impl Hub {
         let Some(subscribers) = shard.get_mut(topic) else {
             return CaughtUp::Missing;
         };
-        let Some(catch_up) = subscribers.take_catch_up(conn) else {
+        let Some(mut catch_up) = subscribers.take_catch_up(conn) else {
             return CaughtUp::Missing;
         };
         if catch_up.overflowed {
@@ -253,7 +253,6 @@ impl Hub {
             }
             return CaughtUp::Overflowed;
         }
-        let mut catch_up = catch_up;
         let frames = std::mem::take(&mut catch_up.frames);
         let above = frames.iter().any(|(offset, _)| offset.is_some_and(|o| o > after));
         let missed = frames.into_iter().filter(|(offset, _)| offset.is_none_or(|o| o > after));
@@ -391,7 +390,7 @@ impl Hub {
             // each, as cheap as a single frame's.
             let run = match frames.as_slice() {
                 [(_, one)] => one.clone(),
-                _ => Bytes::from(frames.iter().flat_map(|(_, f)| f.iter().copied()).collect::<Vec<u8>>()),
+                _ => Bytes::from(frames.iter().map(|(_, f)| &f[..]).collect::<Vec<&[u8]>>().concat()),
             };
             let delivered = self.fan_out_counted(&topic, &run, &frames, exclude);
             fanned_out(&span, &publication, delivered / frames.len().max(1), run.len());

@@ -122,7 +122,7 @@ pub(crate) fn record_left(
     removed_user: Option<&str>,
 ) {
     let Some(recorder) = node.recorder() else { return };
-    if *channel == ChannelName::online_users() {
+    if channel.is_online_users() {
         // Not a channel: who is online has no webhooks.
         return;
     }

@@ -237,17 +237,18 @@ pub(crate) async fn publish_events<'a>(
     let publications = messages.len();
     // Publications of channels that keep history go through the broker's history, which
     // gives them their offsets as it publishes them; the rest are published as they are.
-    let (kept, mut messages): (Vec<_>, Vec<_>) = messages.into_iter().partition(
-        |(_, message)| matches!(message, Message::Publication(p) if app.history_for(&p.channel).is_some()),
-    );
-    let kept: Vec<(Topic, Publication, Retention)> = kept
+    let mut kept: Vec<(Topic, Publication, Retention)> = Vec::new();
+    let mut messages: Vec<(Topic, Message)> = messages
         .into_iter()
         .filter_map(|(topic, message)| match message {
-            Message::Publication(p) => {
-                let retention = Retention::from(app.history_for(&p.channel)?);
-                Some((topic, p, retention))
-            }
-            Message::TerminateUser { .. } | Message::Watchlist { .. } => None,
+            Message::Publication(p) => match app.history_for(&p.channel) {
+                Some(rule) => {
+                    kept.push((topic, p, Retention::from(rule)));
+                    None
+                }
+                None => Some((topic, Message::Publication(p))),
+            },
+            control => Some((topic, control)),
         })
         .collect();
     let fan_out = async {

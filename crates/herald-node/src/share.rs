@@ -323,7 +323,7 @@ async fn reassert(node: &Arc<Node>, held: Vec<Held>, gap: Gap) -> Result<()> {
             // The backbone had lost the member: the channel's other clients may have
             // been told it left (a reap), or joined without seeing it (after a
             // restart). Either way they converge on this.
-            if channel == ChannelName::online_users() {
+            if channel.is_online_users() {
                 tell_watchers(node, &app_id, &member.user_id, true).await;
                 continue;
             }
@@ -409,7 +409,7 @@ pub(crate) async fn tell(
 /// `pusher_internal:member_removed` for `user_id`, to the channel's subscribers on
 /// every node: its last connection left (here, or on a node that crashed).
 pub(crate) async fn tell_member_removed(node: &Node, app_id: &str, channel: &ChannelName, user_id: &str) {
-    if *channel == ChannelName::online_users() {
+    if channel.is_online_users() {
         return tell_watchers(node, app_id, &Arc::from(user_id), false).await;
     }
     let data = protocol::member_removed_data(user_id);

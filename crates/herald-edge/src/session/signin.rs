@@ -45,7 +45,8 @@ impl Session {
             self.error(Some(ErrorCode::WatchlistLimitExceeded), &message);
         }
         if let Err(e) = self.node.user_online(&self.app_id, self.socket, user_id).await {
-            // The next re-assertion of the node's share makes it online.
+            // Nothing of it stays (it is not in the node's share either): its watchers
+            // see it offline until it signs in again.
             tracing::warn!(error = %e, "could not mark a user online");
         }
         if watchlist.is_empty() {
