@@ -140,7 +140,12 @@ impl RedisBroker {
 
     /// The shard that carries `topic`.
     fn shard(&self, topic: &Topic) -> &Arc<Inner> {
-        self.shards.pick(&format!("{}:{}", topic.app_id, topic.name))
+        &self.shards.items[self.shard_index(topic)]
+    }
+
+    /// The index of the shard that carries `topic`.
+    fn shard_index(&self, topic: &Topic) -> usize {
+        self.shards.index(&format!("{}:{}", topic.app_id, topic.name))
     }
 }
 
@@ -180,7 +185,7 @@ impl Broker for RedisBroker {
         // shard, so its order is kept).
         let mut pipes: Vec<(usize, redis::Pipeline)> = Vec::new();
         for (topic, message) in &messages {
-            let index = self.shards.index(&format!("{}:{}", topic.app_id, topic.name));
+            let index = self.shard_index(topic);
             let shard = &self.shards.items[index];
             let at = match pipes.iter().position(|(i, _)| *i == index) {
                 Some(at) => at,
@@ -264,7 +269,7 @@ impl Broker for RedisBroker {
         // back in the order of the publications.
         let mut by_shard: Vec<(usize, Vec<usize>)> = Vec::new();
         for (at, (topic, _, _)) in publications.iter().enumerate() {
-            let index = self.shards.index(&format!("{}:{}", topic.app_id, topic.name));
+            let index = self.shard_index(topic);
             match by_shard.iter_mut().find(|(i, _)| *i == index) {
                 Some((_, ats)) => ats.push(at),
                 None => by_shard.push((index, vec![at])),
