@@ -17,9 +17,11 @@
 
 # Build stage. The tag is rust-toolchain.toml's channel. The full (not -slim) image
 # already has the C toolchain, make, perl and python3 that librdkafka's configure and
-# make use (rdkafka's default features: librdkafka built from source, no cmake), so
-# nothing is installed with apt. Debian 12 (bookworm), like the runtime image: the
-# binary must not need a newer glibc than the runtime has.
+# make use (librdkafka built from source, no cmake), and pkg-config and libssl-dev
+# for its TLS and SASL (the system's OpenSSL), so nothing is installed with apt
+# (scripts/build-release.sh runs scripts/install-build-deps.sh, which finds them).
+# Debian 12 (bookworm), like the runtime image: the binary must not need a newer
+# glibc, nor a newer OpenSSL than its 3.0, than the runtime has.
 FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 # The toolchain and components that rust-toolchain.toml names, in a layer of their
@@ -38,9 +40,12 @@ RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry
 
 # Runtime stage: distroless/cc (Debian 12) holds glibc, libgcc_s, libstdc++, OpenSSL,
 # CA certificates, tzdata and the nonroot user (65532), but no shell and no package
-# manager. herald loads only glibc and libgcc_s (scripts/image-check.sh checks):
-# librdkafka and zlib are linked in statically (scripts/build-release.sh), TLS is rustls. debian-slim would only add a shell and
-# apt for an intruder to use; the `:nonroot` tag's user is 65532, set again below.
+# manager. herald loads only glibc, libgcc_s and Debian 12's OpenSSL 3.0 (libssl3,
+# for librdkafka's TLS and SASL SCRAM; scripts/image-check.sh checks): librdkafka and
+# zlib are linked in statically (scripts/build-release.sh), Herald's own TLS is
+# rustls. A newer distroless base brings Debian's OpenSSL security fixes to the same
+# herald binary. debian-slim would only add a shell and apt for an intruder to
+# use; the `:nonroot` tag's user is 65532, set again below.
 FROM gcr.io/distroless/cc-debian12:nonroot
 
 # The workspace version (Cargo.toml [workspace.package]); override for a release

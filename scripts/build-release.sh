@@ -15,6 +15,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # default features); protoc is vendored (protoc-bin-vendored).
 export LIBZ_SYS_STATIC=1
 
+# librdkafka's TLS and SASL SCRAM use the system's OpenSSL, linked dynamically
+# (libssl3: the runtime image has Debian 12's; crates/herald-kafka/Cargo.toml says
+# why not a vendored copy), so the build needs its headers and pkg-config. The
+# Dockerfile's build image has them: this installs nothing there.
+scripts/install-build-deps.sh
+
 cargo build --release --locked -p herald --bin herald
 
 target_dir="${CARGO_TARGET_DIR:-target}"

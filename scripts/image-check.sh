@@ -12,7 +12,8 @@
 #      build context;
 #   4. scripts/build-release.sh runs (a real release build): the binary's size and
 #      `herald --version` are printed, and it must load no shared library beyond
-#      those the runtime image (distroless/cc-debian12) has.
+#      those the runtime image (distroless/cc-debian12) has, and need no OpenSSL
+#      symbol newer than the 3.0 series that image's libssl3 provides.
 # hadolint comes from scripts/install-k8s-tools.sh (in $HERALD_K8S_TOOLS/bin, or on
 # PATH).
 set -euo pipefail
@@ -151,13 +152,22 @@ log "${bin}: $(du -h "${bin}" | cut -f1) ($(stat -c %s "${bin}") bytes)"
 version="$("${bin}" --version)" || die "${bin} --version failed"
 log "${bin} --version: ${version}"
 
-# The shared libraries of distroless/cc-debian12: glibc's, libgcc_s and libstdc++.
-allowed='^(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux-x86-64|ld-linux-aarch64)\.so\.[0-9]+$'
+# The shared libraries of distroless/cc-debian12: glibc's, libgcc_s and libstdc++, and
+# OpenSSL 3.0 (Debian 12's libssl3: libssl and libcrypto), which librdkafka's TLS and
+# SASL SCRAM use.
+allowed='^((libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux-x86-64|ld-linux-aarch64)\.so\.[0-9]+|(libssl|libcrypto)\.so\.3)$'
 needed="$(readelf -d "${bin}" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')"
 while IFS= read -r lib; do
   [ -z "${lib}" ] || [[ "${lib}" =~ ${allowed} ]] ||
     die "${bin} needs ${lib}, which the runtime image (distroless/cc-debian12) does not have"
 done <<<"${needed}"
 glibc="$(readelf -V "${bin}" | grep -o 'GLIBC_[0-9.]*' | sort -V -u | tail -1)"
+# Built against a newer OpenSSL than Debian 12's 3.0 (a build machine on Debian 13,
+# say), the binary could need symbols the runtime's libssl3 lacks and fail to start.
+openssl="$(readelf -V "${bin}" | grep -o 'OPENSSL_[0-9][0-9.]*' | sort -V -u | tail -1)"
+if [ -n "${openssl}" ] && [[ ! "${openssl}" =~ ^OPENSSL_(1\.|3\.0\.) ]]; then
+  die "${bin} needs ${openssl}, newer than the runtime image's OpenSSL 3.0 (Debian 12): build on Debian 12 (bookworm)"
+fi
+log "${bin} needs OpenSSL symbols up to ${openssl:-none} (Debian 12's libssl3 is 3.0)"
 log "${bin} loads only $(echo "${needed}" | tr '\n' ' ')(newest symbol version ${glibc}; Debian 12 has GLIBC_2.36)"
 log "done"

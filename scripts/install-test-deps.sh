@@ -19,6 +19,10 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
 
+# What the build needs beyond Rust: a C toolchain, pkg-config and OpenSSL's headers
+# (librdkafka is built from source, with TLS and SASL over the system's OpenSSL).
+scripts/install-build-deps.sh
+
 if command -v cargo-nextest >/dev/null 2>&1 || cargo nextest --version >/dev/null 2>&1; then
   log "cargo-nextest present"
 else
@@ -39,6 +43,15 @@ else
   log "installing python3 and pip"
   apt_install python3 python3-pip
 fi
+# The TLS tests of the compatibility suite and the Helm chart make their CA and
+# certificates with the openssl command-line tool.
+if command -v openssl >/dev/null 2>&1; then
+  log "$(openssl version | cut -d' ' -f1-2) present"
+else
+  log "installing openssl"
+  apt_install openssl
+fi
+
 # The Redis backbone's tests start their own redis-server processes on free ports.
 if command -v redis-server >/dev/null 2>&1; then
   log "$(redis-server --version | cut -d' ' -f1-3) present"

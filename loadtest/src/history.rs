@@ -282,7 +282,11 @@ async fn storm(args: &HistoryArgs, edges: &[Edge], target: SocketAddr) -> anyhow
 }
 
 /// Runs `work(i)` for every client `0..n`, at most `concurrency` at once.
-async fn for_each_client<T, F, Fut>(n: usize, concurrency: usize, work: F) -> Vec<anyhow::Result<T>>
+pub(crate) async fn for_each_client<T, F, Fut>(
+    n: usize,
+    concurrency: usize,
+    work: F,
+) -> Vec<anyhow::Result<T>>
 where
     T: Send + 'static,
     F: Fn(usize) -> Fut + Send + Sync + 'static,
@@ -308,7 +312,7 @@ where
     results.into_iter().map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("no result")))).collect()
 }
 
-fn bail_on_errors<T>(what: &str, results: &[anyhow::Result<T>]) -> anyhow::Result<()> {
+pub(crate) fn bail_on_errors<T>(what: &str, results: &[anyhow::Result<T>]) -> anyhow::Result<()> {
     let failed: Vec<&anyhow::Error> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     if let Some(first) = failed.first() {
         bail!("{} of {} clients failed {what}; the first: {first:#}", failed.len(), results.len());

@@ -12,6 +12,7 @@
 //! | `webhooks` | the webhook dispatcher on one core: deliveries per second to a keep-alive sink, append→2xx latency |
 //! | `scale` | a whole cluster (Redis, many edges, many load processes) holding N connections: connect rate, memory, broadcast and steady latency, kill -9 and rolling-restart recovery |
 //! | `history` | channel history: publish cost with it on and off, and a reconnect storm of clients each recovering what it missed |
+//! | `tls` | `wss://` against `ws://` in one run: server CPU per connection set up and per delivery, memory per idle connection |
 //! | `otlp-sink` | an OTLP/gRPC trace collector that only counts spans: the other end of a traced server |
 
 mod connect;
@@ -24,6 +25,7 @@ mod publish;
 mod pusher;
 mod scale;
 mod server_stats;
+mod tls;
 mod webhooks;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +55,8 @@ enum Scenario {
     Scale(scale::ScaleArgs),
     /// Channel history: publish cost on and off, and a storm of recovering reconnects.
     History(history::HistoryArgs),
+    /// TLS on the edge port against plain, one run: setup and fan-out CPU, memory.
+    Tls(tls::TlsArgs),
     /// Internal: one load process of `scale`.
     #[command(hide = true)]
     ScaleWorker(scale::worker::WorkerArgs),
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
                     Scenario::OtlpSink(args) => otlp_sink::run(args).await,
                     Scenario::Scale(args) => scale::run(args).await,
                     Scenario::History(args) => history::run(args).await,
+                    Scenario::Tls(args) => tls::run(args).await,
                     Scenario::ScaleWorker(_) => anyhow::bail!("a scale worker runs on its own runtime"),
                     Scenario::NullServer(_) => anyhow::bail!("the null server runs on its own runtime"),
                 }

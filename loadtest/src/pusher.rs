@@ -1,20 +1,90 @@
-//! A minimal Pusher protocol client for load: one TCP stream per connection, no
-//! per-connection task or buffer beyond what a read in progress needs, so one load
-//! process can hold many thousands of connections on a small machine. It speaks
-//! WebSocket (RFC 6455, masked client frames) and Pusher protocol 7, and works
-//! against any Pusher-compatible server.
+//! A minimal Pusher protocol client for load: one TCP stream per connection (TLS
+//! over it, optionally), no per-connection task or buffer beyond what a read in
+//! progress needs, so one load process can hold many thousands of connections on a
+//! small machine. It speaks WebSocket (RFC 6455, masked client frames) and Pusher
+//! protocol 7, and works against any Pusher-compatible server.
 
-use std::net::{IpAddr, SocketAddr};
-
-use anyhow::{Context, bail};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    task::{Context as TaskContext, Poll},
 };
 
+use anyhow::{Context, bail};
+use rustls::pki_types::ServerName;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpSocket, TcpStream},
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
 pub struct PusherConn {
-    stream: TcpStream,
+    stream: Stream,
     pub socket_id: String,
+}
+
+/// A connection's bytes: plain TCP, or TLS over TCP (`wss://`). The TLS state (its
+/// record buffers and keys, a few KiB) is boxed so a plain connection stays the size
+/// of its socket, and a plain read or write costs one branch more than on the bare
+/// socket.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(tcp) => tcp.is_write_vectored(),
+            Self::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// A frame from the server: its opcode and payload.
@@ -30,18 +100,39 @@ impl PusherConn {
     /// Connects from `source` (any port) to `target`, upgrades to a WebSocket at
     /// `/app/{key}?protocol=7` and waits for `pusher:connection_established`.
     pub async fn connect(target: SocketAddr, source: Option<IpAddr>, key: &str) -> anyhow::Result<Self> {
+        Self::connect_with(target, source, key, None).await
+    }
+
+    /// [`PusherConn::connect`], over TLS when given a connector (`wss://`): the
+    /// server's certificate is verified for `target`'s IP address.
+    pub async fn connect_with(
+        target: SocketAddr,
+        source: Option<IpAddr>,
+        key: &str,
+        tls: Option<&TlsConnector>,
+    ) -> anyhow::Result<Self> {
         let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(source) = source {
             socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("binding {source}"))?;
         }
-        let mut stream = socket.connect(target).await.with_context(|| format!("connecting to {target}"))?;
-        stream.set_nodelay(true)?;
+        let tcp = socket.connect(target).await.with_context(|| format!("connecting to {target}"))?;
+        tcp.set_nodelay(true)?;
+        let mut stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(connector) => {
+                let name = ServerName::IpAddress(target.ip().into());
+                let tls = connector.connect(name, tcp).await.context("TLS handshake")?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
         let request = format!(
             "GET /app/{key}?protocol=7&client=herald-loadtest&version=0.1 HTTP/1.1\r\nHost: {target}\r\n\
              Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: aGVyYWxkLWxvYWR0ZXN0IQ==\r\n\
              Sec-WebSocket-Version: 13\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
+        // Over TLS a write may leave records in rustls; on TCP this is a no-op.
+        stream.flush().await?;
         // Read the response head byte by byte: it is short, and reading past it would
         // swallow the first frame.
         let mut head = Vec::with_capacity(256);
@@ -62,6 +153,18 @@ impl PusherConn {
         }
         conn.socket_id = extract(&text, "socket_id\\\":\\\"", '\\').unwrap_or_default().to_string();
         Ok(conn)
+    }
+
+    /// Over TLS, what was negotiated: version, cipher suite, key exchange group.
+    pub fn tls_parameters(&self) -> Option<String> {
+        let Stream::Tls(tls) = &self.stream else { return None };
+        let (_, connection) = tls.get_ref();
+        Some(format!(
+            "{:?} {:?} {:?}",
+            connection.protocol_version()?,
+            connection.negotiated_cipher_suite()?.suite(),
+            connection.negotiated_key_exchange_group()?.name()
+        ))
     }
 
     /// Subscribes to a public channel and waits for the acknowledgement.
@@ -100,6 +203,7 @@ impl PusherConn {
         frame.extend_from_slice(&MASK);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
         self.stream.write_all(&frame).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 
@@ -131,7 +235,7 @@ impl PusherConn {
 /// arrived, instead of two or three reads per frame. For connections that receive a
 /// stream of frames (the fan-out subscribers); idle ones stay unbuffered.
 pub struct BufferedConn {
-    reader: tokio::io::BufReader<TcpStream>,
+    reader: tokio::io::BufReader<Stream>,
 }
 
 impl PusherConn {

@@ -24,6 +24,7 @@ async fn every_scenario_runs_and_counts_what_it_did() {
         server.node.clone(),
         GrpcConfig::default(),
         None,
+        None,
         Duration::from_secs(1),
         stop.clone().cancelled_owned(),
     ));

@@ -108,6 +108,9 @@ def parse_args():
     parser.add_argument("--app-id", required=True)
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of the call, in seconds")
     parser.add_argument("--expect-code", help="the call must fail with this status code name, e.g. UNAUTHENTICATED")
+    parser.add_argument("--ca-file", help="TLS: PEM CA to trust; without it the channel is plaintext")
+    parser.add_argument("--cert-file", help="TLS: PEM client certificate (with --key-file)")
+    parser.add_argument("--key-file", help="TLS: PEM key of the client certificate")
     parser.add_argument("--proto-root", default=str(REPO_ROOT / "proto"), help="directory holding " + PROTO_FILE)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -140,12 +143,29 @@ def parse_args():
     return parser.parse_args()
 
 
+def read(path):
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def open_channel(args):
+    """A plaintext channel, or with --ca-file a TLS one (a client certificate too with --cert-file)."""
+    if args.ca_file is None:
+        return grpc.insecure_channel(args.target)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.ca_file),
+        private_key=read(args.key_file) if args.key_file else None,
+        certificate_chain=read(args.cert_file) if args.cert_file else None,
+    )
+    return grpc.secure_channel(args.target, credentials)
+
+
 def main():
     args = parse_args()
     metadata = [("authorization", f"Bearer {args.token}")] if args.token is not None else []
     with tempfile.TemporaryDirectory(prefix="herald-grpc-stubs-") as stubs_dir:
         pb, pb_grpc = generate_stubs(args.proto_root, stubs_dir, PROTO_FILE)
-        with grpc.insecure_channel(args.target) as channel:
+        with open_channel(args) as channel:
             try:
                 result = call(pb, pb_grpc.PublisherStub(channel), args, metadata)
                 failed_with = None

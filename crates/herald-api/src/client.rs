@@ -46,6 +46,15 @@ pub async fn connect(addr: SocketAddr) -> std::io::Result<H2Channel> {
 pub async fn connect_with_window(addr: SocketAddr, window: u32) -> std::io::Result<H2Channel> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
+    over(stream, window).await
+}
+
+/// HTTP/2 over a connection already made (TLS with ALPN `h2`, say), with `window`
+/// bytes of receive window.
+pub async fn over(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    window: u32,
+) -> std::io::Result<H2Channel> {
     let (sender, connection) = Builder::new(TokioExecutor::new())
         .initial_stream_window_size(window)
         .initial_connection_window_size(window)

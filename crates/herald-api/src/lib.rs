@@ -37,6 +37,9 @@ pub struct GrpcConfig {
     /// Answers a PublishStream may have waiting to be read by the publisher before
     /// the server stops reading its requests.
     pub stream_window: usize,
+    /// `[grpc.tls]`: TLS (HTTP/2 with ALPN `h2`), optionally requiring client
+    /// certificates; plain HTTP/2 without a certificate.
+    pub tls: herald_tls::ListenerTls,
 }
 
 impl Default for GrpcConfig {
@@ -47,6 +50,7 @@ impl Default for GrpcConfig {
             idempotency_window: Duration::from_secs(300),
             idempotency_max_keys: 100_000,
             stream_window: 256,
+            tls: herald_tls::ListenerTls::default(),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The gRPC listener: HTTP/2 (prior knowledge) served by hyper, routing by service
-//! path to the Publisher, health and reflection services.
+//! The gRPC listener: HTTP/2 (prior knowledge, or over TLS with ALPN `h2`) served by
+//! hyper, routing by service path to the Publisher, health and reflection services.
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
@@ -7,9 +7,13 @@ use herald_core::TraceContext;
 use herald_node::Node;
 use herald_proto::v1::{publisher_server::PublisherServer, webhook_admin_server::WebhookAdminServer};
 use herald_telemetry::{accept, listen::serve_until_stopped, trace};
+use herald_tls::ServerTls;
 use hyper::{body::Incoming, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{body::Body, codegen::Service, server::NamedService};
 use tonic_health::server::HealthReporter;
@@ -17,17 +21,26 @@ use tracing::Instrument;
 
 use crate::{GrpcConfig, PublisherService, WebhookAdminService};
 
-/// Serves gRPC on `listener` until `shutdown` resolves; then reports NOT_SERVING,
-/// sends GOAWAY to every connection and waits (at most `grace`) for in-flight calls.
+/// How long a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves gRPC on `listener` (over TLS with `tls`) until `shutdown` resolves; then
+/// reports NOT_SERVING, sends GOAWAY to every connection and waits (at most `grace`)
+/// for in-flight calls.
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     config: GrpcConfig,
+    tls: Option<ServerTls>,
     webhooks: Option<WebhookAdminService>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let Some((router, health)) = GrpcRouter::new(node, &config, webhooks).await else { return };
+    let acceptor = tls.map(|tls| {
+        tls.watch();
+        tls.acceptor()
+    });
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -50,18 +63,14 @@ pub async fn serve(
             }
         });
         let stop = stop.clone();
+        let acceptor = acceptor.clone();
         connections.spawn(async move {
-            let connection = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                // Explicit windows bound what one connection can make us buffer (2 MiB)
-                // while a stream is held back, and size h2's budget for small DATA
-                // frames (half the connection window): with h2's 64 KiB default a
-                // publisher whose stream is paused by flow control trickles small
-                // frames and trips ENHANCE_YOUR_CALM.
-                .initial_stream_window_size(1 << 20)
-                .initial_connection_window_size(2 << 20)
-                .serve_connection(TokioIo::new(stream), route);
-            serve_until_stopped(connection, stop, "gRPC").await;
+            let Some(acceptor) = acceptor else { return serve_connection(stream, route, stop).await };
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, route, stop).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "gRPC TLS handshake failed"),
+                Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
+            }
         });
     }
 
@@ -72,6 +81,27 @@ pub async fn serve(
     if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         tracing::warn!("gRPC calls still running at the end of the grace period");
     }
+}
+
+/// Serves one connection's HTTP/2 until it closes, or until `stop` (gracefully).
+async fn serve_connection<S, R>(stream: S, route: R, stop: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: hyper::service::HttpService<Incoming, ResBody = Body> + Clone + Send + 'static,
+    R::Future: Send + 'static,
+    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // Explicit windows bound what one connection can make us buffer (2 MiB)
+        // while a stream is held back, and size h2's budget for small DATA
+        // frames (half the connection window): with h2's 64 KiB default a
+        // publisher whose stream is paused by flow control trickles small
+        // frames and trips ENHANCE_YOUR_CALM.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(2 << 20)
+        .serve_connection(TokioIo::new(stream), route);
+    serve_until_stopped(connection, stop, "gRPC").await;
 }
 
 async fn set_not_serving(reporter: &HealthReporter) {

@@ -1,5 +1,6 @@
 //! The edge's listener: one port for WebSocket clients (`/app/{key}`) and the Pusher
-//! HTTP API (`/apps/{id}/...`), as Pusher-compatible servers conventionally do.
+//! HTTP API (`/apps/{id}/...`), as Pusher-compatible servers conventionally do;
+//! over TLS (`wss://`, `https://`) when it has a certificate.
 
 use std::{
     convert::Infallible,
@@ -29,6 +30,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use herald_node::Node;
 use herald_telemetry::{Metric, accept};
+use herald_tls::{ClientAuth, ServerTls, TlsStream};
 
 use crate::{
     http_api, liveness, session,
@@ -48,15 +50,31 @@ const MIN_PROTOCOL_VERSION: u32 = 5;
 /// own `SO_REUSEPORT` socket on the port (when `listener` came from [`crate::bind`]):
 /// a connection then lives on the thread that accepted it. Either way, fan-out writes
 /// into any connection's socket from wherever the publication arrives.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+///
+/// With `tls`, every connection is TLS: the handshake first (within the connection's
+/// handshake timeout), then the same protocols inside it.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) {
     let file_limit = herald_telemetry::listen::raise_file_limit();
     let max_connections = match node.config().max_connections {
         0 => herald_telemetry::listen::default_max_connections(file_limit),
         max => max,
     };
     tracing::info!(max_connections, file_limit, "edge connection cap");
+    let tls = tls.map(|tls| {
+        tls.watch();
+        Arc::new(Tls {
+            acceptor: tls.acceptor(),
+            api_needs_certificate: tls.client_auth() == Some(ClientAuth::Api),
+        })
+    });
     let edge = Edge {
         node: node.clone(),
+        tls,
         max_connections,
         connections: TaskTracker::new(),
         stop_accept: CancellationToken::new(),
@@ -109,6 +127,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
 #[derive(Clone)]
 struct Edge {
     node: Arc<Node>,
+    tls: Option<Arc<Tls>>,
     /// At this many connections the edge leaves its port ([`accept_loop`]).
     max_connections: usize,
     /// Every connection, for the graceful shutdown to wait on.
@@ -171,10 +190,80 @@ async fn accept_loop(listener: TcpListener, edge: Edge) {
     }
 }
 
+/// The edge port's TLS.
+struct Tls {
+    acceptor: herald_tls::TlsAcceptor,
+    /// `client_auth = "api"`: the HTTP API only for connections that presented a
+    /// client certificate (verified in the handshake).
+    api_needs_certificate: bool,
+}
+
 /// Starts serving an accepted connection.
 fn take(edge: &Edge, tasks: &Tasks, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    tasks.spawn(connection(edge.node.clone(), stream, edge.stop_http.clone(), tasks.clone()));
+    let (node, stop, tasks_) = (edge.node.clone(), edge.stop_http.clone(), tasks.clone());
+    match &edge.tls {
+        None => tasks.spawn(connection(node, stream, stop, tasks_, Api::Allowed)),
+        Some(tls) => tasks.spawn(tls_connection(node, tls.clone(), stream, stop, tasks_)),
+    }
+}
+
+/// Whether a connection may call the HTTP API (see [`Tls::api_needs_certificate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Allowed,
+    NeedsCertificate,
+}
+
+/// A TLS connection: the handshake, within the handshake timeout, then served as any
+/// other connection.
+async fn tls_connection(
+    node: Arc<Node>,
+    tls: Arc<Tls>,
+    stream: TcpStream,
+    stop: CancellationToken,
+    tasks: Tasks,
+) {
+    let timeout = node.config().connection.handshake_timeout;
+    let stream = match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let api = match tls.api_needs_certificate && stream.get_ref().1.peer_certificates().is_none() {
+        true => Api::NeedsCertificate,
+        false => Api::Allowed,
+    };
+    connection(node, stream, stop, tasks, api).await;
+}
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The outbox of the WebSocket session this connection becomes; plaintext that
+    /// TLS already decrypted is appended to `input`.
+    fn into_outbox(self, limit: usize, input: &mut Vec<u8>) -> Outbox;
+}
+
+impl Transport for TcpStream {
+    fn into_outbox(self, limit: usize, _input: &mut Vec<u8>) -> Outbox {
+        Outbox::new(self, limit)
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    fn into_outbox(self, limit: usize, input: &mut Vec<u8>) -> Outbox {
+        let (socket, mut tls) = self.into_inner();
+        // What the client sent right after its request and rustls already decrypted:
+        // the session reads it first (the outbox reads only from the socket on).
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut tls.reader(), &mut chunk) {
+            input.extend_from_slice(&chunk[..n]);
+        }
+        Outbox::with_tls(socket, tls, limit)
+    }
 }
 
 /// An edge that left its port at the cap listens again at this share of it.
@@ -292,8 +381,14 @@ enum HeadError {
 /// read. A session is a task of its own, started when this one ends: a task is as
 /// large as its future's largest state, and that task is what every idle connection
 /// costs for as long as it lives, so it must not also carry this one's.
-async fn connection(node: Arc<Node>, stream: TcpStream, stop: CancellationToken, tasks: Tasks) {
-    if let Some(upgrade) = first_request(&node, stream, stop).await {
+async fn connection(
+    node: Arc<Node>,
+    stream: impl Transport,
+    stop: CancellationToken,
+    tasks: Tasks,
+    api: Api,
+) {
+    if let Some(upgrade) = first_request(&node, stream, stop, api).await {
         let Upgrade { outbox, admission, handshake, input } = upgrade;
         match admission {
             Ok(app) => tasks.spawn(session::run(node, app, outbox, handshake, input)),
@@ -316,7 +411,12 @@ struct Upgrade {
 
 /// Reads and answers a connection's first request: HTTP is served here to the end;
 /// a valid WebSocket upgrade is returned.
-async fn first_request(node: &Arc<Node>, mut stream: TcpStream, stop: CancellationToken) -> Option<Upgrade> {
+async fn first_request(
+    node: &Arc<Node>,
+    mut stream: impl Transport,
+    stop: CancellationToken,
+    api: Api,
+) -> Option<Upgrade> {
     let config = &node.config().connection;
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(
@@ -342,7 +442,7 @@ async fn first_request(node: &Arc<Node>, mut stream: TcpStream, stop: Cancellati
     if !head.websocket {
         let io =
             Prefixed { prefix: buf, read: 0, stream, write_timeout: config.write_timeout, stalled: None };
-        serve_http(node.clone(), io, stop).await;
+        serve_http(node.clone(), io, stop, api).await;
         return None;
     }
     let Some(key) = head.key.as_deref() else {
@@ -365,17 +465,19 @@ async fn first_request(node: &Arc<Node>, mut stream: TcpStream, stop: Cancellati
         .await;
         return None;
     }
+    let mut input = buf.get(head.len..).map(<[u8]>::to_vec).unwrap_or_default();
+    let outbox = Arc::new(stream.into_outbox(config.outbound_queue_bytes, &mut input));
     Some(Upgrade {
         handshake: websocket::switching_protocols(key),
-        input: buf.get(head.len..).map(<[u8]>::to_vec).unwrap_or_default(),
+        input,
         admission: admit(node, &head.target),
-        outbox: Arc::new(Outbox::new(stream, config.outbound_queue_bytes)),
+        outbox,
     })
 }
 
 /// Reads until `buf` holds a complete request head.
 async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut impl Transport,
     buf: &mut Vec<u8>,
     limit: usize,
 ) -> Result<RequestHead, HeadError> {
@@ -398,7 +500,7 @@ async fn read_head(
 }
 
 /// Answers a connection whose first request cannot be served, and closes it.
-async fn respond(mut stream: TcpStream, status: &str, headers: &[&str], error: &str) {
+async fn respond(mut stream: impl Transport, status: &str, headers: &[&str], error: &str) {
     let body = json!({ "error": error }).to_string();
     let mut response = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\n");
     for header in headers {
@@ -420,9 +522,9 @@ async fn respond(mut stream: TcpStream, status: &str, headers: &[&str], error: &
 /// the moment the connection is idle, so it closes a keep-alive connection that sends
 /// nothing as well as one whose next head never ends, and [`http_api`] bounds the
 /// reading of each body.
-async fn serve_http(node: Arc<Node>, io: Prefixed, stop: CancellationToken) {
+async fn serve_http<S: Transport>(node: Arc<Node>, io: Prefixed<S>, stop: CancellationToken, api: Api) {
     let handshake_timeout = node.config().connection.handshake_timeout;
-    let service = service_fn(move |request| route(node.clone(), request));
+    let service = service_fn(move |request| route(node.clone(), request, api));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
@@ -433,22 +535,22 @@ async fn serve_http(node: Arc<Node>, io: Prefixed, stop: CancellationToken) {
 /// An HTTP connection's socket, whose first bytes were already read: they are read
 /// again first. Writes fail once they have waited `write_timeout` for a client that
 /// stopped reading, so hyper drops the connection instead of holding it forever.
-struct Prefixed {
+struct Prefixed<S> {
     prefix: Vec<u8>,
     read: usize,
-    stream: TcpStream,
+    stream: S,
     write_timeout: Duration,
     /// Runs while writes wait for the client; reset by any progress.
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
-impl Prefixed {
+impl<S: Transport> Prefixed<S> {
     /// Polls a write, and fails it once writing has made no progress for
     /// `write_timeout`.
     fn poll_timed<T>(
         &mut self,
         cx: &mut Context<'_>,
-        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+        write: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if let Poll::Ready(result) = write(Pin::new(&mut self.stream), cx) {
             self.stalled = None;
@@ -466,7 +568,7 @@ impl Prefixed {
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: Transport> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -486,7 +588,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: Transport> AsyncWrite for Prefixed<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.poll_timed(cx, |stream, cx| stream.poll_write(cx, buf))
     }
@@ -532,12 +634,21 @@ fn reconnect() -> Close {
     Close::error(ErrorCode::ReconnectImmediately, "server shutting down: reconnect")
 }
 
-async fn route(node: Arc<Node>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(
+    node: Arc<Node>,
+    request: Request<Incoming>,
+    api: Api,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path();
     let response = if fastwebsockets::upgrade::is_upgrade_request(&request) {
         http_api::json_response(
             StatusCode::BAD_REQUEST,
             &json!({ "error": "a WebSocket upgrade must be the first request on its connection" }),
+        )
+    } else if path.starts_with("/apps/") && api == Api::NeedsCertificate {
+        http_api::json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({ "error": "the HTTP API requires a TLS client certificate on this server" }),
         )
     } else if path.starts_with("/apps/") {
         http_api::handle(node, request).await

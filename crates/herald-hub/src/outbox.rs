@@ -8,10 +8,17 @@
 //! task woken to wait for writability and drain the queue with vectored writes. So a
 //! delivery to a reader that keeps up costs one system call and no task wake-up, and
 //! an idle connection holds no buffer.
+//!
+//! Over TLS the outbox owns the connection's rustls state too, under the same lock:
+//! a frame is encrypted into the connection's records by whoever pushes it and
+//! written the same way. Frames enter rustls whole, and only when rustls has sent
+//! everything before them, so the queue (and its bound, and an overflow) works as
+//! over plain TCP: rustls holds at most one batch of records. The session reads
+//! through [`Outbox::read`], which decrypts under the lock.
 
 use std::{
     collections::VecDeque,
-    io::{self, IoSlice},
+    io::{self, IoSlice, Read, Write},
     sync::{
         OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -22,6 +29,7 @@ use std::{
 use bytes::Bytes;
 use herald_core::{ErrorCode, protocol};
 use parking_lot::{Mutex, MutexGuard};
+use rustls::ServerConnection;
 use tokio::{net::TcpStream, time::Instant};
 
 use crate::frame;
@@ -79,11 +87,20 @@ pub struct Status {
 /// At most this many frames go into one `writev`.
 const MAX_IOVECS: usize = 64;
 
+/// Over TLS, plaintext bytes encrypted at once when draining the queue: what rustls
+/// holds beyond the queue's bound.
+const TLS_BATCH: usize = 64 * 1024;
+
+/// Bytes of plaintext taken out of rustls per step of [`Outbox::read`].
+const READ_CHUNK: usize = 4096;
+
 /// A connection's socket and bounded outbound queue. Producers never wait: a frame
 /// that does not fit closes the connection with 4100, so one slow consumer never
 /// blocks a fan-out or grows memory without bound.
 pub struct Outbox {
     socket: TcpStream,
+    /// The connection is TLS (its rustls state is in `state`).
+    tls: bool,
     state: Mutex<State>,
     limit: usize,
     /// When the client was last heard from, in [`millis`].
@@ -114,9 +131,17 @@ struct State {
     waker: Option<Waker>,
     /// News since the session last looked (a wake-up is never lost).
     notified: bool,
+    /// The TLS connection, when the client connected with TLS. Boxed: one pointer
+    /// in plain connections.
+    tls: Option<Box<ServerConnection>>,
 }
 
 impl State {
+    /// Bytes wait to be written: frames queued, or TLS records rustls holds.
+    fn pending(&self) -> bool {
+        !self.frames.is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
     /// The socket failed: nothing more can be sent.
     fn mark_broken(&mut self) {
         self.broken = true;
@@ -166,11 +191,31 @@ impl Outbox {
     pub fn new(socket: TcpStream, limit: usize) -> Self {
         Self {
             socket,
+            tls: false,
             state: Mutex::new(State::default()),
             limit,
             heard: AtomicU64::new(millis()),
             pinged: AtomicU64::new(0),
         }
+    }
+
+    /// An outbox for a connection whose TLS handshake is done: frames are encrypted
+    /// with `tls`. Its plaintext buffer must be empty (read out as the session's
+    /// first input); records still to send are sent first.
+    pub fn with_tls(socket: TcpStream, mut tls: ServerConnection, limit: usize) -> Self {
+        // The queue bounds what waits; rustls holds at most one batch (see the module).
+        tls.set_buffer_limit(None);
+        let outbox = Self { tls: true, ..Self::new(socket, limit) };
+        {
+            let mut state = outbox.state.lock();
+            state.tls = Some(Box::new(tls));
+            outbox.write_queued(&mut state);
+            if state.pending() {
+                state.stalled_since = Some(Instant::now());
+                state.notified = true;
+            }
+        }
+        outbox
     }
 
     /// The most bytes it queues.
@@ -190,11 +235,29 @@ impl Outbox {
         if state.closing.is_some() {
             return Push::Closed;
         }
-        if !state.frames.is_empty() {
+        if state.pending() {
             // The session was woken when the queue filled and is waiting to drain it.
             if let Push::Overflow = self.queue_bounded(&mut state, frame) {
                 self.begin_close(state, &over_capacity());
                 return Push::Overflow;
+            }
+            return Push::Queued;
+        }
+        if let Some(tls) = state.tls.as_mut() {
+            let flushed = match tls.writer().write_all(&frame) {
+                Ok(()) => flush_tls(tls, &self.socket),
+                Err(e) => Err(e),
+            };
+            match flushed {
+                Ok(true) => {}
+                Ok(false) => {
+                    state.stalled_since = Some(Instant::now());
+                    notify(state);
+                }
+                Err(_) => {
+                    self.fail(state);
+                    return Push::Closed;
+                }
             }
             return Push::Queued;
         }
@@ -318,7 +381,7 @@ impl Outbox {
     pub fn status(&self) -> Status {
         let state = self.state.lock();
         Status {
-            pending: !state.frames.is_empty() && !state.broken,
+            pending: state.pending() && !state.broken,
             stalled_since: state.stalled_since,
             closing: state.closing,
             broken: state.broken,
@@ -356,8 +419,107 @@ impl Outbox {
         self.state.lock().frames.iter().cloned().collect()
     }
 
-    /// Vectored writes until the queue is empty or the socket would block.
+    /// Reads what the client sent into `input`, as [`TcpStream::try_read_buf`] does:
+    /// the bytes added, 0 at the end of the stream, `WouldBlock` when nothing
+    /// arrived. Over TLS, decrypted: the plaintext rustls holds comes first, and
+    /// whatever the TLS layer must answer (an alert, a key update) is sent.
+    pub fn read(&self, input: &mut Vec<u8>) -> io::Result<usize> {
+        if !self.tls {
+            return self.socket.try_read_buf(input);
+        }
+        let mut state = self.state.lock();
+        let before = input.len();
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            let Some(tls) = state.tls.as_mut() else { return self.socket.try_read_buf(input) };
+            let mut ended = false;
+            loop {
+                match tls.reader().read(&mut chunk) {
+                    Ok(0) => {
+                        ended = true;
+                        break;
+                    }
+                    Ok(n) => input.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if input.len() > before || ended {
+                return Ok(input.len() - before);
+            }
+            if tls.read_tls(&mut SocketIo(&self.socket))? == 0 {
+                return Ok(0);
+            }
+            let processed = tls.process_new_packets().map(|_| ());
+            if tls.wants_write() {
+                let _ = flush_tls(tls, &self.socket);
+            }
+            if state.pending() && state.stalled_since.is_none() {
+                state.stalled_since = Some(Instant::now());
+            }
+            if let Err(e) = processed {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+    }
+
+    /// Over TLS, sends `close_notify` (as far as the socket takes it now): the
+    /// last thing before the write side is shut.
+    pub fn end_tls(&self) {
+        if let Some(tls) = self.state.lock().tls.as_mut() {
+            tls.send_close_notify();
+            let _ = flush_tls(tls, &self.socket);
+        }
+    }
+
+    /// Writes until the queue is empty or the socket would block.
     fn write_queued(&self, state: &mut State) {
+        if state.tls.is_some() {
+            self.write_queued_tls(state);
+        } else {
+            self.write_queued_plain(state);
+        }
+        if !state.pending() {
+            state.stalled_since = None;
+            if state.frames.capacity() > 16 {
+                // A burst is over: give its queue back.
+                state.frames = VecDeque::new();
+            }
+        }
+    }
+
+    /// Over TLS: sends what rustls holds, then encrypts the next batch of whole
+    /// frames, until both are empty or the socket would block.
+    fn write_queued_tls(&self, state: &mut State) {
+        let State { tls: Some(tls), frames, bytes, .. } = state else { return };
+        let failed = loop {
+            match flush_tls(tls, &self.socket) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => break true,
+            }
+            if frames.is_empty() {
+                break false;
+            }
+            let mut batch = 0;
+            while batch < TLS_BATCH
+                && let Some(frame) = frames.pop_front()
+            {
+                // Whole frames only: the front frame's offset stays 0 over TLS.
+                if tls.writer().write_all(&frame).is_err() {
+                    break;
+                }
+                batch += frame.len();
+                *bytes -= frame.len();
+            }
+        };
+        if failed {
+            state.mark_broken();
+        }
+    }
+
+    /// Vectored writes until the queue is empty or the socket would block.
+    fn write_queued_plain(&self, state: &mut State) {
         while !state.frames.is_empty() && !state.broken {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -392,14 +554,45 @@ impl Outbox {
                 }
             }
         }
-        if state.frames.is_empty() {
-            state.stalled_since = None;
-            if state.frames.capacity() > 16 {
-                // A burst is over: give its queue back.
-                state.frames = VecDeque::new();
-            }
+    }
+}
+
+/// The socket as rustls reads and writes it: non-blocking, `WouldBlock` when it
+/// cannot.
+struct SocketIo<'a>(&'a TcpStream);
+
+impl Read for SocketIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for SocketIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the TLS records rustls holds: `Ok(true)` when all are sent, `Ok(false)`
+/// when the socket would block first.
+fn flush_tls(tls: &mut ServerConnection, socket: &TcpStream) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(&mut SocketIo(socket)) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
         }
     }
+    Ok(true)
 }
 
 #[cfg(test)]

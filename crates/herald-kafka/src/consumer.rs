@@ -17,7 +17,7 @@ use rdkafka::{
 };
 use tokio::sync::oneshot;
 
-use crate::{KafkaConfig, unavailable};
+use crate::{config::Settings, context::Context, unavailable};
 
 /// Longest wait for the group coordinator to store a commit. While there is no
 /// coordinator librdkafka holds a commit back for up to `session.timeout.ms` (45 s
@@ -33,7 +33,7 @@ type CommitRequest = (TopicPartitionList, oneshot::Sender<KafkaResult<()>>);
 
 pub(crate) struct KafkaConsumer {
     /// The only strong handle but while a commit runs; taken only by `drop`.
-    consumer: Option<Arc<StreamConsumer>>,
+    consumer: Option<Arc<StreamConsumer<Context>>>,
     topic: Arc<str>,
     /// Commits for the commit thread, which stops when this is dropped.
     commits: std::sync::mpsc::Sender<CommitRequest>,
@@ -71,16 +71,18 @@ impl KafkaConsumer {
         }
     }
 
-    pub(crate) fn subscribe(config: &KafkaConfig, group: &str, topic: &str) -> Result<Self> {
-        let consumer: StreamConsumer =
-            config.consumer(group, topic).create().map_err(|e| unavailable("creating a consumer", e))?;
+    pub(crate) fn subscribe(settings: &Settings, group: &str, topic: &str) -> Result<Self> {
+        let consumer: StreamConsumer<Context> = settings
+            .consumer(group, topic)
+            .create_with_context(settings.context())
+            .map_err(|e| unavailable("creating a consumer", e))?;
         consumer.subscribe(&[topic]).map_err(|e| unavailable(&format!("subscribing to {topic}"), e))?;
         let consumer = Arc::new(consumer);
         let commits = spawn_committer(Arc::downgrade(&consumer))?;
         Ok(Self { consumer: Some(consumer), topic: Arc::from(topic), commits, resubscribed: None })
     }
 
-    fn consumer(&self) -> Result<&Arc<StreamConsumer>> {
+    fn consumer(&self) -> Result<&Arc<StreamConsumer<Context>>> {
         self.consumer.as_ref().ok_or_else(|| Error::unavailable("kafka: the consumer is closed"))
     }
 
@@ -110,7 +112,9 @@ impl KafkaConsumer {
 ///
 /// The thread holds the consumer only while it commits, so the member's `drop`
 /// normally releases the last handle (and closes the consumer) itself.
-fn spawn_committer(consumer: Weak<StreamConsumer>) -> Result<std::sync::mpsc::Sender<CommitRequest>> {
+fn spawn_committer(
+    consumer: Weak<StreamConsumer<Context>>,
+) -> Result<std::sync::mpsc::Sender<CommitRequest>> {
     let (commits, requests) = std::sync::mpsc::channel::<CommitRequest>();
     std::thread::Builder::new()
         .name("herald-kafka-commit".into())

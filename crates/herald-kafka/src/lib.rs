@@ -4,7 +4,8 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | `config` | [`KafkaConfig`]: brokers, client id, replication factor, extra librdkafka properties |
+//! | `config` | [`KafkaConfig`]: brokers, client id, replication factor, extra librdkafka properties (security among them), properties read from files; checked at once |
+//! | `context` | what librdkafka logs and reports, to `tracing`, secrets blanked |
 //! | `log` | [`KafkaEventLog`]: the idempotent producer, topic creation |
 //! | `consumer` | one member of a consumer group, committing only what it is told to |
 //!
@@ -34,6 +35,12 @@
 //! replaced once nothing is in flight (see `KafkaEventLog::recover`), so a broker
 //! that lost the producer's state cannot refuse it for good.
 //!
+//! Security is librdkafka's: `security.protocol` SSL, SASL_PLAINTEXT or SASL_SSL with
+//! SASL PLAIN or SCRAM-SHA-256/512, over the system's OpenSSL (see Cargo.toml for
+//! why not a vendored one). Secrets come from files
+//! ([`KafkaConfig::property_files`]) and never appear in a `Debug`, a log line or
+//! an error: see [`is_secret`].
+//!
 //! Every implementation here passes `herald_backbone::conformance` against a real
 //! tansu broker (see `tests/`, which also records tansu 0.6's quirks).
 //!
@@ -44,14 +51,29 @@
 
 mod config;
 mod consumer;
+mod context;
 mod log;
 
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, is_secret};
 pub use log::KafkaEventLog;
 
 use herald_backbone::Error;
 use rdkafka::error::KafkaError;
 
 fn unavailable(what: &str, e: KafkaError) -> Error {
-    Error::unavailable_because(format!("kafka: {what}"), e)
+    Error::unavailable_because(format!("kafka: {what}"), redacted(e))
+}
+
+/// `e` without the value it quotes when that value is a secret: librdkafka refusing
+/// a property says which value it refused.
+fn redacted(e: KafkaError) -> KafkaError {
+    match e {
+        KafkaError::ClientConfig(code, _, key, _) if is_secret(&key) => KafkaError::ClientConfig(
+            code,
+            format!("invalid value for {key}"),
+            key,
+            config::REDACTED.to_owned(),
+        ),
+        e => e,
+    }
 }

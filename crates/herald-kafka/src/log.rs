@@ -8,12 +8,11 @@ use herald_backbone::{Append, Error, EventLog, LogConsumer, Result};
 use parking_lot::RwLock;
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
     error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
 };
 
-use crate::{KafkaConfig, consumer::KafkaConsumer, unavailable};
+use crate::{KafkaConfig, config::Settings, consumer::KafkaConsumer, context::Context, unavailable};
 
 /// How long `connect` waits for the cluster's metadata, and the admin operations for
 /// the brokers' answers.
@@ -26,18 +25,18 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(10);
 /// The [`EventLog`] over Kafka. Share it (`Arc`): one producer serves every
 /// append, so records of concurrent callers travel in the same batches.
 pub struct KafkaEventLog {
-    config: KafkaConfig,
+    settings: Settings,
     message_timeout: Duration,
     /// Replaced after a failed append, so appends recover: see `recover`.
     producer: RwLock<CurrentProducer>,
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<Context>,
 }
 
 /// The current producer and how many were created before it.
 #[derive(Clone)]
 struct CurrentProducer {
     generation: u64,
-    inner: FutureProducer,
+    inner: FutureProducer<Context>,
 }
 
 impl KafkaEventLog {
@@ -45,20 +44,36 @@ impl KafkaEventLog {
     /// node started against the wrong address fails at startup. After that librdkafka
     /// keeps its connections up by itself: an unreachable cluster makes operations
     /// fail with [`Error::Unavailable`], and they work again once it is back.
+    ///
+    /// The configuration is checked first (every problem at once, as
+    /// [`KafkaConfig::check`] finds them), and the files it names are read once,
+    /// here. A cluster that cannot be reached is reported with the last error
+    /// librdkafka saw, such as a TLS handshake or a SASL authentication refused.
     pub async fn connect(config: KafkaConfig) -> Result<Self> {
-        config.validate()?;
-        let message_timeout = config.message_timeout().unwrap_or(Duration::from_secs(30));
-        let producer: FutureProducer =
-            config.producer().create().map_err(|e| unavailable("creating the producer", e))?;
-        let admin = config.admin().create().map_err(|e| unavailable("creating the admin client", e))?;
+        let settings = config.settings()?;
+        let message_timeout = settings.message_timeout();
+        let producer: FutureProducer<Context> = settings
+            .producer()
+            .create_with_context(settings.context())
+            .map_err(|e| unavailable("creating the producer", e))?;
+        let admin = settings
+            .admin()
+            .create_with_context(settings.context())
+            .map_err(|e| unavailable("creating the admin client", e))?;
         // The metadata request blocks its thread until the cluster answers.
         let probe = producer.clone();
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, REQUEST_TIMEOUT))
             .await
             .map_err(|e| Error::unavailable_because("kafka: metadata task failed", e))?
-            .map_err(|e| unavailable(&format!("reaching {}", config.brokers), e))?;
+            .map_err(|e| {
+                let why = match settings.context().last_error() {
+                    Some(last) => format!(" (last error: {last})"),
+                    None => String::new(),
+                };
+                unavailable(&format!("reaching {}{why}", settings.brokers), e)
+            })?;
         Ok(Self {
-            config,
+            settings,
             message_timeout,
             producer: RwLock::new(CurrentProducer { generation: 0, inner: producer }),
             admin,
@@ -83,7 +98,11 @@ impl KafkaEventLog {
         if current.generation != failed.generation {
             return; // Another append replaced it already.
         }
-        match self.config.producer().create::<FutureProducer>() {
+        match self
+            .settings
+            .producer()
+            .create_with_context::<_, FutureProducer<Context>>(self.settings.context())
+        {
             Ok(inner) => {
                 match &fatal {
                     Some((code, reason)) => tracing::warn!(?code, %reason, "kafka producer failed, replaced"),
@@ -100,7 +119,12 @@ impl KafkaEventLog {
         }
     }
 
-    async fn produce(&self, producer: &FutureProducer, topic: &str, records: &[Append]) -> Result<()> {
+    async fn produce(
+        &self,
+        producer: &FutureProducer<Context>,
+        topic: &str,
+        records: &[Append],
+    ) -> Result<()> {
         let failed = |e: KafkaError| unavailable(&format!("appending to {topic}"), e);
         // Queue every record first and only then wait: they share batches, and
         // idempotence keeps each partition's records in this order.
@@ -204,7 +228,7 @@ impl EventLog for KafkaEventLog {
     }
 
     async fn ensure_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
-        let replication = i32::from(self.config.replication_factor);
+        let replication = i32::from(self.settings.replication_factor);
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|name| NewTopic::new(name, partitions.max(1), TopicReplication::Fixed(replication)))
@@ -226,6 +250,6 @@ impl EventLog for KafkaEventLog {
     }
 
     async fn consume(&self, group: &str, topic: &str) -> Result<Box<dyn LogConsumer>> {
-        Ok(Box::new(KafkaConsumer::subscribe(&self.config, group, topic)?))
+        Ok(Box::new(KafkaConsumer::subscribe(&self.settings, group, topic)?))
     }
 }

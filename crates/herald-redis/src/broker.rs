@@ -27,13 +27,15 @@ use redis::aio::PubSubSink;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_stream::{Stream, StreamExt};
 
-use crate::{Connection, Shards, cluster::ClusterBroker, history::HistoryScripts, unavailable, wire};
+use crate::{
+    Connection, RedisTls, Shards, client, cluster::ClusterBroker, history::HistoryScripts, unavailable, wire,
+};
 
 /// Where and how to reach Redis.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port/` of each independent Redis; channels are spread over them
-    /// by consistent hashing (one URL: no sharding).
+    /// `redis://host:port/` (or `rediss://` for TLS) of each independent Redis;
+    /// channels are spread over them by consistent hashing (one URL: no sharding).
     pub urls: Vec<String>,
     /// Prefix of every Redis channel name, so several clusters can share a Redis.
     pub prefix: String,
@@ -45,11 +47,40 @@ pub struct RedisConfig {
     /// How long a command may wait for its answer before it fails (`Unavailable`; it
     /// is not sent again: Redis may still run it).
     pub command_timeout: Duration,
+    /// The ACL user every connection authenticates as; `None`: the URL's, else
+    /// Redis's default user.
+    pub username: Option<String>,
+    /// The password every connection authenticates with; `None`: the URL's, if any.
+    pub password: Option<String>,
+    /// CA and client certificate for `rediss://` URLs.
+    pub tls: RedisTls,
+}
+
+/// Never prints a password: not `password`, nor one in a URL.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { urls: _, prefix, max_backoff, cluster, command_timeout, username, password, tls } = self;
+        f.debug_struct("RedisConfig")
+            .field("urls", &self.urls_redacted())
+            .field("prefix", prefix)
+            .field("max_backoff", max_backoff)
+            .field("cluster", cluster)
+            .field("command_timeout", command_timeout)
+            .field("username", username)
+            .field("password", &password.as_ref().map(|_| "<redacted>"))
+            .field("tls", tls)
+            .finish()
+    }
 }
 
 impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self::sharded(vec![url.into()])
+    }
+
+    /// `urls` with any password in them replaced by `***`, for logs and errors.
+    pub fn urls_redacted(&self) -> Vec<String> {
+        self.urls.iter().map(|url| client::redact_url(url)).collect()
     }
 
     /// Channels spread over several independent Redis instances. Every node of a
@@ -61,6 +92,9 @@ impl RedisConfig {
             max_backoff: Duration::from_secs(5),
             cluster: false,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            username: None,
+            password: None,
+            tls: RedisTls::default(),
         }
     }
 }
@@ -113,9 +147,11 @@ impl RedisBroker {
         let mut shards = Vec::with_capacity(config.urls.len());
         let mut receivers = Vec::with_capacity(config.urls.len());
         for url in &config.urls {
-            let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
-            let publisher = Connection::open(url, config.command_timeout).await?;
-            let pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+            let client = client::client(&config, url)?;
+            // Opened first: a refusal (a wrong password) is reported from here.
+            let publisher = Connection::open(&config, url).await?;
+            let addr = client::address(client.get_connection_info());
+            let pubsub = client.get_async_pubsub().await.map_err(|e| client::connect_error(&addr, e))?;
             let inner = Arc::new(Inner {
                 client,
                 config: config.clone(),

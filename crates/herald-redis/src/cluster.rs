@@ -8,10 +8,10 @@ use std::{collections::HashMap, sync::Arc};
 use herald_backbone::{HistoryPage, HistoryQuery, Message, MessageHandler, Result, Retention, Topic};
 use herald_core::{Publication, StreamPosition};
 use parking_lot::Mutex;
-use redis::{PushKind, Value, cluster::ClusterClientBuilder, cluster_async::ClusterConnection};
+use redis::{PushKind, Value, cluster_async::ClusterConnection};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::{Connection, RedisConfig, history::HistoryScripts, unavailable, wire};
+use crate::{Connection, RedisConfig, client, history::HistoryScripts, unavailable, wire};
 
 /// Most messages handed to the handler at once.
 const MAX_BATCH: usize = 256;
@@ -28,15 +28,19 @@ pub(crate) struct ClusterBroker {
 
 impl ClusterBroker {
     pub(crate) async fn connect(config: &RedisConfig, handler: Arc<dyn MessageHandler>) -> Result<Self> {
+        // Opened first: a refusal (a wrong password) is reported from here.
+        let commands = Connection::open_cluster(config).await?;
         let (pushes, received) = mpsc::unbounded_channel();
-        let client = ClusterClientBuilder::new(config.urls.clone())
+        let client = client::cluster_client(config)?
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(pushes)
             .response_timeout(config.command_timeout)
             .build()
             .map_err(unavailable)?;
-        let connection = client.get_async_connection().await.map_err(unavailable)?;
-        let commands = Connection::open_cluster(&config.urls, config.command_timeout).await?;
+        let connection = match client.get_async_connection().await {
+            Ok(connection) => connection,
+            Err(e) => return Err(client::cluster_connect_error(config, e).await),
+        };
         let wanted = Arc::new(Mutex::new(HashMap::new()));
         let receiver = tokio::spawn(receive(received, wanted.clone(), handler));
         Ok(Self { connection, commands, prefix: config.prefix.clone(), wanted, receiver })

@@ -4,6 +4,7 @@
 //! | module | what |
 //! |---|---|
 //! | `broker` | [`RedisBroker`]: interest-based fan-out over Redis pub/sub, pipelined publishing, reconnect and resubscribe |
+//! | `client` | how every connection is opened: `rediss://` (TLS), a private CA, a client certificate, the ACL user and password; [`Refused`]: the failures no retry fixes |
 //! | `cluster` | the broker over a Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) |
 //! | `idempotency` | [`RedisIdempotency`]: idempotency keys shared by every node |
 //! | `limiter` | [`RedisRateLimiter`]: webhook rate limits (GCRA) shared by every dispatcher replica |
@@ -15,6 +16,7 @@
 //! `herald_webhooks::store::conformance`) against a real `redis-server` (see `tests/`).
 
 mod broker;
+mod client;
 mod cluster;
 mod history;
 mod idempotency;
@@ -24,12 +26,14 @@ mod webhooks;
 mod wire;
 
 pub use broker::{DEFAULT_COMMAND_TIMEOUT, RedisBroker, RedisConfig};
+pub use client::{
+    ClientCertificate, RedisTls, Refusal, Refused, UrlInfo, read_certificates, read_private_key, redact_url,
+    url_info,
+};
 pub use idempotency::RedisIdempotency;
 pub use limiter::{REDIS_GCRA_SCRIPT, RedisRateLimiter};
 pub use presence::RedisPresence;
 pub use webhooks::RedisWebhookStore;
-
-use std::time::Duration;
 
 use herald_backbone::{Error, Result};
 use redis::{
@@ -53,10 +57,10 @@ impl Shards<Connection> {
     pub(crate) async fn open(config: &RedisConfig) -> Result<Self> {
         let mut connections = Vec::with_capacity(config.urls.len());
         if config.cluster {
-            connections.push(Connection::open_cluster(&config.urls, config.command_timeout).await?);
+            connections.push(Connection::open_cluster(config).await?);
         } else {
             for url in &config.urls {
-                connections.push(Connection::open(url, config.command_timeout).await?);
+                connections.push(Connection::open(config, url).await?);
             }
         }
         Shards::new(connections)
@@ -165,22 +169,42 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) async fn open(url: &str, timeout: Duration) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
-        let first =
-            client.get_multiplexed_async_connection_with_config(&config).await.map_err(unavailable)?;
+    /// A connection to the Redis at `url` (one of `config.urls`), checked to take
+    /// commands: a refusal ([`Refused`]: wrong password, an untrusted certificate) is
+    /// found here, at start-up, rather than by the first command.
+    pub(crate) async fn open(config: &RedisConfig, url: &str) -> Result<Self> {
+        let client = client::client(config, url)?;
+        let addr = client::address(client.get_connection_info());
+        let options = redis::AsyncConnectionConfig::new().set_response_timeout(Some(config.command_timeout));
+        let mut first = client
+            .get_multiplexed_async_connection_with_config(&options)
+            .await
+            .map_err(|e| client::connect_error(&addr, e))?;
+        // Without a password, connecting to a Redis that wants one succeeds; the
+        // commands then fail (NOAUTH).
+        redis::cmd("PING")
+            .query_async::<()>(&mut first)
+            .await
+            .map_err(|e| client::connect_error(&addr, e))?;
         Ok(Self {
-            target: Target::Single(Box::new((client, config))),
+            target: Target::Single(Box::new((client, options))),
             current: tokio::sync::Mutex::new(Some(AnyConnection::Single(first))),
         })
     }
 
-    /// A connection to the Redis Cluster that `urls` (some of its nodes) belong to.
-    pub(crate) async fn open_cluster(urls: &[String], timeout: Duration) -> Result<Self> {
-        let client =
-            ClusterClient::builder(urls.to_vec()).response_timeout(timeout).build().map_err(unavailable)?;
-        let first = client.get_async_connection().await.map_err(unavailable)?;
+    /// A connection to the Redis Cluster that `config.urls` (some of its nodes) belong to.
+    pub(crate) async fn open_cluster(config: &RedisConfig) -> Result<Self> {
+        let client = client::cluster_client(config)?
+            .response_timeout(config.command_timeout)
+            .build()
+            .map_err(|e| client::connect_error(&client::seeds(config), e))?;
+        let mut first = match client.get_async_connection().await {
+            Ok(connection) => connection,
+            Err(e) => return Err(client::cluster_connect_error(config, e).await),
+        };
+        if let Err(e) = redis::cmd("PING").query_async::<()>(&mut first).await {
+            return Err(client::cluster_connect_error(config, e).await);
+        }
         Ok(Self {
             target: Target::Cluster(Box::new(client)),
             current: tokio::sync::Mutex::new(Some(AnyConnection::Cluster(first))),

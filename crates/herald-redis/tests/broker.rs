@@ -3,11 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{sync::Arc, time::Duration};
 
 use herald_backbone::{
     Broker, Error, MessageHandler, Topic,
-    conformance::{self, Recorder, publication},
+    conformance::{Recorder, publication},
 };
 use herald_core::ChannelName;
 use herald_redis::{RedisBroker, RedisConfig, RedisIdempotency, RedisPresence};
@@ -83,35 +85,15 @@ async fn an_idempotency_key_is_claimed_once_by_the_whole_cluster() {
     .await;
 }
 
-/// The broker, history and presence conformance scenarios over `config`; `instances`
-/// are every Redis behind it (flushed to make the history's store lose everything).
+/// The conformance scenarios over `config`; `instances` are every Redis behind it.
 async fn conforms(config: &RedisConfig, instances: Vec<String>) {
-    let shared = config.clone();
-    conformance::broker_scenarios(|a, b| async move {
-        let a = RedisBroker::connect(shared.clone(), a).await.unwrap();
-        let b = RedisBroker::connect(shared, b).await.unwrap();
-        (a, b)
+    common::conforms(config, || async move {
+        for url in instances {
+            let client = redis::Client::open(url).unwrap();
+            common::flush(&mut client.get_multiplexed_async_connection().await.unwrap()).await;
+        }
     })
     .await;
-    let shared = config.clone();
-    conformance::history_scenarios(
-        |a, b| async move {
-            let a = RedisBroker::connect(shared.clone(), a).await.unwrap();
-            let b = RedisBroker::connect(shared, b).await.unwrap();
-            (a, b)
-        },
-        || async move {
-            for url in instances {
-                let client = redis::Client::open(url).unwrap();
-                let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-                // A replica of a Redis Cluster refuses (READONLY): its master's flush
-                // reaches it.
-                let _: redis::RedisResult<()> = redis::cmd("FLUSHALL").query_async(&mut connection).await;
-            }
-        },
-    )
-    .await;
-    conformance::presence_scenarios(&RedisPresence::connect(config).await.unwrap()).await;
 }
 
 #[tokio::test]

@@ -48,6 +48,9 @@ pub enum Metric {
     /// Gauge: edge listeners closed because the edge holds `server.max_connections`
     /// (it left its port to the other edges and says not ready until down to 95%).
     ListenersFull,
+    /// Gauge: when the certificate a TLS listener presents expires (Unix seconds),
+    /// label `listener` (`edge`, `grpc`); updated when a renewed one is loaded.
+    TlsCertificateExpiry,
     /// Counter: WebSocket connections closed, label `code`: the close code bucketed
     /// into a bounded set, since clients choose the code of closes they start:
     /// `normal` (1000, 1001), `protocol_error` (1002, 1003), `abnormal` (1006: no
@@ -118,11 +121,12 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 26] = [
+    pub const ALL: [Metric; 27] = [
         Metric::Connections,
         Metric::ConnectionsAccepted,
         Metric::ConnectionsShed,
         Metric::ListenersFull,
+        Metric::TlsCertificateExpiry,
         Metric::ConnectionsClosed,
         Metric::Publications,
         Metric::Deliveries,
@@ -153,6 +157,7 @@ impl Metric {
             Metric::ConnectionsAccepted => "herald_connections_accepted_total",
             Metric::ConnectionsShed => "herald_connections_shed_total",
             Metric::ListenersFull => "herald_edge_listeners_full",
+            Metric::TlsCertificateExpiry => "herald_tls_certificate_expiry_timestamp_seconds",
             Metric::ConnectionsClosed => "herald_connections_closed_total",
             Metric::Publications => "herald_publications_total",
             Metric::Deliveries => "herald_deliveries_total",
@@ -187,6 +192,9 @@ impl Metric {
             }
             Metric::ListenersFull => {
                 "Edge listeners closed because the edge holds server.max_connections (not ready until down to 95%)."
+            }
+            Metric::TlsCertificateExpiry => {
+                "When the certificate a TLS listener presents expires, in seconds since the Unix epoch."
             }
             Metric::ConnectionsClosed => {
                 "WebSocket connections closed, by close code (bucketed: normal, protocol_error, abnormal, \

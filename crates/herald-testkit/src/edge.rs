@@ -43,6 +43,21 @@ impl Server {
         wrap: impl FnOnce(MemoryBroker) -> Arc<dyn Broker>,
         build: impl FnOnce(NodeBuilder) -> NodeBuilder,
     ) -> Self {
+        Self::start_full(apps, config, None, wrap, build).await
+    }
+
+    /// An edge whose port speaks TLS.
+    pub async fn start_tls(apps: Vec<App>, config: EdgeConfig, tls: herald_tls::ServerTls) -> Self {
+        Self::start_full(apps, config, Some(tls), |broker| Arc::new(broker), |builder| builder).await
+    }
+
+    async fn start_full(
+        apps: Vec<App>,
+        config: EdgeConfig,
+        tls: Option<herald_tls::ServerTls>,
+        wrap: impl FnOnce(MemoryBroker) -> Arc<dyn Broker>,
+        build: impl FnOnce(NodeBuilder) -> NodeBuilder,
+    ) -> Self {
         let listener = herald_telemetry::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let backbone = MemoryBackbone::new();
@@ -60,7 +75,7 @@ impl Server {
         .build();
         let shutdown = CancellationToken::new();
         let task =
-            tokio::spawn(herald_edge::serve(listener, node.clone(), shutdown.clone().cancelled_owned()));
+            tokio::spawn(herald_edge::serve(listener, node.clone(), tls, shutdown.clone().cancelled_owned()));
         Self { addr, node, apps, shutdown, task: Some(task) }
     }
 
@@ -107,6 +122,21 @@ impl Server {
         let signed = auth::sign_api_request(app, method, path, query, &body, now());
         let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(signed).finish();
         http_request(self.addr, method, &format!("{path}?{query}"), body).await
+    }
+
+    /// [`Server::api`] over TLS, as a client with the configuration `client`.
+    pub async fn api_tls(
+        &self,
+        client: Arc<rustls::ClientConfig>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let signed = auth::sign_api_request(self.app(), method, path, Vec::new(), &body, now());
+        let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(signed).finish();
+        let headers = [("content-type", "application/json")];
+        crate::https_request(self.addr, client, method, &format!("{path}?{query}"), &headers, body).await
     }
 
     /// `POST /apps/{id}/events` with the first app.

@@ -15,6 +15,7 @@ pub mod process;
 pub mod receiver;
 pub mod redis;
 pub mod tansu;
+pub mod tls;
 
 use std::{
     future::Future,
@@ -66,6 +67,30 @@ pub async fn http_request_with(
     body: Vec<u8>,
 ) -> (StatusCode, Value) {
     let stream = TcpStream::connect(addr).await.unwrap();
+    http_request_over(stream, addr, method, path_and_query, headers, body).await
+}
+
+/// [`http_request_with`] over TLS (`https://`), trusting what `config` trusts.
+pub async fn https_request(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let stream = tls::connect(addr, config).await.unwrap();
+    http_request_over(stream, addr, method, path_and_query, headers, body).await
+}
+
+async fn http_request_over(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(connection);
     let mut request = Request::builder()
@@ -112,6 +137,24 @@ pub struct Client {
 /// Opens a WebSocket to `path_and_query` without reading anything.
 pub async fn open(addr: SocketAddr, path_and_query: &str) -> WebSocket<TokioIo<Upgraded>> {
     let stream = TcpStream::connect(addr).await.unwrap();
+    open_over(stream, addr, path_and_query).await
+}
+
+/// [`open`] over TLS (`wss://`).
+pub async fn open_tls(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    path_and_query: &str,
+) -> WebSocket<TokioIo<Upgraded>> {
+    let stream = tls::connect(addr, config).await.unwrap();
+    open_over(stream, addr, path_and_query).await
+}
+
+async fn open_over(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    addr: SocketAddr,
+    path_and_query: &str,
+) -> WebSocket<TokioIo<Upgraded>> {
     let request = Request::builder()
         .method("GET")
         .uri(format!("http://{addr}{path_and_query}"))
@@ -130,6 +173,20 @@ pub async fn open(addr: SocketAddr, path_and_query: &str) -> WebSocket<TokioIo<U
 impl Client {
     pub async fn connect(addr: SocketAddr, key: &str) -> Self {
         let ws = open(addr, &format!("/app/{key}?protocol=7&client=rust&version=1.0")).await;
+        Self::established(ws).await
+    }
+
+    /// [`Client::connect`] over TLS (`wss://`).
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        key: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Self {
+        let ws = open_tls(addr, config, &format!("/app/{key}?protocol=7&client=rust&version=1.0")).await;
+        Self::established(ws).await
+    }
+
+    async fn established(ws: WebSocket<TokioIo<Upgraded>>) -> Self {
         let mut client = Self { ws, socket_id: String::new() };
         let established = client.recv_event("pusher:connection_established").await;
         let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();

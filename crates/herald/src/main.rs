@@ -52,16 +52,24 @@ enum Command {
     /// Check a running Herald end to end: a Pusher client subscribes, an event
     /// published through the HTTP API and one through gRPC arrive. Exit 0, or 1
     /// naming the step that failed (`helm test` runs this).
-    Smoke(smoke::SmokeArgs),
+    // Boxed: its TLS options make it much the largest.
+    Smoke(Box<smoke::SmokeArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Dev(flags)
-    | Command::Edge(flags)
-    | Command::Dispatcher(flags)
-    | Command::CheckConfig(flags)
-    | Command::Smoke(smoke::SmokeArgs { flags, .. })) = &cli.command;
+    // The one TLS stack's crypto for every client that asks for the default (the
+    // Redis client does); Herald's own listeners name theirs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let flags = match &cli.command {
+        Command::Dev(flags)
+        | Command::Edge(flags)
+        | Command::Dispatcher(flags)
+        | Command::CheckConfig(flags) => flags,
+        Command::Smoke(args) => &args.flags,
+    };
+    let listens = matches!(cli.command, Command::Dev(_) | Command::Edge(_) | Command::CheckConfig(_));
+    let flags = &Flags { listens, ..flags.clone() };
     let loaded = Config::load(flags, std::env::vars()).and_then(|config| {
         if matches!(cli.command, Command::Dispatcher(_)) && config.kafka.is_none() {
             return Err(vec!["kafka: herald dispatcher needs the event log: set [kafka] brokers".into()]);

@@ -41,14 +41,10 @@ pub(crate) fn bind_edge(config: &Config) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {host}:{port}"))
 }
 
-/// The Redis settings of the backbone and the webhook state.
-pub(crate) fn redis_config(config: &Config) -> RedisConfig {
-    RedisConfig {
-        prefix: config.redis.prefix.clone(),
-        cluster: config.redis.cluster,
-        command_timeout: config.redis.command_timeout(),
-        ..RedisConfig::sharded(config.redis.urls())
-    }
+/// The Redis settings of the backbone and the webhook state (reading the password
+/// file).
+pub(crate) fn redis_config(config: &Config) -> anyhow::Result<RedisConfig> {
+    config.redis.client().map_err(anyhow::Error::msg)
 }
 
 /// What a node publishes through and keeps presence in.
@@ -74,10 +70,10 @@ impl Backbone {
 
     /// Redis, shared by every edge of the cluster.
     pub(crate) async fn redis(config: &Config, hub: &Arc<Hub>) -> anyhow::Result<Self> {
-        let redis = redis_config(config);
+        let redis = redis_config(config)?;
         let broker = RedisBroker::connect(redis.clone(), hub.clone())
             .await
-            .with_context(|| format!("connecting to Redis at {:?}", config.redis.urls()))?;
+            .with_context(|| format!("connecting to Redis at {:?}", redis.urls_redacted()))?;
         let presence = Arc::new(RedisPresence::connect(&redis).await?);
         Ok(Self {
             broker: Arc::new(broker),
@@ -109,7 +105,7 @@ impl Webhooks {
     /// Kafka and Redis, for a cluster; `None` without `[kafka]`.
     pub(crate) async fn cluster(config: &Config) -> anyhow::Result<Option<Self>> {
         let Some(kafka) = &config.kafka else { return Ok(None) };
-        let redis = redis_config(config);
+        let redis = redis_config(config)?;
         let log = KafkaEventLog::connect(kafka.clone())
             .await
             .with_context(|| format!("connecting to Kafka at {:?}", kafka.brokers))?;

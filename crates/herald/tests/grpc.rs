@@ -48,6 +48,7 @@ impl Grpc {
             server.node.clone(),
             config,
             None,
+            None,
             Duration::from_secs(2),
             stop.clone().cancelled_owned(),
         ));

@@ -126,3 +126,47 @@ fn a_failing_step_is_exit_1_and_named() {
     assert!(failed(out).contains("smoke: connect and subscribe failed"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn checks_a_herald_that_serves_tls_with_client_certificates() {
+    let ca = herald_testkit::tls::TestCa::new();
+    let (server_cert, backend) = (ca.issue("server"), ca.issue("backend"));
+    let dir = ca.dir();
+    let app = config(dir, "app", "right-secret", "right-token-of-sixteen");
+    let tls = |section: &str, auth: &str| {
+        format!(
+            "[{section}]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\nclient_auth = \"{auth}\"\n",
+            server_cert.cert_file.display(),
+            server_cert.key_file.display(),
+            ca.ca_file().display()
+        )
+    };
+    let server = dir.join("server.toml");
+    let text = std::fs::read_to_string(&app).unwrap();
+    std::fs::write(&server, format!("{}{}{text}", tls("server.tls", "api"), tls("grpc.tls", "required")))
+        .unwrap();
+    let dev = Dev::start(dir, &server);
+    let smoke = |identity: bool| {
+        let mut command = Command::new(HERALD);
+        command.args(["smoke", "--config"]).arg(&app);
+        command.args(["--ws", &format!("wss://{}", dev.ws), "--http", &format!("https://{}", dev.ws)]);
+        command.args(["--grpc", &format!("https://{}", dev.grpc), "--ca-file"]).arg(ca.ca_file());
+        // The certificate names localhost (and 127.0.0.1).
+        command.args(["--server-name", "localhost"]);
+        if identity {
+            command.arg("--cert-file").arg(&backend.cert_file).arg("--key-file").arg(&backend.key_file);
+        }
+        command.args(["--timeout", "10s"]).output().unwrap()
+    };
+    let out = smoke(true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("gRPC publish delivered"), "{stdout}");
+
+    // Without a client certificate: WebSocket clients are still served, the HTTP API
+    // is not.
+    let out = smoke(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("smoke: publish over the HTTP API failed: HTTP/1.1 401"), "{stderr}");
+}

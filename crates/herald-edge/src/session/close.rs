@@ -58,6 +58,7 @@ pub(super) async fn finish(connection: Ending) {
     if status.broken || status.pending {
         return;
     }
+    outbox.end_tls();
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain(socket)).await;
 }

@@ -182,7 +182,6 @@ impl Session {
     /// what handles input is boxed (see the module's documentation).
     async fn serve(&mut self, mut input: Vec<u8>) {
         let outbox = self.outbox.clone();
-        let socket = outbox.socket();
         if !input.is_empty() && Box::pin(self.on_input(&mut input)).await.is_break() {
             return;
         }
@@ -197,7 +196,7 @@ impl Session {
                 Wake::Writable(true) => outbox.write_pending(),
                 Wake::Readable(true) => {
                     input.reserve(READ_CHUNK);
-                    match socket.try_read_buf(&mut input) {
+                    match outbox.read(&mut input) {
                         // The client went away without a close frame: nothing to send.
                         Ok(0) => outbox.close(Close::plain(1006, "")),
                         Ok(_) => {

@@ -31,6 +31,11 @@ pub struct Flags {
     /// server.ready_file).
     #[arg(long)]
     pub ready_file: Option<std::path::PathBuf>,
+    /// Not a flag: the command serves the WebSocket and gRPC listeners (`dev`,
+    /// `edge`, and `check-config`, which checks what they would), so their TLS files
+    /// are checked too.
+    #[arg(skip)]
+    pub listens: bool,
 }
 
 /// The unit a deprecated duration option counted in.
@@ -170,7 +175,8 @@ fn variable(name: &str) -> String {
 
 /// `HERALD_SECTION__KEY=value` sets `section.key` (double underscores separate
 /// levels; names are lowercased). Values are read as TOML (`7000`, `true`,
-/// `[{id = "1", key = "k", secret = "s"}]`) and otherwise taken as strings (`2m`).
+/// `[{id = "1", key = "k", secret = "s"}]`) and otherwise taken as strings (`2m`);
+/// a password (`HERALD_REDIS__PASSWORD`) is always taken as the string it is.
 fn apply_env(
     table: &mut Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -184,7 +190,10 @@ fn apply_env(
         .collect();
     for (name, raw) in &vars {
         let mut path: Vec<&str> = name.split("__").collect();
-        let mut value = parse_env_value(raw);
+        // A password is taken as it is: read as TOML, `123456` would be a number and
+        // `"pw"` would lose its quotes.
+        let mut value =
+            if name.ends_with("password") { Value::String(raw.clone()) } else { parse_env_value(raw) };
         if let [section, key] = path[..]
             && let Some((_, _, new, unit)) = RENAMED.iter().find(|r| r.0 == section && r.1 == key)
         {

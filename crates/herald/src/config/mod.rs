@@ -77,7 +77,7 @@ impl Config {
                 };
                 named(vec![error])
             })?;
-        let mut config = Self::validate(sections).map_err(named)?;
+        let mut config = Self::validate(sections, flags.listens).map_err(named)?;
         config.deprecated = aliases
             .iter()
             .map(|a| format!("{} is deprecated (it still works): write {}", a.given, a.instead))
@@ -85,8 +85,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every section, and builds the typed settings from them.
-    fn validate(sections: Sections) -> Result<Self, Vec<String>> {
+    /// Checks every section, and builds the typed settings from them. `listens`: the
+    /// command serves the listeners, whose TLS files are then read and checked too
+    /// (a dispatcher or `herald smoke` does not need the edge's private key).
+    fn validate(sections: Sections, listens: bool) -> Result<Self, Vec<String>> {
         let Sections {
             server,
             connection,
@@ -122,6 +124,15 @@ impl Config {
         connection.validate(&mut errors);
         http.validate(&mut errors);
         grpc.validate(&mut errors);
+        if let Some(kafka) = &kafka {
+            kafka.check(&mut errors);
+            check_kafka_certificates(kafka, &mut errors);
+        }
+        if listens {
+            let now = std::time::SystemTime::now();
+            server.tls.check("server.tls", true, now, &mut errors);
+            grpc.tls.check("grpc.tls", false, now, &mut errors);
+        }
         events.validate(&mut errors);
         let telemetry = telemetry.build(&mut errors);
         let allow_addresses_set = !dispatcher.allow_addresses.is_empty();
@@ -185,6 +196,25 @@ impl Config {
     /// How many apps the configuration declares (none: the demo app is served).
     pub fn configured_apps(&self) -> usize {
         if self.demo { 0 } else { self.apps.len() }
+    }
+}
+
+/// The certificates librdkafka will read, checked for validity now (librdkafka
+/// checks that they parse and that the key is the certificate's; not that they have
+/// not expired). A CA location may be a directory or `probe`: only a file is read.
+fn check_kafka_certificates(kafka: &KafkaConfig, errors: &mut Vec<String>) {
+    let now = std::time::SystemTime::now();
+    let file = |key: &str| kafka.properties.get(key).map(std::path::Path::new).filter(|p| p.is_file());
+    if let Some(cert) = file("ssl.certificate.location") {
+        herald_tls::check_certificate_validity(
+            "kafka.properties.ssl.certificate.location",
+            cert,
+            now,
+            errors,
+        );
+    }
+    if let Some(ca) = file("ssl.ca.location") {
+        herald_tls::check_ca_file("kafka.properties.ssl.ca.location", ca, now, errors);
     }
 }
 

@@ -77,6 +77,9 @@ pub struct ServerConfig {
     /// once down to 95% of it. 0: the open-file limit (raised to its hard limit at
     /// start) less a reserve for Redis, gRPC and the rest: a tenth, at most 1,000.
     pub max_connections: usize,
+    /// `[server.tls]`: TLS on the WebSocket + HTTP API port (`wss://`, `https://`);
+    /// plain without a certificate. The metrics port stays plain.
+    pub tls: herald_tls::ListenerTls,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             ready_file: String::new(),
             occupancy_flush: Duration::from_millis(50),
             max_connections: 0,
+            tls: herald_tls::ListenerTls::default(),
         }
     }
 }
@@ -156,11 +160,14 @@ impl TelemetrySection {
     }
 }
 
-/// The Redis backbone that `herald edge` nodes share.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The Redis backbone that `herald edge` nodes share. Its `Debug` shows no password
+/// (neither `password` nor one in a URL).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSection {
-    /// `redis://host:port/` of the Redis every edge of the cluster uses.
+    /// `redis://host:port/` of the Redis every edge of the cluster uses; `rediss://`
+    /// for TLS. A user and password may be in it (`rediss://user:password@host:port`),
+    /// but not also in `username`/`password`.
     pub url: String,
     /// Several independent Redis instances instead of `url`: channels are spread over
     /// them by consistent hashing. Every edge must list the same URLs in the same order.
@@ -182,6 +189,66 @@ pub struct RedisSection {
     /// at most a third of `lease`.
     #[serde(deserialize_with = "duration::deserialize")]
     pub command_timeout: Duration,
+    /// The ACL user (Redis 6+) every connection signs in as; empty: the URL's, else
+    /// Redis's default user.
+    pub username: String,
+    /// The password; empty: none (or the URL's). Better kept out of the file:
+    /// `HERALD_REDIS__PASSWORD`, or `password_file`.
+    #[serde(deserialize_with = "secret")]
+    pub password: String,
+    /// A file whose content (less a trailing newline) is the password, such as a
+    /// mounted Kubernetes Secret; read at start-up. Not with `password`.
+    pub password_file: String,
+    /// `rediss://` only: a PEM file of the CA certificates to trust instead of
+    /// Mozilla's roots (which managed services' certificates chain to): a private CA.
+    pub ca_file: String,
+    /// `rediss://` only: a client certificate (PEM, with its chain) and its private key,
+    /// for a Redis that requires one (`tls-auth-clients yes`). Both or neither.
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// A password as text: a value of another type (`password = 123`) is refused without
+/// being quoted, so the error cannot show it.
+fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    match toml::Value::deserialize(deserializer)? {
+        toml::Value::String(text) => Ok(text),
+        _ => Err(serde::de::Error::custom("must be a string (put it in quotes)")),
+    }
+}
+
+impl std::fmt::Debug for RedisSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            url,
+            shards,
+            cluster,
+            prefix,
+            lease,
+            command_timeout,
+            username,
+            password,
+            password_file,
+            ca_file,
+            cert_file,
+            key_file,
+        } = self;
+        let shards: Vec<String> = shards.iter().map(|url| herald_redis::redact_url(url)).collect();
+        f.debug_struct("RedisSection")
+            .field("url", &herald_redis::redact_url(url))
+            .field("shards", &shards)
+            .field("cluster", cluster)
+            .field("prefix", prefix)
+            .field("lease", lease)
+            .field("command_timeout", command_timeout)
+            .field("username", username)
+            .field("password", &if password.is_empty() { "" } else { "<redacted>" })
+            .field("password_file", password_file)
+            .field("ca_file", ca_file)
+            .field("cert_file", cert_file)
+            .field("key_file", key_file)
+            .finish()
+    }
 }
 
 impl RedisSection {
@@ -198,15 +265,55 @@ impl RedisSection {
         }
     }
 
-    pub(super) fn validate(&self, errors: &mut Vec<String>) {
-        if !self.url.starts_with("redis://") {
-            errors.push(format!("redis.url: {:?} is not a redis:// URL", self.url));
+    /// The password in force: `password`, or the content of `password_file` less a
+    /// trailing newline; `None` without either (the URL's, if any, applies).
+    pub fn password(&self) -> Result<Option<String>, String> {
+        if !self.password.is_empty() {
+            return Ok(Some(self.password.clone()));
         }
-        for (i, url) in self.shards.iter().enumerate() {
-            if !url.starts_with("redis://") {
-                errors.push(format!("redis.shards[{i}]: {url:?} is not a redis:// URL"));
+        if self.password_file.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.password_file)
+            .map_err(|e| format!("redis.password_file: cannot read {}: {e}", self.password_file))?;
+        let password = text.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&text);
+        if password.is_empty() {
+            return Err(format!("redis.password_file: {} is empty", self.password_file));
+        }
+        Ok(Some(password.to_owned()))
+    }
+
+    /// The settings of the Redis client: where, as whom, over what TLS. Reads
+    /// `password_file`.
+    pub fn client(&self) -> Result<herald_redis::RedisConfig, String> {
+        let optional = |path: &str| Some(std::path::PathBuf::from(path)).filter(|_| !path.is_empty());
+        let client = match (optional(&self.cert_file), optional(&self.key_file)) {
+            (Some(cert_file), Some(key_file)) => {
+                Some(herald_redis::ClientCertificate { cert_file, key_file })
+            }
+            _ => None,
+        };
+        Ok(herald_redis::RedisConfig {
+            prefix: self.prefix.clone(),
+            cluster: self.cluster,
+            command_timeout: self.command_timeout(),
+            username: Some(self.username.clone()).filter(|u| !u.is_empty()),
+            password: self.password()?,
+            tls: herald_redis::RedisTls { ca_file: optional(&self.ca_file), client },
+            ..herald_redis::RedisConfig::sharded(self.urls())
+        })
+    }
+
+    pub(super) fn validate(&self, errors: &mut Vec<String>) {
+        for (name, url) in std::iter::once(("redis.url".to_owned(), &self.url))
+            .chain(self.shards.iter().enumerate().map(|(i, url)| (format!("redis.shards[{i}]"), url)))
+        {
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                let url = herald_redis::redact_url(url);
+                errors.push(format!("{name}: {url:?} is not a redis:// (or rediss:// for TLS) URL"));
             }
         }
+        self.validate_security(errors);
         duration::at_least(errors, "redis.lease", self.lease, SECOND);
         if !self.command_timeout.is_zero() {
             duration::at_least(
@@ -230,6 +337,86 @@ impl RedisSection {
     }
 }
 
+impl RedisSection {
+    /// TLS and credentials: the URLs in use all TLS or none, TLS settings only with
+    /// TLS, readable files, one password.
+    fn validate_security(&self, errors: &mut Vec<String>) {
+        let used = if self.shards.is_empty() { "redis.url" } else { "redis.shards" };
+        let mut urls = Vec::new();
+        for (i, url) in self.urls().iter().enumerate() {
+            let name = if self.shards.is_empty() { used.to_owned() } else { format!("{used}[{i}]") };
+            match herald_redis::url_info(url) {
+                Ok(info) => urls.push((name, info)),
+                Err(e) => errors.push(format!("{name}: {:?}: {e}", herald_redis::redact_url(url))),
+            }
+        }
+        let tls = urls.iter().filter(|(_, info)| info.tls).count();
+        if tls > 0 && tls < urls.len() {
+            errors.push(format!(
+                "{used}: mixes rediss:// (TLS) and redis:// URLs: all of them or none must be rediss://"
+            ));
+        }
+        let files = [
+            ("redis.ca_file", &self.ca_file),
+            ("redis.cert_file", &self.cert_file),
+            ("redis.key_file", &self.key_file),
+        ];
+        let tls_settings: Vec<&str> =
+            files.iter().filter(|(_, path)| !path.is_empty()).map(|(name, _)| *name).collect();
+        if tls == 0 && !urls.is_empty() && !tls_settings.is_empty() {
+            errors.push(format!(
+                "{}: TLS settings, but {used} is not rediss://: use rediss:// URLs, or remove them",
+                tls_settings.join(", ")
+            ));
+        }
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
+            errors.push(
+                "redis.cert_file and redis.key_file: a client certificate needs both (or neither)".into(),
+            );
+        }
+        let mut unreadable = Vec::new();
+        for (name, path) in files.iter().filter(|(_, path)| !path.is_empty()) {
+            let read = match *name {
+                "redis.key_file" => herald_redis::read_private_key(std::path::Path::new(path)),
+                _ => herald_redis::read_certificates(std::path::Path::new(path)),
+            };
+            if let Err(e) = read {
+                errors.push(format!("{name}: {e}"));
+                unreadable.push(*name);
+            }
+        }
+        // What the files hold: a client certificate that is its key's and valid now, a
+        // CA with a certificate valid now.
+        let now = std::time::SystemTime::now();
+        if !self.cert_file.is_empty()
+            && !self.key_file.is_empty()
+            && !unreadable.iter().any(|name| *name != "redis.ca_file")
+        {
+            let (cert, key) = (Path::new(&self.cert_file), Path::new(&self.key_file));
+            herald_tls::check_certificate_pair("redis", cert, key, now, errors);
+        }
+        if !self.ca_file.is_empty() && !unreadable.contains(&"redis.ca_file") {
+            herald_tls::check_ca_file("redis.ca_file", Path::new(&self.ca_file), now, errors);
+        }
+        if !self.password.is_empty() && !self.password_file.is_empty() {
+            errors.push("redis.password and redis.password_file: both given: keep one".into());
+        } else if let Err(e) = self.password() {
+            errors.push(e);
+        }
+        let given = !self.password.is_empty() || !self.password_file.is_empty();
+        for (name, info) in &urls {
+            if given && info.password {
+                errors.push(format!(
+                    "{name}: has a password, and redis.password or redis.password_file is set too: keep one"
+                ));
+            }
+            if !self.username.is_empty() && info.username {
+                errors.push(format!("{name}: has a user name, and redis.username is set too: keep one"));
+            }
+        }
+    }
+}
+
 impl Default for RedisSection {
     fn default() -> Self {
         Self {
@@ -239,6 +426,12 @@ impl Default for RedisSection {
             prefix: "herald".into(),
             lease: Duration::from_secs(15),
             command_timeout: Duration::ZERO,
+            username: String::new(),
+            password: String::new(),
+            password_file: String::new(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
         }
     }
 }

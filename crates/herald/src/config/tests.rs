@@ -394,7 +394,7 @@ mod properties {
                 keys.extend(options.keys().map(|k| format!("HERALD_{section}__{k}").to_ascii_uppercase()));
             }
         }
-        for kafka in ["brokers", "client_id", "replication_factor", "properties"] {
+        for kafka in ["brokers", "client_id", "replication_factor", "properties", "property_files"] {
             keys.push(format!("HERALD_KAFKA__{}", kafka.to_ascii_uppercase()));
         }
         keys
@@ -801,5 +801,184 @@ fn telemetry_is_off_by_default_and_its_settings_are_checked() {
     assert_eq!(
         config.telemetry.resource_attributes,
         [("deployment.environment".to_owned(), "prod".to_owned())]
+    );
+}
+
+/// `[redis]` over TLS with an ACL user: a password file (its trailing newline is not
+/// part of the password), a private CA and a client certificate.
+#[test]
+fn redis_over_tls_with_an_acl_user_and_a_password_file() {
+    let ca = herald_testkit::tls::TestCa::new();
+    let client = ca.issue("herald-client");
+    let password_file = ca.dir().join("redis-password");
+    std::fs::write(&password_file, "from-the-file\n").unwrap();
+    let path = |p: &Path| p.display().to_string();
+    let (ca_file, cert_file, key_file) =
+        (path(&ca.ca_file()), path(&client.cert_file), path(&client.key_file));
+    let vars = [
+        ("HERALD_REDIS__SHARDS", r#"["rediss://10.0.0.1:6380/", "rediss://10.0.0.2:6380/"]"#),
+        ("HERALD_REDIS__USERNAME", "herald"),
+        ("HERALD_REDIS__PASSWORD_FILE", &path(&password_file)),
+        ("HERALD_REDIS__CA_FILE", &ca_file),
+        ("HERALD_REDIS__CERT_FILE", &cert_file),
+        ("HERALD_REDIS__KEY_FILE", &key_file),
+    ];
+    let config = Config::load(&Flags::default(), env(&vars)).unwrap();
+    let client = config.redis.client().unwrap();
+    assert_eq!(client.urls, ["rediss://10.0.0.1:6380/", "rediss://10.0.0.2:6380/"]);
+    assert_eq!(
+        (client.username.as_deref(), client.password.as_deref()),
+        (Some("herald"), Some("from-the-file"))
+    );
+    assert_eq!(client.tls.ca_file.as_deref(), Some(ca.ca_file().as_path()));
+    assert_eq!(client.tls.client.unwrap().key_file, Path::new(&key_file));
+    assert!(!format!("{config:?}").contains("from-the-file"));
+
+    // From the environment, a password is the text given, whatever it looks like.
+    for password in ["123456", "\"quoted\"", "true", "1e3", "[x]"] {
+        let config = Config::load(&Flags::default(), env(&[("HERALD_REDIS__PASSWORD", password)])).unwrap();
+        assert_eq!(config.redis.client().unwrap().password.as_deref(), Some(password));
+    }
+}
+
+/// Every problem of `[redis]`'s TLS and credentials at once, none of them quoting a
+/// password.
+#[test]
+fn redis_tls_and_credential_problems_are_reported_together_without_the_password() {
+    let ca = herald_testkit::tls::TestCa::new();
+    let client = ca.issue("herald-client");
+    let missing = ca.dir().join("missing.pem").display().to_string();
+    let (_file, flags) = with_file(&format!(
+        r#"
+        [redis]
+        shards = ["rediss://:url-secret-1@10.0.0.1:6380/", "redis://10.0.0.2:6379/", "rediss://h:1/#insecure"]
+        password = "config-secret-2"
+        password_file = "{missing}"
+        ca_file = "{missing}"
+        cert_file = "{}"
+        "#,
+        client.cert_file.display()
+    ));
+    let errors = Config::load(&flags, env(&[])).unwrap_err();
+    let expected = [
+        "redis.shards: mixes rediss:// (TLS) and redis:// URLs",
+        "redis.shards[2]: \"rediss://h:1/#insecure\": #insecure",
+        "redis.cert_file and redis.key_file: a client certificate needs both",
+        "redis.ca_file: cannot read",
+        "redis.password and redis.password_file: both given",
+        "redis.shards[0]: has a password, and redis.password or redis.password_file is set too",
+    ];
+    for expected in expected {
+        assert!(errors.iter().any(|e| e.starts_with(expected)), "{expected}: {errors:#?}");
+    }
+    let text = errors.join("\n");
+    assert!(!text.contains("secret-1") && !text.contains("secret-2"), "{text}");
+
+    // TLS settings with redis:// URLs; a password file that is not there; a URL
+    // with a user name besides redis.username.
+    let vars = [
+        ("HERALD_REDIS__URL", "redis://user@127.0.0.1:6379/"),
+        ("HERALD_REDIS__USERNAME", "herald"),
+        ("HERALD_REDIS__CA_FILE", &ca.ca_file().display().to_string()),
+        ("HERALD_REDIS__PASSWORD_FILE", missing.as_str()),
+    ];
+    let errors = Config::load(&Flags::default(), env(&vars)).unwrap_err();
+    for expected in [
+        "redis.ca_file: TLS settings, but redis.url is not rediss://",
+        "redis.password_file: cannot read",
+        "redis.url: has a user name, and redis.username is set too",
+    ] {
+        assert!(errors.iter().any(|e| e.starts_with(expected)), "{expected}: {errors:#?}");
+    }
+
+    // A password of another type than text is refused without being quoted.
+    let (_file, flags) = with_file("[redis]\npassword = 987654321\n");
+    let errors = Config::load(&flags, env(&[])).unwrap_err();
+    assert_eq!(errors, ["redis.password: must be a string (put it in quotes)"]);
+}
+
+#[test]
+fn a_redis_password_is_never_shown() {
+    let vars = [("HERALD_REDIS__URL", "rediss://herald:url-secret-3@cache.example:6380/0")];
+    let config = Config::load(&Flags::default(), env(&vars)).unwrap();
+    let shown = format!("{config:?} {:?}", config.redis.client().unwrap());
+    assert!(!shown.contains("url-secret-3"), "{shown}");
+    assert!(shown.contains("rediss://herald:***@cache.example:6380/0"), "{shown}");
+    let vars = [("HERALD_REDIS__PASSWORD", "env-secret-5")];
+    let config = Config::load(&Flags::default(), env(&vars)).unwrap();
+    let shown = format!("{config:?} {:?}", config.redis.client().unwrap());
+    assert!(!shown.contains("env-secret-5") && shown.contains("<redacted>"), "{shown}");
+    // Not even when the URL is wrong.
+    let vars = [("HERALD_REDIS__URL", "http://herald:url-secret-4@cache.example/")];
+    let errors = Config::load(&Flags::default(), env(&vars)).unwrap_err();
+    assert!(!errors.join("\n").contains("url-secret-4"), "{errors:#?}");
+}
+
+#[test]
+fn listener_tls_files_are_checked_by_the_commands_that_listen_only() {
+    let (_file, flags) = with_file(
+        "[server.tls]\ncert_file = \"/nonexistent/tls.crt\"\nkey_file = \"/nonexistent/tls.key\"\n\
+         [grpc.tls]\ncert_file = \"/nonexistent/grpc.crt\"\nkey_file = \"/nonexistent/grpc.key\"\n",
+    );
+    // A dispatcher, or `herald smoke`, never serves these: it needs neither file.
+    let config = Config::load(&flags, env(&[])).unwrap();
+    assert!(config.server.tls.enabled() && config.grpc.tls.enabled());
+    let errors = Config::load(&Flags { listens: true, ..flags }, env(&[])).unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with("server.tls: /nonexistent/tls.crt: cannot be read"), "{errors:?}");
+    assert!(errors[1].starts_with("grpc.tls: /nonexistent/grpc.crt: cannot be read"), "{errors:?}");
+}
+
+#[test]
+fn redis_client_certificates_are_checked_for_their_key_and_validity() {
+    let ca = herald_testkit::tls::TestCa::new();
+    let (a, b) = (ca.issue("a"), ca.issue("b"));
+    let expired = ca.issue_leaf(herald_testkit::tls::Leaf::new("old").expired());
+    let redis = |cert: &herald_testkit::tls::Issued, key: &herald_testkit::tls::Issued, ca_file: &Path| {
+        format!(
+            "[redis]\nurl = \"rediss://127.0.0.1:6380/\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+            cert.cert_file.display(),
+            key.key_file.display(),
+            ca_file.display()
+        )
+    };
+    let (_file, flags) = with_file(&redis(&a, &a, &ca.ca_file()));
+    Config::load(&flags, env(&[])).unwrap();
+    let (_file, flags) = with_file(&redis(&a, &b, &expired.cert_file));
+    let errors = Config::load(&flags, env(&[])).unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with("redis: ") && errors[0].contains("b.key is not the key of"), "{errors:?}");
+    assert!(errors[1].starts_with("redis.ca_file: ") && errors[1].contains("no certificate in it is valid"));
+    let (_file, flags) = with_file(&redis(&expired, &expired, &ca.ca_file()));
+    let errors = Config::load(&flags, env(&[])).unwrap_err();
+    assert!(
+        errors[0].starts_with("redis.cert_file: ") && errors[0].contains("expired on 2021-01-01"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn kafka_security_settings_are_checked_with_the_rest() {
+    let ca = herald_testkit::tls::TestCa::new();
+    let expired = ca.issue_leaf(herald_testkit::tls::Leaf::new("old").expired());
+    let (_file, flags) = with_file(&format!(
+        "[server]\nhost = \"nowhere\"\n[kafka]\nbrokers = \"127.0.0.1:9093\"\n\
+         [kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n\
+         \"ssl.certificate.location\" = \"{}\"\n\"ssl.key.location\" = \"{}\"\n\
+         [kafka.property_files]\n\"ssl.key.password\" = \"/nonexistent/kafka-key-password\"\n",
+        ca.ca_file().display(),
+        expired.cert_file.display(),
+        expired.key_file.display(),
+    ));
+    let errors = Config::load(&flags, env(&[])).unwrap_err();
+    let text = errors.join("\n");
+    assert!(text.contains("server.host"), "{text}");
+    assert!(
+        text.contains("kafka.property_files") && text.contains("/nonexistent/kafka-key-password"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kafka.properties.ssl.certificate.location: ") && text.contains("expired on"),
+        "{text}"
     );
 }

@@ -30,9 +30,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         dispatcher: Some(dispatcher),
     };
     let demo = start.demo;
+    let tls = (config.server.tls.enabled(), config.grpc.tls.enabled());
     node::serve(config, start, parts, |bound| {
         if demo {
-            crate::demo::print_demo(bound.edge, bound.grpc, &config::demo_app());
+            crate::demo::print_demo(bound.edge, bound.grpc, &config::demo_app(), tls.0, tls.1);
         }
     })
     .await

@@ -30,13 +30,15 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 /// Connects to Redis, retrying for up to one presence lease: an edge that starts
 /// while Redis is busy (a reconnection storm during a rolling restart) or restarting
 /// waits for it rather than exiting; one that cannot reach it for that long exits
-/// with the error.
+/// with the error. One that Redis refuses (a wrong password, an untrusted
+/// certificate) exits at once, saying which settings to check.
 async fn connect_backbone(config: &Config, start: &Start) -> anyhow::Result<Backbone> {
     let give_up = Instant::now() + config.redis.lease;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3)).jittered();
     loop {
         match Backbone::redis(config, &start.hub).await {
             Ok(backbone) => return Ok(backbone),
+            Err(e) if let Some(refused) = refused(&e) => return Err(refused),
             Err(e) if Instant::now() < give_up => {
                 tracing::warn!(error = format!("{e:#}"), "Redis is not answering yet: retrying");
                 backoff.wait().await;
@@ -44,4 +46,20 @@ async fn connect_backbone(config: &Config, start: &Start) -> anyhow::Result<Back
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The error to exit with if Redis refused the connection: where, what, and which
+/// settings to check.
+fn refused(error: &anyhow::Error) -> Option<anyhow::Error> {
+    use herald_redis::{Refusal, Refused};
+    let refused = error.chain().find_map(|e| Refused::of(e.downcast_ref::<herald_backbone::Error>()?))?;
+    let check = match refused.refusal() {
+        Refusal::Authentication => "check redis.username and redis.password (or redis.password_file)",
+        Refusal::Permission => {
+            "the ACL user needs every command, and the keys and channels under redis.prefix"
+        }
+        Refusal::Tls => "check redis.ca_file, and redis.cert_file and redis.key_file",
+        Refusal::Config => "check the [redis] settings",
+    };
+    Some(anyhow::anyhow!("redis {}: {refused}: {check}", refused.addr()))
 }

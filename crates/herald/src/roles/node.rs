@@ -5,11 +5,12 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use herald_core::Apps;
 use herald_dispatcher::Dispatcher;
 use herald_hub::Hub;
 use herald_node::Node;
+use herald_tls::ServerTls;
 use herald_webhooks::ssrf::AddressPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,9 @@ use crate::{
 pub(super) struct Start {
     edge: TcpListener,
     grpc: TcpListener,
+    /// The listeners' TLS, loaded (and checked) before anything is served.
+    edge_tls: Option<ServerTls>,
+    grpc_tls: Option<ServerTls>,
     ops: TcpListener,
     pub(super) node_id: u32,
     pub(super) apps: Apps,
@@ -37,6 +41,10 @@ pub(super) struct Start {
 
 impl Start {
     pub(super) async fn new(config: &Config) -> anyhow::Result<Self> {
+        let edge_tls = ServerTls::load(&config.server.tls, "edge", &[b"http/1.1"])
+            .map_err(|e| anyhow!("server.tls: {e}"))?;
+        let grpc_tls =
+            ServerTls::load(&config.grpc.tls, "grpc", &[b"h2"]).map_err(|e| anyhow!("grpc.tls: {e}"))?;
         let edge = wiring::bind_edge(config)?;
         let grpc = wiring::bind(config, config.grpc.port).await?;
         let ops = wiring::bind(config, config.server.metrics_port).await?;
@@ -45,7 +53,17 @@ impl Start {
             id => id,
         };
         let (apps, demo) = config.apps_or_demo();
-        Ok(Self { edge, grpc, ops, node_id, apps, demo, hub: Arc::new(Hub::new(node_id)) })
+        Ok(Self {
+            edge,
+            grpc,
+            edge_tls,
+            grpc_tls,
+            ops,
+            node_id,
+            apps,
+            demo,
+            hub: Arc::new(Hub::new(node_id)),
+        })
     }
 }
 
@@ -78,7 +96,7 @@ pub(super) async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = herald_telemetry::install_prometheus();
     let ready_file = ready::ReadyFile::prepare(&config.server.ready_file).context("server.ready_file")?;
-    let Start { edge, grpc, ops, node_id, apps, hub, .. } = start;
+    let Start { edge, grpc, edge_tls, grpc_tls, ops, node_id, apps, hub, .. } = start;
     let Parts { name, backbone, webhooks, policy, dispatcher } = parts;
     let grace = config.edge().shutdown_grace;
 
@@ -116,6 +134,7 @@ pub(super) async fn serve(
         grpc,
         node.clone(),
         config.grpc.clone(),
+        grpc_tls,
         admin,
         grace,
         shutdown.clone().cancelled_owned(),
@@ -125,7 +144,7 @@ pub(super) async fn serve(
     // The listeners queue connections from here on, whatever the tasks are doing.
     ready_file.write(bound).context("writing server.ready_file")?;
 
-    herald_edge::serve(edge, node.clone(), shutdown.cancelled_owned()).await;
+    herald_edge::serve(edge, node.clone(), edge_tls, shutdown.cancelled_owned()).await;
     ready_file.remove();
     signal.abort();
     let _ = grpc.await;

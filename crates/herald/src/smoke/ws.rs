@@ -7,10 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use sha1::{Digest as _, Sha1};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Stream;
 
 /// RFC 6455's GUID, appended to the key for the accept header.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -18,15 +17,18 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MAX_MESSAGE: usize = 1 << 20;
 
 pub(super) struct WebSocket {
-    stream: TcpStream,
+    stream: Stream,
     buffer: Vec<u8>,
 }
 
 impl WebSocket {
-    /// Connects to `host:port` and upgrades `path`.
-    pub(super) async fn connect(host: &str, port: u16, path: &str) -> anyhow::Result<Self> {
-        let mut stream = TcpStream::connect((host, port)).await.with_context(|| format!("{host}:{port}"))?;
-        stream.set_nodelay(true)?;
+    /// Upgrades `path` on `stream`, a connection to `host:port`.
+    pub(super) async fn connect(
+        mut stream: Stream,
+        host: &str,
+        port: u16,
+        path: &str,
+    ) -> anyhow::Result<Self> {
         let key = STANDARD.encode(fastrand::u128(..).to_le_bytes());
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
