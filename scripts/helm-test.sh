@@ -4,12 +4,16 @@
 #   2. `helm lint --strict` with every values file of tests/helm/values;
 #   3. `helm template` of each, every manifest validated against the Kubernetes schemas
 #      of the chart's lowest supported version, and assertions on the objects, the
-#      rendered herald.toml checked by the real `herald check-config` (tests/helm/check.py);
+#      rendered herald.toml checked by the real `herald check-config`, the helm test
+#      pod's command by the real `herald smoke` (tests/helm/check.py; TLS files they
+#      read are made with openssl by tests/helm/make-certs.sh);
 #   4. every values file of tests/helm/bad refused with the message it names;
 #   5. render and run: the rendered edge and dispatcher pods started as local processes
 #      against a real redis-server and tansu, their probes, the `helm test` command
-#      (`herald smoke`), and SIGTERM within terminationGracePeriodSeconds with 4200
-#      closes (tests/helm/run.test.mjs);
+#      (`herald smoke`), SIGTERM within terminationGracePeriodSeconds with 4200
+#      closes, a TLS pod on kubelet-style Secret volumes through a certificate
+#      renewal with the `helm test` command over TLS against it, and a dispatcher
+#      without the listeners' Secrets (tests/helm/run.test.mjs);
 #   6. the operator assets the chart ships (files/herald-dashboard.json, files/herald-rules.yaml):
 #      they parse, and every metric they use is in the /metrics of a running `herald dev`
 #      after traffic that records each (tests/observability/metrics.test.mjs).
@@ -42,6 +46,7 @@ fi
 "$py" -c 'import kubernetes_validate, yaml, yamllint, jsonschema' \
   || die "$py lacks kubernetes-validate, PyYAML or yamllint"
 command -v node >/dev/null || die "node is not on PATH"
+command -v openssl >/dev/null || die "openssl is not on PATH (tests/helm/make-certs.sh)"
 command -v redis-server >/dev/null || die "redis-server is not on PATH"
 command -v "${TANSU:-tansu}" >/dev/null || die "tansu is not on PATH (set TANSU)"
 

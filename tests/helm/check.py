@@ -17,14 +17,27 @@ RENDERED_DIR holds one `helm template` output per values file of tests/helm/valu
   - [telemetry] is in herald.toml exactly when telemetry.otlpEndpoint is set, with the
     values' keys under Herald's names, and the NetworkPolicies then let every pod reach
     the collector (networkPolicy.otlpTo, on otlpPorts or the endpoint's port), else
-    nothing beyond DNS, the backbone and webhook endpoints.
+    nothing beyond DNS, the backbone and webhook endpoints;
+  - [server.tls] and [grpc.tls] are in herald.toml exactly when tls.edge / tls.grpc name
+    a Secret, with paths into that Secret's volume, which the edge (or dev) container
+    mounts read-only as a directory (never subPath, so renewals reach it) and no other
+    pod does: dispatchers mount no Secret, the helm test pod only the smokeTest.tls
+    ones (a CA's ca.crt, its own client certificate); the Services and Ingress follow;
+    no key material in any ConfigMap. check-config then reads real files: see
+    mounted_secrets;
+  - the helm test pod runs `herald smoke` against the Services' DNS names, wss:// and
+    https:// where a listener serves TLS, with --server-name, --ca-file, --cert-file and
+    --key-file as smokeTest.tls says; the real `herald smoke` loads its config and
+    files with only the pod's own volumes (the listeners' files absent): see smoke_loads.
 Writes <case>.json (the manifests as a JSON list) for tests/helm/run.test.mjs.
 Any failure exits 1 naming the case and the object.
 """
-import hashlib
+import atexit
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -138,6 +151,55 @@ def case_values(case):
     return merge(defaults, yaml.safe_load((HERE / "values" / f"{case}.yaml").read_text()) or {})
 
 
+_certificates = None
+
+
+def certificates():
+    """A throwaway CA and a certificate it signed (make-certs.sh), made once per run:
+    the contents of every TLS Secret the rendered pods mount."""
+    global _certificates
+    if _certificates is None:
+        root = Path(tempfile.mkdtemp(prefix="herald-helm-check-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        subprocess.run([str(HERE / "make-certs.sh"), str(root / "secret")], check=True, timeout=60)
+        _certificates = root
+    return _certificates
+
+
+def secret_mounts(case, pod_spec, container):
+    """The container's Secret volumes as real directories: mount path -> a local
+    directory holding the keys the volume projects (its items), from a freshly made CA
+    and certificate. A key the volume does not project stays missing."""
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    local_dirs = {}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if not secret:
+            continue
+        local = Path(tempfile.mkdtemp(prefix=f"{case}-{mount['name']}-", dir=certificates()))
+        items = secret.get("items") or [{"key": k, "path": k} for k in ("tls.crt", "tls.key", "ca.crt")]
+        for item in items:
+            shutil.copy(certificates() / "secret" / item["key"], local / item["path"])
+        local_dirs[mount["mountPath"]] = local
+    return local_dirs
+
+
+def mounted_secrets(case, pod_spec, container, toml_text):
+    """herald.toml as the container would read it with its Secret volumes mounted.
+
+    The rendered herald.toml names files under the Secrets' mount paths
+    (/etc/herald-tls/...), which do not exist here, and `herald check-config` reads
+    and checks them (PEM, the key is the certificate's, validity): with the paths
+    left as they are it would refuse every TLS config, and with the checks skipped it
+    would prove nothing. So each Secret volume is made a real directory (secret_mounts)
+    and each mount path in the file is rewritten to that directory. A path outside
+    every mount, or a key the volume does not project, stays missing and check-config
+    says so."""
+    for mount_path, local in secret_mounts(case, pod_spec, container).items():
+        toml_text = toml_text.replace(f'"{mount_path}/', f'"{local}/')
+    return toml_text
+
+
 def check_config(case, toml_text, env, role):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "herald.toml"
@@ -150,7 +212,9 @@ def check_config(case, toml_text, env, role):
               f"(exit {r.returncode}):\n{r.stdout}{r.stderr}\n--- herald.toml ---\n{toml_text}")
 
 
-def check_workload(case, docs, w, toml, toml_text, role):
+def check_workload(case, docs, w, toml, toml_text, role, listener_files=None):
+    """listener_files: the (pod spec, container) whose Secret mounts hold the files
+    [server.tls] / [grpc.tls] name, when not this workload's own (a dispatcher's)."""
     name = f"{w['kind']}/{w['metadata']['name']}"
     spec = w["spec"]["template"]["spec"]
     c = spec["containers"][0]
@@ -191,10 +255,15 @@ def check_workload(case, docs, w, toml, toml_text, role):
     pod_name = [e for e in c.get("env", []) if e["name"] == "POD_NAME"]
     check(len(pod_name) == 1 and pod_name[0].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
           case, f"{name}: POD_NAME is not the pod's metadata.name (downward API): {pod_name}")
-    # The real binary accepts what the pod would run with.
+    # The real binary accepts what the pod would run with, its Secret volumes mounted.
+    # check-config reads the listeners' TLS files as an edge does; a dispatcher mounts
+    # none (it never reads them: run.test.mjs starts one without), so for it they are
+    # where the edge has them.
     env = {**secret_env(case, docs, spec)}
     pods = [f"{w['metadata']['name']}-{i}" for i in range(w["spec"].get("replicas", 1))] or ["pod"]
-    check_config(case, toml_text, {**env, **pod_env(c, pods[0])}, role)
+    files_spec, files_container = listener_files or (spec, c)
+    check_config(case, mounted_secrets(case, files_spec, files_container, toml_text),
+                 {**env, **pod_env(c, pods[0])}, role)
     return c, spec, pods
 
 
@@ -207,6 +276,10 @@ def check_case(case, docs, version):
     toml_text = cms[0]["data"]["herald.toml"]
     toml = tomllib.loads(toml_text)
     check("apps" not in toml and "webhooks" not in toml, case, "apps or webhooks in the ConfigMap")
+    for m in by_kind(docs, "ConfigMap"):
+        for k, v in m.get("data", {}).items():
+            check("-----BEGIN" not in v and "PRIVATE KEY" not in v, case,
+                  f"ConfigMap/{m['metadata']['name']} {k}: PEM (certificate or key material) in a ConfigMap")
     for s in by_kind(docs, "Secret"):
         for k, v in s["stringData"].items():
             for m in re.findall(r'"secret" = ("[^"]*")', v) + re.findall(r'"api_tokens" = \[("[^"]*")', v):
@@ -231,23 +304,23 @@ def check_case(case, docs, version):
     check(len(statefulsets) == (1 if has_kafka and not dev else 0), case,
           f"{len(statefulsets)} StatefulSets with kafka={has_kafka}")
     for sts in statefulsets:
-        dc, _, pods = check_workload(case, docs, sts, toml, toml_text, "dispatcher")
+        dc, _, pods = check_workload(case, docs, sts, toml, toml_text, "dispatcher", listener_files=(spec, c))
         check(dc["args"][0] == "dispatcher", case, f"dispatcher args {dc['args']}")
         ids = [pod_env(dc, p).get("HERALD_KAFKA__PROPERTIES__group.instance.id") for p in pods]
         check(all(ids) and len(set(ids)) == len(ids) and len(ids) >= 2, case,
               f"dispatchers' group.instance.id not distinct: {ids}")
         # A second replica's env passes too (same file, its own id).
-        check_config(case, toml_text, {**secret_env(case, docs, sts["spec"]["template"]["spec"]), **pod_env(dc, pods[-1])},
-                     "dispatcher (last replica)")
+        sts_spec = sts["spec"]["template"]["spec"]
+        check_config(case, mounted_secrets(case, spec, c, toml_text),
+                     {**secret_env(case, docs, sts_spec), **pod_env(dc, pods[-1])}, "dispatcher (last replica)")
 
-    # Services: public WebSocket; API with HTTP and gRPC (appProtocol grpc); metrics.
+    # Services: public WebSocket; API with HTTP and gRPC; metrics (appProtocols: check_tls).
     svcs = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
     full = edge["metadata"]["name"].removesuffix("-edge")
     api = svcs.get(f"{full}-api")
     if check(api is not None, case, "no -api Service"):
         grpc = [p for p in api["spec"]["ports"] if p["name"] == "grpc"]
-        check(grpc and grpc[0]["appProtocol"] == "grpc" and grpc[0]["targetPort"] == "grpc", case,
-              f"API Service gRPC port {grpc}")
+        check(grpc and grpc[0]["targetPort"] == "grpc", case, f"API Service gRPC port {grpc}")
     check(full in svcs and f"{full}-metrics" in svcs, case, "public or metrics Service missing")
 
     for hpa in by_kind(docs, "HorizontalPodAutoscaler"):
@@ -264,16 +337,14 @@ def check_case(case, docs, version):
               int(a.get("nginx.ingress.kubernetes.io/proxy-send-timeout", "0")) >= 3600, case,
               "Ingress without WebSocket-safe timeouts")
     # The helm test pod: `herald smoke` with the release's Services and the same config.
+    values = case_values(case)
     tests = [p for p in by_kind(docs, "Pod") if p["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
-    if check(len(tests) == 1, case, f"{len(tests)} helm test pods"):
-        args = tests[0]["spec"]["containers"][0]["args"]
-        check(args[0] == "smoke", case, f"helm test pod args {args}")
-        opts = dict(zip(args[1::2], args[2::2]))
-        check(opts.get("--config") == "/etc/herald/herald.toml", case, "helm test pod: --config")
-        check(opts.get("--ws", "").startswith(f"ws://{full}:") and opts.get("--http", "").startswith(f"http://{full}-api:")
-              and opts.get("--grpc", "").startswith(f"http://{full}-api:"), case, f"helm test pod targets {opts}")
+    enabled = values["smokeTest"]["enabled"]
+    if check(len(tests) == (1 if enabled else 0), case, f"{len(tests)} helm test pods with smokeTest.enabled={enabled}") and tests:
+        check_smoke(case, docs, tests[0], values, toml_text, full, svcs)
 
     check_telemetry(case, docs, toml)
+    check_tls(case, docs, toml, values, edge, [*statefulsets, *tests], svcs.get(full), api)
 
     # Case-specific expectations.
     redis = toml.get("redis", {})
@@ -296,6 +367,186 @@ def check_case(case, docs, version):
         check(not by_kind(docs, "PrometheusRule"), case, "a PrometheusRule rendered although it is off by default")
         check(not [m for m in by_kind(docs, "ConfigMap") if "grafana_dashboard" in m["metadata"].get("labels", {})],
               case, "a dashboard ConfigMap rendered although it is off by default")
+
+
+# The namespace scripts/helm-test.sh renders every case in.
+NAMESPACE = "herald"
+
+
+def check_smoke(case, docs, pod, values, toml_text, full, svcs):
+    """The helm test pod: `herald smoke` against the Services' DNS names, over TLS where
+    the listener serves it, with the TLS flags smokeTest.tls asks for and the files they
+    name in read-only mounts of exactly those Secrets (ca.crt of the CA's; tls.crt and
+    tls.key of the client's), then smoke_loads."""
+    name = f"Pod/{pod['metadata']['name']}"
+    spec = pod["spec"]
+    c = spec["containers"][0]
+    args = c["args"]
+    if not check(args[0] == "smoke" and len(args) % 2 == 1, case, f"{name}: args {args}"):
+        return
+    opts = dict(zip(args[1::2], args[2::2]))
+    tls, st = values["tls"], values["smokeTest"]["tls"]
+    edge_s = "s" if tls["edge"]["secretName"] else ""
+    grpc_s = "s" if tls["grpc"]["secretName"] else ""
+
+    def svc_port(svc, port_name):
+        ports = [p["port"] for p in svcs.get(svc, {}).get("spec", {}).get("ports", []) if p["name"] == port_name]
+        return ports[0] if ports else None
+
+    want = {
+        "--config": "/etc/herald/herald.toml",
+        "--ws": f"ws{edge_s}://{full}.{NAMESPACE}.svc:{svc_port(full, 'ws')}",
+        "--http": f"http{edge_s}://{full}-api.{NAMESPACE}.svc:{svc_port(f'{full}-api', 'http')}",
+        "--grpc": f"http{grpc_s}://{full}-api.{NAMESPACE}.svc:{svc_port(f'{full}-api', 'grpc')}",
+        "--timeout": values["smokeTest"]["timeout"],
+    }
+    # The app: smokeTest.app, else the first of apps (herald smoke wants one named when
+    # there are several); with existingSecret the chart knows none.
+    app = values["smokeTest"]["app"] or (not values["existingSecret"] and values["apps"] and values["apps"][0]["id"])
+    if app:
+        want["--app"] = app
+    if st["serverName"]:
+        want["--server-name"] = st["serverName"]
+    # Flag -> (Secret, the key its file is, the keys the volume projects).
+    files = {}
+    if st["caSecretName"]:
+        files["--ca-file"] = (st["caSecretName"], "ca.crt", ["ca.crt"])
+    if st["clientSecretName"]:
+        files["--cert-file"] = (st["clientSecretName"], "tls.crt", ["tls.crt", "tls.key"])
+        files["--key-file"] = (st["clientSecretName"], "tls.key", ["tls.crt", "tls.key"])
+    check(set(opts) == set(want) | set(files), case,
+          f"{name}: flags {sorted(opts)}, want {sorted(set(want) | set(files))}")
+    for flag, value in want.items():
+        check(opts.get(flag) == value, case, f"{name}: {flag} {opts.get(flag)!r}, want {value!r}")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    for flag, (secret, key, items) in files.items():
+        path = Path(opts.get(flag, "/missing"))
+        m = mounts.get(str(path.parent))
+        if not check(m is not None, case, f"{name}: {flag} {path} is in no volume mount"):
+            continue
+        check(path.name == key and m.get("readOnly") is True and "subPath" not in m, case,
+              f"{name}: {flag} {path} in {m}, want the key {key} of a read-only directory mount")
+        source = volumes.get(m["name"], {}).get("secret", {})
+        check(source.get("secretName") == secret and sorted(i["key"] for i in source.get("items", [])) == items,
+              case, f"{name}: {flag} from {source}, want the Secret {secret!r} projecting exactly {items}")
+    smoke_loads(case, docs, pod, toml_text)
+
+
+def smoke_loads(case, docs, pod, toml_text):
+    """The real `herald smoke`, as the test pod runs it, with only the pod's own
+    volumes: herald.toml as rendered (its [server.tls] / [grpc.tls] files, which the pod
+    does not mount, absent here too), its Secret volumes as directories (secret_mounts),
+    the Services' host:port rewritten to a local port that refuses connections. It must
+    get past the configuration (exit 64 otherwise) and reading its own TLS files to its
+    first step, the WebSocket connection, and fail there."""
+    listener_dir = Path("/etc/herald-tls")
+    if not check(not listener_dir.exists(), case,
+                 f"{listener_dir} exists on this machine: the helm test pod's check would read it"):
+        return
+    spec = pod["spec"]
+    c = spec["containers"][0]
+    local_dirs = {k: str(v) for k, v in secret_mounts(case, spec, c).items()}
+    with tempfile.TemporaryDirectory() as etc, socket.socket() as closed:
+        Path(etc, "herald.toml").write_text(toml_text)
+        local_dirs["/etc/herald"] = etc
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        refused = f"127.0.0.1:{closed.getsockname()[1]}"
+
+        def local(arg):
+            for mount_path, there in local_dirs.items():
+                if arg.startswith(mount_path + "/"):
+                    return there + arg[len(mount_path):]
+            return re.sub(r"^(wss?|https?)://[^/]+$", rf"\g<1>://{refused}", arg)
+
+        args = [local(a) for a in c["args"]]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+        r = subprocess.run([HERALD_BIN, *args], env={**base, **secret_env(case, docs, spec)},
+                           capture_output=True, text=True, timeout=60)
+    check(r.returncode == 1 and "smoke: connect and subscribe failed" in r.stderr, case,
+          f"herald smoke (the helm test pod, {' '.join(args)}) did not get to its first step "
+          f"(exit {r.returncode}):\n{r.stdout}{r.stderr}")
+
+
+TLS_SECTIONS = {"edge": "server", "grpc": "grpc"}
+
+
+def check_tls(case, docs, toml, values, edge, others, public, api):
+    """[server.tls] / [grpc.tls] from the tls values, the Secrets mounted where the file
+    says in the edge (or dev) container, which serves the listeners, and in no other
+    pod (`others`: dispatchers and the helm test pod, which never read those files),
+    and what the Services and Ingress say of it."""
+    tls = values["tls"]
+    for listener, section in TLS_SECTIONS.items():
+        t = tls[listener]
+        got = toml.get(section, {}).get("tls")
+        if not t["secretName"]:
+            check(got is None, case, f"[{section}.tls] rendered without tls.{listener}.secretName: {got}")
+            continue
+        want_keys = {"cert_file", "key_file", "reload_interval"} | ({"client_ca_file", "client_auth"} if t["clientAuth"] else set())
+        if not check(got is not None and set(got) == want_keys, case, f"[{section}.tls] {got}, want the keys {sorted(want_keys)}"):
+            continue
+        check(got["reload_interval"] == tls["reloadInterval"], case, f"[{section}.tls] reload_interval {got['reload_interval']}")
+        if t["clientAuth"]:
+            check(got["client_auth"] == t["clientAuth"], case, f"[{section}.tls] client_auth {got['client_auth']}")
+        # Each file is in a read-only directory mount of the Secret that holds it.
+        files = {"cert_file": (t["secretName"], "tls.crt"), "key_file": (t["secretName"], "tls.key")}
+        if t["clientAuth"]:
+            files["client_ca_file"] = (t["clientCASecretName"] or t["secretName"], "ca.crt")
+        for pod in [edge]:
+            spec = pod["spec"]["template"]["spec"]
+            name = f"{pod['kind']}/{pod['metadata']['name']}"
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            for container in spec["containers"]:
+                mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+                for key, (secret, item) in files.items():
+                    path = Path(got[key])
+                    m = mounts.get(str(path.parent))
+                    if not check(m is not None, case, f"{name}: [{section}.tls] {key} {path} is in no volume mount"):
+                        continue
+                    check(path.name == item, case, f"{name}: [{section}.tls] {key} {path}, want the Secret's {item}")
+                    check(m.get("readOnly") is True and "subPath" not in m and "subPathExpr" not in m, case,
+                          f"{name}: mount {m} of a TLS Secret is not a read-only directory (a subPath never sees renewals)")
+                    source = volumes.get(m["name"], {}).get("secret", {})
+                    check(source.get("secretName") == secret, case,
+                          f"{name}: {path.parent} mounts {source.get('secretName')!r}, want the Secret {secret!r}")
+                    items = [i["key"] for i in source.get("items", [])]
+                    check(not items or item in items, case, f"{name}: the volume of {secret} does not project {item}: {items}")
+    # The edge's Secret volumes are the tls values' (nothing else is mounted from
+    # Secrets); a dispatcher has none; the helm test pod only smokeTest.tls's (their
+    # keys: check_smoke). Least privilege: a listener's key is where it serves.
+    named = {tls[listener][k] for listener in TLS_SECTIONS for k in ("secretName", "clientCASecretName")} - {""}
+    smoke_named = {values["smokeTest"]["tls"][k] for k in ("caSecretName", "clientSecretName")} - {""}
+    for pod in [edge, *others]:
+        spec = pod["spec"]["template"]["spec"] if "template" in pod["spec"] else pod["spec"]
+        role = pod["metadata"]["labels"].get("app.kubernetes.io/component")
+        allowed = {"edge": named, "smoke": smoke_named}.get(role, set())
+        for v in spec["volumes"]:
+            if "secret" in v:
+                check(v["secret"]["secretName"] in allowed, case,
+                      f"{pod['kind']}/{pod['metadata']['name']} ({role}): Secret volume {v}, "
+                      f"want only {sorted(allowed) or 'none'}")
+        for c in spec["containers"]:
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if probe in c:
+                    check(c[probe]["httpGet"].get("scheme", "HTTP") == "HTTP", case,
+                          f"{pod['metadata']['name']}: {probe} is not plain HTTP (the metrics port never serves TLS)")
+    # The chart never renders the TLS Secrets (cert-manager or the operator owns them).
+    for s in by_kind(docs, "Secret"):
+        check(s["metadata"]["name"] not in named, case, f"the chart renders the TLS Secret {s['metadata']['name']}")
+    # Service ports on a TLS listener say https (a mesh must not read them as cleartext).
+    edge_proto = "https" if tls["edge"]["secretName"] else "http"
+    grpc_proto = "https" if tls["grpc"]["secretName"] else "grpc"
+    want = {("public", "ws"): edge_proto, ("api", "http"): edge_proto, ("api", "grpc"): grpc_proto}
+    for (svc_name, port_name), proto in want.items():
+        svc = {"public": public, "api": api}[svc_name]
+        ports = [p for p in (svc or {}).get("spec", {}).get("ports", []) if p["name"] == port_name]
+        check(len(ports) == 1 and ports[0].get("appProtocol") == proto, case,
+              f"{svc_name} Service port {port_name}: {ports}, want appProtocol {proto}")
+    for ing in by_kind(docs, "Ingress"):
+        backend = ing["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/backend-protocol")
+        check(backend == ("HTTPS" if tls["edge"]["secretName"] else None), case,
+              f"Ingress backend-protocol {backend!r} with tls.edge.secretName={tls['edge']['secretName']!r}")
 
 
 def check_telemetry(case, docs, toml):

@@ -121,9 +121,12 @@ Arguments: name (the table's dotted name) and table (a map).
 # Rendered by the Herald chart from its values (config.*, ports.*, drain.*).
 # Apps and webhooks come from the environment (the Secret, via envFrom).
 {{ $server := merge (dict "host" "0.0.0.0" "port" .Values.ports.http "metrics_port" .Values.ports.metrics "shutdown_grace" (printf "%ds" (int .Values.drain.shutdownGraceSeconds))) $c.server -}}
+{{- $grpc := merge (dict "port" .Values.ports.grpc) $c.grpc -}}
+{{- with include "herald.tlsTable" (dict "root" . "listener" "edge") | fromYaml }}{{ $_ := set $server "tls" . }}{{ end -}}
+{{- with include "herald.tlsTable" (dict "root" . "listener" "grpc") | fromYaml }}{{ $_ := set $grpc "tls" . }}{{ end -}}
 {{ include "herald.tomlTable" (dict "name" "server" "table" $server) }}
 
-{{ include "herald.tomlTable" (dict "name" "grpc" "table" (merge (dict "port" .Values.ports.grpc) $c.grpc)) }}
+{{ include "herald.tomlTable" (dict "name" "grpc" "table" $grpc) }}
 {{- if eq .Values.mode "cluster" }}
 
 {{ include "herald.tomlTable" (dict "name" "redis" "table" $c.redis) }}
@@ -159,7 +162,49 @@ Arguments: name (the table's dotted name) and table (a map).
 {{- end }}
 {{- end -}}
 
-{{/* Volumes and mounts every Herald container uses. */}}
+{{/*
+TLS of one listener (listener: "edge", [server.tls], or "grpc", [grpc.tls]): where its
+Secret's files are mounted. The directory of the listener's Secret, and of its client
+CA Secret when that is another one.
+*/}}
+{{- define "herald.tlsDir" -}}
+/etc/herald-tls/{{ . }}
+{{- end -}}
+
+{{- define "herald.tlsClientCADir" -}}
+/etc/herald-tls/{{ . }}-client-ca
+{{- end -}}
+
+{{/*
+The [server.tls] or [grpc.tls] table of herald.toml, as YAML (nothing when the
+listener's TLS is off): file paths in the mounted Secrets, never their contents.
+Arguments: root and listener.
+*/}}
+{{- define "herald.tlsTable" -}}
+{{- $t := index .root.Values.tls .listener -}}
+{{- if $t.secretName -}}
+{{- $dir := include "herald.tlsDir" .listener -}}
+cert_file: {{ printf "%s/tls.crt" $dir }}
+key_file: {{ printf "%s/tls.key" $dir }}
+reload_interval: {{ .root.Values.tls.reloadInterval | quote }}
+{{- if $t.clientAuth }}
+client_ca_file: {{ printf "%s/ca.crt" (ternary (include "herald.tlsClientCADir" .listener) $dir (not (empty $t.clientCASecretName))) }}
+client_auth: {{ $t.clientAuth }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The appProtocol of a Service port on a listener (edge or grpc): https when Herald serves
+TLS there (a mesh or load balancer must pass it through or speak TLS to it, never read
+it as cleartext HTTP or gRPC), else the given cleartext protocol.
+Arguments: root, listener, plain.
+*/}}
+{{- define "herald.appProtocol" -}}
+{{- ternary "https" .plain (not (empty (index .root.Values.tls .listener).secretName)) -}}
+{{- end -}}
+
+{{/* Volumes and mounts every Herald container uses: the config and /tmp. */}}
 {{- define "herald.volumes" -}}
 - name: config
   configMap:
@@ -175,6 +220,117 @@ Arguments: name (the table's dotted name) and table (a map).
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- end -}}
+
+{{/*
+The Secrets of the listeners' TLS ([server.tls], [grpc.tls]): volumes and mounts of the
+containers that serve the listeners, `herald edge` and `herald dev`, and of no other.
+Least privilege: only those commands read the files (herald.toml names them for every
+pod, but `herald dispatcher` and `herald smoke` never open them), so the listeners'
+private keys stay out of the dispatcher and `helm test` pods.
+*/}}
+{{- define "herald.listenerTLSVolumes" -}}
+{{- range $listener := list "edge" "grpc" }}
+{{- $t := index $.Values.tls $listener }}
+{{- if $t.secretName }}
+{{- $ownCA := and $t.clientAuth (not $t.clientCASecretName) }}
+- name: tls-{{ $listener }}
+  secret:
+    secretName: {{ $t.secretName }}
+    # Only the keys Herald reads, readable by the pod's fsGroup (podSecurityContext).
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      {{- if $ownCA }}
+      - key: ca.crt
+        path: ca.crt
+      {{- end }}
+{{- if and $t.clientAuth $t.clientCASecretName }}
+- name: tls-{{ $listener }}-client-ca
+  secret:
+    secretName: {{ $t.clientCASecretName }}
+    # ca.crt only: a CA's Secret may hold its private key too, which Herald never needs.
+    defaultMode: 0440
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "herald.listenerTLSVolumeMounts" -}}
+{{- if or .Values.tls.edge.secretName .Values.tls.grpc.secretName }}
+# TLS Secrets as directories, never subPath: the kubelet updates a mounted Secret in
+# place (an atomic swap of the directory's files) when cert-manager renews it, which a
+# subPath mount never sees; Herald reads the files again every tls.reloadInterval.
+{{- end }}
+{{- range $listener := list "edge" "grpc" }}
+{{- $t := index $.Values.tls $listener }}
+{{- if $t.secretName }}
+- name: tls-{{ $listener }}
+  mountPath: {{ include "herald.tlsDir" $listener }}
+  readOnly: true
+{{- if and $t.clientAuth $t.clientCASecretName }}
+- name: tls-{{ $listener }}-client-ca
+  mountPath: {{ include "herald.tlsClientCADir" $listener }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+What `herald smoke` (the helm test pod) trusts and presents over TLS, from the
+smokeTest.tls Secrets: the CA (ca.crt only) and its own client certificate (tls.crt,
+tls.key). Never a listener's Secret unless smokeTest.tls names it, and then only those
+keys. Directories under /etc/herald-tls, as the listeners' are.
+*/}}
+{{- define "herald.smokeCADir" -}}/etc/herald-tls/smoke-ca{{- end -}}
+{{- define "herald.smokeClientDir" -}}/etc/herald-tls/smoke-client{{- end -}}
+
+{{- define "herald.smokeTLSVolumes" -}}
+{{- with .Values.smokeTest.tls }}
+{{- if .caSecretName }}
+- name: smoke-ca
+  secret:
+    secretName: {{ .caSecretName }}
+    # ca.crt only: naming a CA's own Secret does not bring its private key along.
+    defaultMode: 0440
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- if .clientSecretName }}
+- name: smoke-client
+  secret:
+    secretName: {{ .clientSecretName }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "herald.smokeTLSVolumeMounts" -}}
+{{- with .Values.smokeTest.tls }}
+{{- if .caSecretName }}
+- name: smoke-ca
+  mountPath: {{ include "herald.smokeCADir" $ }}
+  readOnly: true
+{{- end }}
+{{- if .clientSecretName }}
+- name: smoke-client
+  mountPath: {{ include "herald.smokeClientDir" $ }}
+  readOnly: true
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "herald.envFrom" -}}
