@@ -66,10 +66,8 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         connections.spawn(async move {
             let Some(acceptor) = acceptor else { return serve_connection(stream, route, stop).await };
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve_connection(stream, route, stop).await,
-                Ok(Err(e)) => tracing::debug!(error = %e, "gRPC TLS handshake failed"),
-                Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
+            if let Some(stream) = herald_tls::accept(&acceptor, stream, TLS_HANDSHAKE_TIMEOUT, "grpc").await {
+                serve_connection(stream, route, stop).await;
             }
         });
     }

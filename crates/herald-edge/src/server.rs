@@ -225,14 +225,7 @@ async fn tls_connection(
     tasks: Tasks,
 ) {
     let timeout = node.config().connection.handshake_timeout;
-    let stream = match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => return,
-    };
+    let Some(stream) = herald_tls::accept(&tls.acceptor, stream, timeout, "edge").await else { return };
     let api = match tls.api_needs_certificate && stream.get_ref().1.peer_certificates().is_none() {
         true => Api::NeedsCertificate,
         false => Api::Allowed,

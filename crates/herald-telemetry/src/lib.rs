@@ -51,6 +51,10 @@ pub enum Metric {
     /// Gauge: when the certificate a TLS listener presents expires (Unix seconds),
     /// label `listener` (`edge`, `grpc`); updated when a renewed one is loaded.
     TlsCertificateExpiry,
+    /// Counter: TLS handshakes that did not complete, labels `listener` (`edge`,
+    /// `grpc`) and `reason`: `error` (refused or broken: a client that does not trust
+    /// the certificate, no or a bad client certificate, not TLS at all) or `timeout`.
+    TlsHandshakeFailures,
     /// Counter: WebSocket connections closed, label `code`: the close code bucketed
     /// into a bounded set, since clients choose the code of closes they start:
     /// `normal` (1000, 1001), `protocol_error` (1002, 1003), `abnormal` (1006: no
@@ -121,12 +125,13 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 27] = [
+    pub const ALL: [Metric; 28] = [
         Metric::Connections,
         Metric::ConnectionsAccepted,
         Metric::ConnectionsShed,
         Metric::ListenersFull,
         Metric::TlsCertificateExpiry,
+        Metric::TlsHandshakeFailures,
         Metric::ConnectionsClosed,
         Metric::Publications,
         Metric::Deliveries,
@@ -158,6 +163,7 @@ impl Metric {
             Metric::ConnectionsShed => "herald_connections_shed_total",
             Metric::ListenersFull => "herald_edge_listeners_full",
             Metric::TlsCertificateExpiry => "herald_tls_certificate_expiry_timestamp_seconds",
+            Metric::TlsHandshakeFailures => "herald_tls_handshake_failures_total",
             Metric::ConnectionsClosed => "herald_connections_closed_total",
             Metric::Publications => "herald_publications_total",
             Metric::Deliveries => "herald_deliveries_total",
@@ -193,6 +199,7 @@ impl Metric {
             Metric::ListenersFull => {
                 "Edge listeners closed because the edge holds server.max_connections (not ready until down to 95%)."
             }
+            Metric::TlsHandshakeFailures => "TLS handshakes that did not complete, by listener and reason.",
             Metric::TlsCertificateExpiry => {
                 "When the certificate a TLS listener presents expires, in seconds since the Unix epoch."
             }

@@ -31,6 +31,28 @@ use serde::{Deserialize, Deserializer, de};
 
 pub use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
+/// Completes the TLS handshake of a connection `listener` (a metric label: `edge`,
+/// `grpc`) accepted, within `timeout`; a handshake that fails or times out is counted
+/// (`herald_tls_handshake_failures_total`), logged at debug level, and `None`.
+pub async fn accept(
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+    listener: &'static str,
+) -> Option<TlsStream<tokio::net::TcpStream>> {
+    let reason = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(listener, error = %e, "TLS handshake failed");
+            "error"
+        }
+        Err(_) => "timeout",
+    };
+    metrics::counter!(Metric::TlsHandshakeFailures.name(), "listener" => listener, "reason" => reason)
+        .increment(1);
+    None
+}
+
 /// The default `reload_interval`.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 

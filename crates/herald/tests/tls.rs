@@ -209,6 +209,10 @@ async fn a_tls_dev_server_writes_no_secret_to_its_output_or_metrics() {
         herald_testkit::https_request(edge, trust.clone(), "POST", &forged, &headers, body.into_bytes())
             .await;
     assert_eq!(status, http::StatusCode::UNAUTHORIZED);
+    // Plain HTTP to the TLS port: a failed handshake, counted.
+    let mut plain = tokio::net::TcpStream::connect(edge).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut Vec::new()).await;
     let (status, metrics_text) = herald_testkit::http_request(metrics, "GET", "/metrics", vec![]).await;
     assert_eq!(status, http::StatusCode::OK);
     let metrics_text = metrics_text.as_str().unwrap_or_default().to_string();
@@ -216,6 +220,13 @@ async fn a_tls_dev_server_writes_no_secret_to_its_output_or_metrics() {
         metrics_text.contains("herald_tls_certificate_expiry_timestamp_seconds{listener=\"edge\"}"),
         "{metrics_text}"
     );
+    // Counted once the server has given up on it, which the client may see first.
+    herald_testkit::eventually_async("the failed handshake to be counted", || async {
+        let (_, text) = herald_testkit::http_request(metrics, "GET", "/metrics", vec![]).await;
+        let failures = "herald_tls_handshake_failures_total{listener=\"edge\",reason=\"error\"} 1";
+        text.as_str().is_some_and(|t| t.contains(failures))
+    })
+    .await;
 
     assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap().success());
     assert_eq!(child.0.wait().unwrap().code(), Some(0));
