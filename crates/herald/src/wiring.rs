@@ -111,8 +111,8 @@ impl Webhooks {
             .with_context(|| format!("connecting to Kafka at {:?}", kafka.brokers))?;
         Ok(Some(Self {
             log: Arc::new(log),
-            store: Arc::new(RedisWebhookStore::connect(&redis).await?),
-            limiter: Arc::new(RedisRateLimiter::connect(&redis).await?),
+            store: Arc::new(RedisWebhookStore::connect(&redis).await.map_err(explained)?),
+            limiter: Arc::new(RedisRateLimiter::connect(&redis).await.map_err(explained)?),
         }))
     }
 
@@ -145,4 +145,26 @@ impl Webhooks {
             },
         )
     }
+}
+
+/// A Redis error, said as [`redis_refusal`] says it when Redis refused.
+fn explained(error: herald_backbone::Error) -> anyhow::Error {
+    let error = anyhow::Error::from(error);
+    redis_refusal(&error).unwrap_or(error)
+}
+
+/// The error to exit with if Redis refused the connection: where, what, and which
+/// settings to check.
+pub(crate) fn redis_refusal(error: &anyhow::Error) -> Option<anyhow::Error> {
+    use herald_redis::{Refusal, Refused};
+    let refused = error.chain().find_map(|e| Refused::of(e.downcast_ref::<herald_backbone::Error>()?))?;
+    let check = match refused.refusal() {
+        Refusal::Authentication => "check redis.username and redis.password (or redis.password_file)",
+        Refusal::Permission => {
+            "the ACL user needs every command, and the keys and channels under redis.prefix"
+        }
+        Refusal::Tls => "check redis.ca_file, and redis.cert_file and redis.key_file",
+        Refusal::Config => "check the [redis] settings",
+    };
+    Some(anyhow::anyhow!("redis {}: {refused}: {check}", refused.addr()))
 }

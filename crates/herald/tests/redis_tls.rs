@@ -152,13 +152,26 @@ impl Drop for Running {
 
 #[test]
 fn a_wrong_password_stops_the_edge_at_start_up_saying_so_and_not_what_it_is() {
+    refused_at_start_up("edge", Vec::new());
+}
+
+#[test]
+fn a_wrong_password_stops_a_dispatcher_the_same_way() {
+    let tansu = herald_testkit::tansu::Tansu::start();
+    refused_at_start_up("dispatcher", vec![("HERALD_KAFKA__BROKERS", tansu.brokers())]);
+}
+
+/// `herald <role>` with a wrong Redis password (and `extra` settings) exits at once,
+/// non-zero, naming the problem and the settings to check, never a password.
+fn refused_at_start_up(role: &str, extra: Vec<(&'static str, String)>) {
     let secured = Secured::new(WRONG);
     let redis = RedisServer::start_tls(&secured.tls);
     let mut env = secured.env(&[redis.url()], false);
     // A lease long enough that retrying until it runs out would show.
     env.push(("HERALD_REDIS__LEASE", "60s".into()));
+    env.extend(extra);
     let mut child = Command::new(HERALD)
-        .args(["edge", "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
+        .args([role, "--port", "0", "--metrics-port", "0", "--grpc-port", "0"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -176,8 +189,8 @@ fn a_wrong_password_stops_the_edge_at_start_up_saying_so_and_not_what_it_is() {
         })
     });
     let mut running = Running(child);
-    let status = wait_until_blocking(Duration::from_secs(20), || {
-        running.0.try_wait().unwrap().ok_or_else(|| "herald edge to exit, without retrying".to_owned())
+    let status = wait_until_blocking(Duration::from_secs(30), || {
+        running.0.try_wait().unwrap().ok_or_else(|| format!("herald {role} to exit, without retrying"))
     });
     let output: String = readers.map(|reader| reader.join().unwrap()).concat();
     assert!(!status.success(), "{status}\n{output}");

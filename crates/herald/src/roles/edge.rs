@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::node::{self, Parts, Start};
 use crate::{
     config::Config,
-    wiring::{Backbone, Webhooks},
+    wiring::{self, Backbone, Webhooks},
 };
 
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
@@ -38,7 +38,7 @@ async fn connect_backbone(config: &Config, start: &Start) -> anyhow::Result<Back
     loop {
         match Backbone::redis(config, &start.hub).await {
             Ok(backbone) => return Ok(backbone),
-            Err(e) if let Some(refused) = refused(&e) => return Err(refused),
+            Err(e) if let Some(refused) = wiring::redis_refusal(&e) => return Err(refused),
             Err(e) if Instant::now() < give_up => {
                 tracing::warn!(error = format!("{e:#}"), "Redis is not answering yet: retrying");
                 backoff.wait().await;
@@ -46,20 +46,4 @@ async fn connect_backbone(config: &Config, start: &Start) -> anyhow::Result<Back
             Err(e) => return Err(e),
         }
     }
-}
-
-/// The error to exit with if Redis refused the connection: where, what, and which
-/// settings to check.
-fn refused(error: &anyhow::Error) -> Option<anyhow::Error> {
-    use herald_redis::{Refusal, Refused};
-    let refused = error.chain().find_map(|e| Refused::of(e.downcast_ref::<herald_backbone::Error>()?))?;
-    let check = match refused.refusal() {
-        Refusal::Authentication => "check redis.username and redis.password (or redis.password_file)",
-        Refusal::Permission => {
-            "the ACL user needs every command, and the keys and channels under redis.prefix"
-        }
-        Refusal::Tls => "check redis.ca_file, and redis.cert_file and redis.key_file",
-        Refusal::Config => "check the [redis] settings",
-    };
-    Some(anyhow::anyhow!("redis {}: {refused}: {check}", refused.addr()))
 }
