@@ -6,14 +6,16 @@
 #      of the chart's lowest supported version, and assertions on the objects, the
 #      rendered herald.toml checked by the real `herald check-config`, the helm test
 #      pod's command by the real `herald smoke` (tests/helm/check.py; TLS files they
-#      read are made with openssl by tests/helm/make-certs.sh);
+#      read are made with openssl by tests/helm/make-certs.sh, the secretFiles' Secrets
+#      stand in tests/helm/secret-files.yaml);
 #   4. every values file of tests/helm/bad refused with the message it names;
 #   5. render and run: the rendered edge and dispatcher pods started as local processes
 #      against a real redis-server and tansu, their probes, the `helm test` command
 #      (`herald smoke`), SIGTERM within terminationGracePeriodSeconds with 4200
 #      closes, a TLS pod on kubelet-style Secret volumes through a certificate
-#      renewal with the `helm test` command over TLS against it, and a dispatcher
-#      without the listeners' Secrets (tests/helm/run.test.mjs);
+#      renewal with the `helm test` command over TLS against it, a dispatcher
+#      without the listeners' Secrets, and edge and dispatcher pods on a TLS redis-server
+#      as an ACL user with the password and CA from secretFiles (tests/helm/run.test.mjs);
 #   6. the operator assets the chart ships (files/herald-dashboard.json, files/herald-rules.yaml):
 #      they parse, and every metric they use is in the /metrics of a running `herald dev`
 #      after traffic that records each (tests/observability/metrics.test.mjs).
@@ -67,7 +69,8 @@ app_version="$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$chart/Chart.yaml")"
 
 echo "-- yamllint"
 "$py" -m yamllint --strict -d '{extends: default, rules: {line-length: {max: 100}}}' \
-  "$chart/values.yaml" "$chart/Chart.yaml" "$chart/files/herald-rules.yaml" tests/helm/values tests/helm/bad
+  "$chart/values.yaml" "$chart/Chart.yaml" "$chart/files/herald-rules.yaml" tests/helm/values tests/helm/bad \
+  tests/helm/secret-files.yaml
 
 for values in tests/helm/values/*.yaml; do
   case_name="$(basename "$values" .yaml)"

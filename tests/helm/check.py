@@ -25,10 +25,16 @@ RENDERED_DIR holds one `helm template` output per values file of tests/helm/valu
     ones (a CA's ca.crt, its own client certificate); the Services and Ingress follow;
     no key material in any ConfigMap. check-config then reads real files: see
     mounted_secrets;
+  - secretFiles: each Secret mounted read-only as a directory (never subPath) at its
+    mountPath with the items asked for in the edge (or dev) and dispatcher pods, never in
+    the helm test pod; check-config reads the files herald.toml names there (a Redis
+    password file, a private CA as ca_file and ssl.ca.location, Kafka's sasl.password
+    through property_files), each workload from its own mounts, with the stand-in
+    Secrets of secret-files.yaml; none of their contents in a ConfigMap;
   - the helm test pod runs `herald smoke` against the Services' DNS names, wss:// and
     https:// where a listener serves TLS, with --server-name, --ca-file, --cert-file and
-    --key-file as smokeTest.tls says; the real `herald smoke` loads its config and
-    files with only the pod's own volumes (the listeners' files absent): see smoke_loads.
+    --key-file as smokeTest.tls says, and no herald.toml; the real `herald smoke` starts
+    with only the pod's own volumes: see smoke_loads.
 Writes <case>.json (the manifests as a JSON list) for tests/helm/run.test.mjs.
 Any failure exits 1 naming the case and the object.
 """
@@ -166,37 +172,58 @@ def certificates():
     return _certificates
 
 
-def secret_mounts(case, pod_spec, container):
+def secret_keys(name):
+    """The keys of Secret `name` and their contents: the stand-in of secret-files.yaml
+    (secretFiles' Secrets), else a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt)
+    from a freshly made CA and certificate."""
+    fixture = yaml.safe_load((HERE / "secret-files.yaml").read_text())
+    made = certificates() / "secret"
+    if name not in fixture:
+        return {k: (made / k).read_bytes() for k in ("tls.crt", "tls.key", "ca.crt")}
+    return {k: (made / v[1:]).read_bytes() if v.startswith("@") else f"{v}\n".encode()
+            for k, v in fixture[name].items()}
+
+
+def secret_mounts(case, pod_spec, container, only=None):
     """The container's Secret volumes as real directories: mount path -> a local
-    directory holding the keys the volume projects (its items), from a freshly made CA
-    and certificate. A key the volume does not project stays missing."""
+    directory holding what the kubelet would put there, the keys the volume projects
+    (its items, each as its path; without items every key of the Secret). A key the
+    volume does not project stays missing; one the Secret lacks fails the case, as the
+    pod would not start. only: the mount paths to lay out (default: all)."""
     volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
     local_dirs = {}
     for mount in container.get("volumeMounts", []):
         secret = volumes.get(mount["name"], {}).get("secret")
-        if not secret:
+        if not secret or (only and not only(mount["mountPath"])):
             continue
         local = Path(tempfile.mkdtemp(prefix=f"{case}-{mount['name']}-", dir=certificates()))
-        items = secret.get("items") or [{"key": k, "path": k} for k in ("tls.crt", "tls.key", "ca.crt")]
+        keys = secret_keys(secret["secretName"])
+        items = secret.get("items") or [{"key": k, "path": k} for k in keys]
         for item in items:
-            shutil.copy(certificates() / "secret" / item["key"], local / item["path"])
+            if check(item["key"] in keys, case,
+                     f"volume {mount['name']} projects {item['key']!r}, which Secret {secret['secretName']} lacks"):
+                (local / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+                (local / item["path"]).write_bytes(keys[item["key"]])
         local_dirs[mount["mountPath"]] = local
     return local_dirs
 
 
-def mounted_secrets(case, pod_spec, container, toml_text):
-    """herald.toml as the container would read it with its Secret volumes mounted.
+def mounted_secrets(toml_text, *mounts):
+    """herald.toml as a container would read it with Secret volumes mounted.
 
     The rendered herald.toml names files under the Secrets' mount paths
-    (/etc/herald-tls/...), which do not exist here, and `herald check-config` reads
-    and checks them (PEM, the key is the certificate's, validity): with the paths
-    left as they are it would refuse every TLS config, and with the checks skipped it
-    would prove nothing. So each Secret volume is made a real directory (secret_mounts)
-    and each mount path in the file is rewritten to that directory. A path outside
-    every mount, or a key the volume does not project, stays missing and check-config
-    says so."""
-    for mount_path, local in secret_mounts(case, pod_spec, container).items():
-        toml_text = toml_text.replace(f'"{mount_path}/', f'"{local}/')
+    (/etc/herald-tls/... for the listeners, the secretFiles mountPaths for Redis, Kafka
+    and the dispatcher), which do not exist here, and `herald check-config` reads and
+    checks them (PEM, the key is the certificate's, validity, a password file that is
+    not empty, what librdkafka accepts): with the paths left as they are it would refuse
+    every such config, and with the checks skipped it would prove nothing. So each
+    Secret volume is made a real directory (secret_mounts) and each mount path in the
+    file is rewritten to that directory. A path outside every mount, or a key the
+    volume does not project, stays missing and check-config says so.
+    mounts: secret_mounts results, merged."""
+    for local_dirs in mounts:
+        for mount_path, local in local_dirs.items():
+            toml_text = toml_text.replace(f'"{mount_path}/', f'"{local}/')
     return toml_text
 
 
@@ -214,7 +241,8 @@ def check_config(case, toml_text, env, role):
 
 def check_workload(case, docs, w, toml, toml_text, role, listener_files=None):
     """listener_files: the (pod spec, container) whose Secret mounts hold the files
-    [server.tls] / [grpc.tls] name, when not this workload's own (a dispatcher's)."""
+    [server.tls] / [grpc.tls] name, when not this workload's own (a dispatcher's): only
+    those mounts of it are used, every other file must be in the workload's own."""
     name = f"{w['kind']}/{w['metadata']['name']}"
     spec = w["spec"]["template"]["spec"]
     c = spec["containers"][0]
@@ -258,13 +286,26 @@ def check_workload(case, docs, w, toml, toml_text, role, listener_files=None):
     # The real binary accepts what the pod would run with, its Secret volumes mounted.
     # check-config reads the listeners' TLS files as an edge does; a dispatcher mounts
     # none (it never reads them: run.test.mjs starts one without), so for it they are
-    # where the edge has them.
+    # where the edge has them. Every other file (secretFiles) from its own mounts.
     env = {**secret_env(case, docs, spec)}
     pods = [f"{w['metadata']['name']}-{i}" for i in range(w["spec"].get("replicas", 1))] or ["pod"]
-    files_spec, files_container = listener_files or (spec, c)
-    check_config(case, mounted_secrets(case, files_spec, files_container, toml_text),
+    check_config(case, workload_toml(case, toml_text, spec, c, listener_files),
                  {**env, **pod_env(c, pods[0])}, role)
     return c, spec, pods
+
+
+def workload_toml(case, toml_text, spec, c, listener_files=None):
+    """herald.toml as check-config reads it for a workload: its own Secret mounts, and
+    the listeners' (under /etc/herald-tls) of listener_files when given."""
+    own = secret_mounts(case, spec, c)
+    if not listener_files:
+        return mounted_secrets(toml_text, own)
+    listeners = secret_mounts(case, *listener_files, only=lambda path: path.startswith(f"{LISTENER_TLS_DIR}/"))
+    return mounted_secrets(toml_text, own, listeners)
+
+
+# Where the chart mounts the listeners' TLS Secrets (herald.tlsDir).
+LISTENER_TLS_DIR = "/etc/herald-tls"
 
 
 def check_case(case, docs, version):
@@ -311,7 +352,7 @@ def check_case(case, docs, version):
               f"dispatchers' group.instance.id not distinct: {ids}")
         # A second replica's env passes too (same file, its own id).
         sts_spec = sts["spec"]["template"]["spec"]
-        check_config(case, mounted_secrets(case, spec, c, toml_text),
+        check_config(case, workload_toml(case, toml_text, sts_spec, dc, (spec, c)),
                      {**secret_env(case, docs, sts_spec), **pod_env(dc, pods[-1])}, "dispatcher (last replica)")
 
     # Services: public WebSocket; API with HTTP and gRPC; metrics (appProtocols: check_tls).
@@ -341,10 +382,11 @@ def check_case(case, docs, version):
     tests = [p for p in by_kind(docs, "Pod") if p["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
     enabled = values["smokeTest"]["enabled"]
     if check(len(tests) == (1 if enabled else 0), case, f"{len(tests)} helm test pods with smokeTest.enabled={enabled}") and tests:
-        check_smoke(case, docs, tests[0], values, toml_text, full, svcs)
+        check_smoke(case, docs, tests[0], values, full, svcs)
 
     check_telemetry(case, docs, toml)
     check_tls(case, docs, toml, values, edge, [*statefulsets, *tests], svcs.get(full), api)
+    check_secret_files(case, docs, toml, values, [edge, *statefulsets], tests)
 
     # Case-specific expectations.
     redis = toml.get("redis", {})
@@ -352,6 +394,15 @@ def check_case(case, docs, version):
         check(len(redis.get("shards", [])) == 3 and not redis.get("cluster"), case, f"[redis] {redis}")
     if case == "redis-cluster":
         check(redis.get("cluster") is True and len(redis.get("shards", [])) == 3, case, f"[redis] {redis}")
+    if case == "managed-services":
+        # Credentials as files only: the password, the CA and Kafka's sasl.password.
+        kafka = toml.get("kafka", {})
+        check(redis.get("url", "").startswith("rediss://") and redis.get("username") == "herald"
+              and "password" not in redis and redis.get("password_file") and redis.get("ca_file"),
+              case, f"[redis] {redis}")
+        check(kafka.get("properties", {}).get("security.protocol") == "SASL_SSL"
+              and set(kafka.get("property_files", {})) == {"sasl.password"}
+              and not [k for k in kafka.get("properties", {}) if "password" in k], case, f"[kafka] {kafka}")
     if case == "existing-secret":
         check(not by_kind(docs, "Secret"), case, "a Secret rendered although existingSecret is set")
         ref = c["envFrom"][0]["secretRef"]["name"] if c.get("envFrom") else None
@@ -373,7 +424,7 @@ def check_case(case, docs, version):
 NAMESPACE = "herald"
 
 
-def check_smoke(case, docs, pod, values, toml_text, full, svcs):
+def check_smoke(case, docs, pod, values, full, svcs):
     """The helm test pod: `herald smoke` against the Services' DNS names, over TLS where
     the listener serves it, with the TLS flags smokeTest.tls asks for and the files they
     name in read-only mounts of exactly those Secrets (ca.crt of the CA's; tls.crt and
@@ -394,7 +445,6 @@ def check_smoke(case, docs, pod, values, toml_text, full, svcs):
         return ports[0] if ports else None
 
     want = {
-        "--config": "/etc/herald/herald.toml",
         "--ws": f"ws{edge_s}://{full}.{NAMESPACE}.svc:{svc_port(full, 'ws')}",
         "--http": f"http{edge_s}://{full}-api.{NAMESPACE}.svc:{svc_port(f'{full}-api', 'http')}",
         "--grpc": f"http{grpc_s}://{full}-api.{NAMESPACE}.svc:{svc_port(f'{full}-api', 'grpc')}",
@@ -430,26 +480,26 @@ def check_smoke(case, docs, pod, values, toml_text, full, svcs):
         source = volumes.get(m["name"], {}).get("secret", {})
         check(source.get("secretName") == secret and sorted(i["key"] for i in source.get("items", [])) == items,
               case, f"{name}: {flag} from {source}, want the Secret {secret!r} projecting exactly {items}")
-    smoke_loads(case, docs, pod, toml_text)
+    smoke_loads(case, docs, pod)
 
 
-def smoke_loads(case, docs, pod, toml_text):
+def smoke_loads(case, docs, pod):
     """The real `herald smoke`, as the test pod runs it, with only the pod's own
-    volumes: herald.toml as rendered (its [server.tls] / [grpc.tls] files, which the pod
-    does not mount, absent here too), its Secret volumes as directories (secret_mounts),
-    the Services' host:port rewritten to a local port that refuses connections. It must
-    get past the configuration (exit 64 otherwise) and reading its own TLS files to its
-    first step, the WebSocket connection, and fail there."""
-    listener_dir = Path("/etc/herald-tls")
-    if not check(not listener_dir.exists(), case,
-                 f"{listener_dir} exists on this machine: the helm test pod's check would read it"):
-        return
+    volumes: no herald.toml (the pod mounts no ConfigMap: smoke takes its app from the
+    Secret's environment, and a herald.toml would make it read every file it names, the
+    listeners' and secretFiles' which the pod does not mount), its Secret volumes as
+    directories (secret_mounts), the Services' host:port rewritten to a local port that
+    refuses connections. It must get past the configuration (exit 64 otherwise) and
+    reading its own TLS files to its first step, the WebSocket connection, and fail
+    there."""
     spec = pod["spec"]
     c = spec["containers"][0]
+    name = f"Pod/{pod['metadata']['name']}"
+    check("--config" not in c["args"] and not [v for v in spec["volumes"] if "configMap" in v], case,
+          f"{name}: loads a herald.toml (args {c['args']}, volumes {spec['volumes']}): it would read every "
+          "file the configuration names, which the pod does not mount")
     local_dirs = {k: str(v) for k, v in secret_mounts(case, spec, c).items()}
-    with tempfile.TemporaryDirectory() as etc, socket.socket() as closed:
-        Path(etc, "herald.toml").write_text(toml_text)
-        local_dirs["/etc/herald"] = etc
+    with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         refused = f"127.0.0.1:{closed.getsockname()[1]}"
 
@@ -512,15 +562,17 @@ def check_tls(case, docs, toml, values, edge, others, public, api):
                           f"{name}: {path.parent} mounts {source.get('secretName')!r}, want the Secret {secret!r}")
                     items = [i["key"] for i in source.get("items", [])]
                     check(not items or item in items, case, f"{name}: the volume of {secret} does not project {item}: {items}")
-    # The edge's Secret volumes are the tls values' (nothing else is mounted from
-    # Secrets); a dispatcher has none; the helm test pod only smokeTest.tls's (their
-    # keys: check_smoke). Least privilege: a listener's key is where it serves.
+    # The edge's Secret volumes are the tls values' and secretFiles' (nothing else is
+    # mounted from Secrets); a dispatcher has secretFiles' only; the helm test pod only
+    # smokeTest.tls's (their keys: check_smoke). Least privilege: a listener's key is
+    # where it serves, Redis and Kafka credentials where Herald talks to them.
     named = {tls[listener][k] for listener in TLS_SECTIONS for k in ("secretName", "clientCASecretName")} - {""}
     smoke_named = {values["smokeTest"]["tls"][k] for k in ("caSecretName", "clientSecretName")} - {""}
+    files_named = {f["secretName"] for f in values["secretFiles"]}
     for pod in [edge, *others]:
         spec = pod["spec"]["template"]["spec"] if "template" in pod["spec"] else pod["spec"]
         role = pod["metadata"]["labels"].get("app.kubernetes.io/component")
-        allowed = {"edge": named, "smoke": smoke_named}.get(role, set())
+        allowed = {"edge": named | files_named, "dispatcher": files_named, "smoke": smoke_named}.get(role, set())
         for v in spec["volumes"]:
             if "secret" in v:
                 check(v["secret"]["secretName"] in allowed, case,
@@ -547,6 +599,57 @@ def check_tls(case, docs, toml, values, edge, others, public, api):
         backend = ing["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/backend-protocol")
         check(backend == ("HTTPS" if tls["edge"]["secretName"] else None), case,
               f"Ingress backend-protocol {backend!r} with tls.edge.secretName={tls['edge']['secretName']!r}")
+
+
+def check_secret_files(case, docs, toml, values, workloads, tests):
+    """secretFiles: each Secret a read-only directory mount (never subPath, so the
+    kubelet's update of a rotated Secret reaches it) at its mountPath, projecting the
+    items asked for, in every pod that loads herald.toml (`workloads`: the edges or the
+    dev pod, the dispatchers) and in no other (`tests`: the helm test pod); the files
+    herald.toml names in a mount are files it projects; and no content of the stand-in
+    Secrets (secret-files.yaml) in any ConfigMap. check-config reading them from each
+    workload's own mounts: check_workload."""
+    files = values["secretFiles"]
+    for w in workloads:
+        name = f"{w['kind']}/{w['metadata']['name']}"
+        spec = w["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for c in spec["containers"]:
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+            for i, f in enumerate(files):
+                m = mounts.get(f["mountPath"])
+                if not check(m is not None, case, f"{name}: secretFiles[{i}] is not mounted at {f['mountPath']}"):
+                    continue
+                check(m.get("readOnly") is True and "subPath" not in m and "subPathExpr" not in m, case,
+                      f"{name}: mount {m} of secretFiles[{i}] is not a read-only directory (a subPath never sees an update)")
+                source = volumes.get(m["name"], {}).get("secret", {})
+                want_items = [{"key": it["key"], "path": it.get("path") or it["key"]} for it in f.get("items") or []]
+                check(source.get("secretName") == f["secretName"] and source.get("items", []) == want_items
+                      and source.get("defaultMode") == 0o440, case,
+                      f"{name}: {f['mountPath']} mounts {source}, want Secret {f['secretName']!r} "
+                      f"projecting {want_items or 'every key'}, mode 0440")
+    for pod in tests:
+        for secret in [v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v]:
+            check(secret not in {f["secretName"] for f in files}, case,
+                  f"Pod/{pod['metadata']['name']}: mounts secretFiles' Secret {secret}: "
+                  "the helm test pod never reads those files")
+    # Each file herald.toml names inside a mount with items is one of them.
+    paths = re.findall(r'"(/[^"]*)"', json.dumps(toml))
+    for f in files:
+        if not f.get("items"):
+            continue
+        held = {it.get("path") or it["key"] for it in f["items"]}
+        for path in paths:
+            if path.startswith(f["mountPath"] + "/"):
+                check(path[len(f["mountPath"]) + 1:] in held, case,
+                      f"herald.toml names {path}, which secretFiles' {f['secretName']} does not project ({sorted(held)})")
+    fixture = yaml.safe_load((HERE / "secret-files.yaml").read_text())
+    for m in by_kind(docs, "ConfigMap"):
+        for k, text in m.get("data", {}).items():
+            for secret, keys in fixture.items():
+                for key, value in keys.items():
+                    check(value.startswith("@") or value not in text, case,
+                          f"ConfigMap/{m['metadata']['name']} {k}: holds the content of Secret {secret}'s {key}")
 
 
 def check_telemetry(case, docs, toml):

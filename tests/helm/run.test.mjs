@@ -12,7 +12,11 @@
 //     over TLS (failing at its HTTP API step without its client certificate), probes
 //     still plain, and a Secret renewed the way the kubelet updates a volume served
 //     without a restart while an open connection stays; and a dispatcher of the same
-//     values (in cluster mode), which mounts none of the listeners' Secrets, running.
+//     values (in cluster mode), which mounts none of the listeners' Secrets, running;
+//   - with secretFiles: an edge and a dispatcher on a TLS-only redis-server as an ACL
+//     user, the password file and the CA from the mounted Secret, the `helm test`
+//     command passing without them, and an edge started after the Secret changed to a
+//     wrong password refused at start-up with the reason and no password shown.
 // What cannot be the same as in a pod is rewritten, and only that: each pod's volume
 // mounts (directories of its own: the ConfigMap's files, Secret volumes laid out as the
 // kubelet lays them out, holding certificates made by tests/helm/make-certs.sh) in its
@@ -26,7 +30,7 @@ import assert from 'node:assert/strict';
 import { execFile as execFileCb, spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { Agent } from 'node:https';
 import { createRequire } from 'node:module';
 import { connect as tlsConnect } from 'node:tls';
@@ -183,17 +187,18 @@ async function writeSecretVolume(dir, items, from) {
 /**
  * The files `container` of `podSpec` sees, as directories of `podName`'s own: the
  * ConfigMap's files for its volume, each Secret volume written as the kubelet writes it
- * from `certs` (make-certs.sh output), and herald.toml naming those directories where
- * it names the container's mount paths. What the container does not mount stays as it
+ * from `secrets[its Secret's name]` (a directory holding the Secret's keys as files),
+ * else from `certs` (make-certs.sh output, a kubernetes.io/tls Secret), and herald.toml
+ * naming those directories where it names the container's mount paths. What the container does not mount stays as it
  * is (/etc/herald-tls/... in a pod without that Secret: missing here as there).
  * Resolves with `localPath(arg)`, the argument with the mount paths rewritten,
  * `secretVolumes` (how many), and `renew(certs)`, which updates every Secret volume
  * in place as the kubelet does.
  */
-async function podFiles(release, podName, podSpec, container, certs) {
+async function podFiles(release, podName, podSpec, container, certs, secrets = {}) {
   const volumes = new Map(podSpec.volumes.map((v) => [v.name, v]));
   const mounts = []; // { mountPath, dir }
-  const secrets = []; // { dir, items }
+  const written = []; // { dir, items }
   let config = null;
   for (const mount of container.volumeMounts ?? []) {
     const volume = volumes.get(mount.name);
@@ -205,16 +210,21 @@ async function podFiles(release, podName, podSpec, container, certs) {
       await mkdir(dir, { recursive: true });
       config = dir;
     } else if (volume.secret) {
-      assert.ok(certs, `${podName} mounts Secret ${volume.secret.secretName}: certificates needed`);
-      await writeSecretVolume(dir, volume.secret.items, certs);
-      secrets.push({ dir, items: volume.secret.items });
+      const from = secrets[volume.secret.secretName] ?? certs;
+      assert.ok(from, `${podName} mounts Secret ${volume.secret.secretName}: its keys needed`);
+      // Without items the kubelet writes every key of the Secret.
+      const items = volume.secret.items ?? (await readdir(from)).map((key) => ({ key, path: key }));
+      await writeSecretVolume(dir, items, from);
+      written.push({ dir, items });
     } else {
       continue; // emptyDir (/tmp)
     }
     mounts.push({ mountPath: mount.mountPath, dir });
   }
-  assert.ok(config, `${podName}: the ConfigMap is mounted`);
-  for (let [file, text] of Object.entries(release.configMap.data)) {
+  // Every role loads herald.toml from the ConfigMap; the helm test pod (herald smoke)
+  // mounts none and loads none.
+  assert.ok(config || !container.args.includes('--config'), `${podName}: --config, but the ConfigMap is not mounted`);
+  for (let [file, text] of config ? Object.entries(release.configMap.data) : []) {
     for (const { mountPath, dir } of mounts) text = text.replaceAll(`"${mountPath}/`, `"${dir}/`);
     await writeFile(join(config, file), text);
   }
@@ -226,8 +236,8 @@ async function podFiles(release, podName, podSpec, container, certs) {
   };
   return {
     localPath,
-    secretVolumes: secrets.length,
-    renew: (renewed) => Promise.all(secrets.map(({ dir, items }) => writeSecretVolume(dir, items, renewed))),
+    secretVolumes: written.length,
+    renew: (renewed) => Promise.all(written.map(({ dir, items }) => writeSecretVolume(dir, items, renewed))),
   };
 }
 
@@ -370,15 +380,15 @@ function containerEnv(release, container, podName) {
 
 /**
  * Starts one pod of `workload` as a process: its container's command line, with its
- * volumes (podFiles; Secret volumes from `certs`), the listeners on port 0 and a ready
+ * volumes (podFiles; Secret volumes from `secrets` or `certs`), the listeners on port 0 and a ready
  * file. Resolves with the process handle, its files and, per container port name, the
  * local port it got.
  */
-async function startPod(release, workload, podName, certs) {
+async function startPod(release, workload, podName, certs, secrets) {
   const podSpec = workload.spec.template.spec;
   const [container] = podSpec.containers;
   assert.equal(container.command, undefined, 'the image entrypoint (herald) runs the args');
-  const files = await podFiles(release, podName, podSpec, container, certs);
+  const files = await podFiles(release, podName, podSpec, container, certs, secrets);
   const readyFile = join(work, `${podName}.ready.json`);
   const args = [
     ...container.args.map(files.localPath),
@@ -480,10 +490,7 @@ async function runSmoke(release, edge, { certs, drop = [] } = {}) {
     }
   }
   const files = await podFiles(release, pod.metadata.name, pod.spec, container, certs);
-  // What the pod does not mount must be missing here too, or the run would prove nothing.
-  if (release.configMap.data['herald.toml'].includes('"/etc/herald-tls/')) {
-    assert.ok(!existsSync('/etc/herald-tls'), '/etc/herald-tls exists on this machine');
-  }
+  assert.ok(!container.args.includes('--config'), 'the helm test pod loads no herald.toml');
   const kept = [];
   for (let i = 0; i < container.args.length; i++) {
     if (drop.includes(container.args[i])) i++;
@@ -677,4 +684,73 @@ test('tls: a dispatcher runs without the listeners\' Secrets, which its herald.t
   const r = await terminate(pod);
   t.diagnostic(`${pod.podName} exit ${JSON.stringify(r.exit)} after ${r.ms} ms`);
   assert.equal(r.exit.code, 0, `${pod.podName} exit ${JSON.stringify(r.exit)}\n${pod.output()}`);
+});
+
+test('secretFiles: edge and dispatcher pods reach a TLS Redis as an ACL user, its password and CA from a mounted Secret; the helm test command passes without them', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  // A Redis as a managed service or a private-CA one is: TLS only, no default user, an
+  // ACL user with a password. The operator's Secret holds the password (as `echo`
+  // writes it, with a line break) and the CA, mounted by secretFiles as the kubelet
+  // lays a Secret volume out.
+  const certs = await makeCerts(join(work, 'redis-certs'));
+  const password = 'redis-acl-password-from-a-secret';
+  const redisTlsPort = await startService('redis-server (TLS, ACL)', process.env.REDIS_SERVER ?? 'redis-server', (port) => [
+    '--port', '0', '--tls-port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    '--tls-cert-file', join(certs, 'tls.crt'), '--tls-key-file', join(certs, 'tls.key'),
+    '--tls-ca-cert-file', join(certs, 'ca.crt'), '--tls-auth-clients', 'no',
+    '--user', 'herald', 'on', `>${password}`, '~*', '&*', '+@all', '--user', 'default', 'off',
+  ]);
+  const secretDir = async (name, pass) => {
+    const dir = join(work, name);
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'password'), `${pass}\n`);
+    await copyFile(join(certs, 'ca.crt'), join(dir, 'ca.crt'));
+    return dir;
+  };
+  const mountPath = '/etc/herald-secrets/redis';
+  const release = await render('secret-files', [
+    '-f', join(repoRoot, 'tests/helm/run-values.yaml'),
+    '--set', `config.redis.url=rediss://127.0.0.1:${redisTlsPort}/`,
+    '--set', `config.kafka.brokers=127.0.0.1:${tansuPort}`,
+    '--set-json', `secretFiles=[{"secretName":"herald-redis","mountPath":"${mountPath}"}]`,
+    '--set', 'config.redis.username=herald',
+    '--set', `config.redis.password_file=${mountPath}/password`,
+    '--set', `config.redis.ca_file=${mountPath}/ca.crt`,
+  ]);
+  const toml = release.configMap.data['herald.toml'];
+  assert.ok(!toml.includes(password), 'the password is not in the ConfigMap');
+  assert.ok(!existsSync(mountPath), `${mountPath} exists on this machine`);
+  const secrets = { 'herald-redis': await secretDir('secret-herald-redis', password) };
+  const deployment = release.find('Deployment');
+  const set = release.find('StatefulSet');
+  const edge = await startPod(release, deployment, `${deployment.metadata.name}-pod`, undefined, secrets);
+  const dispatcher = await startPod(release, set, `${set.metadata.name}-0`, undefined, secrets);
+  for (const pod of [edge, dispatcher]) {
+    assert.equal(pod.files.secretVolumes, 1, `${pod.podName} mounts the Redis Secret`);
+    await probesAnswer(pod);
+  }
+  // The test pod mounts neither the Secret nor herald.toml (podFiles gets no keys for
+  // it: a Secret volume would fail the run), and passes through the edge's Redis.
+  const passed = await smoke(release, edge);
+  t.diagnostic(`herald ${passed.args.join(' ')}: ${passed.stdout.trim().replaceAll('\n', '; ')}`);
+
+  // The Secret rotated to a password Redis does not know: a pod started from then on
+  // reads the new file, and Redis refuses it at start-up with the reason, not the password.
+  const rotated = 'a-password-redis-does-not-know';
+  const podName = `${deployment.metadata.name}-rotated`;
+  const [container] = deployment.spec.template.spec.containers;
+  const files = await podFiles(release, podName, deployment.spec.template.spec, container, undefined, {
+    'herald-redis': await secretDir('secret-herald-redis-rotated', rotated),
+  });
+  const args = [...container.args.map(files.localPath), '--host', '127.0.0.1', '--port', '0', '--grpc-port', '0', '--metrics-port', '0'];
+  const refused = await execFile(HERALD_BIN, args, { env: containerEnv(release, container, podName), timeout: 30_000 })
+    .then((r) => ({ code: 0, output: r.stdout + r.stderr }), (err) => ({ code: err.code, output: `${err.stdout}${err.stderr}` }));
+  t.diagnostic(`exit ${refused.code}: ${refused.output.split('\n').find((line) => /authentication/i.test(line)) ?? refused.output}`);
+  assert.ok(typeof refused.code === 'number' && refused.code !== 0, `an edge with a wrong Redis password: exit ${refused.code}`);
+  assert.match(refused.output, /authentication failed/, 'refused with the reason');
+  assert.ok(!refused.output.includes(rotated) && !refused.output.includes(password), 'no password in the output');
+
+  for (const pod of [edge, dispatcher]) {
+    const r = await terminate(pod);
+    assert.equal(r.exit.code, 0, `${pod.podName} exit ${JSON.stringify(r.exit)}\n${pod.output()}`);
+  }
 });

@@ -131,13 +131,15 @@ Arguments: name (the table's dotted name) and table (a map).
 
 {{ include "herald.tomlTable" (dict "name" "redis" "table" $c.redis) }}
 {{- if $c.kafka.brokers }}
-
 {{- /* librdkafka properties are strings to Herald, whatever YAML made of them. */}}
 {{- $props := dict }}
 {{- range $k, $v := $c.kafka.properties }}
 {{- $_ := set $props $k (toString $v) }}
 {{- end }}
-{{ include "herald.tomlTable" (dict "name" "kafka" "table" (merge (dict "properties" $props) (omit $c.kafka "properties"))) }}
+{{- $kafka := merge (dict "properties" $props) (omit $c.kafka "properties" "property_files") }}
+{{- with $c.kafka.property_files }}{{ $_ := set $kafka "property_files" . }}{{ end }}
+
+{{ include "herald.tomlTable" (dict "name" "kafka" "table" $kafka) }}
 {{- end }}
 {{- end }}
 {{- range $section := list "events" "dispatcher" "connection" "http" "log" }}
@@ -204,7 +206,8 @@ Arguments: root, listener, plain.
 {{- ternary "https" .plain (not (empty (index .root.Values.tls .listener).secretName)) -}}
 {{- end -}}
 
-{{/* Volumes and mounts every Herald container uses: the config and /tmp. */}}
+{{/* Volumes and mounts of every container running a role (edge, dispatcher, dev): the
+config and /tmp. */}}
 {{- define "herald.volumes" -}}
 - name: config
   configMap:
@@ -281,6 +284,123 @@ private keys stay out of the dispatcher and `helm test` pods.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The operator's Secrets of secretFiles: the files the [redis] and [kafka] settings (and
+any other *_file of config) name, such as a Redis password, a private CA or Kafka's
+sasl.password. Every container that loads herald.toml mounts them, `herald edge`,
+`herald dispatcher` and `herald dev`, since Herald reads and checks every file its
+configuration names when it starts, whatever the role (a dispatcher also talks to Redis
+and Kafka). Not the helm test pod: `herald smoke` loads no herald.toml.
+*/}}
+{{- define "herald.secretFilesVolumes" -}}
+{{- range $i, $f := .Values.secretFiles }}
+- name: secret-files-{{ $i }}
+  secret:
+    secretName: {{ $f.secretName }}
+    # Readable by the pod's fsGroup (podSecurityContext), as the TLS Secrets are.
+    defaultMode: 0440
+    {{- with $f.items }}
+    items:
+      {{- range . }}
+      - key: {{ .key | quote }}
+        path: {{ default .key .path | quote }}
+      {{- end }}
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "herald.secretFilesVolumeMounts" -}}
+{{- if .Values.secretFiles }}
+# secretFiles as directories, never subPath: the kubelet swaps a mounted Secret's files
+# in place when the Secret changes (a rotated password, a renewed Redis CA), which a
+# subPath mount never sees. Herald reads them when it starts: a pod (re)started after a
+# rotation reads the new files.
+{{- end }}
+{{- range $i, $f := .Values.secretFiles }}
+- name: secret-files-{{ $i }}
+  mountPath: {{ $f.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+What the values must not be that the schema cannot refuse with a message saying why
+(JSON Schema errors name only the rule broken): a secret written into the ConfigMap,
+a secretFiles mount hiding the chart's own mounts or another one, a file a secretFiles
+mount cannot hold. Included by the ConfigMap, which every release renders.
+*/}}
+{{- define "herald.checkValues" -}}
+{{- $c := .Values.config -}}
+{{- $redisHow := "put it in a Secret, mount it with secretFiles and name the file in config.redis.password_file (or give HERALD_REDIS__PASSWORD in existingSecret)" -}}
+{{- if $c.redis.password -}}
+{{- fail (printf "config.redis.password: a password in values is written into the ConfigMap: %s" $redisHow) -}}
+{{- end -}}
+{{- $urls := list (list "config.redis.url" $c.redis.url) -}}
+{{- range $i, $url := $c.redis.shards -}}
+{{- $urls = append $urls (list (printf "config.redis.shards[%d]" $i) $url) -}}
+{{- end -}}
+{{- range $urls -}}
+{{- if regexMatch "^rediss?://[^/@]*:[^/@]*@" (index . 1) -}}
+{{- fail (printf "%s: a password in the URL is written into the ConfigMap: leave it out (the user may go in config.redis.username) and %s" (index . 0) $redisHow) -}}
+{{- end -}}
+{{- end -}}
+{{- range $k, $v := $c.kafka.properties -}}
+{{- $key := lower $k -}}
+{{- if or (regexMatch "password|secret|passphrase" $key) (hasSuffix "key.pem" $key) (eq $key "ssl_key") (eq $key "sasl.oauthbearer.config") -}}
+{{- if or (hasSuffix "key.pem" $key) (eq $key "ssl_key") -}}
+{{- fail (printf "config.kafka.properties.%s: a private key in values is written into the ConfigMap: put it in a Secret, mount it with secretFiles and name the file in config.kafka.properties.ssl.key.location" $k) -}}
+{{- end -}}
+{{- fail (printf "config.kafka.properties.%s: a secret in values is written into the ConfigMap: put it in a Secret, mount it with secretFiles and name the file in config.kafka.property_files (%q: <mountPath>/<file>)" $k $k) -}}
+{{- end -}}
+{{- if hasKey ($c.kafka.property_files | default dict) $k -}}
+{{- fail (printf "config.kafka.property_files.%s: also set in config.kafka.properties: set it in one place" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- /* The chart's own mounts, which a Secret mounted on, inside or above would hide. */ -}}
+{{- $own := dict "/etc/herald" "where the chart mounts herald.toml (its ConfigMap)" "/etc/herald-tls" "where the chart mounts the tls Secrets" "/tmp" "the pods' writable emptyDir" -}}
+{{- range $i, $f := .Values.secretFiles -}}
+{{- $p := $f.mountPath -}}
+{{- range $dir, $what := $own -}}
+{{- if or (eq $p $dir) (hasPrefix (printf "%s/" $dir) $p) (hasPrefix (printf "%s/" $p) $dir) -}}
+{{- fail (printf "secretFiles[%d].mountPath %s overlaps %s, %s: give each Secret a directory of its own, such as /etc/herald-secrets/<name>" $i $p $dir $what) -}}
+{{- end -}}
+{{- end -}}
+{{- range $j, $g := $.Values.secretFiles -}}
+{{- $q := $g.mountPath -}}
+{{- if and (lt $j $i) (or (eq $p $q) (hasPrefix (printf "%s/" $q) $p) (hasPrefix (printf "%s/" $p) $q)) -}}
+{{- fail (printf "secretFiles[%d].mountPath %s overlaps secretFiles[%d].mountPath %s: give each Secret a directory of its own" $i $p $j $q) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* A file inside a mount that names its items must be one of them. */ -}}
+{{- $files := list -}}
+{{- range $k := list "password_file" "ca_file" "cert_file" "key_file" -}}
+{{- with index $c.redis $k -}}{{ $files = append $files (list (printf "config.redis.%s" $k) .) }}{{- end -}}
+{{- end -}}
+{{- range $k, $v := $c.kafka.property_files -}}
+{{- $files = append $files (list (printf "config.kafka.property_files.%s" $k) $v) -}}
+{{- end -}}
+{{- range $k, $v := $c.kafka.properties -}}
+{{- if and (hasPrefix "ssl." $k) (hasSuffix ".location" $k) -}}
+{{- $files = append $files (list (printf "config.kafka.properties.%s" $k) (toString $v)) -}}
+{{- end -}}
+{{- end -}}
+{{- with ($c.dispatcher | default dict).ca_file -}}{{ $files = append $files (list "config.dispatcher.ca_file" .) }}{{- end -}}
+{{- range $files -}}
+{{- $name := index . 0 -}}
+{{- $file := index . 1 -}}
+{{- range $i, $f := $.Values.secretFiles -}}
+{{- if and $f.items (hasPrefix (printf "%s/" $f.mountPath) $file) -}}
+{{- $paths := list -}}
+{{- range $f.items -}}{{ $paths = append $paths (default .key .path) }}{{- end -}}
+{{- if not (has (trimPrefix (printf "%s/" $f.mountPath) $file) $paths) -}}
+{{- fail (printf "%s %s: secretFiles[%d] (Secret %s at %s) holds only %s" $name $file $i $f.secretName $f.mountPath (join ", " $paths)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
