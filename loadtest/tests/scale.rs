@@ -8,31 +8,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{path::PathBuf, process::Command};
+mod common;
+
+use std::process::Command;
 
 use herald_testkit::redis::RedisServer;
-
-/// The `herald` binary the workspace's tests build (`cargo nextest run --workspace`
-/// builds every binary first).
-fn herald_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let binary = target.join("debug/herald");
-    assert!(
-        binary.exists(),
-        "{} is missing: build the workspace (cargo build --workspace)",
-        binary.display()
-    );
-    binary
-}
 
 #[test]
 fn a_cluster_of_four_edges_holds_every_connection_through_a_crash_and_a_rolling_restart() {
     let redis = RedisServer::start();
     let connections = 20_000u64;
     let output = Command::new(env!("CARGO_BIN_EXE_herald-loadtest"))
-        .args(["scale", "--herald", herald_binary().to_str().unwrap()])
+        .args(["scale", "--herald", common::herald_binary().to_str().unwrap()])
         .args(["--redis", &redis.port.to_string(), "--port", "0"])
         .args(["--connections", &connections.to_string(), "--edges", "4", "--per-worker", "5000"])
         .args(["--channels", "1000", "--presence-every", "50", "--presence-channels", "40"])

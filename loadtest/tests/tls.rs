@@ -4,27 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{path::PathBuf, process::Command};
+mod common;
 
-/// The `herald` binary the workspace's tests build (`cargo nextest run --workspace`
-/// builds every binary first).
-fn herald_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let binary = target.join("debug/herald");
-    assert!(
-        binary.exists(),
-        "{} is missing: build the workspace (cargo build --workspace)",
-        binary.display()
-    );
-    binary
-}
+use std::process::Command;
 
 #[test]
 fn plain_and_tls_servers_both_set_up_every_connection_and_deliver_everything() {
     let output = Command::new(env!("CARGO_BIN_EXE_herald-loadtest"))
-        .args(["tls", "--herald", herald_binary().to_str().unwrap()])
+        .args(["tls", "--herald", common::herald_binary().to_str().unwrap()])
         .args(["--connections", "50", "--channels", "5", "--rate", "50", "--seconds", "1", "--rounds", "1"])
         .output()
         .unwrap();
