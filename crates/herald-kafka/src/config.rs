@@ -160,8 +160,21 @@ impl KafkaConfig {
     /// by creating (and dropping) a client that connects to nothing, so what it
     /// would refuse at start-up (a CA file that holds no certificate, a key that
     /// does not match its certificate, a wrong key password) is found here.
+    /// The client certificate and CA files are also checked to be valid now
+    /// (librdkafka checks that they parse and belong together, not that they have
+    /// not expired); a CA location may be a directory or `probe`, and only a file is
+    /// read.
     pub fn check(&self, errors: &mut Vec<String>) {
         self.resolve_into(errors);
+        let now = std::time::SystemTime::now();
+        let file = |key: &str| self.properties.get(key).map(Path::new).filter(|p| p.is_file());
+        if let Some(cert) = file("ssl.certificate.location") {
+            let name = self.source("ssl.certificate.location");
+            herald_tls::check_certificate_validity(&name, cert, now, errors);
+        }
+        if let Some(ca) = file("ssl.ca.location") {
+            herald_tls::check_ca_file(&self.source("ssl.ca.location"), ca, now, errors);
+        }
     }
 
     /// The settings every client is built from, or every problem with them.

@@ -357,7 +357,10 @@ async fn watch(certificate: Weak<Reloading>, interval: Duration) {
     loop {
         ticks.tick().await;
         let Some(certificate) = certificate.upgrade() else { return };
-        match certificate.reload() {
+        // File reads (and parsing the key): off the event loop that serves clients.
+        let reloading = certificate.clone();
+        let Ok(reloaded) = tokio::task::spawn_blocking(move || reloading.reload()).await else { return };
+        match reloaded {
             Ok(true) => tracing::info!(
                 listener = certificate.listener,
                 cert_file = %certificate.cert_file.display(),

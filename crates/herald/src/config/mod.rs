@@ -126,7 +126,6 @@ impl Config {
         grpc.validate(&mut errors);
         if let Some(kafka) = &kafka {
             kafka.check(&mut errors);
-            check_kafka_certificates(kafka, &mut errors);
         }
         if listens {
             let now = std::time::SystemTime::now();
@@ -196,25 +195,6 @@ impl Config {
     /// How many apps the configuration declares (none: the demo app is served).
     pub fn configured_apps(&self) -> usize {
         if self.demo { 0 } else { self.apps.len() }
-    }
-}
-
-/// The certificates librdkafka will read, checked for validity now (librdkafka
-/// checks that they parse and that the key is the certificate's; not that they have
-/// not expired). A CA location may be a directory or `probe`: only a file is read.
-fn check_kafka_certificates(kafka: &KafkaConfig, errors: &mut Vec<String>) {
-    let now = std::time::SystemTime::now();
-    let file = |key: &str| kafka.properties.get(key).map(std::path::Path::new).filter(|p| p.is_file());
-    if let Some(cert) = file("ssl.certificate.location") {
-        herald_tls::check_certificate_validity(
-            "kafka.properties.ssl.certificate.location",
-            cert,
-            now,
-            errors,
-        );
-    }
-    if let Some(ca) = file("ssl.ca.location") {
-        herald_tls::check_ca_file("kafka.properties.ssl.ca.location", ca, now, errors);
     }
 }
 
