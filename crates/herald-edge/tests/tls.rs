@@ -180,3 +180,21 @@ async fn a_renewed_certificate_serves_new_handshakes_while_connected_clients_kee
     assert_eq!(trigger(&server, trust.clone(), "news", "after the renewal").await, StatusCode::OK);
     assert_eq!(client.recv_event("news").await["data"], "after the renewal");
 }
+
+#[tokio::test]
+async fn a_client_that_never_completes_its_handshake_is_closed_after_the_handshake_timeout() {
+    let ca = TestCa::new();
+    let mut config = config();
+    config.connection.handshake_timeout = Duration::from_millis(300);
+    let server = tls_server(&settings(&ca.issue("edge")), config).await;
+    // Half a ClientHello (a TLS record header announcing more), then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    let mut answer = Vec::new();
+    // The server closes it (the bound only keeps a broken server from hanging the test).
+    let closed = tokio::time::timeout(herald_testkit::WAIT, stalled.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "the stalled handshake was never closed");
+    // And a client that does complete its handshake is still served.
+    let mut client = Client::connect_tls(server.addr, &server.app().key, ca.client_config(None)).await;
+    client.subscribe("news").await;
+}
